@@ -1,0 +1,1 @@
+"""Data: readers (image stores -> Ray Datasets), view augmentation, the pretraining pipeline."""

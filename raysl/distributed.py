@@ -1,0 +1,75 @@
+"""Process-group helpers that fall back to a single process when none is initialised.
+
+Losses call these instead of ``torch.distributed`` directly, so they run unchanged in one process
+(tests, notebooks) and across Ray Train workers (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank; 0 without a process group."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes; 1 without a process group."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def gather(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping gradients.
+
+    Args:
+        x: (B, ...) on this rank; every rank must pass the same shape.
+
+    Returns:
+        (B * W, ...) ordered by rank. Gradients flow back to each rank's own ``x``: the backward
+        pass sums the incoming gradients of all ranks, so with DDP's gradient averaging the update
+        equals one process computing the loss on the concatenated batch (tested in
+        tests/test_losses.py with two gloo processes).
+    """
+    if not is_distributed():
+        return x
+    out: Tensor = _GatherWithGrad.apply(x)
+    return out
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient and keeps this rank's slice.
+
+    Our own instead of ``torch.distributed.nn.functional.all_gather`` (deprecated in torch 2.14;
+    its suggested successor is private API whose backward needs reduce-scatter, which gloo lacks).
+    all_reduce works on every backend.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)  # (B * W, ...)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
+
+
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over ranks (no gradient); ``x`` itself without a process group."""
+    if not is_distributed():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / world_size()

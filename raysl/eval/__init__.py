@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders on labeled data."""

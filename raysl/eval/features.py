@@ -1,0 +1,43 @@
+"""Features of labeled images: from a frozen encoder, or raw pixels (the baseline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _resized(chunk: np.ndarray, size: int) -> Tensor:
+    """(n, H, W, C) uint8 -> (n, C, size, size) float in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return x
+
+
+@torch.no_grad()
+def encoder_features(encoder: nn.Module, images: np.ndarray, image_size: int,
+                     batch_size: int = 512, device: str | torch.device = "cpu") -> Tensor:
+    """Frozen-encoder features of (N, H, W, C) uint8 images resized to ``image_size``.
+
+    Returns:
+        (N, D) float32 on the CPU. The encoder is put in eval mode (BatchNorm running stats).
+    """
+    was_training = encoder.training
+    encoder.eval().to(device)
+    out = [encoder(_resized(images[i:i + batch_size], image_size).to(device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def pixel_features(images: np.ndarray, image_size: int) -> Tensor:
+    """Raw-pixel baseline: images resized to ``image_size`` and flattened, values in [0, 1].
+
+    Returns:
+        (N, C * S * S) float32.
+    """
+    return torch.cat([_resized(images[i:i + 4096], image_size).flatten(1)
+                      for i in range(0, len(images), 4096)])

@@ -1,0 +1,217 @@
+"""One pretraining run end to end: data -> Ray Train -> kNN evaluation -> MLflow registry.
+
+``raysl pretrain`` and ``pipelines/pretrain.py`` both call :func:`pretrain`, so a job submitted
+to a cluster does exactly what a local run does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from raysl import registry
+from raysl.config import Config, ConfigError
+from raysl.data.pipeline import view_stream
+from raysl.data.readers import ImageSource, read_source
+from raysl.eval.suite import PIXELS, knn_suite, load_labeled_split
+from raysl.methods.base import build_method
+from raysl.nn.backbones import Encoder, build_encoder, encoder_info
+from raysl.tracking.mlflow import (
+    Tracker,
+    ensure_experiment,
+    find_or_create_run,
+    log_params_once,
+    resolve_tracking_uri,
+    ui_command,
+)
+from raysl.tracking.registry import RegisteredEncoder, log_and_register
+from raysl.train.checkpoint import ENCODER_FILE, load_strict
+from raysl.train.loop import LoopSettings
+from raysl.train.trainer import (
+    ResourcePlan,
+    build_trainer,
+    cluster_resources,
+    connect,
+    plan_resources,
+)
+
+TRAINED, RANDOM_INIT = "trained", "random_init"
+
+
+@dataclass
+class PretrainResult:
+    """What a run produced, and where to find it."""
+
+    run_name: str
+    resumed: bool
+    mlflow_run_id: str
+    tracking_uri: str
+    experiment: str
+    checkpoint_path: str
+    final_loss: float
+    images_per_s: float
+    data: str
+    eval_data: str = ""
+    knn: dict[str, float] = field(default_factory=dict)  # trained / random_init / raw_pixels
+    knn_k: int = 0
+    knn_temperature: float = 0.0
+    model: RegisteredEncoder | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The human-readable summary printed at the end of a run."""
+        lines = ["", "=" * 30 + " raysl pretrain: summary " + "=" * 30,
+                 f"run            {self.run_name}{'  (resumed)' if self.resumed else ''}",
+                 f"data           {self.data}"]
+        if self.skipped:
+            lines.append(f"bad files      skipped {sum(self.skipped.values())}: {self.skipped}")
+        lines.append(f"training       final loss {self.final_loss:.4f}, "
+                     f"{self.images_per_s:.0f} images/s in the last epoch")
+        if self.knn:
+            lines.append(f"kNN top-1      (k={self.knn_k}, T={self.knn_temperature:g}) on "
+                         f"{self.eval_data}")
+            names = {TRAINED: "trained encoder", RANDOM_INIT: "same encoder, random init",
+                     PIXELS: "raw pixels"}
+            for key, label in names.items():
+                if key in self.knn:
+                    lines.append(f"  {label:<28} {100 * self.knn[key]:6.2f}%")
+        lines += [f"MLflow run     {self.mlflow_run_id}  (experiment '{self.experiment}')",
+                  f"model          {self.model.model_uri if self.model else '(not registered)'}",
+                  f"checkpoint     {self.checkpoint_path}",
+                  f"open the UI    {ui_command(self.tracking_uri)}"]
+        lines += [f"warning        {w}" for w in self.warnings]
+        return "\n".join(lines + ["=" * 85])
+
+
+def new_run_name(cfg: Config) -> str:
+    """A unique, readable run name: ``<method>-<backbone>-<YYYYmmdd-HHMMSS>``."""
+    return f"{cfg.method.name}-{cfg.model.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
+    """Run pretraining as ``cfg`` says, evaluate, register; see :class:`PretrainResult`.
+
+    Raises:
+        ConfigError: a setting that cannot work (e.g. more workers than the cluster holds).
+        DataError: missing or unusable data.
+        ray.train.TrainingFailedError: training failed (the MLflow run is marked FAILED).
+    """
+    connect(cfg.train.address)
+    plan = plan_resources(cfg, *cluster_resources())
+    run_name = cfg.train.run_name or new_run_name(cfg)
+    storage = cfg.train.storage_path or str(Path("ray_results").resolve())
+    uri = resolve_tracking_uri(cfg.tracking)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+    run_id, resumed = find_or_create_run(client, experiment_id, run_name,
+                                         {"raysl.method": cfg.method.name})
+    result = PretrainResult(run_name, resumed, run_id, uri, cfg.tracking.experiment, "", 0.0, 0.0,
+                            "")
+    changed = log_params_once(client, run_id, cfg.flat())
+    if changed:
+        result.warnings.append(f"resumed with changed settings {changed}; MLflow keeps the "
+                               "first values as params, config.yaml has the new ones")
+    client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    log(f"[raysl] run {run_name}: MLflow run {run_id} at {uri}")
+    log(f"[raysl] resources: {plan.describe(cfg)}")
+    try:
+        source = _read_training_data(cfg, client, run_id, result)
+        checkpoint_dir = _train(cfg, source, plan, run_name, storage, uri, run_id, result, log)
+        encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
+        load_strict(encoder, Path(checkpoint_dir) / ENCODER_FILE)
+        if cfg.eval.enabled:
+            _evaluate(cfg, encoder, client, run_id, result, log)
+        if cfg.tracking.register:
+            result.model = _register(cfg, encoder, uri, run_id, result)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return result
+
+
+def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
+                        result: PretrainResult) -> ImageSource:
+    source = read_source(cfg.data.source, cfg.data.channels, cfg.data.effective_decode_size,
+                         cfg.train.seed, "data.source")
+    result.data, result.skipped = source.description, source.skipped
+    metrics = {"data/images": float(source.num_images)}
+    metrics.update({f"data/skipped_{reason}": float(n) for reason, n in source.skipped.items()})
+    Tracker(result.tracking_uri, run_id, active=True).log_metrics(metrics, step=0)
+    if source.skipped_examples:
+        client.log_text(run_id, "\n".join(source.skipped_examples) + "\n", "data/skipped.txt")
+    return source
+
+
+def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, storage: str, uri: str,
+           run_id: str, result: PretrainResult, log: Callable[[str], None]) -> str:
+    images_per_worker = source.num_images // cfg.train.num_workers
+    steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
+    if steps_per_epoch == 0:
+        raise ConfigError("data.batch_size_global", cfg.data.batch_size_global,
+                          f"is larger than the {source.num_images} training images allow: each of "
+                          f"{cfg.train.num_workers} workers needs at least one full batch")
+    num_views = registry.get("method", cfg.method.name).num_views
+    dataset = view_stream(source, cfg.data, num_views, plan.augment_actors)
+    settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name)
+    log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
+        f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
+    trainer = build_trainer(cfg, dataset, plan, settings, storage)
+    fit = trainer.fit()
+    if fit.checkpoint is None:
+        raise RuntimeError(f"run {run_name} finished without a checkpoint in {storage}")
+    metrics = fit.metrics or {}
+    result.final_loss = float(metrics.get("train/loss", float("nan")))
+    result.images_per_s = float(metrics.get("train/images_per_s", 0.0))
+    result.checkpoint_path = fit.checkpoint.path
+    with fit.checkpoint.as_directory() as d:  # a local copy if storage is remote
+        if os.path.isdir(fit.checkpoint.path):
+            return str(fit.checkpoint.path)
+        return str(d)  # pragma: no cover (remote storage: copy lives for this process)
+
+
+def _evaluate(cfg: Config, encoder: Encoder, client: MlflowClient, run_id: str,
+              result: PretrainResult, log: Callable[[str], None]) -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
+                               cfg.train.seed)
+    encoders: dict[str, torch.nn.Module] = {TRAINED: encoder}
+    if cfg.eval.baselines:
+        # The exact initial weights of this run: the workers seed the same way before building.
+        torch.manual_seed(cfg.train.seed)
+        encoders[RANDOM_INIT] = build_method(cfg).encoder
+    log(f"[raysl] kNN evaluation on {split.description}")
+    result.knn = knn_suite(encoders, split, cfg.eval, cfg.data.image_size,
+                           with_pixels=cfg.eval.baselines)
+    result.eval_data, result.knn_k = split.description, cfg.eval.knn_k
+    result.knn_temperature = cfg.eval.knn_temperature
+    names = {TRAINED: "eval/knn_top1", RANDOM_INIT: "eval/knn_top1_random_init",
+             PIXELS: "eval/knn_top1_raw_pixels"}
+    Tracker(result.tracking_uri, run_id, active=True).log_metrics(
+        {names[k]: v for k, v in result.knn.items()}, step=cfg.train.epochs)
+
+
+def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
+              result: PretrainResult) -> RegisteredEncoder | None:
+    name = cfg.tracking.registered_model or f"raysl-{cfg.method.name}-{cfg.model.backbone}"
+    info = encoder_info(encoder)
+    knn = (f"kNN top-1 {100 * result.knn[TRAINED]:.2f}% (k={result.knn_k}, "
+           f"T={result.knn_temperature:g}; random init {100 * result.knn[RANDOM_INIT]:.2f}%, raw "
+           f"pixels {100 * result.knn[PIXELS]:.2f}%) on {result.eval_data}. "
+           if TRAINED in result.knn and RANDOM_INIT in result.knn else "")
+    description = (
+        f"{cfg.method.name} {cfg.model.backbone} (width {cfg.model.width}) pretrained "
+        f"{cfg.train.epochs} epochs on {result.data}. {knn}"
+        f"Input: (B, {info['in_channels']}, H, W) images, float in [0, 1] or uint8, pretrained at "
+        f"{info['image_size']} px; output: (B, {info['num_features']}) features. "
+        f"MLflow run {run_id}.")
+    tags = {"method": cfg.method.name, "run_name": result.run_name, "dataset": result.data,
+            **{f"knn_top1_{k}": f"{v:.4f}" for k, v in result.knn.items()}}
+    return log_and_register(encoder, run_id, uri, name, description, tags)

@@ -1,0 +1,1 @@
+"""MLflow: runs, per-epoch metrics, and the model registry that serves encoders."""

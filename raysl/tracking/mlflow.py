@@ -1,0 +1,112 @@
+"""MLflow runs for pretraining. The driver owns the run; workers log into it by id.
+
+The driver creates (or, for a resumed run name, finds) the MLflow run and passes its id to the
+Ray Train workers; rank 0 logs per-epoch metrics into it through :class:`Tracker`, which does
+nothing on other ranks. Resuming by run id keeps one MLflow run per training run even when Ray
+restarts workers or the user restarts the job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from raysl.config import TrackingConfig
+
+RUN_NAME_TAG = "raysl.run_name"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig) -> str:
+    """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
+
+    Relative sqlite paths are made absolute: Ray workers run in other working directories.
+    """
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        return f"sqlite:///{Path('mlflow.db').resolve()}"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def ui_command(uri: str) -> str:
+    """The shell command that opens the MLflow UI on this tracking store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri} --port 5000   # then http://127.0.0.1:5000"
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """Id of experiment ``name``, created if needed.
+
+    With a local database store, artifacts go to ``./mlartifacts`` as an absolute ``file://``
+    location (MLflow's default is relative to whatever directory the process runs in).
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if uri.startswith("sqlite:"):
+        location = Path("mlartifacts").resolve().as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def find_or_create_run(client: MlflowClient, experiment_id: str, run_name: str,
+                       tags: dict[str, str]) -> tuple[str, bool]:
+    """The run tagged with ``run_name`` (resumed), or a new one. Returns ``(run_id, resumed)``."""
+    found = client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    return run.info.run_id, False
+
+
+def log_params_once(client: MlflowClient, run_id: str, params: dict[str, Any]) -> list[str]:
+    """Log params that the run does not have yet; returns the keys whose value changed.
+
+    MLflow params are immutable. A resumed run with a changed value keeps the first value, and
+    the change is reported to the caller (and, by it, to the user).
+    """
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    changed = [k for k, v in params.items() if k in existing and existing[k] != str(v)[:6000]]
+    for i in range(0, len(new), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=new[i:i + 100])
+    return changed
+
+
+class Tracker:
+    """Per-epoch metric logging into an existing run; a no-op where ``active`` is false.
+
+    Args:
+        uri: tracking URI.
+        run_id: run created by the driver.
+        active: true on rank 0 only.
+    """
+
+    def __init__(self, uri: str, run_id: str, active: bool) -> None:
+        self.run_id = run_id
+        self.client = MlflowClient(uri) if active and run_id else None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log ``{"train/loss": 4.1, ...}`` at ``step`` (we use the epoch)."""
+        if self.client is None:
+            return
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags."""
+        if self.client is not None:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -1,0 +1,1 @@
+"""Training: the optimizer step (plain torch), checkpoints, and the Ray Train worker loop."""

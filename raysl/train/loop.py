@@ -1,0 +1,135 @@
+"""The Ray Train worker function: the only training code that calls ``ray.train``."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from raysl import distributed
+from raysl.config import Config
+from raysl.methods.base import SSLMethod, build_method
+from raysl.schedules import warmup_cosine
+from raysl.tracking.mlflow import Tracker
+from raysl.train.checkpoint import restore, save_checkpoint
+from raysl.train.optim import build_optimizer, set_lr
+from raysl.train.step import autocast_dtype, train_step, unwrap
+
+PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the driver works out for the workers (beyond the config)."""
+
+    steps_per_epoch: int
+    threads_per_worker: int
+    tracking_uri: str
+    mlflow_run_id: str
+    run_name: str
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Pretrain on this worker's shard; checkpoint and report every epoch.
+
+    Args:
+        loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__}``.
+
+    Returns:
+        ``{"epochs": ..., "steps": ...}`` (rank 0's is the run's ``Result.return_value``).
+    """
+    cfg = Config.from_dict(loop_config["config"])
+    s = LoopSettings(**loop_config["settings"])
+    torch.set_num_threads(s.threads_per_worker)
+    torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+    # [1] This worker's equal share of the augmented view stream.
+    shard = ray.train.get_dataset_shard("train")
+
+    # [2] Model (DDP-wrapped on its device), optimizer, and state of the last checkpoint if any.
+    method = build_method(cfg)
+    model = ray.train.torch.prepare_model(method)
+    device = ray.train.torch.get_device()
+    # Linear scaling rule on the global batch that actually runs (world size may differ from
+    # the config when Ray restarts elastically).
+    batch_global = cfg.batch_size_per_worker * world
+    peak_lr = cfg.optim.peak_lr(batch_global)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+    amp = autocast_dtype(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    start_epoch, step = 0, 0
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as d:
+            state = restore(d, method, optimizer)
+        start_epoch, step = state["epoch"] + 1, state["step"]
+    tracker = Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0)
+    total_steps = cfg.train.epochs * s.steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * s.steps_per_epoch)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    if start_epoch:
+        say(f"[raysl] resuming {s.run_name} at epoch {start_epoch + 1} (step {step})")
+
+    # [3] Epochs.
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        losses = []
+        last_print = t0
+        for batch in shard.iter_torch_batches(
+                batch_size=cfg.batch_size_per_worker, drop_last=True, device=device,
+                prefetch_batches=2, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                pin_memory=device.type == "cuda"):
+            lr = warmup_cosine(step, total_steps, warmup_steps, peak_lr,
+                               peak_lr * cfg.optim.final_lr_ratio)
+            set_lr(optimizer, lr)
+            views = [batch[f"view{i}"] for i in range(unwrap(model).num_views)]
+            loss, _ = train_step(model, views, optimizer, step / max(1, total_steps), step, amp,
+                                 scaler)
+            losses.append(loss)
+            step += 1
+            if time.perf_counter() - last_print > PROGRESS_EVERY_S:
+                last_print = time.perf_counter()
+                say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {len(losses)}/"
+                    f"{s.steps_per_epoch} loss {loss:.4f}")
+        if not losses:
+            raise RuntimeError(f"epoch {epoch + 1}: no full batch of {cfg.batch_size_per_worker} "
+                               "views reached this worker; lower data.batch_size_global or add "
+                               "images")
+        seconds = time.perf_counter() - t0
+        images_per_s = len(losses) * batch_global / seconds
+        metrics = {"train/loss": sum(losses) / len(losses), "train/lr": lr,
+                   "train/images_per_s": images_per_s, "train/epoch_s": seconds,
+                   "epoch": epoch + 1}
+        done = epoch + 1 - start_epoch
+        eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
+        say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.4f}  "
+            f"lr {lr:.4g}  {images_per_s:.0f} img/s  ETA {_fmt_s(eta)}")
+        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+
+        # [4] Checkpoint and report: rank 0 writes, every rank calls report (it is a barrier).
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                _save(d, method, optimizer, cfg, epoch, step, s)
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)
+    return {"epochs": cfg.train.epochs, "steps": step}
+
+
+def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Config,
+          epoch: int, step: int, s: LoopSettings) -> None:
+    state = {"epoch": epoch, "step": step, "config": cfg.to_dict(), "run_name": s.run_name,
+             "mlflow_run_id": s.mlflow_run_id, "world_size": distributed.world_size()}
+    save_checkpoint(d, method, method.encoder, optimizer, state)
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"

@@ -1,0 +1,114 @@
+"""Driver side of training: connect to Ray, plan resources, build the ``TorchTrainer``.
+
+Shared by ``raysl pretrain``, ``pipelines/pretrain.py`` and (later) sweeps, so that every entry
+point trains the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from raysl.config import Config, ConfigError
+from raysl.train.loop import LoopSettings, train_loop_per_worker
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How the cluster's CPUs/GPUs are split between train workers and Ray Data."""
+
+    cpus_per_worker: float
+    gpus_per_worker: int
+    threads_per_worker: int  # torch intra-op threads per train worker
+    augment_actors: int  # upper bound of the Ray Data augmentation actor pool
+
+    def describe(self, cfg: Config) -> str:
+        """One line for the log."""
+        gpu = f" + {self.gpus_per_worker} GPU" if self.gpus_per_worker else ""
+        return (f"{cfg.train.num_workers} train worker(s) x {self.cpus_per_worker:g} CPU{gpu} "
+                f"({self.threads_per_worker} thread(s) each); Ray Data: up to "
+                f"{self.augment_actors} augmentation actor(s) x {cfg.data.augment_cpus:g} CPU")
+
+
+def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> ResourcePlan:
+    """Split the cluster so that Ray Data always has CPU beside the train workers.
+
+    Train V2 keeps the train workers' CPUs out of Ray Data's budget, so a plan that gives every CPU
+    to training makes augmentation wait forever. We reserve ``train.data_cpus`` for Ray Data
+    and divide the rest between the workers (unless ``train.cpus_per_worker`` is set).
+
+    Raises:
+        ConfigError: when the request cannot be scheduled on this cluster (instead of hanging).
+    """
+    t, d = cfg.train, cfg.data
+    if t.use_gpu and cluster_gpus < t.num_workers:
+        raise ConfigError("train.num_workers", t.num_workers,
+                          f"needs one GPU per worker with train.use_gpu=true; the cluster has "
+                          f"{cluster_gpus:g} GPU(s)")
+    if d.augment_cpus > t.data_cpus:
+        raise ConfigError("data.augment_cpus", d.augment_cpus,
+                          f"must be <= train.data_cpus={t.data_cpus:g} (CPUs kept for Ray Data)")
+    available = cluster_cpus - t.data_cpus
+    cpus = t.cpus_per_worker or available / t.num_workers
+    # Keep 0.01 CPU of slack: logical CPUs are floats and exact fits fail on rounding.
+    if cpus <= 0 or cpus * t.num_workers > available + 1e-9:
+        raise ConfigError("train.num_workers", t.num_workers,
+                          f"cannot be scheduled: the cluster has {cluster_cpus:g} CPU(s), "
+                          f"train.data_cpus={t.data_cpus:g} are kept for Ray Data, leaving "
+                          f"{max(available, 0):g} for the workers ({cpus:g} each requested)")
+    cpus = math.floor(cpus * 100) / 100
+    threads = max(1, int(cpus))
+    actors = max(1, int(t.data_cpus // d.augment_cpus))
+    return ResourcePlan(cpus, 1 if t.use_gpu else 0, threads, actors)
+
+
+def connect(address: str = "") -> None:
+    """Use the running Ray (tests), the cluster at ``address``/``$RAY_ADDRESS``, or start one.
+
+    Under ``ray job submit`` the job supervisor sets ``RAY_ADDRESS``, so the job joins the cluster
+    it was submitted to; run directly, raysl starts a local in-process cluster.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our epoch lines instead
+
+
+def cluster_resources() -> tuple[float, float]:
+    """(CPUs, GPUs) of the connected cluster."""
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
+                  settings: LoopSettings, storage_path: str) -> TorchTrainer:
+    """The ``TorchTrainer`` for one pretraining run.
+
+    Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
+    checkpoint (Ray Train V2 restores the run's state from ``storage_path/run_name``).
+    """
+    resources = {"CPU": plan.cpus_per_worker}
+    if plan.gpus_per_worker:
+        resources["GPU"] = plan.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
+                                               use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=settings.run_name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+        datasets={"train": dataset},
+    )
