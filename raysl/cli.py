@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from raysl import config as config_mod
-from raysl import methods, registry  # methods: importing it registers them
+from raysl import registry  # methods: importing it registers them
 from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
 from raysl.data.readers import DataError
 

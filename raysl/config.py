@@ -121,7 +121,7 @@ class DataConfig:
 
     source: SourceConfig = field(default_factory=SourceConfig)
     image_size: int = 224  # side of the square views fed to the encoder
-    decode_size: int = 0  # image files: shorter side resized to this, centre square kept; 0 = 8/7*size
+    decode_size: int = 0  # image files: shorter side resized to this, centre kept; 0 = 8/7 size
     channels: Literal[1, 3] = 3  # images are converted to this many channels (1 = grayscale)
     batch_size_global: int = 256  # images per optimizer step across ALL workers
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -151,7 +151,7 @@ class ModelConfig:
 
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     width: int = 64  # channels of the first stage; 64 is torchvision's ResNet, 16 runs on a laptop
-    small_stem: bool = False  # 3x3 stride-1 stem, no max-pool: use for inputs <= 64 px (CIFAR, MNIST)
+    small_stem: bool = False  # 3x3 stride-1 stem, no max-pool: for inputs <= 64 px (CIFAR, MNIST)
 
     def __post_init__(self) -> None:
         check(self.width >= 4 and self.width % 4 == 0, "width", self.width,
@@ -279,7 +279,7 @@ class Config:
         b, w = self.data.batch_size_global, self.train.num_workers
         if b % w:
             raise ConfigError("data.batch_size_global", b,
-                              f"must be divisible by train.num_workers={w} (equal shards per worker)")
+                              f"must be divisible by train.num_workers={w} (equal shards)")
 
     @property
     def batch_size_per_worker(self) -> int:
@@ -296,7 +296,8 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict; ``Config.from_dict(c.to_dict()) == c``."""
-        return _plain(dataclasses.asdict(self))
+        out: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return out
 
     def to_yaml(self) -> str:
         """The effective config as YAML (logged to MLflow, saved in checkpoints)."""
@@ -363,7 +364,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(where, value, f"must be a list of {len(args)} values")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
     if origin in (types.UnionType, typing.Union):
         raise TypeError(f"unsupported annotation {tp} for {where}")  # keep configs simple
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -371,7 +373,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(where, value, f"must be of type {tp.__name__}, not a boolean")
     if not isinstance(value, tp):
-        raise ConfigError(where, value, f"must be of type {tp.__name__}, got {type(value).__name__}")
+        got = type(value).__name__
+        raise ConfigError(where, value, f"must be of type {tp.__name__}, got {got}")
     return value
 
 

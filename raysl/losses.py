@@ -31,7 +31,8 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float) -> Tensor:
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}: must be > 0")
     if z0.shape != z1.shape or z0.ndim != 2:
-        raise ValueError(f"z0 and z1 must both be (B, D); got {tuple(z0.shape)} and {tuple(z1.shape)}")
+        shapes = f"{tuple(z0.shape)} and {tuple(z1.shape)}"
+        raise ValueError(f"z0 and z1 must both be (B, D); got {shapes}")
     b = z0.shape[0]
     z0, z1 = F.normalize(z0, dim=1), F.normalize(z1, dim=1)
     z0_all, z1_all = distributed.gather(z0), distributed.gather(z1)  # (B*W, D) each

@@ -87,7 +87,7 @@ class PretrainResult:
                   f"checkpoint     {self.checkpoint_path}",
                   f"open the UI    {ui_command(self.tracking_uri)}"]
         lines += [f"warning        {w}" for w in self.warnings]
-        return "\n".join(lines + ["=" * 85])
+        return "\n".join([*lines, "=" * 85])
 
 
 def new_run_name(cfg: Config) -> str:
@@ -150,8 +150,8 @@ def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
     return source
 
 
-def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, storage: str, uri: str,
-           run_id: str, result: PretrainResult, log: Callable[[str], None]) -> str:
+def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, storage: str,
+           uri: str, run_id: str, result: PretrainResult, log: Callable[[str], None]) -> str:
     images_per_worker = source.num_images // cfg.train.num_workers
     steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
     if steps_per_epoch == 0:

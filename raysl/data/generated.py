@@ -43,4 +43,5 @@ def _mask(label: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
         inside & (np.floor((dx + 1) * 2.5) % 2 == 0),  # vertical bars
         inside & ((np.abs(dy - dx) < 0.3) | (np.abs(dy + dx) < 0.3)),  # diagonal cross
     )
-    return masks[label]
+    mask: np.ndarray = masks[label]
+    return mask

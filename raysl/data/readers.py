@@ -25,7 +25,7 @@ from raysl.data import generated
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"]
-_ROWS_PER_BLOCK = 2048  # blocks of ~2-6 MB: enough of them for shuffling block order and parallelism
+_ROWS_PER_BLOCK = 2048  # blocks of ~2-6 MB: enough of them to shuffle block order and parallelise
 _MIN_SIDE = 8  # images smaller than this on either side are skipped as "too_small"
 
 
@@ -273,7 +273,7 @@ def decode_image(data: bytes, channels: int, size: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             img.draft("RGB" if channels == 3 else "L", (size, size))  # JPEG: decode at low res
             img = ImageOps.exif_transpose(img)
             img = img.convert("RGB" if channels == 3 else "L")
@@ -329,8 +329,10 @@ def _read_folder(cfg: SourceConfig, channels: int, size: int, seed: int,
         rows["label"] = np.array([labels[i] for i in order], np.int64)
     listing = ray.data.from_arrow([pa.table(rows)]).repartition(
         max(1, min(len(order) // 256, 64)))
-    decoded = listing.map_batches(_decode_batch, fn_kwargs={"channels": channels, "size": size},
-                                  batch_size=64, batch_format="numpy").materialize()
+    decoded = listing.map_batches(
+        _decode_batch,  # type: ignore[arg-type]  # Ray's stub expects a one-argument callable
+        fn_kwargs={"channels": channels, "size": size}, batch_size=64, batch_format="numpy",
+    ).materialize()
     bad = decoded.filter(lambda r: r["error"] != "").select_columns(["path", "error"]).take_all()
     good = decoded.filter(lambda r: r["error"] == "").drop_columns(["error", "path"])
     good = good.materialize()
@@ -339,6 +341,7 @@ def _read_folder(cfg: SourceConfig, channels: int, size: int, seed: int,
     if num == 0:
         raise DataError(f"{field_name}.path={cfg.path!r}: none of the {len(order)} image files "
                         f"could be decoded ({skipped})")
-    desc = f"{root.name or root} ({num} images{', ' + str(len(classes)) + ' classes' if classes else ''})"
+    n_classes = f", {len(classes)} classes" if classes else ""
+    desc = f"{root.name or root} ({num} images{n_classes})"
     return ImageSource(good, num, classes, desc, skipped,
                        [f"{os.path.relpath(r['path'], root)}: {r['error']}" for r in bad[:10]])

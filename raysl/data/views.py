@@ -94,7 +94,7 @@ def grayscale(x: Tensor) -> Tensor:
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """factor * x + (1 - factor) * other, per image, clamped to [0, 1]; factor: (B,)."""
+    """Factor * x + (1 - factor) * other, per image, clamped to [0, 1]; factor: (B,)."""
     f = factor.view(-1, 1, 1, 1)
     return (f * x + (1 - f) * other).clamp_(0, 1)
 
@@ -239,8 +239,9 @@ class MultiViewTransform:
         torch.set_num_threads(1)  # one core per augmentation actor; Ray schedules the actors
         self.cfg, self.size, self.num_views = cfg, size, num_views
         self.gen = torch.Generator()
-        self.gen.manual_seed(seed if seed is not None else int(np.random.SeedSequence().entropy
-                                                                % 2**63))
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self.gen.manual_seed(seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Views of a batch of images."""

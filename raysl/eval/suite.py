@@ -38,7 +38,7 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int
     keep, held = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_held = int(round(len(idx) * fraction))
+        n_held = round(len(idx) * fraction)
         if len(idx) >= 2:
             n_held = min(max(n_held, 1), len(idx) - 1)
         held.append(idx[:n_held])
@@ -70,7 +70,7 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
 
 def knn_suite(encoders: dict[str, nn.Module], split: LabeledSplit, cfg: EvalConfig,
               image_size: int, with_pixels: bool = True) -> dict[str, float]:
-    """kNN top-1 of each encoder (and raw pixels) on ``split``, keyed by the given names.
+    """KNN top-1 of each encoder (and raw pixels) on ``split``, keyed by the given names.
 
     Raw pixels are centred by the bank mean before the cosine kNN, so the baseline is not just
     comparing overall brightness.

@@ -47,7 +47,7 @@ class SSLMethod(nn.Module, ABC):
             progress: fraction of training done, in [0, 1], for schedules inside the method.
         """
 
-    def on_step_end(self, progress: float) -> None:  # noqa: B027 (optional hook, no-op default)
+    def on_step_end(self, progress: float) -> None:
         """Called after each optimizer step (EMA updates go here)."""
 
 

@@ -21,7 +21,7 @@ _DEPTHS: dict[str, tuple[type[BasicBlock | Bottleneck], list[int]]] = {
 }
 
 
-class ResNetBackbone(ResNet):
+class ResNetBackbone(ResNet):  # type: ignore[misc]  # torchvision ships no type stubs
     """torchvision's ResNet with a width multiplier, a small-image stem option and no classifier.
 
     We subclass torchvision's ResNet (and reuse its ``_make_layer``) instead of writing our own so
@@ -76,6 +76,9 @@ class Encoder(nn.Module):
     Returns:
         (B, num_features) float features (before any projection head).
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, backbone: nn.Module, num_features: int, in_channels: int,
                  image_size: int) -> None:

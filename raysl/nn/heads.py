@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor, nn
 
 
@@ -18,7 +20,7 @@ class MLP(nn.Module):
         if len(dims) < 2 or min(dims) < 1:
             raise ValueError(f"dims={dims}: need at least [input_dim, output_dim], all >= 1")
         layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             last = i == len(dims) - 2
             # A bias before BatchNorm is redundant (the BN shift absorbs it).
             layers.append(nn.Linear(d_in, d_out, bias=last and not last_norm))

@@ -27,7 +27,7 @@ class RegisteredEncoder:
 
 def log_and_register(encoder: Encoder, run_id: str, uri: str, model_name: str | None,
                      description: str, tags: dict[str, str]) -> RegisteredEncoder | None:
-    """Log ``encoder`` to the run (as ``encoder``) and register it as a new version of ``model_name``.
+    """Log ``encoder`` to the run and register it as a new version of ``model_name``.
 
     The model is saved in MLflow's pickle format so that ``mlflow.pytorch.load_model`` returns the
     :class:`Encoder` module itself (fine-tunable), not a traced inference graph; raysl's own code

@@ -34,14 +34,12 @@ class LoopSettings:
     run_name: str
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Pretrain on this worker's shard; checkpoint and report every epoch.
 
     Args:
         loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__}``.
 
-    Returns:
-        ``{"epochs": ..., "steps": ...}`` (rank 0's is the run's ``Result.return_value``).
     """
     cfg = Config.from_dict(loop_config["config"])
     s = LoopSettings(**loop_config["settings"])
@@ -120,7 +118,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 _save(d, method, optimizer, cfg, epoch, step, s)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
-    return {"epochs": cfg.train.epochs, "steps": step}
 
 
 def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Config,

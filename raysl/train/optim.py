@@ -48,7 +48,8 @@ class LARS(torch.optim.Optimizer):
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """Split parameters: weights get decay (and LARS); biases and norm scales do not, if asked."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue

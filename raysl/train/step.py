@@ -68,11 +68,11 @@ def train_step(model: nn.Module, views: list[Tensor], optimizer: torch.optim.Opt
         raise NonFiniteLossError(f"loss={global_loss} at step {step}: stopping (lower the "
                                  "learning rate, raise the temperature, or use fp32)")
     if scaler is not None:
-        scaler.scale(out.loss).backward()
+        scaler.scale(out.loss).backward()  # type: ignore[no-untyped-call]
         scaler.step(optimizer)
         scaler.update()
     else:
-        out.loss.backward()
+        out.loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     unwrap(model).on_step_end(progress)
     return global_loss, out

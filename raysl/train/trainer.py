@@ -86,7 +86,7 @@ def connect(address: str = "") -> None:
 
 def cluster_resources() -> tuple[float, float]:
     """(CPUs, GPUs) of the connected cluster."""
-    res = ray.cluster_resources()
+    res = ray.cluster_resources()  # type: ignore[no-untyped-call]
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 

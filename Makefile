@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Reinstall only when pyproject.toml changes: a second `make test` installs nothing.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test lint data install clean
+
+demo: install data  ## SimCLR on Fashion-MNIST: train, evaluate, register, print a summary
+	$(VENV)/bin/raysl demo
+
+test: install data  ## the whole suite (lint, unit, Ray integration, end to end)
+	$(VENV)/bin/ruff check raysl tests pipelines
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check raysl tests pipelines
+	$(VENV)/bin/mypy
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing raysl and its pinned dependencies into $(VENV) (first time: ~3 minutes)..."
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package. Without it (no root, no apt), the
+# demo says so and uses generated images; the tests that need the real files skip.
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)..."; \
+	    ( $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist \
+	      || ( $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	           apt-get install -y -qq dataset-fashion-mnist ) ) >/dev/null 2>&1 \
+	    || echo "Could not install dataset-fashion-mnist: the demo will use generated images."; \
+	  else \
+	    echo "No apt-get here: the demo will use generated images instead of Fashion-MNIST."; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf ray_results mlartifacts mlflow.db .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from raysl.eval.knn import knn_predict, knn_top1
+from raysl.eval.suite import stratified_holdout
+
+
+def _clusters(n_per_class=50, classes=5, dim=16, spread=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=g)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    feats = centers[labels] + spread * torch.randn(len(labels), dim, generator=g)
+    return feats, labels
+
+
+def test_separable_clusters_are_classified_perfectly():
+    bank, bank_y = _clusters(seed=0)
+    queries, query_y = _clusters(seed=0)
+    queries = queries + 0.01 * torch.randn_like(queries)
+    assert knn_top1(bank, bank_y, queries, query_y, 5, k=20) == 1.0
+
+
+def test_shuffled_labels_give_about_chance():
+    bank, bank_y = _clusters(n_per_class=200, classes=4)
+    bank_y = bank_y[torch.randperm(len(bank_y), generator=torch.Generator().manual_seed(3))]
+    queries, query_y = _clusters(n_per_class=200, classes=4, seed=1)
+    acc = knn_top1(bank, bank_y, queries, query_y, 4, k=50)
+    assert 0.15 < acc < 0.40
+
+
+def test_weighted_vote_prefers_closer_neighbours():
+    bank = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    q = torch.tensor([[1.0, 0.05]])
+    # Two far neighbours of class 1 vs one very close of class 0: low T trusts the close one.
+    assert knn_predict(bank, labels, q, 2, k=3, temperature=0.01).item() == 0
+    assert knn_predict(bank, labels, q, 2, k=3, temperature=100.0).item() == 1
+
+
+def test_k_larger_than_bank_is_clipped():
+    bank, y = _clusters(n_per_class=2, classes=2)
+    assert knn_predict(bank, y, bank, 2, k=200).shape == (4,)
+
+
+def test_stratified_holdout_is_stratified_and_reproducible():
+    labels = np.repeat(np.arange(5), [100, 50, 20, 10, 2])
+    keep, held = stratified_holdout(labels, 0.2, seed=0)
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
+    counts = np.bincount(labels[held], minlength=5)
+    assert counts.tolist() == [20, 10, 4, 2, 1]
+    _keep2, held2 = stratified_holdout(labels, 0.2, seed=0)
+    assert np.array_equal(held, held2)
+    assert not np.array_equal(held, stratified_holdout(labels, 0.2, seed=1)[1])
+
+
+def test_rejects_mismatched_bank():
+    with pytest.raises(ValueError, match="labels"):
+        knn_predict(torch.ones(3, 2), torch.ones(2, dtype=torch.long), torch.ones(1, 2), 2)

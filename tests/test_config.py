@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from raysl import config as C
+from raysl.config import Config, ConfigError
+
+
+def test_defaults_are_valid_and_round_trip():
+    cfg = Config()
+    assert cfg.method.name == "simclr" and cfg.method.temperature == 0.1  # type: ignore[attr-defined]
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict({}) == cfg
+
+
+def test_yaml_and_set_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: simclr\noptim: {base_lr: 0.5}\n"
+                    "data: {views: {crop_scale: [0.2, 1]}}\n")
+    cfg = C.load(path, ["method.temperature=0.3", "train.num_workers=4",
+                        "data.batch_size_global=512"])
+    assert cfg.optim.base_lr == 0.5
+    assert cfg.method.temperature == 0.3  # type: ignore[attr-defined]
+    assert cfg.data.views.crop_scale == (0.2, 1.0)
+    assert cfg.batch_size_per_worker == 128
+    assert cfg.optim.peak_lr(cfg.data.batch_size_global) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("override", "field", "fragment"), [
+    ("optim.base_lr=-1", "optim.base_lr", "must be > 0"),
+    ("optim.bse_lr=1", "optim.bse_lr", "unknown field"),
+    ("train.epochs=abc", "train.epochs", "of type int"),
+    ("train.epochs=1.5", "train.epochs", "of type int"),
+    ("train.use_gpu=3", "train.use_gpu", "of type bool"),
+    ("optim.name=adam", "optim.name", "one of ['lars', 'sgd', 'adamw']"),
+    ("data.views.hue=0.9", "data.views.hue", "[0, 0.5]"),
+    ("data.views.crop_scale=[0.5]", "data.views.crop_scale", "list of 2"),
+    ("data.source.limit=-3", "data.source.limit", ">= 0"),
+    ("method.name=nope", "method.name", "must be one of ['simclr']"),
+    ("method.temperature=0", "method.temperature", "must be > 0"),
+    ("data.batch_size_global=255", "data.batch_size_global", "divisible by train.num_workers"),
+    ("train.run_name=a/b", "train.run_name", "letters, digits"),
+])
+def test_errors_name_field_value_and_expectation(override, field, fragment):
+    with pytest.raises(ConfigError) as info:
+        C.load(None, [override])
+    err = info.value
+    assert err.field == field
+    assert fragment in str(err)
+    assert field in str(err) and repr(err.value) in str(err)
+
+
+def test_error_names_the_yaml_file(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim: {momentum: 1.5}\n")
+    with pytest.raises(ConfigError, match=r"optim.momentum=1.5: .*\(from .*bad.yaml\)"):
+        C.load(path)
+
+
+def test_override_syntax_error():
+    with pytest.raises(ConfigError, match=r"section\.field=value"):
+        C.load(None, ["optim.base_lr"])
+
+
+def test_flat_params_cover_every_field():
+    flat = Config().flat()
+    assert flat["optim.base_lr"] == 0.3 and flat["method.temperature"] == 0.1
+    assert flat["data.source.path"] == C.FASHION_MNIST_DIR
+
+
+def test_shipped_configs_load():
+    for path in sorted(Path("pipelines/configs").glob("*.yaml")):
+        C.load(path)  # raises on any stale key

@@ -1,0 +1,145 @@
+"""Optimizer, step, checkpoint and resource planning: plain torch, no Ray cluster."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from raysl import config as C
+from raysl.config import ConfigError
+from raysl.methods.base import build_method
+from raysl.train.checkpoint import (
+    ENCODER_FILE,
+    METHOD_FILE,
+    STATE_FILE,
+    CheckpointError,
+    load_strict,
+    read_state,
+    restore,
+    save_checkpoint,
+)
+from raysl.train.optim import LARS, build_optimizer, param_groups
+from raysl.train.step import NonFiniteLossError, autocast_dtype, train_step
+from raysl.train.trainer import plan_resources
+
+TINY = ["model.width=8", "model.small_stem=true", "data.channels=1", "data.image_size=16"]
+
+
+def _method(extra=()):
+    torch.manual_seed(0)
+    cfg = C.load(None, TINY + list(extra))
+    return cfg, build_method(cfg)
+
+
+def _views(b=8):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 256, (b, 1, 16, 16), dtype=torch.uint8, generator=g) for _ in range(2)]
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd", "adamw"])
+def test_optimizers_reduce_the_loss(name):
+    cfg, method = _method([f"optim.name={name}"])
+    opt = build_optimizer(method, cfg.optim, lr=0.05 if name != "adamw" else 1e-3)
+    views = _views()
+    losses = [train_step(method, views, opt, 0.0, i)[0] for i in range(15)]
+    assert losses[-1] < losses[0]
+
+
+def test_bias_and_norm_excluded_from_decay_and_lars():
+    cfg, method = _method()
+    decay, no_decay = param_groups(method, cfg.optim)
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert all(p.ndim <= 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and no_decay["lars_adapt"] is False
+
+
+def test_lars_trust_ratio():
+    w = torch.nn.Parameter(torch.full((4,), 2.0))  # ||w|| = 4
+    w.grad = torch.full((4,), 0.5)  # ||g|| = 1
+    LARS([w], lr=1.0, momentum=0.0, eta=0.1).step()
+    # update = lr * eta * ||w|| / ||g|| * g = 0.4 * 0.5 per element
+    torch.testing.assert_close(w.data, torch.full((4,), 2.0 - 0.2))
+
+
+def test_non_finite_loss_stops_before_the_update():
+    cfg, method = _method()
+    opt = build_optimizer(method, cfg.optim, lr=0.1)
+    before = [p.detach().clone() for p in method.parameters()]
+    bad = [torch.full((8, 1, 16, 16), float("nan")) for _ in range(2)]
+    with pytest.raises(NonFiniteLossError, match="at step 7"):
+        train_step(method, bad, opt, 0.0, step=7)
+    assert all(torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=False))
+
+
+def test_bf16_autocast_path_runs_on_cpu():
+    cfg, method = _method()
+    opt = build_optimizer(method, cfg.optim, lr=0.01)
+    loss, _ = train_step(method, _views(), opt, 0.0, 0, amp_dtype=torch.bfloat16)
+    assert loss == loss  # finite
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+
+
+def test_checkpoint_round_trip_is_strict(tmp_path: Path):
+    cfg, method = _method()
+    opt = build_optimizer(method, cfg.optim, lr=0.1)
+    train_step(method, _views(), opt, 0.0, 0)
+    save_checkpoint(tmp_path, method, method.encoder, opt, {"epoch": 3, "step": 42,
+                                                           "config": cfg.to_dict()})
+    assert {p.name for p in tmp_path.iterdir()} == {"encoder.pt", "method.pt", "optimizer.pt",
+                                                    "state.json"}
+    _, fresh = _method()
+    fresh_opt = build_optimizer(fresh, cfg.optim, lr=0.1)
+    state = restore(tmp_path, fresh, fresh_opt)
+    assert state["epoch"] == 3 and C.Config.from_dict(state["config"]) == cfg
+    for a, b in zip(method.state_dict().values(), fresh.state_dict().values(), strict=False):
+        assert torch.equal(a, b)
+    assert fresh_opt.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def test_strict_load_names_mismatched_keys(tmp_path: Path):
+    cfg, method = _method()
+    opt = build_optimizer(method, cfg.optim, lr=0.1)
+    save_checkpoint(tmp_path, method, method.encoder, opt, {"epoch": 0})
+    _, wider = _method(["model.width=12"])
+    with pytest.raises(CheckpointError, match="size mismatch"):
+        load_strict(wider.encoder, tmp_path / ENCODER_FILE)
+    with pytest.raises(CheckpointError, match="Unexpected key"):
+        load_strict(method.encoder, tmp_path / METHOD_FILE)
+
+
+def test_checkpoint_files_are_tensors_only(tmp_path: Path):
+    # weights_only=True refuses pickled code: a file holding an arbitrary object fails to load.
+    torch.save({"x": torch.nn.Linear(2, 2)}, tmp_path / ENCODER_FILE)
+    _, method = _method()
+    with pytest.raises(Exception, match="Weights only load failed"):
+        load_strict(method.encoder, tmp_path / ENCODER_FILE)
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="not a complete raysl checkpoint"):
+        read_state(tmp_path)
+    (tmp_path / STATE_FILE).write_text(json.dumps({"epoch": 0}))
+    assert read_state(tmp_path) == {"epoch": 0}
+
+
+def test_resource_plan_keeps_cpu_for_ray_data():
+    cfg = C.load(None, ["train.num_workers=2"])
+    plan = plan_resources(cfg, cluster_cpus=2, cluster_gpus=0)
+    assert plan.cpus_per_worker == 0.5 and plan.threads_per_worker == 1
+    assert 2 * plan.cpus_per_worker + cfg.train.data_cpus <= 2
+    big = plan_resources(cfg, cluster_cpus=16, cluster_gpus=0)
+    assert big.cpus_per_worker == 7.5 and big.threads_per_worker == 7
+
+
+@pytest.mark.parametrize(("overrides", "cpus", "gpus", "field"), [
+    (["train.num_workers=4", "train.cpus_per_worker=1"], 2, 0, "train.num_workers"),
+    (["train.data_cpus=2"], 2, 0, "train.num_workers"),
+    (["train.use_gpu=true"], 8, 1, "train.num_workers"),
+    (["data.augment_cpus=2"], 8, 0, "data.augment_cpus"),
+])
+def test_unschedulable_requests_fail_before_starting(overrides, cpus, gpus, field):
+    with pytest.raises(ConfigError) as info:
+        plan_resources(C.load(None, overrides), cpus, gpus)
+    assert info.value.field == field
