@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from raysl import registry
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
-from raysl.data.readers import ImageSource, read_source
+from raysl.data.readers import ImageSource, read_source, resolve_format
 from raysl.eval.suite import PIXELS, knn_suite, load_labeled_split
 from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder, build_encoder, encoder_info
@@ -95,6 +95,17 @@ def new_run_name(cfg: Config) -> str:
     return f"{cfg.method.name}-{cfg.model.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_data_paths(cfg: Config) -> None:
+    """Raise ``DataError`` naming the field if any configured data path does not exist."""
+    sources = [("data.source", cfg.data.source)]
+    if cfg.eval.enabled:
+        sources.append(("eval.bank", cfg.eval.bank))
+        if cfg.eval.query.is_set:
+            sources.append(("eval.query", cfg.eval.query))
+    for name, source in sources:
+        resolve_format(source, name)
+
+
 def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
     """Run pretraining as ``cfg`` says, evaluate, register; see :class:`PretrainResult`.
 
@@ -103,6 +114,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
         DataError: missing or unusable data.
         ray.train.TrainingFailedError: training failed (the MLflow run is marked FAILED).
     """
+    check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     connect(cfg.train.address)
     plan = plan_resources(cfg, *cluster_resources())
     run_name = cfg.train.run_name or new_run_name(cfg)

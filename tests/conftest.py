@@ -19,7 +19,8 @@ def ray_session() -> Iterator[None]:
     """A local Ray cluster with 4 logical CPUs (2 train workers + Ray Data on 2 real cores)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 2**20,
+    assert not ray.is_initialized(), "a test started Ray outside the ray_session fixture"
+    ray.init(num_cpus=4, include_dashboard=True, object_store_memory=512 * 2**20,
              log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield

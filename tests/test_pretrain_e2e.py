@@ -56,7 +56,7 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     # The MLflow run: params, per-epoch and eval metrics, config artifact, finished.
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["method.temperature"] == "0.5"
+    assert run.data.params["method.temperature"] == str(cfg.method.temperature)  # type: ignore[attr-defined]
     for key in ("train/loss", "train/lr", "train/images_per_s", "eval/knn_top1",
                 "eval/knn_top1_random_init", "eval/knn_top1_raw_pixels", "data/images"):
         assert key in run.data.metrics, key

@@ -9,6 +9,7 @@ restarts workers or the user restarts the job.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,12 @@ def ui_command(uri: str) -> str:
     """The shell command that opens the MLflow UI on this tracking store."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --port 5000   # then http://127.0.0.1:5000"
+    beside = Path(sys.executable).parent / "mlflow"  # the venv's mlflow, which PATH may lack
+    mlflow_cmd = "mlflow"
+    if beside.exists():
+        rel = os.path.relpath(beside)
+        mlflow_cmd = str(beside) if rel.startswith("..") else rel
+    return f"{mlflow_cmd} ui --backend-store-uri {uri} --port 5000   # then http://127.0.0.1:5000"
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0)
     total_steps = cfg.train.epochs * s.steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * s.steps_per_epoch)
-    say = print if rank == 0 else (lambda *a, **k: None)
+    say = _progress if rank == 0 else (lambda *a, **k: None)
     if start_epoch:
         say(f"[raysl] resuming {s.run_name} at epoch {start_epoch + 1} (step {step})")
 
@@ -125,6 +126,14 @@ def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Conf
     state = {"epoch": epoch, "step": step, "config": cfg.to_dict(), "run_name": s.run_name,
              "mlflow_run_id": s.mlflow_run_id, "world_size": distributed.world_size()}
     save_checkpoint(d, method, method.encoder, optimizer, state)
+
+
+def _progress(line: str) -> None:
+    # Not print(): Train V2 patches print on workers to tee to the stream *and* log through the
+    # root logger, so every printed line reached the driver twice (ray/train/v2/_internal/
+    # logging/patch_print.py). One write to the stream gives one line.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _fmt_s(seconds: float) -> str:

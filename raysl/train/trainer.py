@@ -80,7 +80,9 @@ def connect(address: str = "") -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        # The dashboard also serves the state API that Train's placement-group cleaner polls;
+        # without it the cleaner logs a warning every few seconds for the whole run.
+        ray.init(address="local", include_dashboard=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our epoch lines instead
 
 

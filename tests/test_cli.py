@@ -1,0 +1,46 @@
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from raysl import cli
+
+PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "pretrain.py"
+
+
+def test_methods_lists_simclr(capsys):
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "simclr" in out and "arXiv:2002.05709" in out
+
+
+def test_config_prints_effective_yaml(capsys):
+    assert cli.main(["config", "--set", "optim.base_lr=0.7"]) == 0
+    assert "base_lr: 0.7" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "optim.base_lr=-1"], "optim.base_lr=-1.0: must be > 0"),
+    (["--set", "data.source.path=/no/such/dir"], "data.source.path='/no/such/dir': does not exist"),
+    (["--config", "/no/such.yaml"], "No such file"),
+])
+def test_user_errors_exit_2_with_one_clear_line(capsys, args, message, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["pretrain", *args, "--set", f"train.storage_path={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_pipeline_entrypoint_smoke_test(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(PIPELINE), "--smoke-test", "--set",
+                                      f"train.storage_path={tmp_path / 'runs'}"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(PIPELINE), run_name="__main__")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "raysl pretrain: summary" in out and "models:/raysl-simclr-resnet18/1" in out
+    assert (tmp_path / "mlflow.db").exists()
