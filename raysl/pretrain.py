@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray.train
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -135,9 +136,10 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
     log(f"[raysl] resources: {plan.describe(cfg)}")
     try:
         source = _read_training_data(cfg, client, run_id, result)
-        checkpoint_dir = _train(cfg, source, plan, run_name, storage, uri, run_id, result, log)
+        checkpoint = _train(cfg, source, plan, run_name, storage, uri, run_id, result, log)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
-        load_strict(encoder, Path(checkpoint_dir) / ENCODER_FILE)
+        with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
+            load_strict(encoder, Path(d) / ENCODER_FILE)
         if cfg.eval.enabled:
             _evaluate(cfg, encoder, client, run_id, result, log)
         if cfg.tracking.register:
@@ -163,7 +165,8 @@ def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
 
 
 def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, storage: str,
-           uri: str, run_id: str, result: PretrainResult, log: Callable[[str], None]) -> str:
+           uri: str, run_id: str, result: PretrainResult, log: Callable[[str], None]
+           ) -> ray.train.Checkpoint:
     images_per_worker = source.num_images // cfg.train.num_workers
     steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
     if steps_per_epoch == 0:
@@ -183,10 +186,8 @@ def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, 
     result.final_loss = float(metrics.get("train/loss", float("nan")))
     result.images_per_s = float(metrics.get("train/images_per_s", 0.0))
     result.checkpoint_path = fit.checkpoint.path
-    with fit.checkpoint.as_directory() as d:  # a local copy if storage is remote
-        if os.path.isdir(fit.checkpoint.path):
-            return str(fit.checkpoint.path)
-        return str(d)  # pragma: no cover (remote storage: copy lives for this process)
+    checkpoint: ray.train.Checkpoint = fit.checkpoint
+    return checkpoint
 
 
 def _evaluate(cfg: Config, encoder: Encoder, client: MlflowClient, run_id: str,

@@ -44,3 +44,17 @@ def test_pipeline_entrypoint_smoke_test(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "raysl pretrain: summary" in out and "models:/raysl-simclr-resnet18/1" in out
     assert (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_demo_falls_back_to_generated_data_when_fmnist_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the demo reads pipelines/configs
+    monkeypatch.setattr(cli, "FASHION_MNIST_DIR", str(tmp_path / "not-installed"))
+    code = cli.main(["demo", "--set", "data.source.limit=256", "--set", "train.epochs=1",
+                     "--set", "eval.bank.limit=300", "--set", f"train.storage_path={tmp_path}",
+                     "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Fashion-MNIST is not installed" in out and "generated shapes" in out
+    assert "same encoder, random init" in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +51,16 @@ def ui_command(uri: str) -> str:
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """Id of experiment ``name``, created if needed.
 
-    With a local database store, artifacts go to ``./mlartifacts`` as an absolute ``file://``
-    location (MLflow's default is relative to whatever directory the process runs in).
+    With a sqlite store, artifacts go to ``mlartifacts/`` beside the database file, as an
+    absolute ``file://`` location (MLflow's default is relative to whatever directory the process
+    happens to run in, which differs between the driver and Ray workers).
     """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
     location = None
-    if uri.startswith("sqlite:"):
-        location = Path("mlartifacts").resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return str(client.create_experiment(name, artifact_location=location))
 
 
@@ -106,8 +108,6 @@ class Tracker:
         """Log ``{"train/loss": 4.1, ...}`` at ``step`` (we use the epoch)."""
         if self.client is None:
             return
-        import time
-
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[
             Metric(k, float(v), now, step) for k, v in metrics.items()])
