@@ -43,13 +43,14 @@ def sample_crop_boxes(b: int, h: int, w: int, scale: tuple[float, float],
     ok = fits.any(dim=1)
     rows = torch.arange(b)
     cw, ch = cw[rows, first], ch[rows, first]
-    # Fallback as torchvision: the largest central crop whose aspect ratio is within `ratio`.
+    # Fallback as torchvision: the whole image, cut to the nearest allowed aspect ratio, centred.
     in_ratio = w / h
-    fb_w = float(w) if ratio[0] <= in_ratio <= ratio[1] else (
-        float(round(h * ratio[0])) if in_ratio < ratio[0] else float(w))
-    fb_h = float(h) if ratio[0] <= in_ratio <= ratio[1] else (
-        float(h) if in_ratio < ratio[0] else float(round(w / ratio[1])))
-    fb_w, fb_h = min(fb_w, float(w)), min(fb_h, float(h))
+    if in_ratio < ratio[0]:
+        fb_w, fb_h = float(w), float(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fb_w, fb_h = float(round(h * ratio[1])), float(h)
+    else:
+        fb_w, fb_h = float(w), float(h)
     cw = torch.where(ok, cw, torch.full_like(cw, fb_w))
     ch = torch.where(ok, ch, torch.full_like(ch, fb_h))
     top = torch.where(ok, torch.floor(torch.rand(b, generator=gen) * (h - ch + 1)),

@@ -97,3 +97,12 @@ def test_ray_data_callable_emits_uint8_views():
     assert set(out) == {"view0", "view1"}
     assert out["view0"].shape == (5, 3, 16, 16) and out["view0"].dtype == np.uint8
     assert not np.array_equal(out["view0"], out["view1"])
+
+
+def test_fallback_box_is_the_centred_allowed_aspect_ratio():
+    # No 10-attempt box fits a 64x32 (tall) image at full area and ratio 1: torchvision's
+    # fallback is the centred 32x32 square; for a wide 32x64 image likewise.
+    tall = sample_crop_boxes(3, 64, 32, (1.0, 1.0), (1.0, 1.0), torch.Generator())
+    assert tall.tolist() == [[16.0, 0.0, 32.0, 32.0]] * 3
+    wide = sample_crop_boxes(3, 32, 64, (1.0, 1.0), (1.0, 1.0), torch.Generator())
+    assert wide.tolist() == [[0.0, 16.0, 32.0, 32.0]] * 3

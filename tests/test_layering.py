@@ -1,0 +1,34 @@
+"""The model side never imports Ray: registry consumers load raysl.nn without a cluster."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+RAYSL = Path(__file__).resolve().parents[1] / "raysl"
+MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").glob("*.py")),
+              RAYSL / "losses.py", RAYSL / "schedules.py", RAYSL / "distributed.py",
+              RAYSL / "config.py", RAYSL / "registry.py"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+    return mods
+
+
+def test_model_side_files_do_not_import_ray():
+    for path in MODEL_SIDE:
+        ray_mods = {m for m in _imported_modules(path) if m == "ray" or m.startswith("ray.")}
+        assert not ray_mods, f"{path.relative_to(RAYSL.parent)} imports {ray_mods}"
+
+
+def test_loading_the_model_side_does_not_load_ray():
+    code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses; "
+            "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
