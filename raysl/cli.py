@@ -10,8 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import raysl.methods  # noqa: F401  (imported for its side effect: registers every method)
 from raysl import config as config_mod
-from raysl import registry  # methods: importing it registers them
+from raysl import registry
 from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
 from raysl.data.readers import DataError
 

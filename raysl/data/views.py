@@ -95,7 +95,7 @@ def grayscale(x: Tensor) -> Tensor:
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """Factor * x + (1 - factor) * other, per image, clamped to [0, 1]; factor: (B,)."""
+    """Per-image blend ``factor * x + (1 - factor) * other``, clamped to [0, 1]; factor: (B,)."""
     f = factor.view(-1, 1, 1, 1)
     return (f * x + (1 - f) * other).clamp_(0, 1)
 

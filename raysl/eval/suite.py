@@ -70,7 +70,7 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
 
 def knn_suite(encoders: dict[str, nn.Module], split: LabeledSplit, cfg: EvalConfig,
               image_size: int, with_pixels: bool = True) -> dict[str, float]:
-    """KNN top-1 of each encoder (and raw pixels) on ``split``, keyed by the given names.
+    """Top-1 kNN accuracy of each encoder (and raw pixels) on ``split``, keyed by name.
 
     Raw pixels are centred by the bank mean before the cosine kNN, so the baseline is not just
     comparing overall brightness.
