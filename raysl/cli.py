@@ -7,6 +7,7 @@ without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -20,10 +21,10 @@ from raysl.data.readers import DataError
 # convention; CI runs every entry point this way).
 SMOKE_OVERRIDES = [
     "data.source.format=generated", "data.source.limit=256", "data.image_size=32",
-    "data.channels=1", "data.batch_size_global=32", "data.views.blur_p=0.0",
+    "data.channels=1", "data.batch_size_global=32", "data.views.blur_p=[0.0, 0.0]",
     "data.views.crop_scale=[0.2, 1.0]", "model.width=8", "model.small_stem=true",
     "optim.name=sgd", "optim.base_lr=0.5", "optim.weight_decay=0.0005", "optim.warmup_epochs=0",
-    "train.epochs=1", "train.num_workers=2", "method.temperature=0.5",
+    "train.epochs=1", "train.num_workers=2",
     "eval.bank.format=generated", "eval.bank.limit=400", "eval.query.path=''",
     "eval.query.format=auto", "eval.knn_k=20", "tracking.register=true",
 ]
@@ -36,9 +37,23 @@ DEMO_FALLBACK = [
 ]
 
 
-def load_config(path: str | None, overrides: list[str], smoke_test: bool = False) -> Config:
-    """Config from an optional YAML file, the smoke-test settings, then ``--set`` overrides."""
-    return config_mod.load(path, (SMOKE_OVERRIDES if smoke_test else []) + overrides)
+SMOKE_HEAD_DIM = 64  # smoke tests shrink every head dimension (`*_dim` fields) to at most this
+
+
+def load_config(path: str | None, overrides: list[str], smoke_test: bool = False,
+                method: str | None = None) -> Config:
+    """Config from an optional YAML file, ``--method``, the smoke-test settings, then ``--set``."""
+    head = [f"method.name={method}"] if method else []
+    if not smoke_test:
+        return config_mod.load(path, head + overrides)
+    cfg = config_mod.load(path, head + SMOKE_OVERRIDES + overrides)
+    return config_mod.load(path, head + SMOKE_OVERRIDES + smoke_head_dims(cfg) + overrides)
+
+
+def smoke_head_dims(cfg: Config) -> list[str]:
+    """Overrides shrinking the method's head sizes (e.g. DINO's 65536 outputs) for a smoke run."""
+    return [f"method.{f.name}={SMOKE_HEAD_DIM}" for f in dataclasses.fields(cfg.method)
+            if f.name.endswith("_dim") and getattr(cfg.method, f.name) > SMOKE_HEAD_DIM]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     def add_config_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="YAML file of overrides, e.g. "
                         "pipelines/configs/simclr_fmnist.yaml")
+        sp.add_argument("--method", help="SSL method by name (see `raysl methods`); the same as "
+                        "--set method.name=NAME")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set optim.base_lr=0.5 (repeatable)")
         sp.add_argument("--smoke-test", action="store_true",
@@ -72,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "methods":
+        print(f"{'method':<13} {'views (preset)':<22} what it does  [paper]")
         for name in registry.names("method"):
             cls = registry.get("method", name)
-            print(f"{name:<12} {cls.summary}  [{cls.paper}]")
+            views = cls.default_preset + (", multi-crop" if cls.multicrop else "")
+            print(f"{name:<13} {views:<22} {cls.summary}  [{cls.paper}]")
+        print("\nRun one: raysl pretrain --method NAME "
+              "[--config pipelines/configs/NAME_fmnist.yaml]")
         return 0
     if args.command == "demo":
         overrides = list(args.set)
@@ -82,9 +103,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"raysl: Fashion-MNIST is not installed at {FASHION_MNIST_DIR} (Debian package "
                   "dataset-fashion-mnist); the demo uses a generated shapes dataset instead.")
             overrides = DEMO_FALLBACK + overrides
-        cfg = load_config(args.config or "pipelines/configs/demo.yaml", overrides, args.smoke_test)
+        cfg = load_config(args.config or "pipelines/configs/demo.yaml", overrides, args.smoke_test,
+                          args.method)
     else:
-        cfg = load_config(args.config, args.set, args.smoke_test)
+        cfg = load_config(args.config, args.set, args.smoke_test, args.method)
     if args.command == "config":
         print(cfg.to_yaml(), end="")
         return 0

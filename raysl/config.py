@@ -12,6 +12,7 @@ the method registry, so a new method brings its own config dataclass (``raysl/me
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -96,23 +97,63 @@ class ViewConfig:
     saturation: float = 0.8
     hue: float = 0.2  # at most 0.5 (a half turn of the colour wheel)
     grayscale_p: float = 0.2
-    blur_p: float = 0.5  # 0 for 32px inputs, where blur destroys the little detail there is
+    # Blur and solarize probabilities of the first and second view (BYOL and DINO make the two
+    # views asymmetric: (1.0, 0.1) and (0.0, 0.2)). Blur 0 for 32 px inputs, where it destroys
+    # the little detail there is.
+    blur_p: tuple[float, float] = (0.5, 0.5)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.0)
+    # Multi-crop (SwAV, DINO): extra small views of the same image, at a lower resolution.
+    local_crops: int = 0
+    local_size: int = 0  # side of the local views; 0 = 96/224 of data.image_size, as the papers
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_blur_p: float = 0.5
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
         check(0 < lo <= hi <= 1, "crop_scale", self.crop_scale, "needs 0 < min <= max <= 1")
         lo, hi = self.crop_ratio
         check(0 < lo <= hi, "crop_ratio", self.crop_ratio, "needs 0 < min <= max")
-        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p"):
+        for name in ("hflip_p", "jitter_p", "grayscale_p", "local_blur_p"):
             p = getattr(self, name)
             check(0 <= p <= 1, name, p, "is a probability in [0, 1]")
+        for name in ("blur_p", "solarize_p"):
+            pair = getattr(self, name)
+            check(all(0 <= p <= 1 for p in pair), name, pair,
+                  "is a pair of probabilities in [0, 1] (first view, second view)")
+        check(self.local_crops >= 0, "local_crops", self.local_crops, ">= 0 (0 = no multi-crop)")
+        check(self.local_size >= 0, "local_size", self.local_size, ">= 0 (0 = auto)")
+        lo, hi = self.local_crop_scale
+        check(0 < lo <= hi <= 1, "local_crop_scale", self.local_crop_scale,
+              "needs 0 < min <= max <= 1")
         for name in ("brightness", "contrast", "saturation"):
             v = getattr(self, name)
             check(0 <= v < 1, name, v, "is a jitter strength in [0, 1)")
         check(0 <= self.hue <= 0.5, "hue", self.hue, "is a hue shift in [0, 0.5]")
         lo, hi = self.blur_sigma
         check(0 < lo <= hi, "blur_sigma", self.blur_sigma, "needs 0 < min <= max")
+
+
+_BYOL_JITTER: dict[str, Any] = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2,
+                                "hue": 0.1}
+
+# The augmentation recipe of each method family, as published. A method names its default in
+# ``SSLMethod.default_preset``; ``data.preset`` picks another; ``data.views.*`` overrides any field.
+VIEW_PRESETS: dict[str, ViewConfig] = {
+    # SimCLR, appendix A of arXiv:2002.05709: jitter strength 1.0, blur on both views.
+    "simclr": ViewConfig(),
+    # MoCo v2 (arXiv:2003.04297) and SimSiam: milder crops and jitter, blur on both views.
+    "moco_v2": ViewConfig(crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,
+                          hue=0.1),
+    # BYOL table 6 (arXiv:2006.07733), also used by MoCo v3, Barlow Twins and VICReg.
+    "byol": ViewConfig(**_BYOL_JITTER, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2)),
+    # SwAV (arXiv:2006.09882): 2 global crops of scale (0.14, 1) + 6 local crops of (0.05, 0.14).
+    "swav": ViewConfig(crop_scale=(0.14, 1.0), local_crops=6, local_crop_scale=(0.05, 0.14)),
+    # DINO (arXiv:2104.14294): BYOL's colour recipe, 2 global (0.4, 1) + local crops (0.05, 0.4).
+    "dino": ViewConfig(**_BYOL_JITTER, crop_scale=(0.4, 1.0), blur_p=(1.0, 0.1),
+                       solarize_p=(0.0, 0.2), local_crops=6, local_crop_scale=(0.05, 0.4),
+                       local_blur_p=0.5),
+}
 
 
 @dataclass(frozen=True)
@@ -124,13 +165,16 @@ class DataConfig:
     decode_size: int = 0  # image files: shorter side resized to this, centre kept; 0 = 8/7 size
     channels: Literal[1, 3] = 3  # images are converted to this many channels (1 = grayscale)
     batch_size_global: int = 256  # images per optimizer step across ALL workers
-    views: ViewConfig = field(default_factory=ViewConfig)
+    preset: str = ""  # augmentation recipe (VIEW_PRESETS); empty = the method's own
+    views: ViewConfig = field(default_factory=ViewConfig)  # the preset, with any overrides
     augment_batch_size: int = 64  # images per Ray Data map_batches call on the CPU workers
     augment_cpus: float = 0.5  # logical CPUs each augmentation actor reserves
     shuffle_buffer: int = 1024  # local shuffle buffer (rows) on each train worker; 0 = off
 
     def __post_init__(self) -> None:
         check(8 <= self.image_size <= 1024, "image_size", self.image_size, "must be in [8, 1024]")
+        check(self.preset in ("", *VIEW_PRESETS), "preset", self.preset,
+              f"must be empty (the method's own) or one of {sorted(VIEW_PRESETS)}")
         check(self.decode_size == 0 or self.decode_size >= self.image_size, "decode_size",
               self.decode_size, f"must be 0 (auto) or >= image_size ({self.image_size})")
         check(self.batch_size_global >= 2, "batch_size_global", self.batch_size_global,
@@ -140,22 +184,75 @@ class DataConfig:
         check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, ">= 0 (0 = off)")
 
     @property
+    def effective_local_size(self) -> int:
+        """Side of the multi-crop local views: 96/224 of the global size unless set."""
+        return self.views.local_size or max(8, round(self.image_size * 96 / 224))
+
+    @property
     def effective_decode_size(self) -> int:
         """Decode size actually used: 8/7 of the view size unless set (256 for 224, as ImageNet)."""
         return self.decode_size or round(self.image_size * 8 / 7)
 
 
+Backbone = Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"]
+
+# ViT sizes: (embedding dim, blocks) as in DeiT and DINO; heads = one per 64 channels.
+VIT_SIZES: dict[str, tuple[int, int]] = {"vit_tiny": (192, 12), "vit_small": (384, 12)}
+VIT_HEAD_DIM = 64
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The encoder that is pretrained and exported."""
+    """The encoder that is pretrained and exported: a ResNet (torchvision) or a ViT."""
 
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    width: int = 64  # channels of the first stage; 64 is torchvision's ResNet, 16 runs on a laptop
-    small_stem: bool = False  # 3x3 stride-1 stem, no max-pool: for inputs <= 64 px (CIFAR, MNIST)
+    backbone: Backbone = "resnet18"
+    # ResNet: channels of the first stage (64 = torchvision's; 16 runs on a laptop).
+    # ViT: the embedding dimension. 0 = the standard size (64, or 192 / 384 for ViT-Tiny/Small).
+    width: int = 0
+    small_stem: bool = False  # ResNet only: 3x3 stride-1 stem, no max-pool, for inputs <= 64 px
+    depth: int = 0  # ViT only: number of blocks; 0 = 12
+    patch_size: int = 0  # ViT only: patch side; 0 = 16 (use 4 for 28-32 px images)
 
     def __post_init__(self) -> None:
-        check(self.width >= 4 and self.width % 4 == 0, "width", self.width,
-              "must be a multiple of 4 and >= 4 (64 = standard ResNet)")
+        if self.is_vit:
+            check(not self.small_stem, "small_stem", self.small_stem,
+                  f"is a ResNet option; {self.backbone} takes model.patch_size for small images")
+            check(self.depth >= 0, "depth", self.depth, ">= 0 (0 = 12 blocks)")
+            check(self.patch_size >= 0, "patch_size", self.patch_size, ">= 0 (0 = 16)")
+            w = self.effective_width
+            check(w % self.heads == 0, "width", self.width,
+                  f"a ViT embedding dim divisible by its {self.heads} heads (one per 64)")
+        else:
+            check(self.width == 0 or (self.width >= 4 and self.width % 4 == 0), "width",
+                  self.width, "must be 0 (standard: 64) or a multiple of 4 and >= 4")
+            for name in ("depth", "patch_size"):
+                check(getattr(self, name) == 0, name, getattr(self, name),
+                      f"is a ViT option; leave it 0 for {self.backbone}")
+
+    @property
+    def is_vit(self) -> bool:
+        """Whether the backbone is a Vision Transformer."""
+        return self.backbone.startswith("vit")
+
+    @property
+    def effective_width(self) -> int:
+        """First-stage channels (ResNet) or embedding dim (ViT) actually built."""
+        return self.width or (VIT_SIZES[self.backbone][0] if self.is_vit else 64)
+
+    @property
+    def effective_depth(self) -> int:
+        """ViT blocks actually built."""
+        return self.depth or VIT_SIZES.get(self.backbone, (0, 12))[1]
+
+    @property
+    def effective_patch_size(self) -> int:
+        """ViT patch side actually used."""
+        return self.patch_size or 16
+
+    @property
+    def heads(self) -> int:
+        """ViT attention heads."""
+        return max(1, self.effective_width // VIT_HEAD_DIM)
 
 
 @dataclass(frozen=True)
@@ -180,6 +277,13 @@ class OptimConfig:
     final_lr_ratio: float = 0.0  # lr at the end of the cosine, as a fraction of the peak
     lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017)
     exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation on biases and norms
+    # DINO raises weight decay from 0.04 to 0.4 along a cosine; "constant" keeps weight_decay.
+    weight_decay_schedule: Literal["constant", "cosine"] = "constant"
+    weight_decay_end: float = 0.0  # cosine schedule only: the value at the end of training
+    clip_grad: float = 0.0  # max L2 norm of the gradients; 0 = no clipping (DINO: 3.0)
+    # "global": one norm over all gradients (torch's clip_grad_norm_); "per_param": each tensor
+    # on its own, as DINO's reference (a much looser bound for a model of many tensors).
+    clip_mode: Literal["global", "per_param"] = "global"
 
     def __post_init__(self) -> None:
         check(self.base_lr > 0, "base_lr", self.base_lr, "must be > 0")
@@ -188,6 +292,16 @@ class OptimConfig:
         check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         check(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", self.final_lr_ratio, "in [0, 1]")
         check(self.lars_eta > 0, "lars_eta", self.lars_eta, "must be > 0")
+        check(self.weight_decay_end >= 0, "weight_decay_end", self.weight_decay_end, ">= 0")
+        check(self.clip_grad >= 0, "clip_grad", self.clip_grad, ">= 0 (0 = off)")
+
+    def weight_decay_at(self, progress: float) -> float:
+        """Weight decay at a fraction of training (cosine from weight_decay to weight_decay_end)."""
+        if self.weight_decay_schedule == "constant":
+            return self.weight_decay
+        progress = min(max(progress, 0.0), 1.0)
+        end, start = self.weight_decay_end, self.weight_decay
+        return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def peak_lr(self, batch_size_global: int) -> float:
         """Learning rate after warm-up under the linear scaling rule."""
@@ -207,6 +321,10 @@ class TrainConfig:
     cpus_per_worker: float = 0.0  # 0 = auto: share the CPUs left after reserving some for Ray Data
     data_cpus: float = 1.0  # logical CPUs kept free for Ray Data beside the train workers
     precision: Precision = "auto"  # auto = bf16 (fp16 on pre-Ampere) autocast on GPU, fp32 on CPU
+    # Micro-batches per optimizer step: data.batch_size_global stays the images per step. For
+    # contrastive losses this does NOT add negatives (each micro-batch only sees its own).
+    grad_accumulation: int = 1
+    sync_bn: bool = False  # BatchNorm statistics over all workers (SyncBatchNorm; GPU only)
     seed: int = 0
     run_name: str = ""  # same name again = resume that run; empty = a new unique name
     storage_path: str = ""  # checkpoints; empty = ./ray_results; shared storage on multi-node
@@ -222,6 +340,10 @@ class TrainConfig:
               "must be > 0: Ray Data needs CPU beside the train workers or the job hangs")
         check(self.max_failures >= -1, "max_failures", self.max_failures, ">= -1 (-1 = forever)")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, ">= 1")
+        check(self.grad_accumulation >= 1, "grad_accumulation", self.grad_accumulation, ">= 1")
+        # PyTorch's SyncBatchNorm refuses CPU modules ("only work with GPU modules").
+        check(not self.sync_bn or self.use_gpu, "sync_bn", self.sync_bn,
+              "needs GPUs (train.use_gpu=true): PyTorch's SyncBatchNorm does not run on CPU")
         check(all(c.isalnum() or c in "-_." for c in self.run_name), "run_name", self.run_name,
               "may only contain letters, digits, '-', '_' and '.'")
 
@@ -269,28 +391,66 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        method_cls = method_class(self.method.name)
         # `Config()` gets the bare base MethodConfig; swap in the registered method's own defaults.
         if type(self.method) is MethodConfig:
-            object.__setattr__(self, "method", method_config_class(self.method.name)())
+            object.__setattr__(self, "method", method_cls.Config())
+        if not self.data.preset:  # built in code: the method's preset unless views were set
+            preset = method_cls.default_preset
+            views = VIEW_PRESETS[preset] if self.data.views == ViewConfig() else self.data.views
+            object.__setattr__(self, "data", dataclasses.replace(self.data, preset=preset,
+                                                                 views=views))
         for name, src in (("data.source", self.data.source), ("eval.bank", self.eval.bank)):
             if not src.is_set:
                 raise ConfigError(f"{name}.path", src.path,
                                   "must name a file or directory unless format is 'generated'")
-        b, w = self.data.batch_size_global, self.train.num_workers
-        if b % w:
+        b, w, a = self.data.batch_size_global, self.train.num_workers, self.train.grad_accumulation
+        if b % (w * a):
             raise ConfigError("data.batch_size_global", b,
-                              f"must be divisible by train.num_workers={w} (equal shards)")
+                              f"must be divisible by train.num_workers x train.grad_accumulation"
+                              f" = {w} x {a} (equal micro-batches on every worker)")
+        local = self.data.views.local_crops
+        if local and not method_cls.multicrop:
+            users = [n for n in registry_names() if method_class(n).multicrop]
+            raise ConfigError("data.views.local_crops", local,
+                              f"must be 0: {self.method.name} does not use multi-crop (methods "
+                              f"that do: {users})")
+        if self.model.is_vit and local and not self.data.views.local_size:
+            # Auto local size (96/224 of the global one) rounded to whole ViT patches.
+            p = self.model.effective_patch_size
+            size = max(p, round(self.data.effective_local_size / p) * p)
+            views = dataclasses.replace(self.data.views, local_size=size)
+            object.__setattr__(self, "data", dataclasses.replace(self.data, views=views))
+        if self.model.is_vit:
+            p = self.model.effective_patch_size
+            for name, size in (("data.image_size", self.data.image_size),
+                               ("data.views.local_size", self.data.effective_local_size)):
+                if size % p and (local or name == "data.image_size"):
+                    raise ConfigError(name, size, f"must be a multiple of the ViT patch size "
+                                                  f"model.patch_size={p}")
+        method_cls.check_config(self)
 
     @property
     def batch_size_per_worker(self) -> int:
-        """Images per step on each worker."""
+        """Images per optimizer step on each worker."""
         return self.data.batch_size_global // self.train.num_workers
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Images per forward pass on each worker (per_worker / grad_accumulation)."""
+        return self.batch_size_per_worker // self.train.grad_accumulation
+
+    @property
+    def view_sizes(self) -> list[int]:
+        """Side of each view the method receives: 2 global views, then the local crops."""
+        local = [self.data.effective_local_size] * self.data.views.local_crops
+        return [self.data.image_size] * 2 + local
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
         """Build and validate a Config from nested plain data (YAML, JSON, ``to_dict`` output)."""
         try:
-            return _build(cls, raw, "")
+            return _build(cls, _with_view_preset(raw), "")
         except ConfigError as e:
             raise ConfigError(e.field, e.value, e.expected, source) from None
 
@@ -315,19 +475,52 @@ class Config:
 D = TypeVar("D")
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    """The config dataclass of the registered method ``name``."""
+def method_class(name: str) -> Any:
+    """The registered method class ``name`` (an ``SSLMethod`` subclass)."""
     # Imported here, not at the top: methods import this module to define their configs.
     from raysl import methods, registry
 
     del methods  # imported for its side effect: registering every method
     try:
-        method_cls = registry.get("method", name)
+        return registry.get("method", name)
     except KeyError:
         raise ConfigError("method.name", name,
                           f"must be one of {registry.names('method')}") from None
-    config_cls: type[MethodConfig] = method_cls.Config
+
+
+def registry_names() -> list[str]:
+    """Names of every registered method."""
+    from raysl import registry
+
+    method_class("simclr")  # makes sure the methods are registered
+    return registry.names("method")
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config dataclass of the registered method ``name``."""
+    config_cls: type[MethodConfig] = method_class(name).Config
     return config_cls
+
+
+def _with_view_preset(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` with ``data.views`` = the preset's fields, then the user's ``data.views`` on top.
+
+    The preset is ``data.preset`` or, if unset, the method's own; so a BYOL config gets BYOL's
+    asymmetric blur and solarization without writing them out, and any field can still be set.
+    """
+    data = raw.get("data", {}) if isinstance(raw, Mapping) else None
+    method = raw.get("method", {}) if isinstance(raw, Mapping) else None
+    if not isinstance(data, Mapping) or not isinstance(method, Mapping):
+        return raw  # _build reports the malformed section
+    views = data.get("views", {})
+    if not isinstance(views, Mapping):
+        return raw
+    preset = data.get("preset") or method_class(method.get("name", MethodConfig.name)
+                                                ).default_preset
+    if preset not in VIEW_PRESETS:
+        raise ConfigError("data.preset", preset, f"must be one of {sorted(VIEW_PRESETS)}")
+    merged = {**_plain(dataclasses.asdict(VIEW_PRESETS[preset])), **views}
+    return {**raw, "data": {**data, "preset": preset, "views": merged}}
 
 
 def _build(cls: type[D], raw: Any, path: str) -> D:
@@ -370,6 +563,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise TypeError(f"unsupported annotation {tp} for {where}")  # keep configs simple
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML reads `1e-6` (no dot) as a string, following YAML 1.1; accept it as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(where, value, f"must be of type {tp.__name__}, not a boolean")
     if not isinstance(value, tp):

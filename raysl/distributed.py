@@ -73,3 +73,31 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     y = x.detach().clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y / world_size()
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over ranks (no gradient); ``x`` itself without a process group."""
+    if not is_distributed():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y
+
+
+def all_reduce_max(x: Tensor) -> Tensor:
+    """Elementwise max of ``x`` over ranks (no gradient)."""
+    if not is_distributed():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.MAX)
+    return y
+
+
+@torch.no_grad()
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenation of ``x`` from every rank along dim 0, without gradients (e.g. queue keys)."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

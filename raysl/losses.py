@@ -48,3 +48,237 @@ def nt_xent(z0: Tensor, z1: Tensor, temperature: float) -> Tensor:
     logits_1[rows, self_cols] = float("-inf")
     targets = offset + rows  # positive: same image, other view, in the first block
     return 0.5 * (F.cross_entropy(logits_0, targets) + F.cross_entropy(logits_1, targets))
+
+
+def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """InfoNCE of MoCo v1/v2 (He et al. 2019, arXiv:1911.05722, Algorithm 1).
+
+    Each query's positive is its own key; the negatives are the queue of keys from earlier
+    batches (of every worker). Nothing is gathered here: the queue already holds all workers'
+    keys, so the mean over this rank's queries is this rank's share of the global loss.
+
+    Args:
+        q: (B, D) queries (gradients flow).
+        k: (B, D) keys of the other view from the momentum encoder (treated as constants).
+        queue: (K, D) negative keys, L2-normalised.
+        temperature: tau > 0.
+
+    Returns:
+        Scalar: mean cross-entropy over the B queries of classifying the key among K + 1.
+    """
+    q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
+    l_neg = q @ queue.detach().T  # (B, K)
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (B, 1 + K)
+    targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, targets)
+
+
+def moco_v3_contrastive(q: Tensor, k: Tensor, temperature: float) -> Tensor:
+    """MoCo v3's ``ctr(q, k)`` (Chen, Xie, He 2021, arXiv:2104.02057, Algorithm 1).
+
+    The keys of every worker's batch are the negatives (no queue); the positive of query i is key
+    i. The paper scales the cross-entropy by ``2 * tau`` so the gradient scale does not depend on
+    the temperature.
+
+    Args:
+        q: (B, D) predictions of the online branch on this rank.
+        k: (B, D) momentum-encoder keys of the other view (constants), row-aligned with ``q``.
+        temperature: tau > 0.
+
+    Returns:
+        Scalar: ``2 * tau * CE`` averaged over this rank's queries.
+    """
+    q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
+    k_all = distributed.gather_no_grad(k)  # (B*W, D)
+    logits = q @ k_all.T / temperature  # (B, B*W)
+    targets = distributed.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)
+    return 2 * temperature * F.cross_entropy(logits, targets)
+
+
+def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
+    """SimSiam's D(p, z) with stop-gradient on z (Chen & He 2020, arXiv:2011.10566, Alg. 1).
+
+    Args:
+        p: (B, D) predictor outputs.
+        z: (B, D) projections of the other view (gradient stopped).
+
+    Returns:
+        Scalar in [-1, 1]: minus the mean cosine similarity.
+    """
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def byol_regression(p: Tensor, z: Tensor) -> Tensor:
+    """BYOL's normalised MSE ``2 - 2 cos(p, z)`` (Grill et al. 2020, arXiv:2006.07733, eq. 2).
+
+    Args:
+        p: (B, D) online predictions.
+        z: (B, D) target projections (constants).
+
+    Returns:
+        Scalar in [0, 4], the mean over the batch.
+    """
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def _standardize(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-dimension (z - mean) / sqrt(biased var + eps) over the batch: BatchNorm1d, no affine."""
+    mean = z.mean(dim=0, keepdim=True)
+    var = z.var(dim=0, unbiased=False, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps)
+
+
+def _off_diagonal(m: Tensor) -> Tensor:
+    """The off-diagonal entries of a square (D, D) matrix, flattened to (D * (D - 1),)."""
+    d = m.shape[0]
+    return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+
+def barlow_twins(z0: Tensor, z1: Tensor, lambda_offdiag: float) -> Tensor:
+    """Barlow Twins' redundancy-reduction loss (Zbontar et al. 2021, arXiv:2103.03230, Alg. 1).
+
+    The cross-correlation matrix is computed over the GLOBAL batch: embeddings are gathered from
+    every worker, so each rank computes the same loss as one process on the concatenated batch
+    (and DDP's averaged gradient equals that process's gradient).
+
+    Args:
+        z0: (B, D) projections of the first views on this rank.
+        z1: (B, D) projections of the second views.
+        lambda_offdiag: weight of the redundancy (off-diagonal) term; 5e-3 in the paper.
+
+    Returns:
+        Scalar: ``sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2``.
+    """
+    z0_all, z1_all = distributed.gather(z0), distributed.gather(z1)  # (N, D), N = B*W
+    c = _standardize(z0_all).T @ _standardize(z1_all) / z0_all.shape[0]  # (D, D)
+    on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+    off_diag = _off_diagonal(c).pow(2).sum()
+    return on_diag + lambda_offdiag * off_diag
+
+
+def vicreg(z0: Tensor, z1: Tensor, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+           cov_coeff: float = 1.0, eps: float = 1e-4) -> tuple[Tensor, dict[str, Tensor]]:
+    """VICReg (Bardes, Ponce, LeCun 2021, arXiv:2105.04906, Algorithm 1) over the global batch.
+
+    Embeddings are gathered from every worker (as the reference code's FullGatherLayer does), so
+    the variance and covariance terms see the whole batch and each rank computes the same loss.
+
+    Args:
+        z0: (B, D) expander outputs of the first views on this rank.
+        z1: (B, D) expander outputs of the second views.
+        sim_coeff: lambda of the paper (25), weight of the invariance term.
+        std_coeff: mu (25), weight of the variance term.
+        cov_coeff: nu (1), weight of the covariance term.
+        eps: added to the variance before the square root.
+
+    Returns:
+        The weighted loss and its three unweighted terms (``invariance``, ``variance``,
+        ``covariance``) for logging.
+    """
+    x, y = distributed.gather(z0), distributed.gather(z1)  # (N, D)
+    n, d = x.shape
+    invariance = F.mse_loss(x, y)
+    x, y = x - x.mean(dim=0), y - y.mean(dim=0)
+    std_x, std_y = torch.sqrt(x.var(dim=0) + eps), torch.sqrt(y.var(dim=0) + eps)
+    variance = 0.5 * (F.relu(1 - std_x).mean() + F.relu(1 - std_y).mean())
+    cov_x, cov_y = x.T @ x / (n - 1), y.T @ y / (n - 1)  # (D, D)
+    covariance = (_off_diagonal(cov_x).pow(2).sum() + _off_diagonal(cov_y).pow(2).sum()) / d
+    loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance
+    return loss, {"invariance": invariance, "variance": variance, "covariance": covariance}
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+    """Soft equipartitioned cluster assignments of SwAV (Caron et al. 2020, arXiv:2006.09882).
+
+    Sums over samples run over EVERY worker's batch (all-reduce), so the codes on each rank equal
+    the rows of one process running this on the concatenated batch.
+
+    Args:
+        scores: (B, K) prototype scores of this rank's samples (queue rows included, if any).
+        epsilon: entropic regularisation; 0.05 in the paper.
+        iterations: Sinkhorn iterations; 3 in the paper.
+
+    Returns:
+        (B, K) codes: each row sums to 1 (a distribution over prototypes).
+    """
+    b_global = scores.shape[0] * distributed.world_size()
+    k = scores.shape[1]
+    # Subtracting the global max leaves the result unchanged (it cancels in the first
+    # normalisation) and keeps exp() finite for small epsilon.
+    top = distributed.all_reduce_max(scores.max())
+    q = torch.exp((scores.float() - top) / epsilon).T  # (K, B)
+    q /= distributed.all_reduce_sum(q.sum())
+    for _ in range(iterations):
+        q /= distributed.all_reduce_sum(q.sum(dim=1, keepdim=True))  # rows: each prototype 1/K
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)  # columns: each sample 1/B
+        q /= b_global
+    return (q * b_global).T  # (B, K)
+
+
+def swapped_prediction(scores: list[Tensor], codes: list[Tensor], temperature: float) -> Tensor:
+    """SwAV's swapped prediction loss (arXiv:2006.09882, eq. 1 and the reference main_swav.py).
+
+    For each crop i that has codes (the global crops), every OTHER crop predicts those codes from
+    its own scores: ``-sum_k q_i[k] log softmax(scores_v / T)[k]``.
+
+    Args:
+        scores: one (B, K) tensor of prototype scores per crop (global crops first).
+        codes: (B, K) codes of the first ``len(codes)`` crops (constants).
+        temperature: softmax temperature of the predictions; 0.1 in the paper.
+
+    Returns:
+        Scalar: mean over code crops of the mean over the other crops.
+    """
+    if len(scores) < 2 or not 1 <= len(codes) <= len(scores):
+        raise ValueError(f"need >= 2 crops and 1..n codes; got {len(scores)} and {len(codes)}")
+    total = scores[0].new_zeros(())
+    for i, q in enumerate(codes):
+        sub = [-(q.detach() * F.log_softmax(s / temperature, dim=1)).sum(dim=1).mean()
+               for v, s in enumerate(scores) if v != i]
+        total = total + torch.stack(sub).mean()
+    return total / len(codes)
+
+
+def dino(student: list[Tensor], teacher: list[Tensor], center: Tensor, student_temp: float,
+         teacher_temp: float) -> Tensor:
+    """DINO's cross-entropy between teacher and student crops (arXiv:2104.14294, Algorithm 1).
+
+    Caron et al. 2021; the mean over all (teacher crop, other student crop) pairs.
+
+    Args:
+        student: one (B, K) output per crop (global crops first, then local ones).
+        teacher: one (B, K) output per global crop (constants).
+        center: (1, K) running mean of the teacher outputs, subtracted before sharpening.
+        student_temp: 0.1 in the paper.
+        teacher_temp: 0.04-0.07 (sharper than the student).
+
+    Returns:
+        Scalar loss.
+    """
+    targets = [F.softmax((t.detach() - center) / teacher_temp, dim=1) for t in teacher]
+    log_probs = [F.log_softmax(s / student_temp, dim=1) for s in student]
+    terms = [-(q * log_probs[v]).sum(dim=1).mean()
+             for i, q in enumerate(targets) for v in range(len(student)) if v != i]
+    if not terms:
+        raise ValueError("DINO needs at least 2 crops")
+    return torch.stack(terms).mean()
+
+
+@torch.no_grad()
+def ema_center(center: Tensor, teacher: Tensor, momentum: float) -> Tensor:
+    """DINO's center update with the mean teacher output over the GLOBAL batch.
+
+    Args:
+        center: (1, K) current center.
+        teacher: (N, K) this rank's teacher outputs (all global crops stacked).
+        momentum: 0.9 in the paper.
+
+    Returns:
+        (1, K) new center ``m * center + (1 - m) * mean(teacher over all workers)``.
+    """
+    total = distributed.all_reduce_sum(teacher.sum(dim=0, keepdim=True).float())
+    batch_center = total / (teacher.shape[0] * distributed.world_size())
+    return center * momentum + batch_center * (1 - momentum)

@@ -16,7 +16,6 @@ import ray.train
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysl import registry
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
 from raysl.data.readers import ImageSource, read_source, resolve_format
@@ -173,8 +172,7 @@ def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, 
         raise ConfigError("data.batch_size_global", cfg.data.batch_size_global,
                           f"is larger than the {source.num_images} training images allow: each of "
                           f"{cfg.train.num_workers} workers needs at least one full batch")
-    num_views = registry.get("method", cfg.method.name).num_views
-    dataset = view_stream(source, cfg.data, num_views, plan.augment_actors)
+    dataset = view_stream(source, cfg.data, plan.augment_actors)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name)
     log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
@@ -220,7 +218,7 @@ def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
            f"pixels {100 * result.knn[PIXELS]:.2f}%) on {result.eval_data}. "
            if TRAINED in result.knn and RANDOM_INIT in result.knn else "")
     description = (
-        f"{cfg.method.name} {cfg.model.backbone} (width {cfg.model.width}) pretrained "
+        f"{cfg.method.name} {cfg.model.backbone} (width {cfg.model.effective_width}) pretrained "
         f"{cfg.train.epochs} epochs on {result.data}. {knn}"
         f"Input: (B, {info['in_channels']}, H, W) images, float in [0, 1] or uint8, pretrained at "
         f"{info['image_size']} px; output: (B, {info['num_features']}) features. "

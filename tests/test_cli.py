@@ -10,11 +10,28 @@ from raysl import cli
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "pretrain.py"
 
 
-def test_methods_lists_simclr_in_a_fresh_process():
+def test_methods_lists_every_method_with_its_paper_in_a_fresh_process():
     # A subprocess: in-process, other tests may already have imported (registered) the methods.
     raysl_cmd = Path(sys.executable).parent / "raysl"
     out = subprocess.run([str(raysl_cmd), "methods"], capture_output=True, text=True, check=True)
-    assert "simclr" in out.stdout and "arXiv:2002.05709" in out.stdout
+    for name, arxiv in [("simclr", "2002.05709"), ("moco_v2", "2003.04297"),
+                        ("moco_v3", "2104.02057"), ("byol", "2006.07733"),
+                        ("simsiam", "2011.10566"), ("barlow_twins", "2103.03230"),
+                        ("vicreg", "2105.04906"), ("swav", "2006.09882"), ("dino", "2104.14294")]:
+        line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
+        assert f"arXiv:{arxiv}" in line, line
+    assert "dino, multi-crop" in out.stdout
+
+
+def test_method_flag_selects_the_method_and_its_preset(capsys):
+    assert cli.main(["config", "--method", "byol"]) == 0
+    out = capsys.readouterr().out
+    assert "name: byol" in out and "preset: byol" in out and "momentum_start: 0.996" in out
+
+
+def test_smoke_test_shrinks_method_heads():
+    cfg = cli.load_config(None, [], smoke_test=True, method="dino")
+    assert cfg.method.name == "dino" and cfg.method.out_dim == cli.SMOKE_HEAD_DIM  # type: ignore[attr-defined]
 
 
 def test_config_prints_effective_yaml(capsys):

@@ -36,7 +36,7 @@ def test_yaml_and_set_overrides(tmp_path: Path):
     ("data.views.hue=0.9", "data.views.hue", "[0, 0.5]"),
     ("data.views.crop_scale=[0.5]", "data.views.crop_scale", "list of 2"),
     ("data.source.limit=-3", "data.source.limit", ">= 0"),
-    ("method.name=nope", "method.name", "must be one of ['simclr']"),
+    ("method.name=nope", "method.name", "must be one of ['barlow_twins', 'byol', 'dino'"),
     ("method.temperature=0", "method.temperature", "must be > 0"),
     ("data.batch_size_global=255", "data.batch_size_global", "divisible by train.num_workers"),
     ("train.run_name=a/b", "train.run_name", "letters, digits"),
@@ -71,3 +71,26 @@ def test_flat_params_cover_every_field():
 def test_shipped_configs_load():
     for path in sorted(Path("pipelines/configs").glob("*.yaml")):
         C.load(path)  # raises on any stale key
+
+
+def test_weight_decay_cosine_schedule():
+    cfg = C.load(None, ["optim.weight_decay=0.04", "optim.weight_decay_schedule=cosine",
+                        "optim.weight_decay_end=0.4"]).optim
+    assert cfg.weight_decay_at(0.0) == pytest.approx(0.04)
+    assert cfg.weight_decay_at(0.5) == pytest.approx(0.22)
+    assert cfg.weight_decay_at(1.0) == pytest.approx(0.4)
+    assert C.OptimConfig(weight_decay=0.1).weight_decay_at(0.7) == 0.1  # constant by default
+
+
+def test_vit_local_crops_round_to_whole_patches():
+    cfg = C.load(None, ["method.name=dino", "model.backbone=vit_tiny", "model.patch_size=4",
+                        "data.image_size=32"])
+    assert cfg.view_sizes == [32, 32] + [16] * 6  # auto 14 px -> 16 (whole 4 px patches)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_exponent_without_dot_is_a_float():
+    # PyYAML (YAML 1.1) reads `1e-6` as a string; a float field takes it as the number it is.
+    assert C.load(None, ["optim.weight_decay=1e-6"]).optim.weight_decay == 1e-6
+    with pytest.raises(ConfigError, match="must be of type float, got str"):
+        C.load(None, ["optim.weight_decay=lots"])

@@ -1,16 +1,79 @@
-"""NT-Xent against a naive transcription of the paper, analytic values, and 2 gloo processes."""
+"""Every loss of raysl.losses against a naive transcription of its paper, analytic values,
+stop-gradients, and 2 gloo processes with DDP vs 1 process on the concatenated batch.
+
+The ``naive_*`` references are plain Python loops over samples and dimensions in float64,
+transcribed from the papers' pseudocode/equations; they never call raysl.
+"""
 
 import math
-import os
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
+import gloo_harness as gh
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor
 
-from raysl.losses import nt_xent
+from raysl.losses import (
+    barlow_twins,
+    byol_regression,
+    dino,
+    ema_center,
+    info_nce_queue,
+    moco_v3_contrastive,
+    negative_cosine,
+    nt_xent,
+    sinkhorn_knopp,
+    swapped_prediction,
+    vicreg,
+)
+
+Rows = Sequence[Sequence[float]]  # a (N, D) matrix as nested sequences (numpy arrays work)
+
+
+# ---------------------------------- small loop helpers ----------------------------------------
+
+
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(float(x) * float(y) for x, y in zip(a, b, strict=True))
+
+
+def _unit(v: Sequence[float]) -> list[float]:
+    """v / ||v||_2."""
+    norm = math.sqrt(_dot(v, v))
+    return [float(x) / norm for x in v]
+
+
+def _log_softmax(logits: Sequence[float]) -> list[float]:
+    """log(exp(l_k) / sum_j exp(l_j)), shifted by the max for finite exp()."""
+    top = max(logits)
+    log_z = top + math.log(sum(math.exp(x - top) for x in logits))
+    return [x - log_z for x in logits]
+
+
+def _rand(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+def _t(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _hadamard_columns(n: int, d: int) -> np.ndarray:
+    """(n, d) with n a power of 2: columns 1..d of Sylvester's Hadamard matrix H_n.
+
+    Every column is +/-1 with mean 0 and biased variance 1, and the columns are orthogonal: the
+    embeddings are standardised and perfectly decorrelated.
+    """
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    assert h.shape[0] == n and d < n
+    return h[:, 1:d + 1].copy()
+
+
+# ------------------------------ naive paper transcriptions ------------------------------------
 
 
 def naive_nt_xent(z0: np.ndarray, z1: np.ndarray, tau: float) -> float:
@@ -30,78 +93,616 @@ def naive_nt_xent(z0: np.ndarray, z1: np.ndarray, tau: float) -> float:
     return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
 
 
+def naive_info_nce_queue(q: Rows, k: Rows, queue: Rows, tau: float) -> float:
+    """MoCo Algorithm 1 (arXiv:1911.05722) with the encoders' L2-normalised outputs.
+
+    ``l_pos = q.k``, ``l_neg = q.queue_j`` for every queue entry j, ``logits = [l_pos, l_neg]/t``
+    and the loss is CrossEntropy with label 0 (the positive), averaged over the N queries.
+    """
+    total = 0.0
+    for i in range(len(q)):
+        qi, ki = _unit(q[i]), _unit(k[i])
+        logits = [_dot(qi, ki) / tau] + [_dot(qi, neg) / tau for neg in queue]
+        total += -_log_softmax(logits)[0]
+    return total / len(q)
+
+
+def naive_moco_v3(q: Rows, k: Rows, tau: float) -> float:
+    """MoCo v3 Algorithm 1 ``ctr(q, k)`` (arXiv:2104.02057), q and k normalised.
+
+    ``logits = q k^T`` (N x N), ``labels = range(N)`` (positives on the diagonal),
+    ``loss = CrossEntropy(logits / tau, labels) * 2 * tau``.
+    """
+    n = len(q)
+    qs, ks = [_unit(r) for r in q], [_unit(r) for r in k]
+    ce = sum(-_log_softmax([_dot(qs[i], ks[j]) / tau for j in range(n)])[i] for i in range(n))
+    return 2 * tau * ce / n
+
+
+def naive_negative_cosine(p: Rows, z: Rows) -> float:
+    """SimSiam Algorithm 1 (arXiv:2011.10566): ``D(p, z) = -(p/||p|| . z/||z||)``, batch mean."""
+    return -sum(_dot(_unit(p[i]), _unit(z[i])) for i in range(len(p))) / len(p)
+
+
+def naive_byol(p: Rows, z: Rows) -> float:
+    """BYOL eq. 2 (arXiv:2006.07733): ``||q_bar - z_bar||_2^2`` with unit vectors, batch mean.
+
+    Written as the squared distance itself, not via its closed form 2 - 2 cos.
+    """
+    total = 0.0
+    for i in range(len(p)):
+        pu, zu = _unit(p[i]), _unit(z[i])
+        total += sum((pu[j] - zu[j]) ** 2 for j in range(len(pu)))
+    return total / len(p)
+
+
+def _batch_norm(z: np.ndarray, eps: float) -> np.ndarray:
+    """BatchNorm1d(affine=False) in training mode: (z - mean) / sqrt(biased var + eps)."""
+    n, d = z.shape
+    out = np.empty((n, d))
+    for j in range(d):
+        mean = sum(z[b, j] for b in range(n)) / n
+        var = sum((z[b, j] - mean) ** 2 for b in range(n)) / n
+        for b in range(n):
+            out[b, j] = (z[b, j] - mean) / math.sqrt(var + eps)
+    return out
+
+
+def naive_barlow_twins(za: np.ndarray, zb: np.ndarray, lam: float) -> float:
+    """Barlow Twins Algorithm 1 (arXiv:2103.03230).
+
+    ``c = bn(z_a).T @ bn(z_b) / N`` (bn: BatchNorm1d, no affine, eps 1e-5), then
+    ``sum_i (1 - c_ii)^2 + lambda * sum_{i != j} c_ij^2``.
+    """
+    n, d = za.shape
+    a, b_ = _batch_norm(za, 1e-5), _batch_norm(zb, 1e-5)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c_ij = sum(a[b, i] * b_[b, j] for b in range(n)) / n
+            loss += (1 - c_ij) ** 2 if i == j else lam * c_ij**2
+    return loss
+
+
+def naive_vicreg(za: np.ndarray, zb: np.ndarray, lam: float = 25.0, mu: float = 25.0,
+                 nu: float = 1.0, eps: float = 1e-4) -> tuple[float, float, float, float]:
+    """VICReg Algorithm 1 (arXiv:2105.04906) as in the official main_vicreg.py.
+
+    Returns ``(loss, invariance, variance, covariance)`` with
+    invariance ``mse_loss(z_a, z_b)`` (mean over N*D entries); variance
+    ``(mean_j relu(1 - std_j(z_a)) + mean_j relu(1 - std_j(z_b))) / 2`` with
+    ``std = sqrt(unbiased var + eps)``; covariance ``sum_{i != j} cov_ij^2 / D`` for each view,
+    summed, with ``cov = (z - mean).T (z - mean) / (N - 1)``.
+    """
+    n, d = za.shape
+    invariance = sum((za[b, j] - zb[b, j]) ** 2 for b in range(n) for j in range(d)) / (n * d)
+
+    def means(z: np.ndarray) -> list[float]:
+        return [sum(z[b, j] for b in range(n)) / n for j in range(d)]
+
+    def std_term(z: np.ndarray) -> float:
+        m = means(z)
+        stds = [math.sqrt(sum((z[b, j] - m[j]) ** 2 for b in range(n)) / (n - 1) + eps)
+                for j in range(d)]
+        return sum(max(0.0, 1 - s) for s in stds) / d
+
+    def cov_term(z: np.ndarray) -> float:
+        m = means(z)
+        total = 0.0
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    cov = sum((z[b, i] - m[i]) * (z[b, j] - m[j]) for b in range(n)) / (n - 1)
+                    total += cov**2
+        return total / d
+
+    variance = 0.5 * (std_term(za) + std_term(zb))
+    covariance = cov_term(za) + cov_term(zb)
+    return lam * invariance + mu * variance + nu * covariance, invariance, variance, covariance
+
+
+def naive_sinkhorn(scores: np.ndarray, eps: float, iterations: int) -> np.ndarray:
+    """``distributed_sinkhorn`` of SwAV's main_swav.py (arXiv:2006.09882) for one process.
+
+    ``Q = exp(scores / eps).T`` (K x B), ``Q /= sum(Q)``; per iteration: every row (prototype)
+    divided by its sum and by K, then every column (sample) divided by its sum and by B; finally
+    ``Q *= B`` and the codes are ``Q.T`` (B x K).
+    """
+    b, k = scores.shape
+    q = [[math.exp(scores[i, p] / eps) for i in range(b)] for p in range(k)]  # (K, B)
+    total = sum(sum(row) for row in q)
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        for p in range(k):
+            row_sum = sum(q[p])
+            q[p] = [v / row_sum / k for v in q[p]]
+        for i in range(b):
+            col_sum = sum(q[p][i] for p in range(k))
+            for p in range(k):
+                q[p][i] = q[p][i] / col_sum / b
+    return np.array([[q[p][i] * b for p in range(k)] for i in range(b)])
+
+
+def naive_swapped_prediction(scores: list[np.ndarray], codes: list[np.ndarray],
+                             temp: float) -> float:
+    """SwAV's swapped prediction (eq. 1, eq. 2 and main_swav.py, arXiv:2006.09882).
+
+    For each crop i with codes q_i, every other crop v predicts them:
+    ``-mean_b sum_k q_i[b, k] log softmax(scores_v[b] / T)[k]``; the subloss of crop i is the mean
+    over the other crops, and the loss the mean over the crops with codes.
+    """
+    loss = 0.0
+    for i, q in enumerate(codes):
+        sub = 0.0
+        for v, s in enumerate(scores):
+            if v == i:
+                continue
+            for b in range(len(q)):
+                log_p = _log_softmax([x / temp for x in s[b]])
+                sub -= sum(q[b][k] * log_p[k] for k in range(len(log_p))) / len(q)
+        loss += sub / (len(scores) - 1)
+    return loss / len(codes)
+
+
+def naive_dino(student: list[np.ndarray], teacher: list[np.ndarray], center: Sequence[float],
+               tps: float, tpt: float) -> float:
+    """DINO Algorithm 1 (arXiv:2104.14294), multi-crop as in the official DINOLoss.
+
+    ``H(t, s) = -sum_k softmax((t - C) / tpt)[k] * log softmax(s / tps)[k]``, mean over the batch,
+    averaged over every pair (teacher crop i, student crop v) with v != i.
+    """
+    total, n_terms = 0.0, 0
+    for i, t in enumerate(teacher):
+        for v, s in enumerate(student):
+            if v == i:
+                continue
+            h = 0.0
+            for b in range(len(t)):
+                t_log = _log_softmax([(t[b][k] - center[k]) / tpt for k in range(len(center))])
+                s_log = _log_softmax([x / tps for x in s[b]])
+                h -= sum(math.exp(t_log[k]) * s_log[k] for k in range(len(center)))
+            total += h / len(t)
+            n_terms += 1
+    return total / n_terms
+
+
+def naive_ema_center(center: Sequence[float], teacher: np.ndarray, m: float) -> list[float]:
+    """DINO Algorithm 1: ``C = m * C + (1 - m) * cat([t1, t2]).mean(dim=0)``."""
+    n, k = teacher.shape
+    return [m * center[j] + (1 - m) * sum(teacher[b, j] for b in range(n)) / n for j in range(k)]
+
+
+# ------------------------------- against the references ---------------------------------------
+
+TIGHT = {"rel": 1e-9, "abs": 1e-12}
+
+
 @pytest.mark.parametrize("b", [1, 3, 8])
 @pytest.mark.parametrize("d", [2, 16])
 @pytest.mark.parametrize("tau", [0.1, 0.5, 1.0])
-def test_matches_paper_reference(b, d, tau):
+def test_nt_xent_matches_paper_reference(b: int, d: int, tau: float):
     g = torch.Generator().manual_seed(b * 100 + d)
     z0, z1 = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
     ours = nt_xent(z0.double(), z1.double(), tau).item()
-    assert ours == pytest.approx(naive_nt_xent(z0.numpy(), z1.numpy(), tau), rel=1e-9, abs=1e-9)
+    assert ours == pytest.approx(naive_nt_xent(z0.numpy(), z1.numpy(), tau), **TIGHT)
 
 
-def test_collinear_embeddings_give_log_2n_minus_1():
+@pytest.mark.parametrize(("b", "d", "k"), [(1, 3, 1), (5, 4, 7), (8, 16, 32)])
+@pytest.mark.parametrize("tau", [0.07, 0.2, 1.0])
+def test_info_nce_queue_matches_moco_algorithm_1(b: int, d: int, k: int, tau: float):
+    rng = np.random.default_rng(b * 1000 + k)
+    q, key = _rand(rng, b, d), 3.0 * _rand(rng, b, d)
+    queue = _rand(rng, k, d)
+    queue /= np.linalg.norm(queue, axis=1, keepdims=True)  # MoCo's queue holds normalised keys
+    ours = info_nce_queue(_t(q), _t(key), _t(queue), tau).item()
+    assert ours == pytest.approx(naive_info_nce_queue(q, key, queue, tau), **TIGHT)
+
+
+@pytest.mark.parametrize(("b", "d"), [(1, 3), (2, 4), (6, 16)])
+@pytest.mark.parametrize("tau", [0.2, 1.0])
+def test_moco_v3_matches_algorithm_1(b: int, d: int, tau: float):
+    rng = np.random.default_rng(b * 10 + d)
+    q, k = _rand(rng, b, d), 0.5 * _rand(rng, b, d)
+    ours = moco_v3_contrastive(_t(q), _t(k), tau).item()
+    assert ours == pytest.approx(naive_moco_v3(q, k, tau), **TIGHT)
+
+
+@pytest.mark.parametrize(("b", "d"), [(1, 3), (7, 8)])
+def test_negative_cosine_and_byol_match_their_papers(b: int, d: int):
+    rng = np.random.default_rng(b)
+    p, z = _rand(rng, b, d), 4.0 * _rand(rng, b, d)
+    assert negative_cosine(_t(p), _t(z)).item() == pytest.approx(naive_negative_cosine(p, z),
+                                                                  **TIGHT)
+    assert byol_regression(_t(p), _t(z)).item() == pytest.approx(naive_byol(p, z), **TIGHT)
+
+
+@pytest.mark.parametrize(("n", "d"), [(2, 2), (6, 3), (10, 8)])
+@pytest.mark.parametrize("lam", [5e-3, 1.0])
+def test_barlow_twins_matches_algorithm_1(n: int, d: int, lam: float):
+    rng = np.random.default_rng(n * 10 + d)
+    scale = np.linspace(0.3, 3.0, d)  # per-dimension scales and offsets: BN must remove them
+    za = _rand(rng, n, d) * scale + 1.0
+    zb = 0.6 * za + 0.8 * _rand(rng, n, d)  # correlated with za, so C is far from 0 and from I
+    ours = barlow_twins(_t(za), _t(zb), lam).item()
+    assert ours == pytest.approx(naive_barlow_twins(za, zb, lam), **TIGHT)
+
+
+@pytest.mark.parametrize(("n", "d"), [(2, 2), (5, 3), (12, 8)])
+@pytest.mark.parametrize("coeffs", [(25.0, 25.0, 1.0), (1.0, 3.0, 0.5)])
+def test_vicreg_matches_algorithm_1(n: int, d: int, coeffs: tuple[float, float, float]):
+    rng = np.random.default_rng(n * 10 + d)
+    scale = np.linspace(0.2, 2.5, d)  # some stds below 1 (hinge active), some above
+    za = _rand(rng, n, d) * scale
+    zb = za + 0.5 * _rand(rng, n, d) * scale
+    loss, terms = vicreg(_t(za), _t(zb), *coeffs)
+    want = naive_vicreg(za, zb, *coeffs)
+    got = (loss.item(), terms["invariance"].item(), terms["variance"].item(),
+           terms["covariance"].item())
+    assert got == pytest.approx(want, **TIGHT)
+
+
+# sinkhorn_knopp computes in float32 whatever the input dtype (`scores.float()`), so it can only
+# match the float64 reference to float32 precision: see the report on that line.
+SINKHORN_CLOSE = {"rtol": 1e-5, "atol": 1e-7}
+
+
+@pytest.mark.parametrize(("b", "k"), [(1, 3), (5, 4), (16, 10)])
+@pytest.mark.parametrize("eps", [0.05, 0.5])
+@pytest.mark.parametrize("iterations", [1, 3, 10])
+def test_sinkhorn_matches_swav_distributed_sinkhorn(b: int, k: int, eps: float,
+                                                    iterations: int):
+    rng = np.random.default_rng(b * 100 + k)
+    scores = _rand(rng, b, k)
+    scores /= np.linalg.norm(scores, axis=1, keepdims=True)  # cosine scores, as in SwAV
+    ours = sinkhorn_knopp(_t(scores), eps, iterations).double().numpy()
+    np.testing.assert_allclose(ours, naive_sinkhorn(scores, eps, iterations), **SINKHORN_CLOSE)
+
+
+@pytest.mark.parametrize(("n_crops", "n_codes"), [(2, 1), (2, 2), (5, 2)])
+@pytest.mark.parametrize("temp", [0.1, 0.5])
+def test_swapped_prediction_matches_swav(n_crops: int, n_codes: int, temp: float):
+    rng = np.random.default_rng(n_crops * 10 + n_codes)
+    b, k = 4, 6
+    scores = [_rand(rng, b, k) for _ in range(n_crops)]
+    codes = [rng.dirichlet(np.ones(k), size=b) for _ in range(n_codes)]  # rows are distributions
+    ours = swapped_prediction([_t(s) for s in scores], [_t(c) for c in codes], temp).item()
+    assert ours == pytest.approx(naive_swapped_prediction(scores, codes, temp), **TIGHT)
+
+
+@pytest.mark.parametrize(("n_student", "n_teacher"), [(2, 1), (2, 2), (6, 2)])
+@pytest.mark.parametrize(("tps", "tpt"), [(0.1, 0.04), (0.5, 0.07)])
+def test_dino_matches_algorithm_1(n_student: int, n_teacher: int, tps: float, tpt: float):
+    rng = np.random.default_rng(n_student * 10 + n_teacher)
+    b, k = 3, 7
+    student = [_rand(rng, b, k) for _ in range(n_student)]
+    teacher = [_rand(rng, b, k) for _ in range(n_teacher)]
+    center = 0.3 * _rand(rng, k)
+    ours = dino([_t(s) for s in student], [_t(t) for t in teacher], _t(center[None]), tps,
+                tpt).item()
+    assert ours == pytest.approx(naive_dino(student, teacher, center, tps, tpt), **TIGHT)
+
+
+@pytest.mark.parametrize("m", [0.0, 0.9, 1.0])
+def test_ema_center_matches_algorithm_1(m: float):
+    rng = np.random.default_rng(0)
+    center, teacher = _rand(rng, 5), _rand(rng, 6, 5)
+    ours = ema_center(_t(center[None]), _t(teacher), m)
+    # ema_center sums the teacher outputs in float32 (`.float()`): float32 precision only.
+    np.testing.assert_allclose(ours.double().numpy()[0], naive_ema_center(center, teacher, m),
+                               rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------ analytic values -----------------------------------------
+
+
+def test_nt_xent_collinear_embeddings_give_log_2n_minus_1():
     # Every similarity is 1: each anchor's positive is one of 2N - 1 equal logits.
     b = 5
     z = torch.ones(b, 4)
     assert nt_xent(z, z, 0.3).item() == pytest.approx(math.log(2 * b - 1), rel=1e-6)
 
 
-def test_symmetric_in_the_two_views():
+def test_nt_xent_symmetric_in_the_two_views():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     assert nt_xent(z0, z1, 0.2).item() == pytest.approx(nt_xent(z1, z0, 0.2).item(), rel=1e-6)
 
 
-def test_perfect_alignment_beats_random():
+def test_nt_xent_perfect_alignment_beats_random():
     z = torch.eye(8)
     assert nt_xent(z, z, 0.1).item() < nt_xent(z, torch.roll(z, 1, 0), 0.1).item()
 
 
-def test_rejects_bad_input():
+def test_nt_xent_rejects_bad_input():
     with pytest.raises(ValueError, match="temperature"):
         nt_xent(torch.ones(2, 2), torch.ones(2, 2), 0.0)
     with pytest.raises(ValueError, match="both be"):
         nt_xent(torch.ones(2, 2), torch.ones(3, 2), 0.5)
 
 
-# ---- distributed equivalence: 2 gloo processes with DDP == 1 process on the whole batch ----
+@pytest.mark.parametrize("n_queue", [1, 9])
+def test_info_nce_queue_of_a_queue_of_copies_of_the_key_is_log_k_plus_1(n_queue: int):
+    # Every negative equals the positive: K + 1 equal logits whatever q is.
+    g = torch.Generator().manual_seed(n_queue)
+    q, key = torch.randn(4, 5, generator=g, dtype=torch.float64), torch.ones(4, 5).double()
+    queue = F.normalize(torch.ones(n_queue, 5, dtype=torch.float64), dim=1)
+    got = info_nce_queue(q, key, queue, 0.2).item()
+    assert got == pytest.approx(math.log(n_queue + 1), **TIGHT)
 
-B_PER_RANK, D_IN, D_OUT, TAU = 4, 6, 5, 0.3
+
+def test_info_nce_queue_with_key_equal_to_query_and_orthogonal_queue():
+    # l_pos = 1 / tau, every l_neg = 0: loss = log(1 + K exp(-1 / tau)).
+    eye = torch.eye(6, dtype=torch.float64)
+    q, queue, tau = eye[:2], eye[2:], 0.5
+    got = info_nce_queue(3.0 * q, q, queue, tau).item()
+    assert got == pytest.approx(math.log(1 + 4 * math.exp(-1 / tau)), **TIGHT)
 
 
-def _data() -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear]:
+@pytest.mark.parametrize("tau", [0.1, 0.2, 1.0])
+def test_moco_v3_collinear_embeddings_give_2_tau_log_b(tau: float):
+    b = 6
+    q, k = torch.ones(b, 3, dtype=torch.float64), 2 * torch.ones(b, 3, dtype=torch.float64)
+    assert moco_v3_contrastive(q, k, tau).item() == pytest.approx(2 * tau * math.log(b), **TIGHT)
+
+
+def test_moco_v3_orthonormal_matching_keys():
+    # Diagonal logits 1 / tau, the others 0: 2 tau log(1 + (B - 1) exp(-1 / tau)).
+    b, tau = 5, 0.2
+    eye = torch.eye(b, dtype=torch.float64)
+    want = 2 * tau * math.log(1 + (b - 1) * math.exp(-1 / tau))
+    assert moco_v3_contrastive(eye, eye, tau).item() == pytest.approx(want, **TIGHT)
+
+
+def test_negative_cosine_and_byol_known_values():
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(2 * B_PER_RANK, D_IN, generator=g)
-    x1 = torch.randn(2 * B_PER_RANK, D_IN, generator=g)
-    torch.manual_seed(1)
-    return x0, x1, torch.nn.Linear(D_IN, D_OUT)
+    p = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    orth = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    assert negative_cosine(p, 3 * p).item() == pytest.approx(-1.0, **TIGHT)
+    assert negative_cosine(p, -p).item() == pytest.approx(1.0, **TIGHT)
+    assert negative_cosine(orth, orth.flip(1)).item() == pytest.approx(0.0, **TIGHT)
+    assert byol_regression(p, 3 * p).item() == pytest.approx(0.0, **TIGHT)
+    assert byol_regression(p, -p).item() == pytest.approx(4.0, **TIGHT)
+    assert byol_regression(orth, orth.flip(1)).item() == pytest.approx(2.0, **TIGHT)
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        x0, x1, model = _data()
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        sl = slice(rank * B_PER_RANK, (rank + 1) * B_PER_RANK)
-        loss = nt_xent(ddp(x0[sl]), ddp(x1[sl]), TAU)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grad_w": model.weight.grad, "grad_b": model.bias.grad},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+@pytest.mark.parametrize(("n", "d"), [(4, 3), (8, 5), (16, 8)])
+def test_barlow_twins_of_identical_decorrelated_standardised_views_is_zero(n: int, d: int):
+    # Orthogonal +/-1 columns: C = I / (1 + 1e-5), the BatchNorm eps being the only deviation.
+    z = _t(_hadamard_columns(n, d))
+    c_ii = 1 / (1 + 1e-5)
+    got = barlow_twins(z, z.clone(), lambda_offdiag=1.0).item()
+    assert got == pytest.approx(d * (1 - c_ii) ** 2, rel=1e-9, abs=1e-15)
+    assert got < 1e-8
+    # Sign flip of one view: C = -I, so every diagonal term is (1 + 1/(1 + eps))^2 ~ 4.
+    assert barlow_twins(z, -z, 1.0).item() == pytest.approx(d * (1 + c_ii) ** 2, **TIGHT)
 
 
-def test_two_gloo_processes_equal_one_process_on_concatenated_batch(tmp_path: Path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+def test_barlow_twins_redundancy_term_counts_off_diagonal_correlations():
+    # Two identical columns in both views: C = [[1, 1], [1, 1]] / (1 + eps); off-diagonal 2 c^2.
+    col = _hadamard_columns(8, 1)
+    z = _t(np.hstack([col, col]))
+    c = 1 / (1 + 1e-5)
+    want = 2 * (1 - c) ** 2 + 0.25 * 2 * c**2
+    assert barlow_twins(z, z, lambda_offdiag=0.25).item() == pytest.approx(want, **TIGHT)
 
-    x0, x1, model = _data()
-    single = nt_xent(model(x0), model(x1), TAU)
-    single.backward()
 
-    mean_loss = sum(r["loss"] for r in ranks) / 2
-    assert mean_loss.item() == pytest.approx(single.item(), rel=1e-5)
-    for r in ranks:  # DDP averaged the gradients: every rank holds the single-process gradient
-        torch.testing.assert_close(r["grad_w"], model.weight.grad, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(r["grad_b"], model.bias.grad, rtol=1e-5, atol=1e-6)
+def test_vicreg_identical_spread_decorrelated_views_cost_nothing():
+    n, d = 8, 5
+    z = _t(2.0 * _hadamard_columns(n, d))  # every std = 2 sqrt(n / (n - 1)) >= 1, cov = 0
+    loss, terms = vicreg(z, z.clone())
+    assert terms["invariance"].item() == 0.0
+    assert terms["variance"].item() == 0.0
+    assert terms["covariance"].item() == pytest.approx(0.0, abs=1e-12)
+    assert loss.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_vicreg_collapsed_embeddings_pay_the_full_variance_hinge():
+    # Constant embeddings: std = sqrt(0 + eps) = 0.01 in every dimension, covariance 0.
+    z = torch.full((6, 4), 0.7, dtype=torch.float64)
+    loss, terms = vicreg(z, z.clone(), eps=1e-4)
+    assert terms["variance"].item() == pytest.approx(0.99, **TIGHT)
+    assert terms["covariance"].item() == pytest.approx(0.0, abs=1e-30)
+    assert loss.item() == pytest.approx(25 * 0.99, **TIGHT)
+
+
+def test_vicreg_covariance_of_two_equal_columns():
+    # x = [c, c] with unit-variance c: cov = [[1, 1], [1, 1]], off-diagonal squares 2, / D = 1.
+    col = _hadamard_columns(8, 1) * math.sqrt(7 / 8)  # unbiased variance exactly 1
+    z = _t(np.hstack([col, col]))
+    _, terms = vicreg(z, z)
+    assert terms["covariance"].item() == pytest.approx(2.0, **TIGHT)  # 1 per view, two views
+
+
+@pytest.mark.parametrize(("b", "k"), [(6, 4), (12, 3), (5, 5)])
+def test_sinkhorn_codes_are_distributions_and_equipartition_the_batch(b: int, k: int):
+    g = torch.Generator().manual_seed(b * k)
+    scores = F.normalize(torch.randn(b, k, generator=g), dim=1)
+    codes = sinkhorn_knopp(scores, epsilon=0.5, iterations=200)
+    assert codes.shape == (b, k) and (codes >= 0).all()
+    # The last step normalises the samples: each row sums to 1 exactly (up to rounding).
+    torch.testing.assert_close(codes.sum(dim=1), torch.ones(b), rtol=0, atol=1e-6)
+    # Converged: each prototype receives the same total mass B / K.
+    torch.testing.assert_close(codes.sum(dim=0), torch.full((k,), b / k), rtol=1e-4, atol=0)
+    # The paper's 3 iterations already roughly equipartition.
+    few = sinkhorn_knopp(scores, epsilon=0.5, iterations=3)
+    torch.testing.assert_close(few.sum(dim=0), torch.full((k,), b / k), rtol=0.05, atol=0)
+
+
+def test_sinkhorn_special_inputs():
+    # Equal scores: uniform codes. A constant offset and a sample permutation change nothing
+    # but the order of the rows.
+    assert torch.allclose(sinkhorn_knopp(torch.zeros(4, 5)), torch.full((4, 5), 0.2))
+    g = torch.Generator().manual_seed(0)
+    scores = F.normalize(torch.randn(8, 4, generator=g), dim=1)
+    codes = sinkhorn_knopp(scores)
+    torch.testing.assert_close(sinkhorn_knopp(scores + 3.0), codes, rtol=1e-5, atol=1e-6)
+    perm = torch.randperm(8, generator=g)
+    torch.testing.assert_close(sinkhorn_knopp(scores[perm]), codes[perm], rtol=1e-5, atol=1e-6)
+    # Each sample scoring one distinct prototype highest, with the sharp epsilon of the paper:
+    # (nearly) one-hot codes on those prototypes.
+    onehot = torch.eye(4)[torch.tensor([2, 0, 3, 1])]
+    torch.testing.assert_close(sinkhorn_knopp(onehot, epsilon=0.05), onehot, rtol=0, atol=1e-6)
+
+
+def test_swapped_prediction_known_values():
+    b, k = 3, 5
+    g = torch.Generator().manual_seed(0)
+    codes = torch.softmax(torch.randn(b, k, generator=g, dtype=torch.float64), dim=1)
+    uniform = [torch.zeros(b, k, dtype=torch.float64) for _ in range(3)]
+    # Uniform predictions: -sum_k q_k log(1/K) = log K for every pair.
+    assert swapped_prediction(uniform, [codes, codes], 0.1).item() == pytest.approx(
+        math.log(k), **TIGHT)
+    # One-hot codes predicted with the same hard scores: the loss is the CE of a single logit.
+    onehot = torch.eye(k, dtype=torch.float64)[:b]
+    t = 0.5
+    want = -math.log(math.exp(1 / t) / (math.exp(1 / t) + k - 1))
+    assert swapped_prediction([onehot, onehot], [onehot], t).item() == pytest.approx(want, **TIGHT)
+
+
+def test_swapped_prediction_rejects_bad_input():
+    s = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="crops"):
+        swapped_prediction([s], [s], 0.1)
+    with pytest.raises(ValueError, match="crops"):
+        swapped_prediction([s, s], [], 0.1)
+
+
+def test_dino_known_values():
+    b, k = 4, 6
+    g = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(b, k, generator=g, dtype=torch.float64) for _ in range(2)]
+    center = torch.zeros(1, k, dtype=torch.float64)
+    # A uniform student costs log K whatever the teacher.
+    flat = [torch.zeros(b, k, dtype=torch.float64) for _ in range(4)]
+    assert dino(flat, teacher, center, 0.1, 0.04).item() == pytest.approx(math.log(k), **TIGHT)
+    # A teacher equal to the center gives uniform targets: the loss is the mean of
+    # -mean_k log softmax(s / tps)[k] over the student crops paired with it.
+    s = torch.randn(b, k, generator=g, dtype=torch.float64)
+    t = torch.randn(1, k, generator=g, dtype=torch.float64)
+    want = -F.log_softmax(s / 0.1, dim=1).mean(dim=1).mean().item()
+    got = dino([t.expand(b, k), s], [t.expand(b, k)], t, 0.1, 0.04).item()
+    assert got == pytest.approx(want, **TIGHT)
+    with pytest.raises(ValueError, match="2 crops"):
+        dino([s], [s], center, 0.1, 0.04)
+
+
+# ------------------------------------- stop-gradients -----------------------------------------
+
+def _queue() -> Tensor:
+    return F.normalize(torch.ones(3, 4, dtype=torch.float64), dim=1)
+
+
+# name -> loss of (online input, stopped input); the stopped input must get no gradient.
+STOP_GRAD: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "info_nce_queue k": lambda a, s: info_nce_queue(a, s, _queue(), 0.2),
+    "info_nce_queue queue": lambda a, s: info_nce_queue(a, a.detach() + 1, s[:3], 0.2),
+    "moco_v3 k": lambda a, s: moco_v3_contrastive(a, s, 0.2),
+    "negative_cosine z": negative_cosine,
+    "byol_regression z": byol_regression,
+    "swapped_prediction codes": lambda a, s: swapped_prediction([a, 2 * a], [s.softmax(1)], 0.1),
+    "dino teacher": lambda a, s: dino([a, 2 * a], [s, 3 * s], torch.zeros(1, 4), 0.1, 0.04),
+}
+
+
+@pytest.mark.parametrize("name", list(STOP_GRAD))
+def test_no_gradient_flows_into_stop_gradient_arguments(name: str):
+    g = torch.Generator().manual_seed(0)
+    online = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    stopped = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    STOP_GRAD[name](online, stopped).backward()
+    assert online.grad is not None and online.grad.abs().sum() > 0
+    assert stopped.grad is None
+
+
+def test_sinkhorn_and_ema_center_are_constants():
+    scores = torch.randn(4, 3, requires_grad=True)
+    assert not sinkhorn_knopp(scores).requires_grad
+    assert not ema_center(torch.zeros(1, 3), scores, 0.9).requires_grad
+
+
+# ------------- distributed: 2 gloo processes with DDP == 1 process on the whole batch ---------
+# Each case gets one (B, 5) embedding per view from a shared Linear (tests/gloo_harness.py).
+
+TAU = 0.3
+QUEUE = F.normalize(torch.linspace(-1.0, 1.0, 3 * gh.D_OUT, dtype=torch.float64)
+                    .reshape(3, gh.D_OUT).cos(), dim=1)  # the same queue on every rank
+CENTER = torch.linspace(-0.2, 0.2, gh.D_OUT, dtype=torch.float64)[None]
+
+
+def _case_nt_xent(e: list[Tensor]) -> gh.Outputs:
+    return gh.Outputs(nt_xent(e[0], e[1], TAU))
+
+
+def _case_info_nce_queue(e: list[Tensor]) -> gh.Outputs:
+    return gh.Outputs(info_nce_queue(e[0], e[1], QUEUE, TAU))
+
+
+def _case_moco_v3(e: list[Tensor]) -> gh.Outputs:
+    return gh.Outputs(moco_v3_contrastive(e[0], e[1], TAU))
+
+
+def _case_negative_cosine(e: list[Tensor]) -> gh.Outputs:
+    return gh.Outputs(negative_cosine(e[0], e[1]))
+
+
+def _case_byol(e: list[Tensor]) -> gh.Outputs:
+    return gh.Outputs(byol_regression(e[0], e[1]))
+
+
+def _case_barlow_twins(e: list[Tensor]) -> gh.Outputs:
+    loss = barlow_twins(e[0], e[1], lambda_offdiag=0.1)
+    return gh.Outputs(loss, same=loss)  # the global loss: identical on every rank
+
+
+def _case_vicreg(e: list[Tensor]) -> gh.Outputs:
+    loss, terms = vicreg(e[0], e[1])
+    return gh.Outputs(loss, same=torch.stack([terms["invariance"], terms["variance"],
+                                              terms["covariance"], loss]))
+
+
+def _case_swav(e: list[Tensor]) -> gh.Outputs:
+    # Two global crops with codes and one local crop; cosine scores against the 5 "prototypes".
+    scores = [F.normalize(x, dim=1) for x in e]
+    codes = [sinkhorn_knopp(s.detach(), epsilon=0.05, iterations=3) for s in scores[:2]]
+    loss = swapped_prediction(scores, codes, temperature=0.1)
+    return gh.Outputs(loss, rows=torch.cat(codes, dim=1))
+
+
+def _case_dino(e: list[Tensor]) -> gh.Outputs:
+    teacher = [(2.0 * x + 0.1).detach() for x in e[:2]]  # a fixed "teacher" of the global crops
+    loss = dino(e, teacher, CENTER, student_temp=0.1, teacher_temp=0.04)
+    return gh.Outputs(loss, same=ema_center(CENTER, torch.cat(teacher), momentum=0.9))
+
+
+GLOO_CASES = {
+    "nt_xent": gh.Case(_case_nt_xent),
+    "info_nce_queue": gh.Case(_case_info_nce_queue),
+    "moco_v3_contrastive": gh.Case(_case_moco_v3),
+    "negative_cosine": gh.Case(_case_negative_cosine),
+    "byol_regression": gh.Case(_case_byol),
+    "barlow_twins": gh.Case(_case_barlow_twins),
+    "vicreg": gh.Case(_case_vicreg),
+    "sinkhorn_knopp+swapped_prediction": gh.Case(_case_swav, n_views=3),
+    "dino+ema_center": gh.Case(_case_dino, n_views=3),
+}
+
+
+@pytest.fixture(scope="module")
+def gloo_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[gh.Record]]:
+    """Every case on 2 gloo processes, in one spawn shared by the tests below."""
+    return gh.run_distributed(GLOO_CASES, tmp_path_factory.mktemp("gloo"))
+
+
+@pytest.mark.parametrize("name", list(GLOO_CASES))
+def test_two_gloo_processes_equal_one_process_on_concatenated_batch(
+        name: str, gloo_records: dict[str, list[gh.Record]]):
+    gh.assert_equivalent(gloo_records[name], gh.run_single(GLOO_CASES[name]))
+
+
+def test_gloo_cases_are_not_trivial(gloo_records: dict[str, list[gh.Record]]):
+    # Guards the harness itself: the ranks saw different samples, so their losses differ for the
+    # per-rank losses, and the codes are genuine distributions.
+    nt = gloo_records["nt_xent"]
+    assert not torch.allclose(nt[0]["loss"], nt[1]["loss"])
+    codes = gloo_records["sinkhorn_knopp+swapped_prediction"][0]["rows"]
+    torch.testing.assert_close(codes[:, :gh.D_OUT].sum(dim=1), torch.ones(gh.B_PER_RANK))

@@ -18,21 +18,26 @@ from raysl.config import FASHION_MNIST_DIR
 from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "pipelines/configs/demo.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines/configs"
+DEMO_CONFIG = CONFIGS / "demo.yaml"
 
 
-def _config(tmp_path: Path, epochs: int, run_name: str) -> C.Config:
+def _shared(tmp_path: Path, epochs: int, run_name: str) -> list[str]:
+    """Tiny data, 2 workers, tracking in tmp_path: the settings every e2e run here shares."""
     fmnist = (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists()
     data = ([f"data.source.path={FASHION_MNIST_DIR}", "eval.bank.limit=600", "eval.query.limit=300"]
             if fmnist else  # the same code path on generated images when the package is absent
             ["data.source.format=generated", "eval.bank.format=generated", "eval.bank.limit=600",
-             "eval.query.path=''"])
-    return C.load(DEMO_CONFIG, [
-        *data, "data.source.limit=384", "data.batch_size_global=64", "model.width=8",
-        f"train.epochs={epochs}", "train.num_workers=2", f"train.run_name={run_name}",
-        f"train.storage_path={tmp_path / 'ray_results'}", "eval.knn_k=20",
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=e2e",
-        "tracking.registered_model=e2e-encoder", "optim.warmup_epochs=0"])
+             "eval.query.path=''", "data.image_size=28"])
+    return [*data, "data.source.limit=384", "data.batch_size_global=64", "model.width=8",
+            f"train.epochs={epochs}", "train.num_workers=2", f"train.run_name={run_name}",
+            f"train.storage_path={tmp_path / 'ray_results'}", "eval.knn_k=20",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=e2e",
+            "tracking.registered_model=e2e-encoder", "optim.warmup_epochs=0"]
+
+
+def _config(tmp_path: Path, epochs: int, run_name: str) -> C.Config:
+    return C.load(DEMO_CONFIG, _shared(tmp_path, epochs, run_name))
 
 
 def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
@@ -93,3 +98,34 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert json.loads((Path(again.checkpoint_path) / "state.json").read_text())["epoch"] == 3
     assert again.model is not None and again.model.version == "2"
     assert np.isfinite(again.final_loss)
+
+
+
+def test_multicrop_ema_method_with_grad_accumulation_end_to_end(tmp_path: Path, monkeypatch):
+    # DINO: multi-crop views from Ray Data, an EMA teacher, a center kept equal across workers,
+    # the last layer frozen in epoch 1, a weight-decay schedule, clipping, 2 micro-batches a step.
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(CONFIGS / "dino_fmnist.yaml", [
+        *_shared(tmp_path, 2, "e2e-dino"), "data.views.local_crops=2", "method.out_dim=64",
+        "method.hidden_dim=64", "method.bottleneck_dim=32", "train.grad_accumulation=2",
+        "optim.weight_decay_schedule=cosine", "optim.weight_decay_end=0.01", "optim.clip_grad=3.0",
+        "tracking.registered_model=e2e-dino"])
+    assert cfg.view_sizes == [28, 28, 12, 12] and cfg.micro_batch_size == 16
+    result = pretrain(cfg)
+    client = MlflowClient(result.tracking_uri)
+    metrics = client.get_run(result.mlflow_run_id).data.metrics
+    for key in ("train/loss", "train/grad_norm", "train/weight_decay", "train/dino/teacher_temp",
+                "eval/knn_top1"):
+        assert key in metrics, key
+    assert np.isfinite(result.final_loss)
+
+    # The checkpoint holds the whole method (teacher and center too); the EMA teacher moved away
+    # from its initial copy of the student, and the center left zero.
+    method_state = torch.load(Path(result.checkpoint_path) / "method.pt", weights_only=True)
+    assert method_state["center"].abs().sum() > 0
+    student = {k[len("encoder."):]: v for k, v in method_state.items() if k.startswith("encoder.")}
+    teacher = {k[len("teacher_encoder."):]: v for k, v in method_state.items()
+               if k.startswith("teacher_encoder.")}
+    assert student.keys() == teacher.keys()
+    assert any(not torch.equal(student[k], teacher[k]) for k in student)
+    assert result.model is not None and result.model.model_uri == "models:/e2e-dino/1"

@@ -9,8 +9,7 @@ from raysl.data.readers import ImageSource
 from raysl.data.views import MultiViewTransform
 
 
-def view_stream(source: ImageSource, cfg: DataConfig, num_views: int, max_actors: int
-                ) -> ray.data.Dataset:
+def view_stream(source: ImageSource, cfg: DataConfig, max_actors: int) -> ray.data.Dataset:
     """Augmented views of ``source``, re-drawn every epoch.
 
     Block order is shuffled on every pass (cheap); the train workers add a local shuffle buffer.
@@ -18,7 +17,9 @@ def view_stream(source: ImageSource, cfg: DataConfig, num_views: int, max_actors
     ``max_actors``), so views arrive as uint8 (B, C, S, S) tensors ready for the model.
 
     Returns:
-        Dataset with columns ``view0`` .. ``view{num_views-1}``.
+        Dataset with columns ``view0`` .. ``view{n-1}``, n = 2 + ``cfg.views.local_crops``: the
+        two global views at ``cfg.image_size``, then the local crops at
+        ``cfg.effective_local_size`` (the order of ``Config.view_sizes``).
     """
     # No select_columns() before the map: it would be a separate 1-CPU task that cannot run while
     # the actors hold the CPUs Ray Data has beside training (seen hanging on 2 cores); the
@@ -26,8 +27,7 @@ def view_stream(source: ImageSource, cfg: DataConfig, num_views: int, max_actors
     return (source.dataset
             .randomize_block_order()
             .map_batches(MultiViewTransform,
-                         fn_constructor_kwargs={"cfg": cfg.views, "size": cfg.image_size,
-                                                "num_views": num_views},
+                         fn_constructor_kwargs={"cfg": cfg},
                          batch_size=cfg.augment_batch_size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
                          num_cpus=cfg.augment_cpus, udf_modifying_row_count=False))

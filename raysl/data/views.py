@@ -1,11 +1,16 @@
 """Per-image random view augmentation on uint8 batches, vectorised over the batch.
 
-Every random parameter (crop box, flip, jitter factors and their order, grayscale, blur sigma) is
-drawn independently for each image. Batched torchvision v2 calls draw one set of parameters per
-*batch*, which silently weakens SSL augmentation; looping PIL calls per image is slow. Here one
-``grid_sample`` crops, resizes and flips the whole batch with per-sample boxes.
+Every random parameter (crop box, flip, jitter factors and their order, grayscale, blur sigma,
+solarization) is drawn independently for each image. Batched torchvision v2 calls draw one set of
+parameters per *batch*, which silently weakens SSL augmentation; looping PIL calls per image is
+slow. Here one ``grid_sample`` crops, resizes and flips the whole batch with per-sample boxes.
 
-Letters in shape comments: B images, C channels, H/W input size, S output size.
+A method trains on two global views, which may be augmented asymmetrically (BYOL and DINO blur
+the first view more and solarize only the second), then optionally on smaller multi-crop local
+views (SwAV, DINO); :func:`make_views` builds them all.
+
+Letters in shape comments: B images, C channels, H/W input size, S output size (L for the
+multi-crop local views).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raysl.config import ViewConfig
+from raysl.config import DataConfig, ViewConfig
 
 _ATTEMPTS = 10  # RandomResizedCrop tries this many boxes before falling back (as torchvision)
 
@@ -195,20 +200,55 @@ def gaussian_blur(x: Tensor, p: float, sigma: tuple[float, float], gen: torch.Ge
     return out
 
 
-def augment(x: Tensor, cfg: ViewConfig, size: int, gen: torch.Generator) -> Tensor:
+def solarize(x: Tensor, p: float, gen: torch.Generator) -> Tensor:
+    """Invert the bright pixels of each image with probability ``p`` (BYOL's solarization).
+
+    Per image, as torchvision's ``RandomSolarize(threshold=128)`` on uint8 images (PIL's
+    ``ImageOps.solarize``): a pixel of uint8 value v >= 128 becomes 255 - v. The test is made on
+    the uint8 value the pixel will be stored as, so the result is exact on the uint8 grid; a
+    float threshold would flip pixels a rounding error away from 128 the wrong way.
+
+    Args:
+        x: (B, C, H, W) float images in [0, 1].
+        p: probability that an image is solarized.
+        gen: source of randomness.
+
+    Returns:
+        (B, C, H, W) float images in [0, 1]; solarized images lie on the uint8 grid (k / 255).
+    """
+    apply = torch.rand(x.shape[0], generator=gen) < p
+    if not apply.any():
+        return x
+    v = x[apply].mul(255).round_().clamp_(0, 255)  # the uint8 values these images will hold
+    out = x.clone()
+    out[apply] = torch.where(v >= 128, 255 - v, v).div_(255)
+    return out
+
+
+def augment(x: Tensor, cfg: ViewConfig, size: int, gen: torch.Generator, *,
+            scale: tuple[float, float] | None = None, blur_p: float = 0.0,
+            solarize_p: float = 0.0) -> Tensor:
     """One random view of each image (SimCLR's augmentation, appendix A of arXiv:2002.05709).
+
+    Crop, flip, colour jitter and grayscale come from ``cfg``; what differs between the views of
+    one image (crop scale, blur and solarize probabilities) is passed explicitly, since ``cfg``
+    holds them per view (see :func:`make_views`).
 
     Args:
         x: (B, C, H, W) uint8 images.
-        cfg: augmentation strengths and probabilities.
+        cfg: augmentation strengths and probabilities shared by all views.
         size: output side S.
         gen: source of randomness (seed it for reproducible views).
+        scale: RandomResizedCrop area range; ``None`` = ``cfg.crop_scale`` (a global view).
+        blur_p: probability of a Gaussian blur (sigma from ``cfg.blur_sigma``); 0 = never.
+        solarize_p: probability of solarization, applied after the blur; 0 = never.
 
     Returns:
         (B, C, S, S) uint8 views.
     """
     b, _, h, w = x.shape
-    boxes = sample_crop_boxes(b, h, w, cfg.crop_scale, cfg.crop_ratio, gen)
+    boxes = sample_crop_boxes(b, h, w, cfg.crop_scale if scale is None else scale,
+                              cfg.crop_ratio, gen)
     flip = torch.rand(b, generator=gen) < cfg.hflip_p
     y = crop_resize_flip(x.float().div_(255), boxes, flip, size)
     if cfg.jitter_p > 0:
@@ -216,29 +256,53 @@ def augment(x: Tensor, cfg: ViewConfig, size: int, gen: torch.Generator) -> Tens
     gray = torch.rand(b, generator=gen) < cfg.grayscale_p
     if gray.any():
         y[gray] = grayscale(y[gray]).expand(-1, y.shape[1], -1, -1)
-    if cfg.blur_p > 0:
-        y = gaussian_blur(y, cfg.blur_p, cfg.blur_sigma, gen)
+    if blur_p > 0:
+        y = gaussian_blur(y, blur_p, cfg.blur_sigma, gen)
+    if solarize_p > 0:
+        y = solarize(y, solarize_p, gen)
     return y.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def make_views(x: Tensor, cfg: DataConfig, gen: torch.Generator) -> list[Tensor]:
+    """Every view of each image a method trains on, in the order of ``Config.view_sizes``.
+
+    Two global views at ``cfg.image_size``, the first with ``blur_p[0]`` and ``solarize_p[0]``,
+    the second with ``blur_p[1]`` and ``solarize_p[1]``; then ``local_crops`` local views at
+    ``cfg.effective_local_size``, cropped with ``local_crop_scale`` and blurred with
+    ``local_blur_p``, never solarized (DINO's ``DataAugmentationDINO``).
+
+    Args:
+        x: (B, C, H, W) uint8 images.
+        cfg: view size and augmentation settings.
+        gen: source of randomness.
+
+    Returns:
+        ``2 + local_crops`` uint8 tensors: (B, C, S, S) global, then (B, C, L, L) local views.
+    """
+    v = cfg.views
+    views = [augment(x, v, cfg.image_size, gen, blur_p=v.blur_p[i], solarize_p=v.solarize_p[i])
+             for i in range(2)]
+    views += [augment(x, v, cfg.effective_local_size, gen, scale=v.local_crop_scale,
+                      blur_p=v.local_blur_p) for _ in range(v.local_crops)]
+    return views
 
 
 class MultiViewTransform:
     """Ray Data ``map_batches`` callable: ``{"image": (B, H, W, C)}`` -> ``{"view0": ..., ...}``.
 
-    Views are (B, C, S, S) uint8, ready for the model; the train worker only moves them to the
-    device (the encoder normalises). Built once per augmentation actor; the generator advances
-    across batches so every epoch re-draws the views.
+    Emits ``view0`` .. ``view{n-1}``, n = 2 + ``cfg.views.local_crops``, as :func:`make_views`:
+    (B, C, S, S) uint8 global views, then (B, C, L, L) local crops, ready for the model; the
+    train worker only moves them to the device (the encoder normalises). Built once per
+    augmentation actor; the generator advances across batches so every epoch re-draws the views.
 
     Args:
-        cfg: augmentation settings.
-        size: view side S.
-        num_views: views per image (2 for SimCLR).
+        cfg: view size and augmentation settings.
         seed: seeds this actor's generator; ``None`` draws one from the OS.
     """
 
-    def __init__(self, cfg: ViewConfig, size: int, num_views: int = 2,
-                 seed: int | None = None) -> None:
+    def __init__(self, cfg: DataConfig, seed: int | None = None) -> None:
         torch.set_num_threads(1)  # one core per augmentation actor; Ray schedules the actors
-        self.cfg, self.size, self.num_views = cfg, size, num_views
+        self.cfg = cfg
         self.gen = torch.Generator()
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -248,5 +312,4 @@ class MultiViewTransform:
         """Views of a batch of images."""
         # A copy: Ray hands out read-only views of the object store, and torch warns on those.
         x = torch.from_numpy(np.array(batch["image"], copy=True)).permute(0, 3, 1, 2)  # (B,C,H,W)
-        return {f"view{i}": augment(x, self.cfg, self.size, self.gen).numpy()
-                for i in range(self.num_views)}
+        return {f"view{i}": v.numpy() for i, v in enumerate(make_views(x, self.cfg, self.gen))}

@@ -6,10 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from raysl import registry
-from raysl.config import Config, MethodConfig
+from raysl.config import Config as RunConfig
+from raysl.config import MethodConfig, check
 from raysl.nn.backbones import Encoder, build_encoder
 
 
@@ -21,37 +23,116 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)  # detached extras, e.g. {"train/acc": .9}
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands, for schedules inside methods (EMA momentum, temperatures...)."""
+
+    step: int  # optimizer steps done so far
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done so far, fractional (0.5 = half of the first epoch)."""
+        return self.step / max(1, self.steps_per_epoch)
+
+
 class SSLMethod(nn.Module, ABC):
     """A self-supervised objective around an :class:`Encoder`.
 
     Subclasses set ``Config`` (their config dataclass), ``summary`` and ``paper``, and register
     themselves with ``@registry.register("method", name)``. ``forward`` is what DDP wraps, so all
-    trainable parameters must be used in it.
+    trainable parameters must be used in it. Momentum (EMA) copies are ordinary submodules whose
+    parameters have ``requires_grad=False``; they are updated in :meth:`on_step_end`.
     """
 
     Config: ClassVar[type[MethodConfig]]
     summary: ClassVar[str]  # one line for `raysl methods`
     paper: ClassVar[str]  # citation with arXiv id
-    num_views: ClassVar[int] = 2
+    default_preset: ClassVar[str] = "simclr"  # augmentation recipe, a key of VIEW_PRESETS
+    multicrop: ClassVar[bool] = False  # whether it takes local crops beyond the 2 global views
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         self.encoder = encoder
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Raise ``ConfigError`` for settings this method cannot work with (across sections)."""
+
     @abstractmethod
-    def forward(self, views: list[Tensor], progress: float) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """Loss on a batch of views.
 
         Args:
-            views: ``num_views`` tensors (B, C, H, W), float in [0, 1] or uint8.
-            progress: fraction of training done, in [0, 1], for schedules inside the method.
+            views: 2 global views (B, C, S, S), then any local crops (B, C, s, s); float in
+                [0, 1] or uint8.
+            progress: where training stands, for schedules inside the method.
         """
 
-    def on_step_end(self, progress: float) -> None:
+    def exported_encoder(self) -> nn.Module:
+        """The encoder that is checkpointed as ``encoder.pt`` and registered (the online one)."""
+        return self.encoder
+
+    def on_after_backward(self, progress: Progress) -> None:
+        """Called after the backward pass, before clipping and the optimizer step."""
+
+    def on_step_end(self, progress: Progress) -> None:
         """Called after each optimizer step (EMA updates go here)."""
 
 
-def build_method(cfg: Config) -> SSLMethod:
+def encode_views(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:
+    """Features of each view, with one forward pass per run of same-size views.
+
+    Batching views of one resolution together (as DINO's MultiCropWrapper does) makes BatchNorm
+    see all of them at once and keeps the number of forward passes at 1-2 for multi-crop.
+
+    Returns:
+        One (B, F) tensor per view, in the order of ``views``.
+    """
+    out: list[Tensor] = []
+    i = 0
+    while i < len(views):
+        j = i
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        out.extend(encoder(torch.cat(views[i:j])).chunk(j - i))
+        i = j
+    return out
+
+
+def output_std(z: Tensor) -> float:
+    """Mean per-dimension std of L2-normalised outputs (B, D), a collapse monitor.
+
+    ~1/sqrt(D) when healthy, 0 when collapsed to a constant (SimSiam, arXiv:2011.10566, fig. 2).
+    """
+    z = torch.nn.functional.normalize(z.detach().float(), dim=1)
+    return float(z.std(dim=0).mean())
+
+
+def check_momentum(start: float, end: float) -> None:
+    """Validate an EMA momentum schedule (cosine from ``start`` to ``end``, as BYOL)."""
+    for name, value in (("momentum_start", start), ("momentum_end", end)):
+        check(0.0 <= value <= 1.0, name, value, "is an EMA momentum in [0, 1] (typically 0.99-1)")
+    check(start <= end, "momentum_end", end, f"must be >= momentum_start ({start})")
+
+
+def head_over_views(head: nn.Module, features: list[Tensor]) -> list[Tensor]:
+    """``head`` applied to every view's features in one batch (its BatchNorm sees all crops).
+
+    As the reference SwAV and DINO (``MultiCropWrapper``): per-crop statistics would hide the
+    difference between global and local crops.
+    """
+    out: Tensor = head(torch.cat(features))
+    return list(out.chunk(len(features)))
+
+
+def build_method(cfg: RunConfig) -> SSLMethod:
     """The registered method of ``cfg.method.name`` with a fresh encoder from ``cfg.model``."""
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
     method_cls = registry.get("method", cfg.method.name)

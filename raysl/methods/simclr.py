@@ -9,7 +9,7 @@ from torch import Tensor
 
 from raysl.config import MethodConfig, check
 from raysl.losses import nt_xent
-from raysl.methods.base import LossOutput, SSLMethod
+from raysl.methods.base import LossOutput, Progress, SSLMethod
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import SimCLRProjectionHead
 from raysl.registry import register
@@ -53,7 +53,7 @@ class SimCLR(SSLMethod):
         self.projection = SimCLRProjectionHead(encoder.num_features, hidden, cfg.proj_output_dim,
                                                cfg.proj_layers)
 
-    def forward(self, views: list[Tensor], progress: float) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """NT-Xent of the two views; both go through the encoder in one batch (as SimCLR does)."""
         if len(views) != 2:
             raise ValueError(f"SimCLR takes 2 views, got {len(views)}")

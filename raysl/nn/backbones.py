@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from raysl.config import ModelConfig
+from raysl.nn.vit import VisionTransformer
 
 # ImageNet statistics; for one channel, the same statistics of the luminance.
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -91,6 +92,11 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
+    @property
+    def is_vit(self) -> bool:
+        """Whether the backbone is a Vision Transformer (heads differ: e.g. MoCo v3's depth)."""
+        return isinstance(self.backbone, VisionTransformer)
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> (B, num_features)."""
         if x.dtype == torch.uint8:
@@ -102,7 +108,12 @@ class Encoder(nn.Module):
 
 def build_encoder(cfg: ModelConfig, in_channels: int, image_size: int) -> Encoder:
     """The encoder described by ``cfg`` for images with ``in_channels`` channels."""
-    backbone = ResNetBackbone(cfg.backbone, cfg.width, cfg.small_stem, in_channels)
+    backbone: ResNetBackbone | VisionTransformer
+    if cfg.is_vit:
+        backbone = VisionTransformer(image_size, cfg.effective_patch_size, in_channels,
+                                     cfg.effective_width, cfg.effective_depth, cfg.heads)
+    else:
+        backbone = ResNetBackbone(cfg.backbone, cfg.effective_width, cfg.small_stem, in_channels)
     return Encoder(backbone, backbone.num_features, in_channels, image_size)
 
 

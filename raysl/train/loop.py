@@ -5,21 +5,23 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import ray.train
 import ray.train.torch
 import torch
+from torch import nn
 
 from raysl import distributed
 from raysl.config import Config
-from raysl.methods.base import SSLMethod, build_method
+from raysl.methods.base import Progress, SSLMethod, build_method
 from raysl.schedules import warmup_cosine
 from raysl.tracking.mlflow import Tracker
 from raysl.train.checkpoint import restore, save_checkpoint
-from raysl.train.optim import build_optimizer, set_lr
-from raysl.train.step import autocast_dtype, train_step, unwrap
+from raysl.train.optim import build_optimizer, set_lr, set_weight_decay
+from raysl.train.step import autocast_dtype, train_step
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 
@@ -54,7 +56,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # [2] Model (DDP-wrapped on its device), optimizer, and state of the last checkpoint if any.
     method = build_method(cfg)
-    model = ray.train.torch.prepare_model(method)
+    if cfg.train.sync_bn and world > 1:
+        synced = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[no-untyped-call]
+        method = cast(SSLMethod, synced)
+    # Buffers are synced once at start, never in forward. Needed for correctness: SwAV's queue
+    # differs per rank by design (each holds its own embeddings) and a sync would overwrite it
+    # with rank 0's. The others (MoCo's queue, DINO's center) stay identical through collectives,
+    # and broadcasting a 65536-key queue each step would cost more than the step. BatchNorm
+    # running statistics are exported from rank 0.
+    model = ray.train.torch.prepare_model(
+        method, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    num_views = len(cfg.view_sizes)
     device = ray.train.torch.get_device()
     # Linear scaling rule on the global batch that actually runs (world size may differ from
     # the config when Ray restarts elastically).
@@ -77,21 +89,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # [3] Epochs.
     run_start = time.perf_counter()
+    accum = cfg.train.grad_accumulation
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
-        losses = []
+        losses: list[float] = []
+        extras: dict[str, list[float]] = {}  # the method's own logs, averaged over the epoch
         last_print = t0
-        for batch in shard.iter_torch_batches(
-                batch_size=cfg.batch_size_per_worker, drop_last=True, device=device,
-                prefetch_batches=2, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                pin_memory=device.type == "cuda"):
+        for micro_batches in _grouped(shard.iter_torch_batches(
+                batch_size=cfg.micro_batch_size, drop_last=True, device=device,
+                prefetch_batches=2 * accum,
+                local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+                pin_memory=device.type == "cuda"), accum):
             lr = warmup_cosine(step, total_steps, warmup_steps, peak_lr,
                                peak_lr * cfg.optim.final_lr_ratio)
             set_lr(optimizer, lr)
-            views = [batch[f"view{i}"] for i in range(unwrap(model).num_views)]
-            loss, _ = train_step(model, views, optimizer, step / max(1, total_steps), step, amp,
-                                 scaler)
+            progress = Progress(step, total_steps, s.steps_per_epoch)
+            set_weight_decay(optimizer, cfg.optim.weight_decay_at(progress.fraction))
+            views = [[mb[f"view{i}"] for i in range(num_views)] for mb in micro_batches]
+            result = train_step(model, views, optimizer, progress, amp, scaler,
+                                cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param")
+            loss = result.loss
             losses.append(loss)
+            for k, v in result.logs.items():
+                extras.setdefault(k, []).append(v)
             step += 1
             if time.perf_counter() - last_print > PROGRESS_EVERY_S:
                 last_print = time.perf_counter()
@@ -105,7 +125,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         images_per_s = len(losses) * batch_global / seconds
         metrics = {"train/loss": sum(losses) / len(losses), "train/lr": lr,
                    "train/images_per_s": images_per_s, "train/epoch_s": seconds,
+                   **{f"train/{k}": sum(v) / len(v) for k, v in extras.items()},
                    "epoch": epoch + 1}
+        if cfg.optim.weight_decay_schedule != "constant":
+            metrics["train/weight_decay"] = cfg.optim.weight_decay_at(progress.fraction)
+        if cfg.optim.clip_grad > 0:
+            metrics["train/grad_norm"] = result.grad_norm
         done = epoch + 1 - start_epoch
         eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
         say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.4f}  "
@@ -125,7 +150,23 @@ def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Conf
           epoch: int, step: int, s: LoopSettings) -> None:
     state = {"epoch": epoch, "step": step, "config": cfg.to_dict(), "run_name": s.run_name,
              "mlflow_run_id": s.mlflow_run_id, "world_size": distributed.world_size()}
-    save_checkpoint(d, method, method.encoder, optimizer, state)
+    save_checkpoint(d, method, method.exported_encoder(), optimizer, state)
+
+
+T = TypeVar("T")
+
+
+def _grouped(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Consecutive groups of ``n`` items (the micro-batches of one step).
+
+    A short tail is dropped: every rank gets the same number of rows, so drops the same tail.
+    """
+    group: list[T] = []
+    for item in items:
+        group.append(item)
+        if len(group) == n:
+            yield group
+            group = []
 
 
 def _progress(line: str) -> None:

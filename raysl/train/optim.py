@@ -54,9 +54,12 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (no_decay if cfg.exclude_bias_and_norm and p.ndim <= 1 else decay).append(p)
-    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    # "decay" marks the group whose weight decay follows optim.weight_decay_schedule.
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": cfg.weight_decay,
+                                     "decay": True}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False,
+                       "decay": False})
     return groups
 
 
@@ -77,3 +80,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:
+    """Set the weight decay of the decayed group (biases and norms keep none)."""
+    for group in optimizer.param_groups:
+        if group.get("decay", True):
+            group["weight_decay"] = weight_decay

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import cast
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from raysl import distributed
 from raysl.config import Precision
-from raysl.methods.base import LossOutput, SSLMethod
+from raysl.methods.base import Progress, SSLMethod
 
 
 def unwrap(model: nn.Module) -> SSLMethod:
@@ -36,43 +38,96 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops instead of corrupting the weights."""
 
 
-def train_step(model: nn.Module, views: list[Tensor], optimizer: torch.optim.Optimizer,
-               progress: float, step: int, amp_dtype: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> tuple[float, LossOutput]:
-    """Forward, backward and update on one batch of views.
+@dataclass
+class StepResult:
+    """What one optimizer step measured (identical on every rank)."""
+
+    loss: float  # mean over micro-batches and workers
+    logs: dict[str, float] = field(default_factory=dict)  # the method's extras, averaged likewise
+    grad_norm: float = float("nan")  # global L2 norm before clipping; NaN when not clipping
+
+
+def train_step(model: nn.Module, micro_batches: Sequence[list[Tensor]],
+               optimizer: torch.optim.Optimizer, progress: Progress,
+               amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+               clip_grad: float = 0.0, clip_per_param: bool = False) -> StepResult:
+    """Forward and backward on each micro-batch, then one update of the weights.
+
+    Gradients of the micro-batches are summed (each loss is divided by their number), so the
+    update matches one batch of all of them for losses that are means over independent samples.
+    Batch-level statistics are not: a contrastive loss sees only its micro-batch's negatives and
+    BatchNorm only its micro-batch, as in every gradient-accumulation implementation.
 
     Args:
         model: an SSL method, possibly DDP-wrapped.
-        views: view tensors (B, C, H, W) on the model's device.
+        micro_batches: one list of view tensors (B, C, S, S) per micro-batch, on the device.
         optimizer: updates ``model``'s parameters.
-        progress: training progress in [0, 1] (for the method's own schedules).
-        step: global step index, for error messages.
+        progress: where training stands (for the method's schedules); ``progress.step`` is this
+            step's index.
         amp_dtype: autocast dtype, or ``None`` for fp32.
         scaler: gradient scaler, needed for fp16 only.
-
-    Returns:
-        The loss averaged over all workers (identical on every rank) and the method's output.
+        clip_grad: max L2 norm of the gradients; 0 = no clipping.
+        clip_per_param: clip each gradient tensor to ``clip_grad`` on its own (DINO's
+            reference) instead of their global norm.
 
     Raises:
         NonFiniteLossError: on every rank at once (the check uses the all-reduced loss, so no rank
             is left waiting in a collective), before the weights are touched.
     """
-    device_type = views[0].device.type
-    ctx = (torch.autocast(device_type=device_type, dtype=amp_dtype) if amp_dtype is not None
-           else contextlib.nullcontext())
+    method = unwrap(model)
+    device_type = micro_batches[0][0].device.type
+    n = len(micro_batches)
     optimizer.zero_grad(set_to_none=True)
-    with ctx:
-        out: LossOutput = model(views, progress)
-    global_loss = distributed.all_reduce_mean(out.loss.detach().float()).item()
-    if not math.isfinite(global_loss):
-        raise NonFiniteLossError(f"loss={global_loss} at step {step}: stopping (lower the "
-                                 "learning rate, raise the temperature, or use fp32)")
+    loss_sum, logs_sum = 0.0, dict[str, float]()
+    no_sync: Any = getattr(model, "no_sync", None)  # DDP's; None for a bare module
+    for i, views in enumerate(micro_batches):
+        # DDP all-reduces gradients in backward; only the last micro-batch needs to.
+        sync = i == n - 1 or no_sync is None
+        with contextlib.nullcontext() if sync else no_sync():
+            with _autocast(device_type, amp_dtype):
+                out = model(views, progress)
+            loss = distributed.all_reduce_mean(out.loss.detach().float()).item()
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss={loss} at step {progress.step}: stopping (lower the learning rate, "
+                    "raise the temperature, or use fp32)")
+            scaled = out.loss / n
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss_sum += loss
+        for k, v in out.logs.items():
+            logs_sum[k] = logs_sum.get(k, 0.0) + v
     if scaler is not None:
-        scaler.scale(out.loss).backward()  # type: ignore[no-untyped-call]
+        scaler.unscale_(optimizer)  # hooks and clipping see the true gradients
+    method.on_after_backward(progress)
+    grad_norm = float("nan")
+    if clip_grad > 0:
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, float("inf") if clip_per_param else clip_grad).item()  # the norm, logged
+        if clip_per_param:
+            for p in params:
+                torch.nn.utils.clip_grad_norm_(p, clip_grad)
+    if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
-        out.loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-    unwrap(model).on_step_end(progress)
-    return global_loss, out
+    method.on_step_end(progress)
+    return StepResult(loss_sum / n, _mean_over_workers(logs_sum, n, micro_batches[0][0].device),
+                      grad_norm)
+
+
+def _mean_over_workers(sums: dict[str, float], n: int, device: torch.device) -> dict[str, float]:
+    """Per-key mean over ``n`` micro-batches and all workers, in one collective."""
+    if not sums:
+        return {}
+    keys = sorted(sums)  # the same order on every rank
+    values = distributed.all_reduce_mean(torch.tensor([sums[k] / n for k in keys], device=device))
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def _autocast(device_type: str,
+              dtype: torch.dtype | None) -> contextlib.AbstractContextManager[None]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)

@@ -8,7 +8,7 @@ import torch
 
 from raysl import config as C
 from raysl.config import ConfigError
-from raysl.methods.base import build_method
+from raysl.methods.base import Progress, build_method
 from raysl.train.checkpoint import (
     ENCODER_FILE,
     METHOD_FILE,
@@ -19,7 +19,7 @@ from raysl.train.checkpoint import (
     restore,
     save_checkpoint,
 )
-from raysl.train.optim import LARS, build_optimizer, param_groups
+from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
 from raysl.train.step import NonFiniteLossError, autocast_dtype, train_step
 from raysl.train.trainer import plan_resources
 
@@ -42,13 +42,14 @@ def test_optimizers_reduce_the_loss(name):
     cfg, method = _method([f"optim.name={name}"])
     opt = build_optimizer(method, cfg.optim, lr=0.05 if name != "adamw" else 1e-3)
     views = _views()
-    losses = [train_step(method, views, opt, 0.0, i)[0] for i in range(15)]
+    losses = [train_step(method, [views], opt, Progress(i, 15, 15)).loss for i in range(15)]
     assert losses[-1] < losses[0]
 
 
 def test_bias_and_norm_excluded_from_decay_and_lars():
     cfg, method = _method()
     decay, no_decay = param_groups(method, cfg.optim)
+    assert decay["decay"] is True and no_decay["decay"] is False
     assert all(p.ndim > 1 for p in decay["params"])
     assert all(p.ndim <= 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and no_decay["lars_adapt"] is False
@@ -68,14 +69,14 @@ def test_non_finite_loss_stops_before_the_update():
     before = [p.detach().clone() for p in method.parameters()]
     bad = [torch.full((8, 1, 16, 16), float("nan")) for _ in range(2)]
     with pytest.raises(NonFiniteLossError, match="at step 7"):
-        train_step(method, bad, opt, 0.0, step=7)
+        train_step(method, [bad], opt, Progress(7, 15, 15))
     assert all(torch.equal(a, b) for a, b in zip(before, method.parameters(), strict=False))
 
 
 def test_bf16_autocast_path_runs_on_cpu():
     cfg, method = _method()
     opt = build_optimizer(method, cfg.optim, lr=0.01)
-    loss, _ = train_step(method, _views(), opt, 0.0, 0, amp_dtype=torch.bfloat16)
+    loss = train_step(method, [_views()], opt, Progress(0, 1, 1), amp_dtype=torch.bfloat16).loss
     assert loss == loss  # finite
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
@@ -84,7 +85,7 @@ def test_bf16_autocast_path_runs_on_cpu():
 def test_checkpoint_round_trip_is_strict(tmp_path: Path):
     cfg, method = _method()
     opt = build_optimizer(method, cfg.optim, lr=0.1)
-    train_step(method, _views(), opt, 0.0, 0)
+    train_step(method, [_views()], opt, Progress(0, 1, 1))
     save_checkpoint(tmp_path, method, method.encoder, opt, {"epoch": 3, "step": 42,
                                                            "config": cfg.to_dict()})
     assert {p.name for p in tmp_path.iterdir()} == {"encoder.pt", "method.pt", "optimizer.pt",
@@ -143,3 +144,31 @@ def test_unschedulable_requests_fail_before_starting(overrides, cpus, gpus, fiel
     with pytest.raises(ConfigError) as info:
         plan_resources(C.load(None, overrides), cpus, gpus)
     assert info.value.field == field
+
+
+def test_weight_decay_schedule_sets_the_decayed_group_only():
+    cfg, method = _method()
+    opt = build_optimizer(method, cfg.optim, lr=0.1)
+    set_weight_decay(opt, 0.3)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0]
+
+
+def test_gradient_clipping_bounds_the_update():
+    _, method = _method()
+    opt = torch.optim.SGD(method.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in method.parameters()]
+    result = train_step(method, [_views()], opt, Progress(0, 1, 1), clip_grad=1e-3)
+    assert result.grad_norm > 1e-3  # it was clipped
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(method.parameters(), before,
+                                                                  strict=True)])
+    assert moved.norm() == pytest.approx(1e-3, rel=1e-3)  # lr 1: the step is the clipped gradient
+
+
+def test_per_parameter_clipping_bounds_each_tensor():
+    _, method = _method()
+    opt = torch.optim.SGD(method.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in method.parameters()]
+    train_step(method, [_views()], opt, Progress(0, 1, 1), clip_grad=1e-3, clip_per_param=True)
+    steps = [(p.detach() - b).norm() for p, b in zip(method.parameters(), before, strict=True)]
+    assert max(steps) <= 1e-3 * (1 + 1e-4)
+    assert sum(s > 0.99e-3 for s in steps) > 1  # several tensors clipped, each to the bound

@@ -1,0 +1,99 @@
+"""A plain Vision Transformer (Dosovitskiy et al. 2020, arXiv:2010.11929) for SSL.
+
+Why our own instead of torchvision's ``VisionTransformer``: that one fixes the input size, and
+multi-crop methods (DINO, SwAV) feed global and local crops of different sizes to the same
+network, so the position embeddings must be interpolated to each crop's grid (as DINO's
+``interpolate_pos_encoding`` does). Everything else follows the standard pre-norm ViT.
+
+Letters in shape comments: B images, N patches, D embedding dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        out: Tensor = x + self.mlp(self.norm2(x))
+        return out
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone returning the final [CLS] token.
+
+    Args:
+        image_size: side the position embeddings are laid out for (other sizes interpolate).
+        patch_size: side of the square patches; inputs should be multiples of it.
+        in_channels: 3 for RGB, 1 for grayscale.
+        dim: embedding dimension D.
+        depth: number of blocks.
+        heads: attention heads (``dim`` must be divisible by it).
+
+    Output: (B, D) features (``num_features = dim``).
+    """
+
+    def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, depth: int,
+                 heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.num_features = dim
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def pos_embed_for(self, h: int, w: int) -> Tensor:
+        """Position embeddings for an (h, w) patch grid: (1, 1 + h * w, D).
+
+        The trained (grid, grid) table is resized bicubically when the grid differs.
+        """
+        if h == w == self.grid:
+            return self.pos_embed
+        cls, patches = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        d = patches.shape[-1]
+        table = patches.reshape(1, self.grid, self.grid, d).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=(h, w), mode="bicubic", align_corners=False)
+        return torch.cat([cls, table.permute(0, 2, 3, 1).reshape(1, h * w, d)], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) normalised images -> (B, D) [CLS] features."""
+        if min(x.shape[-2:]) < self.patch_size:
+            raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than a "
+                             f"{self.patch_size}px patch")
+        tokens = self.patch_embed(x)  # (B, D, H/p, W/p)
+        h, w = tokens.shape[-2:]
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, D)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        z = torch.cat([cls, tokens], dim=1) + self.pos_embed_for(h, w)
+        for block in self.blocks:
+            z = block(z)
+        out: Tensor = self.norm(z[:, 0])
+        return out
+

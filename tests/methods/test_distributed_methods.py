@@ -1,0 +1,360 @@
+"""Cross-worker state of the methods: 2 gloo processes vs 1 process on the concatenated batch.
+
+MoCo v2's queue, DINO's center and SwAV's Sinkhorn codes are statistics over every worker's
+batch; SwAV's queue is per worker. Each case below builds a tiny ViT method (no BatchNorm in the
+backbone) from the same seed on every rank, runs it on its rank's half of a fixed global batch
+(the whole batch in the single process) and returns what must agree, in the ``Outputs`` of
+``tests/gloo_harness.py``: ``rows`` per sample of this rank, ``same`` identical on every rank.
+All cases run in ONE spawn of 2 processes (the ``gloo_records`` fixture).
+
+The harness hands every case the embeddings of its own tiny ``Linear`` (built for the loss
+tests); the method cases only anchor their returned loss to them with a zero weight, so the
+harness's own loss/gradient checks still run (the loss of each case is the method's loss, so
+"mean of the ranks' losses == the 1-process loss" is checked too) and the Linear's gradients are
+trivially zero. The method's gradients are computed inside the case, averaged by DDP as in
+training (``broadcast_buffers=False``, as ``raysl/train/loop.py``), and returned in ``same``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+
+import gloo_harness as gh
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raysl import config as C
+from raysl import distributed
+from raysl.losses import sinkhorn_knopp
+from raysl.methods.base import Progress, SSLMethod, build_method
+
+N = gh.WORLD * gh.B_PER_RANK  # the global batch: rank r gets samples r*B .. (r+1)*B - 1
+PROGRESS = Progress(0, 100, 10)
+VIT = ["model.backbone=vit_tiny", "model.width=32", "model.depth=2", "model.patch_size=4",
+       "data.image_size=32", f"data.batch_size_global={N}", f"train.num_workers={gh.WORLD}"]
+MOCO_QUEUE = 12  # 8 keys per forward: the second forward wraps around the end of the ring
+SWAV_QUEUE = 16  # 8 rows per worker
+PROTOTYPES = 6
+CONFIGS = {
+    # MoCo v2's projector has no BatchNorm, and bn_splits=1 since a ViT has none to shuffle.
+    "moco_v2": ["method.name=moco_v2", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+                f"method.queue_size={MOCO_QUEUE}", "method.bn_splits=1"],
+    # DINO's head has no BatchNorm; 2 global + 2 local crops.
+    "dino": ["method.name=dino", "method.out_dim=32", "method.hidden_dim=32",
+             "method.bottleneck_dim=16", "data.views.local_crops=2"],
+    # SwAV's projector HAS a hidden BatchNorm1d: its cases run the method in eval mode (running
+    # statistics, so every sample's embedding is independent of the rest of its batch).
+    "swav": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
+             "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+             "data.views.local_crops=2"],
+    "swav_queue": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
+                   "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+                   "data.views.local_crops=2", f"method.queue_length={SWAV_QUEUE}",
+                   "method.queue_start_epoch=0"],
+}
+
+
+def config(name: str) -> C.Config:
+    return C.load(None, VIT + CONFIGS[name])
+
+
+def build(name: str) -> SSLMethod:
+    """The method from seed 0: identical weights (and MoCo queue) on every rank."""
+    if distributed.is_distributed():
+        torch.set_num_threads(1)  # 2 workers on 2 cores: more threads only contend
+    torch.manual_seed(0)
+    return build_method(config(name))
+
+
+def global_views(name: str, seed: int) -> list[Tensor]:
+    """A fixed global batch of uint8 views, sized per ``view_sizes``."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (N, 3, s, s), dtype=torch.uint8, generator=g)
+            for s in config(name).view_sizes]
+
+
+def mine(x: Tensor) -> Tensor:
+    """This rank's samples of the global batch ``x``; all of it without a process group."""
+    return x.chunk(distributed.world_size())[distributed.rank()]
+
+
+def my_views(name: str, seed: int) -> list[Tensor]:
+    return [mine(v) for v in global_views(name, seed)]
+
+
+def anchored(loss: Tensor, e: list[Tensor]) -> Tensor:
+    """``loss`` (detached) tied to the harness's embeddings with a zero weight (docstring)."""
+    return loss.detach().double() + 0.0 * sum(x.sum() for x in e)
+
+
+def trainable(method: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+
+
+def flat_grads(method: nn.Module) -> Tensor:
+    """Every trainable parameter's gradient, flattened in order; NaN where it got none."""
+    return torch.cat([p.grad.flatten() if p.grad is not None
+                      else torch.full((p.numel(),), math.nan) for _, p in trainable(method)])
+
+
+def ddp(method: SSLMethod) -> nn.Module:
+    """DDP as in training (gradients averaged over ranks, no buffer broadcast)."""
+    if not distributed.is_distributed():
+        return method
+    with warnings.catch_warnings():  # torch 2.14 deprecates the flag loop.py still passes
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
+
+
+def queue_and_ptr(method: nn.Module) -> Tensor:
+    """MoCo's queue (K, D) flattened, then ``queue_ptr``: unpacked by :func:`unpack_queue`."""
+    return torch.cat([method.queue.flatten(), method.queue_ptr.to(method.queue.dtype)[None]])
+
+
+def unpack_queue(same: Tensor) -> tuple[Tensor, int]:
+    return same[:-1].reshape(MOCO_QUEUE, -1), int(same[-1])
+
+
+# --------------------------------------- the cases --------------------------------------------
+# Module-level functions: mp.spawn pickles them by reference.
+
+
+def _case_moco_queue(forwards: int, e: list[Tensor]) -> gh.Outputs:
+    """MoCo v2's queue and pointer after ``forwards`` forwards (batches of seeds 1, 2, ...)."""
+    method = build("moco_v2")
+    for seed in range(1, forwards + 1):
+        loss = method(my_views("moco_v2", seed), PROGRESS).loss
+    return gh.Outputs(anchored(loss, e), same=queue_and_ptr(method))
+
+
+def _case_moco_queue_1(e: list[Tensor]) -> gh.Outputs:
+    return _case_moco_queue(1, e)
+
+
+def _case_moco_queue_2(e: list[Tensor]) -> gh.Outputs:
+    return _case_moco_queue(2, e)
+
+
+def _case_dino_center(e: list[Tensor]) -> gh.Outputs:
+    method = build("dino")
+    loss = method(my_views("dino", 1), PROGRESS).loss
+    return gh.Outputs(anchored(loss, e), same=method.center.clone())
+
+
+def _swav_scores(method: nn.Module, seed: int) -> Tensor:
+    """(N, K) cosine scores of random unit embeddings against the prototypes."""
+    g = torch.Generator().manual_seed(seed)
+    z = F.normalize(torch.randn(N, method.cfg.proj_output_dim, generator=g), dim=1)
+    with torch.no_grad():
+        scores: Tensor = method.prototypes(z)
+    return scores
+
+
+def _case_swav_codes(e: list[Tensor]) -> gh.Outputs:
+    """Codes of this rank's scores (queue off) with the paper's 3 iterations and with 50.
+
+    rows: (B, 2K) codes; same: (2K,) per-prototype sums of the codes over the global batch.
+    """
+    method = build("swav")
+    scores = mine(_swav_scores(method, 1))
+    codes = []
+    for iterations in (method.cfg.sinkhorn_iterations, 50):
+        method.cfg = dataclasses.replace(method.cfg, sinkhorn_iterations=iterations)
+        codes.append(method._codes(scores, 0, PROGRESS))
+    rows = torch.cat(codes, dim=1)
+    return gh.Outputs(anchored(rows.sum() * 0, e), rows=rows,
+                      same=distributed.all_reduce_sum(rows.sum(dim=0)))
+
+
+def _case_swav_queue_rows(e: list[Tensor]) -> gh.Outputs:
+    """same: the queue's shape (crops, rows per worker, D) — differs by design, checked apart."""
+    method = build("swav_queue")
+    return gh.Outputs(anchored(torch.zeros(()), e), same=torch.tensor(method.queue.shape))
+
+
+def _case_swav_queue(e: list[Tensor]) -> gh.Outputs:
+    """Two forwards fill the queue (8 rows per worker, 16 in 1 process); then the codes of new
+    scores use it. Sinkhorn is permutation-equivariant and its sums are global, and the ranks'
+    queues together hold the same embeddings as the 1-process queue, so the codes of the new
+    scores must equal the 1-process rows. The third forward's loss uses the queue too.
+
+    rows: (B, 2, D) the newest queue entries (this rank's global-crop embeddings of batch 2),
+    then the codes (B, K) of the new scores with the queue, flattened to (B, 2D + K).
+    """
+    method = build("swav_queue").eval()  # BatchNorm on running statistics (see CONFIGS)
+    for seed in (1, 2):
+        method(my_views("swav_queue", seed), PROGRESS)
+    b = N // distributed.world_size()
+    newest = method.queue[:, :b].transpose(0, 1).flatten(1)  # (B, 2D)
+    codes = method._codes(mine(_swav_scores(method, 3)), 0, PROGRESS)
+    loss = method(my_views("swav_queue", 3), PROGRESS).loss
+    return gh.Outputs(anchored(loss, e), rows=torch.cat([newest, codes], dim=1))
+
+
+def _case_grads(name: str, eval_mode: bool, e: list[Tensor]) -> gh.Outputs:
+    """One forward/backward of ``name``; same: the DDP-averaged gradients."""
+    method = build(name).train(not eval_mode)
+    model = ddp(method)  # referenced until after backward: a collected DDP averages nothing
+    loss = model(my_views(name, 1), PROGRESS).loss
+    loss.backward()
+    del model
+    return gh.Outputs(anchored(loss, e), same=flat_grads(method))
+
+
+def _case_grads_moco_v2(e: list[Tensor]) -> gh.Outputs:
+    return _case_grads("moco_v2", False, e)
+
+
+def _case_grads_dino(e: list[Tensor]) -> gh.Outputs:
+    return _case_grads("dino", False, e)
+
+
+def _case_grads_swav(e: list[Tensor]) -> gh.Outputs:
+    return _case_grads("swav", True, e)
+
+
+CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
+    "moco_v2 queue, 1 forward": _case_moco_queue_1,
+    "moco_v2 queue, 2 forwards": _case_moco_queue_2,
+    "dino center": _case_dino_center,
+    "swav codes": _case_swav_codes,
+    "swav queue rows": _case_swav_queue_rows,
+    "swav queue": _case_swav_queue,
+    "moco_v2 grads": _case_grads_moco_v2,
+    "dino grads": _case_grads_dino,
+    "swav grads": _case_grads_swav,
+}
+GLOO_CASES = {name: gh.Case(fn) for name, fn in CASES.items()}
+
+# float32 everywhere (DINO casts to float32, Sinkhorn computes in float32): the 2 processes and
+# the 1 process compute the same values with different reduction orders and matmul shapes (DDP's
+# (g0 + g1) / 2 vs one sum over 8 samples). rtol is 8x torch's float32 default (1.3e-6) because
+# the gradients of the first layers accumulate such roundings through the whole ViT; measured:
+# gradients of magnitude ~10 differ by <= 2.4e-6, i.e. <= 0.3 of this tolerance; the queue,
+# center and codes use <= 0.03 of it.
+CLOSE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def gloo_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[gh.Record]]:
+    """Every case on 2 gloo processes, in one spawn shared by the tests below."""
+    return gh.run_distributed(GLOO_CASES, tmp_path_factory.mktemp("gloo_methods"))
+
+
+@pytest.fixture(scope="module")
+def single_records() -> dict[str, gh.Record]:
+    """Every case in this process on the whole batch."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only spin against the workers
+    try:
+        return {name: gh.run_single(case) for name, case in GLOO_CASES.items()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _equivalent(name: str, gloo: dict[str, list[gh.Record]],
+                single: dict[str, gh.Record]) -> None:
+    gh.assert_equivalent(gloo[name], single[name], **CLOSE)
+
+
+# ------------------------------------------ MoCo v2 -------------------------------------------
+
+
+def _keys(seed: int) -> Tensor:
+    """Naive reference: the normalised momentum-branch keys of view 1 of the global batch."""
+    method = build("moco_v2")
+    with torch.no_grad():
+        k = method.momentum_projector(method.momentum_encoder(global_views("moco_v2", seed)[1]))
+    return F.normalize(k, dim=1)
+
+
+def test_moco_v2_queue_after_one_forward_is_global(gloo_records, single_records):
+    # Identical on both ranks and equal to 1 process enqueueing [rank0 keys; rank1 keys].
+    _equivalent("moco_v2 queue, 1 forward", gloo_records, single_records)
+    queue, ptr = unpack_queue(gloo_records["moco_v2 queue, 1 forward"][1]["same"])
+    initial = build("moco_v2").queue
+    assert ptr == N
+    torch.testing.assert_close(queue[:N], _keys(1), **CLOSE)
+    torch.testing.assert_close(queue[N:], initial[N:], rtol=0, atol=0)  # untouched
+
+
+def test_moco_v2_queue_wraps_around(gloo_records, single_records):
+    _equivalent("moco_v2 queue, 2 forwards", gloo_records, single_records)
+    # Ring buffer of 12: forward 1 wrote slots 0..7, forward 2 writes 8..11 then 0..3.
+    k1, k2 = _keys(1), _keys(2)
+    want = torch.cat([k2[MOCO_QUEUE - N:], k1[2 * N - MOCO_QUEUE:], k2[:MOCO_QUEUE - N]])
+    for record in gloo_records["moco_v2 queue, 2 forwards"]:
+        queue, ptr = unpack_queue(record["same"])
+        assert ptr == 2 * N - MOCO_QUEUE
+        torch.testing.assert_close(queue, want, **CLOSE)
+
+
+# -------------------------------------------- DINO --------------------------------------------
+
+
+def test_dino_center_is_global(gloo_records, single_records):
+    _equivalent("dino center", gloo_records, single_records)
+    center = gloo_records["dino center"][0]["same"]
+    assert center.abs().max() > 1e-3  # it moved from its zero init
+
+
+# -------------------------------------------- SwAV --------------------------------------------
+
+
+def test_swav_codes_are_global_sinkhorn(gloo_records, single_records):
+    # Each rank's codes are its rows of the 1-process codes; the per-prototype sums over the
+    # global batch agree, and reach the equipartition N/K once Sinkhorn has converged.
+    _equivalent("swav codes", gloo_records, single_records)
+    three, converged = gloo_records["swav codes"][0]["same"].split(PROTOTYPES)
+    for sums in (three, converged):  # every code is a distribution: N in all
+        torch.testing.assert_close(sums.sum(), torch.tensor(float(N)))
+    assert not torch.allclose(three, torch.full_like(three, N / PROTOTYPES), atol=1e-3)
+    torch.testing.assert_close(converged, torch.full_like(converged, N / PROTOTYPES),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_swav_queue_has_queue_length_over_world_size_rows(gloo_records, single_records):
+    per_rank = [r["same"].tolist() for r in gloo_records["swav queue rows"]]
+    assert per_rank == [[2, SWAV_QUEUE // gh.WORLD, 16]] * gh.WORLD
+    assert single_records["swav queue rows"]["same"].tolist() == [2, SWAV_QUEUE, 16]
+
+
+def test_swav_per_worker_queue_gives_the_global_codes(gloo_records, single_records):
+    _equivalent("swav queue", gloo_records, single_records)
+    # Not trivial: the queue changed the codes (the same scores without it give others).
+    method = build("swav_queue")
+    without = sinkhorn_knopp(_swav_scores(method, 3), method.cfg.epsilon,
+                             method.cfg.sinkhorn_iterations)
+    with_queue = single_records["swav queue"]["rows"][:, -PROTOTYPES:]
+    assert (with_queue - without).abs().max() > 1e-2
+
+
+# ------------------------------ DDP gradients == 1 process ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav"])
+def test_ddp_gradients_equal_one_process_on_the_whole_batch(name, gloo_records, single_records):
+    ranks, single = gloo_records[f"{name} grads"], single_records[f"{name} grads"]
+    # Per parameter first, for a failure message that names it; then the harness's checks.
+    params = trainable(build(name))
+    sizes = [p.numel() for _, p in params]
+    for rank, record in enumerate(ranks):
+        for (pname, _), got, want in zip(params, record["same"].split(sizes),
+                                         single["same"].split(sizes), strict=True):
+            torch.testing.assert_close(got, want, **CLOSE,
+                                       msg=lambda m, r=rank, n=pname: f"rank {r}, {n}: {m}")
+    _equivalent(f"{name} grads", gloo_records, single_records)
+
+
+def test_cases_are_not_trivial(gloo_records):
+    # The ranks saw different samples (their losses differ), and the gradients are not zero.
+    for name in ("moco_v2 queue, 1 forward", "dino center", "swav queue", "dino grads"):
+        r0, r1 = gloo_records[name]
+        assert not torch.allclose(r0["loss"], r1["loss"]), name
+    for name in ("moco_v2 grads", "dino grads", "swav grads"):
+        assert gloo_records[name][0]["same"].abs().max() > 1e-3, name
