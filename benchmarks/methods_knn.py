@@ -2,7 +2,7 @@
 
 Trained and random-init encoders are compared side by side on the same split and machine.
 
-    .venv/bin/python benchmarks/methods_knn.py                 # all methods, ~30 min on 2 CPUs
+    .venv/bin/python benchmarks/methods_knn.py                 # all methods, ~65 min on 2 CPUs
     .venv/bin/python benchmarks/methods_knn.py --methods byol dino --epochs 5
 
 Each method runs its shipped recipe ``pipelines/configs/<method>_fmnist.yaml`` through the same

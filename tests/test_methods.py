@@ -204,3 +204,17 @@ def test_dino_exports_the_teacher_unless_asked_otherwise():
     assert student.exported_encoder() is student.encoder
     byol = build_method(tiny_config("byol"))
     assert byol.exported_encoder() is byol.encoder
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_steps_under_bf16_autocast(name):
+    # The GPU mixed-precision path, exercised on CPU: finite loss, fp32 weights and EMA copies.
+    cfg = tiny_config(name)
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    opt = torch.optim.SGD(method.parameters(), lr=0.01)
+    result = train_step(method, [tiny_views(cfg)], opt, Progress(0, 100, 10),
+                        amp_dtype=torch.bfloat16)
+    assert torch.isfinite(torch.tensor(result.loss))
+    assert all(p.dtype == torch.float32 for p in method.parameters())
+    assert all(b.dtype != torch.bfloat16 for b in method.buffers())

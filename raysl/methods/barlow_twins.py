@@ -8,7 +8,7 @@ from torch import Tensor
 
 from raysl.config import MethodConfig, check
 from raysl.losses import barlow_twins
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_views
+from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_views, full_precision
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -58,4 +58,5 @@ class BarlowTwins(SSLMethod):
     def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """The loss of the paper's Algorithm 1 on the projections of both views."""
         z0, z1 = (self.projector(h) for h in encode_views(self.encoder, views[:2]))
-        return LossOutput(barlow_twins(z0.float(), z1.float(), self.cfg.lambda_offdiag))
+        with full_precision(z0):
+            return LossOutput(barlow_twins(z0.float(), z1.float(), self.cfg.lambda_offdiag))

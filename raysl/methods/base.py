@@ -122,6 +122,15 @@ def check_momentum(start: float, end: float) -> None:
     check(start <= end, "momentum_end", end, f"must be >= momentum_start ({start})")
 
 
+def full_precision(x: Tensor) -> torch.autocast:
+    """Autocast off on ``x``'s device, for losses over batch statistics and sharp softmaxes.
+
+    Under bf16 autocast a matmul keeps 8 bits of mantissa: too coarse for a cross-correlation
+    matrix or for logits divided by a temperature of 0.04. Callers also pass ``.float()`` inputs.
+    """
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def head_over_views(head: nn.Module, features: list[Tensor]) -> list[Tensor]:
     """``head`` applied to every view's features in one batch (its BatchNorm sees all crops).
 

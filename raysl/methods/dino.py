@@ -16,6 +16,7 @@ from raysl.methods.base import (
     SSLMethod,
     check_momentum,
     encode_views,
+    full_precision,
     head_over_views,
 )
 from raysl.nn.backbones import Encoder
@@ -110,8 +111,9 @@ class DINO(SSLMethod):
             teacher = head_over_views(self.teacher_head,
                                       encode_views(self.teacher_encoder, views[:2]))
         temp = self.cfg.teacher_temp_at(progress.epoch)
-        loss = dino([s.float() for s in student], [t.float() for t in teacher], self.center,
-                    self.cfg.student_temp, temp)
+        with full_precision(self.center):
+            loss = dino([s.float() for s in student], [t.float() for t in teacher], self.center,
+                        self.cfg.student_temp, temp)
         self.center.copy_(ema_center(self.center, torch.cat(teacher).float(),
                                      self.cfg.center_momentum))
         return LossOutput(loss, {"dino/teacher_temp": temp})

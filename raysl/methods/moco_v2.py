@@ -12,7 +12,7 @@ from raysl import distributed, schedules
 from raysl.config import Config as RunConfig
 from raysl.config import ConfigError, MethodConfig, check
 from raysl.losses import info_nce_queue
-from raysl.methods.base import LossOutput, Progress, SSLMethod, check_momentum
+from raysl.methods.base import LossOutput, Progress, SSLMethod, check_momentum, full_precision
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import MLP, mlp_dims
@@ -104,8 +104,9 @@ class MoCoV2(SSLMethod):
         with torch.no_grad():
             keys = [self._key(x1)] + ([self._key(x0)] if self.cfg.symmetric else [])
         negatives = self.queue.clone()  # autograd keeps it; _enqueue then writes in place
-        losses = [info_nce_queue(q, k, negatives, self.cfg.temperature)
-                  for q, k in zip(queries, keys, strict=True)]
+        with full_precision(negatives):  # bf16 logits / 0.2 would be 0.02 apart at best
+            losses = [info_nce_queue(q.float(), k.float(), negatives, self.cfg.temperature)
+                      for q, k in zip(queries, keys, strict=True)]
         self._enqueue(torch.cat(keys))
         return LossOutput(torch.stack(losses).mean())
 
