@@ -475,12 +475,18 @@ class Config:
 D = TypeVar("D")
 
 
-def method_class(name: str) -> Any:
-    """The registered method class ``name`` (an ``SSLMethod`` subclass)."""
+def _method_registry() -> types.ModuleType:
+    """``raysl.registry`` with every method registered."""
     # Imported here, not at the top: methods import this module to define their configs.
     from raysl import methods, registry
 
     del methods  # imported for its side effect: registering every method
+    return registry
+
+
+def method_class(name: str) -> Any:
+    """The registered method class ``name`` (an ``SSLMethod`` subclass)."""
+    registry = _method_registry()
     try:
         return registry.get("method", name)
     except KeyError:
@@ -490,10 +496,8 @@ def method_class(name: str) -> Any:
 
 def registry_names() -> list[str]:
     """Names of every registered method."""
-    from raysl import registry
-
-    method_class("simclr")  # makes sure the methods are registered
-    return registry.names("method")
+    names: list[str] = _method_registry().names("method")
+    return names
 
 
 def method_config_class(name: str) -> type[MethodConfig]:

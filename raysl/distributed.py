@@ -66,31 +66,28 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
 
 
-def all_reduce_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over ranks (no gradient); ``x`` itself without a process group."""
+def _all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
+    """``op`` of ``x`` over ranks on a detached copy; ``x`` itself without a process group."""
     if not is_distributed():
         return x
     y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y / world_size()
+    dist.all_reduce(y, op=op)
+    return y
+
+
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over ranks (no gradient)."""
+    return _all_reduce(x, dist.ReduceOp.SUM) / world_size()
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum of ``x`` over ranks (no gradient); ``x`` itself without a process group."""
-    if not is_distributed():
-        return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y
+    """Sum of ``x`` over ranks (no gradient)."""
+    return _all_reduce(x, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(x: Tensor) -> Tensor:
     """Elementwise max of ``x`` over ranks (no gradient)."""
-    if not is_distributed():
-        return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.MAX)
-    return y
+    return _all_reduce(x, dist.ReduceOp.MAX)
 
 
 @torch.no_grad()

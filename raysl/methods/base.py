@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -96,13 +97,9 @@ def encode_views(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:
         One (B, F) tensor per view, in the order of ``views``.
     """
     out: list[Tensor] = []
-    i = 0
-    while i < len(views):
-        j = i
-        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-            j += 1
-        out.extend(encoder(torch.cat(views[i:j])).chunk(j - i))
-        i = j
+    for _, group in itertools.groupby(views, key=lambda v: v.shape[-2:]):
+        run = list(group)
+        out.extend(encoder(torch.cat(run)).chunk(len(run)))
     return out
 
 

@@ -70,7 +70,6 @@ class SwAV(SSLMethod):
     multicrop = True
 
     queue: Tensor
-    queue_filled: Tensor
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:
         super().__init__(encoder)
@@ -82,7 +81,7 @@ class SwAV(SSLMethod):
         self._normalize_prototypes()
         rows = cfg.queue_length // distributed.world_size()
         self.register_buffer("queue", torch.zeros(2, rows, cfg.proj_output_dim), persistent=False)
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
+        self.queued = 0  # embeddings enqueued on this rank since start (or resume)
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -109,7 +108,7 @@ class SwAV(SSLMethod):
         """(B, K) Sinkhorn codes of global crop ``crop``, with the queue's scores once in use."""
         b = scores.shape[0]
         rows = self.queue.shape[1]
-        if rows and progress.epoch >= self.cfg.queue_start_epoch and self.queue_filled >= rows:
+        if rows and progress.epoch >= self.cfg.queue_start_epoch and self.queued >= rows:
             queued = self.prototypes(self.queue[crop])  # (rows, K)
             scores = torch.cat([scores, queued.to(scores.dtype)])
         return sinkhorn_knopp(scores.detach(), self.cfg.epsilon, self.cfg.sinkhorn_iterations)[:b]
@@ -123,7 +122,7 @@ class SwAV(SSLMethod):
             b = zi.shape[0]
             self.queue[crop, b:] = self.queue[crop, :-b].clone()
             self.queue[crop, :b] = zi.detach().to(self.queue.dtype)
-        self.queue_filled.add_(z[0].shape[0])
+        self.queued += z[0].shape[0]
 
     def on_after_backward(self, progress: Progress) -> None:
         """No prototype update during the first ``freeze_prototypes_epochs``."""

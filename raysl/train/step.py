@@ -102,11 +102,13 @@ def train_step(model: nn.Module, micro_batches: Sequence[list[Tensor]],
     grad_norm = float("nan")
     if clip_grad > 0:
         params = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, float("inf") if clip_per_param else clip_grad).item()  # the norm, logged
         if clip_per_param:
+            grads = cast(list[Tensor], [p.grad for p in params])
+            grad_norm = torch.nn.utils.get_total_norm(grads).item()
             for p in params:
                 torch.nn.utils.clip_grad_norm_(p, clip_grad)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad).item()
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
