@@ -1,4 +1,4 @@
-"""The ``raysl`` command: ``pretrain``, ``demo``, ``methods``, ``config``.
+"""The ``raysl`` command: ``pretrain``, ``evaluate``, ``demo``, ``methods``, ``config``.
 
 User mistakes (bad config values, missing data) print one clear line and exit with status 2,
 without a traceback.
@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     add_config_args(sub.add_parser("demo", help="the README demo (SimCLR on Fashion-MNIST)"))
     add_config_args(sub.add_parser("config", help="print the effective config as YAML"))
     sub.add_parser("methods", help="list the registered SSL methods")
+    ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tuning of a trained encoder")
+    ev.add_argument("model", metavar="MODEL", help="a checkpoint directory, an MLflow run "
+                    "(runs:/ID) or a registry URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
+    ev.add_argument("--data", metavar="SPEC", help="labeled data: a directory of class "
+                    "sub-folders, an IDX directory (train = bank, t10k = queries), a .npz, or "
+                    "'generated'; default: the split the model was evaluated on after pretraining")
+    ev.add_argument("--protocol", metavar="LIST", help="comma-separated, out of "
+                    "knn,linear,finetune (default: eval.protocols of the model's config)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an eval.* or tracking.* field (repeatable)")
     return p
 
 
@@ -96,6 +106,16 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name:<13} {views:<22} {cls.summary}  [{cls.paper}]")
         print("\nRun one: raysl pretrain --method NAME "
               "[--config pipelines/configs/NAME_fmnist.yaml]")
+        return 0
+    if args.command == "evaluate":
+        from raysl.eval.models import ModelNotFoundError
+        from raysl.evaluate import evaluate
+
+        try:
+            print(evaluate(args.model, args.data, args.protocol, args.set).summary())
+        except ModelNotFoundError as e:
+            print(f"raysl: error: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "demo":
         overrides = list(args.set)

@@ -19,13 +19,23 @@ from mlflow.tracking import MlflowClient
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
 from raysl.data.readers import ImageSource, read_source, resolve_format
-from raysl.eval.suite import PIXELS, knn_suite, load_labeled_split
+from raysl.eval.models import WEIGHTS_ARTIFACT
+from raysl.eval.suite import (
+    PIXELS,
+    RANDOM_INIT,
+    TRAINED,
+    EvalReport,
+    LabeledSplit,
+    evaluate_encoders,
+    load_labeled_split,
+)
 from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder, build_encoder, encoder_info
 from raysl.tracking.mlflow import (
     Tracker,
     ensure_experiment,
     find_or_create_run,
+    log_blobs,
     log_params_once,
     resolve_tracking_uri,
     ui_command,
@@ -41,7 +51,7 @@ from raysl.train.trainer import (
     plan_resources,
 )
 
-TRAINED, RANDOM_INIT = "trained", "random_init"
+ONLINE_KNN = "eval/online_knn_top1"
 
 
 @dataclass
@@ -61,6 +71,8 @@ class PretrainResult:
     knn: dict[str, float] = field(default_factory=dict)  # trained / random_init / raw_pixels
     knn_k: int = 0
     knn_temperature: float = 0.0
+    report: EvalReport | None = None  # every protocol run after training
+    online: dict[str, float] = field(default_factory=dict)  # final / best online kNN and epoch
     model: RegisteredEncoder | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -74,14 +86,15 @@ class PretrainResult:
             lines.append(f"bad files      skipped {sum(self.skipped.values())}: {self.skipped}")
         lines.append(f"training       final loss {self.final_loss:.4f}, "
                      f"{self.images_per_s:.0f} images/s in the last epoch")
-        if self.knn:
-            lines.append(f"kNN top-1      (k={self.knn_k}, T={self.knn_temperature:g}) on "
+        if self.online:
+            o = self.online
+            lines.append(f"online kNN     final {100 * o['final']:.2f}% (epoch "
+                         f"{o['final_epoch']:.0f}), best {100 * o['best']:.2f}% (epoch "
+                         f"{o['best_epoch']:.0f})")
+        if self.report is not None:
+            lines.append(f"evaluation     (kNN k={self.knn_k}, T={self.knn_temperature:g}) on "
                          f"{self.eval_data}")
-            names = {TRAINED: "trained encoder", RANDOM_INIT: "same encoder, random init",
-                     PIXELS: "raw pixels"}
-            for key, label in names.items():
-                if key in self.knn:
-                    lines.append(f"  {label:<28} {100 * self.knn[key]:6.2f}%")
+            lines += ["  " + row for row in self.report.table().splitlines()]
         lines += [f"MLflow run     {self.mlflow_run_id}  (experiment '{self.experiment}')",
                   f"model          {self.model.model_uri if self.model else '(not registered)'}",
                   f"checkpoint     {self.checkpoint_path}",
@@ -135,12 +148,19 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
     log(f"[raysl] resources: {plan.describe(cfg)}")
     try:
         source = _read_training_data(cfg, client, run_id, result)
-        checkpoint = _train(cfg, source, plan, run_name, storage, uri, run_id, result, log)
+        split = _labeled_split(cfg) if cfg.eval.enabled or cfg.eval.online_knn_every else None
+        checkpoint = _train(cfg, source, split, plan, run_name, storage, uri, run_id, result,
+                            log)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
             load_strict(encoder, Path(d) / ENCODER_FILE)
-        if cfg.eval.enabled:
-            _evaluate(cfg, encoder, client, run_id, result, log)
+            # The weights beside config.yaml: `raysl evaluate` rebuilds the encoder from both.
+            client.log_artifact(run_id, str(Path(d) / ENCODER_FILE),
+                                str(Path(WEIGHTS_ARTIFACT).parent))
+        if cfg.eval.online_knn_every:
+            result.online = _online_summary(client, run_id)
+        if cfg.eval.enabled and split is not None:
+            _evaluate(cfg, encoder, split, client, run_id, result, log)
         if cfg.tracking.register:
             result.model = _register(cfg, encoder, uri, run_id, result)
     except BaseException:
@@ -163,20 +183,30 @@ def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
     return source
 
 
-def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, storage: str,
-           uri: str, run_id: str, result: PretrainResult, log: Callable[[str], None]
-           ) -> ray.train.Checkpoint:
+def _labeled_split(cfg: Config) -> LabeledSplit:
+    return load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
+                              cfg.train.seed)
+
+
+def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: ResourcePlan,
+           run_name: str, storage: str, uri: str, run_id: str, result: PretrainResult,
+           log: Callable[[str], None]) -> ray.train.Checkpoint:
     images_per_worker = source.num_images // cfg.train.num_workers
     steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
     if steps_per_epoch == 0:
         raise ConfigError("data.batch_size_global", cfg.data.batch_size_global,
                           f"is larger than the {source.num_images} training images allow: each of "
                           f"{cfg.train.num_workers} workers needs at least one full batch")
+    if cfg.eval.online_probe and not source.labeled:
+        raise ConfigError("eval.online_probe", True,
+                          f"needs labeled training data; {source.description} has no labels")
     dataset = view_stream(source, cfg.data, plan.augment_actors)
-    settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name)
+    settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name,
+                            len(source.class_names))
     log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
-    trainer = build_trainer(cfg, dataset, plan, settings, storage)
+    split_ref = ray.put(split) if split is not None and cfg.eval.online_knn_every else None
+    trainer = build_trainer(cfg, dataset, plan, settings, storage, split_ref)
     fit = trainer.fit()
     if fit.checkpoint is None:
         raise RuntimeError(f"run {run_name} finished without a checkpoint in {storage}")
@@ -188,25 +218,40 @@ def _train(cfg: Config, source: ImageSource, plan: ResourcePlan, run_name: str, 
     return checkpoint
 
 
-def _evaluate(cfg: Config, encoder: Encoder, client: MlflowClient, run_id: str,
-              result: PretrainResult, log: Callable[[str], None]) -> None:
+def _online_summary(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """Final and best online kNN accuracy with their epochs, also logged as metrics."""
+    history = sorted(client.get_metric_history(run_id, ONLINE_KNN), key=lambda m: m.step)
+    if not history:
+        return {}
+    best = max(history, key=lambda m: m.value)
+    out = {"final": history[-1].value, "final_epoch": float(history[-1].step),
+           "best": best.value, "best_epoch": float(best.step)}
+    Tracker(client.tracking_uri, run_id, active=True).log_metrics(
+        {f"{ONLINE_KNN}_best": best.value, "eval/online_knn_best_epoch": float(best.step)},
+        step=history[-1].step)
+    return out
+
+
+def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: MlflowClient,
+              run_id: str, result: PretrainResult, log: Callable[[str], None]) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
-    split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
-                               cfg.train.seed)
-    encoders: dict[str, torch.nn.Module] = {TRAINED: encoder}
+    encoders = {TRAINED: encoder}
     if cfg.eval.baselines:
         # The exact initial weights of this run: the workers seed the same way before building.
         torch.manual_seed(cfg.train.seed)
         encoders[RANDOM_INIT] = build_method(cfg).encoder
-    log(f"[raysl] kNN evaluation on {split.description}")
-    result.knn = knn_suite(encoders, split, cfg.eval, cfg.data.image_size,
-                           with_pixels=cfg.eval.baselines)
+    log(f"[raysl] evaluation ({', '.join(cfg.eval.protocols)}) on {split.description}")
+    report = evaluate_encoders(encoders, split, cfg.eval, cfg.data.image_size, cfg.train.seed,
+                               log)
+    result.report = report
+    result.knn = {m: r["knn_top1"] for m, r in report.results.items() if "knn_top1" in r}
     result.eval_data, result.knn_k = split.description, cfg.eval.knn_k
     result.knn_temperature = cfg.eval.knn_temperature
-    names = {TRAINED: "eval/knn_top1", RANDOM_INIT: "eval/knn_top1_random_init",
-             PIXELS: "eval/knn_top1_raw_pixels"}
-    Tracker(result.tracking_uri, run_id, active=True).log_metrics(
-        {names[k]: v for k, v in result.knn.items()}, step=cfg.train.epochs)
+    Tracker(result.tracking_uri, run_id, active=True).log_metrics(report.metrics(),
+                                                                  step=cfg.train.epochs)
+    log_blobs(client, run_id, {**report.figures, **report.texts,
+                               "eval/results.json": report.to_json(),
+                               "eval/results.txt": report.table() + "\n"})
 
 
 def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
@@ -223,6 +268,10 @@ def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
         f"Input: (B, {info['in_channels']}, H, W) images, float in [0, 1] or uint8, pretrained at "
         f"{info['image_size']} px; output: (B, {info['num_features']}) features. "
         f"MLflow run {run_id}.")
-    tags = {"method": cfg.method.name, "run_name": result.run_name, "dataset": result.data,
-            **{f"knn_top1_{k}": f"{v:.4f}" for k, v in result.knn.items()}}
+    tags = {"method": cfg.method.name, "run_name": result.run_name, "dataset": result.data}
+    if result.report is not None:
+        tags.update({k.replace("eval/", "eval."): f"{v:.4f}"
+                     for k, v in result.report.metrics().items()})
+    if lin := (result.report.results.get(TRAINED, {}) if result.report else {}).get("linear_top1"):
+        knn += f"Linear probe top-1 {100 * lin:.2f}%. "
     return log_and_register(encoder, run_id, uri, name, description, tags)

@@ -8,7 +8,10 @@ from pathlib import Path
 RAYSL = Path(__file__).resolve().parents[1] / "raysl"
 MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").glob("*.py")),
               RAYSL / "losses.py", RAYSL / "schedules.py", RAYSL / "distributed.py",
-              RAYSL / "config.py", RAYSL / "registry.py"]
+              RAYSL / "config.py", RAYSL / "registry.py",
+              # the evaluation protocols themselves (Ray runs them from eval/extract.py, suite.py)
+              *[RAYSL / "eval" / f"{m}.py" for m in ("knn", "linear", "finetune", "online",
+                                                     "splits", "features", "plots")]]
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -28,7 +31,8 @@ def test_model_side_files_do_not_import_ray():
 
 
 def test_loading_the_model_side_does_not_load_ray():
-    code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses; "
+    code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.linear, "
+            "raysl.eval.finetune, raysl.eval.online, raysl.eval.plots, raysl.eval.knn; "
             "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -36,13 +36,21 @@ def _shared(tmp_path: Path, epochs: int, run_name: str) -> list[str]:
             "tracking.registered_model=e2e-encoder", "optim.warmup_epochs=0"]
 
 
-def _config(tmp_path: Path, epochs: int, run_name: str) -> C.Config:
-    return C.load(DEMO_CONFIG, _shared(tmp_path, epochs, run_name))
+def _config(tmp_path: Path, epochs: int, run_name: str, extra: tuple[str, ...] = ()
+            ) -> C.Config:
+    return C.load(DEMO_CONFIG, [*_shared(tmp_path, epochs, run_name), *extra])
+
+
+# Every evaluation protocol, tiny, plus online kNN every epoch and the online probe.
+FULL_EVAL = ("eval.protocols=knn,linear,finetune", "eval.linear_lrs=[0.1]",
+             "eval.linear_epochs=[10]", "eval.finetune_fractions=[0.1]", "eval.finetune_epochs=1",
+             "eval.finetune_min_steps=5", "eval.finetune_batch_size=16", "eval.online_knn_every=1",
+             "eval.online_probe=true", "eval.plot_points=100")
 
 
 def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # artifacts land in ./mlartifacts
-    cfg = _config(tmp_path, epochs=3, run_name="e2e-run")
+    cfg = _config(tmp_path, epochs=3, run_name="e2e-run", extra=FULL_EVAL)
     result = pretrain(cfg)
     client = MlflowClient(result.tracking_uri)
 
@@ -70,6 +78,23 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert set(result.knn) == {TRAINED, RANDOM_INIT, "raw_pixels"}
     assert all(0.0 <= v <= 1.0 for v in result.knn.values())
 
+    # Every protocol, its baselines and figures; the encoder's weights beside config.yaml.
+    for key in ("eval/linear_top1", "eval/linear_top5_raw_pixels", "eval/finetune_10pct_top1",
+                "eval/finetune_10pct_top1_random_init", "train/online_probe_loss",
+                "eval/online_probe_top1", "eval/online_knn_top1_best"):
+        assert key in run.data.metrics, key
+    eval_files = {a.path for a in client.list_artifacts(result.mlflow_run_id, "eval")}
+    assert {"eval/embedding.png", "eval/confusion_matrix.png", "eval/per_class_accuracy.md",
+            "eval/results.json"} <= eval_files
+    assert [a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoint")] == [
+        "checkpoint/encoder.pt"]
+    # Online kNN every epoch; the summary gives the final AND the best epoch.
+    online = client.get_metric_history(result.mlflow_run_id, "eval/online_knn_top1")
+    assert sorted(m.step for m in online) == [1, 2, 3]
+    assert result.online["final_epoch"] == 3 and 1 <= result.online["best_epoch"] <= 3
+    assert result.online["best"] == max(m.value for m in online)
+    assert "online kNN     final" in result.summary() and "linear_top1" in result.summary()
+
     # The registered model: description carries the kNN result; it loads and embeds images.
     assert result.model is not None and result.model.model_uri == "models:/e2e-encoder/1"
     version = client.get_model_version("e2e-encoder", "1")
@@ -89,6 +114,20 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
                          cwd="/")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(2, 64)")
+
+    # `raysl evaluate` with nothing but the registry URI, in a fresh process (its own Ray): the
+    # same split and weights give the same kNN as after training, and the version gets tags.
+    out = subprocess.run([sys.executable, "-m", "raysl.cli", "evaluate", "models:/e2e-encoder/1",
+                          "--protocol", "knn"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri},
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "knn_top1" in out.stdout and "raw pixels" in out.stdout
+    tags = client.get_model_version("e2e-encoder", "1").tags
+    assert float(tags["eval.knn_top1"]) == pytest.approx(result.knn[TRAINED], abs=1e-4)
+    eval_run = client.get_run(tags["eval.run_id"])
+    assert eval_run.data.tags["raysl.pretraining_run"] == result.mlflow_run_id
+    assert eval_run.data.metrics["eval/knn_top1"] == pytest.approx(result.knn[TRAINED], abs=1e-6)
 
     # Same run name again with more epochs: resumes from the checkpoint, same MLflow run.
     again = pretrain(_config(tmp_path, epochs=4, run_name="e2e-run"))

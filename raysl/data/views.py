@@ -290,7 +290,8 @@ def make_views(x: Tensor, cfg: DataConfig, gen: torch.Generator) -> list[Tensor]
 class MultiViewTransform:
     """Ray Data ``map_batches`` callable: ``{"image": (B, H, W, C)}`` -> ``{"view0": ..., ...}``.
 
-    Emits ``view0`` .. ``view{n-1}``, n = 2 + ``cfg.views.local_crops``, as :func:`make_views`:
+    Emits ``view0`` .. ``view{n-1}``, n = 2 + ``cfg.views.local_crops``, as :func:`make_views`
+    (and ``label`` when the images have one):
     (B, C, S, S) uint8 global views, then (B, C, L, L) local crops, ready for the model; the
     train worker only moves them to the device (the encoder normalises). Built once per
     augmentation actor; the generator advances across batches so every epoch re-draws the views.
@@ -312,4 +313,7 @@ class MultiViewTransform:
         """Views of a batch of images."""
         # A copy: Ray hands out read-only views of the object store, and torch warns on those.
         x = torch.from_numpy(np.array(batch["image"], copy=True)).permute(0, 3, 1, 2)  # (B,C,H,W)
-        return {f"view{i}": v.numpy() for i, v in enumerate(make_views(x, self.cfg, self.gen))}
+        out = {f"view{i}": v.numpy() for i, v in enumerate(make_views(x, self.cfg, self.gen))}
+        if "label" in batch:  # kept for the online probe (eval.online_probe)
+            out["label"] = batch["label"]
+        return out

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _resized(chunk: np.ndarray, size: int) -> Tensor:
+def resized(chunk: np.ndarray, size: int) -> Tensor:
     """(n, H, W, C) uint8 -> (n, C, size, size) float in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).float().div_(255)
+    # A copy: Ray hands out read-only views of its object store, which torch warns about.
+    x = torch.from_numpy(np.array(chunk)).permute(0, 3, 1, 2).float().div_(255)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                           align_corners=False)
@@ -27,7 +28,7 @@ def encoder_features(encoder: nn.Module, images: np.ndarray, image_size: int,
     """
     was_training = encoder.training
     encoder.eval().to(device)
-    out = [encoder(_resized(images[i:i + batch_size], image_size).to(device)).float().cpu()
+    out = [encoder(resized(images[i:i + batch_size], image_size).to(device)).float().cpu()
            for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(out)
@@ -39,5 +40,5 @@ def pixel_features(images: np.ndarray, image_size: int) -> Tensor:
     Returns:
         (N, C * S * S) float32.
     """
-    return torch.cat([_resized(images[i:i + 4096], image_size).flatten(1)
+    return torch.cat([resized(images[i:i + 4096], image_size).flatten(1)
                       for i in range(0, len(images), 4096)])

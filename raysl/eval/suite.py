@@ -1,24 +1,42 @@
-"""The kNN evaluation reported after pretraining: trained encoder vs random init vs raw pixels."""
+"""The evaluation suite: kNN, linear probe and few-label fine-tuning of encoders on one split.
+
+Shared by pretraining (after training), ``raysl evaluate`` and sweeps. Each protocol is run for
+every encoder given (the trained one and, as a baseline, the same architecture at random init)
+and for raw pixels where it applies, all on the same split, so the numbers compare.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
+import ray
 import torch
-from torch import nn
+from torch import Tensor
 
 from raysl.config import EvalConfig
 from raysl.data.readers import DataError, read_source, to_numpy
-from raysl.eval.features import encoder_features, pixel_features
-from raysl.eval.knn import knn_top1
+from raysl.eval import plots
+from raysl.eval.extract import extract_features
+from raysl.eval.features import pixel_features
+from raysl.eval.finetune import FinetuneResult, FinetuneSettings, finetune
+from raysl.eval.knn import knn_predict
+from raysl.eval.linear import linear_probe
+from raysl.eval.splits import label_subset, stratified_holdout
+from raysl.nn.backbones import Encoder
 
-PIXELS = "raw_pixels"
+TRAINED, RANDOM_INIT, PIXELS = "trained", "random_init", "raw_pixels"
+MODEL_LABELS = {TRAINED: "trained encoder", RANDOM_INIT: "same encoder, random init",
+                PIXELS: "raw pixels"}
+PIXEL_SIDE = 32  # the raw-pixel baseline sees images at most this large (224 px would be 150k-D)
 
 
 @dataclass
 class LabeledSplit:
-    """A labeled bank (the kNN memory) and the queries scored against it."""
+    """A labeled bank (kNN memory, linear-probe and fine-tuning data) and the scored queries."""
 
     bank_images: np.ndarray  # (N, H, W, C) uint8
     bank_labels: np.ndarray  # (N,) int64
@@ -26,24 +44,11 @@ class LabeledSplit:
     query_labels: np.ndarray  # (M,) int64
     num_classes: int
     description: str
+    class_names: list[str] = field(default_factory=list)
 
-
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(keep, held_out)``: ``fraction`` of every class held out, seeded.
-
-    Every class with at least two examples contributes at least one to each side.
-    """
-    rng = np.random.default_rng(seed)
-    keep, held = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_held = round(len(idx) * fraction)
-        if len(idx) >= 2:
-            n_held = min(max(n_held, 1), len(idx) - 1)
-        held.append(idx[:n_held])
-        keep.append(idx[n_held:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+    def name_of(self, c: int) -> str:
+        """Name of class ``c`` (its index when the data has no names)."""
+        return self.class_names[c] if c < len(self.class_names) else str(c)
 
 
 def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: int
@@ -52,8 +57,8 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
     bank_src = read_source(cfg.bank, channels, decode_size, seed, "eval.bank")
     bank_x, bank_y = to_numpy(bank_src)
     if bank_y is None:
-        raise DataError(f"eval.bank.path={cfg.bank.path!r}: has no labels; kNN evaluation needs "
-                        "a labeled set (class sub-folders, IDX labels or an npz 'labels' array)")
+        raise DataError(f"eval.bank.path={cfg.bank.path!r}: has no labels; evaluation needs a "
+                        "labeled set (class sub-folders, IDX labels or an npz 'labels' array)")
     if cfg.query.is_set:
         query_src = read_source(cfg.query, channels, decode_size, seed, "eval.query")
         query_x, query_y = to_numpy(query_src)
@@ -65,28 +70,164 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
         query_x, query_y, bank_x, bank_y = bank_x[held], bank_y[held], bank_x[keep], bank_y[keep]
         desc = f"{bank_src.description}, {cfg.holdout:.0%} held out as queries (stratified)"
     num_classes = int(max(bank_y.max(), query_y.max())) + 1
-    return LabeledSplit(bank_x, bank_y, query_x, query_y, num_classes, desc)
+    return LabeledSplit(bank_x, bank_y, query_x, query_y, num_classes, desc,
+                        list(bank_src.class_names))
 
 
-def knn_suite(encoders: dict[str, nn.Module], split: LabeledSplit, cfg: EvalConfig,
-              image_size: int, with_pixels: bool = True) -> dict[str, float]:
-    """Top-1 kNN accuracy of each encoder (and raw pixels) on ``split``, keyed by name.
+@dataclass
+class EvalReport:
+    """Results of every protocol for every model, plus figures.
 
-    Raw pixels are centred by the bank mean before the cosine kNN, so the baseline is not just
-    comparing overall brightness.
+    ``results[model][metric]``: model is ``trained``, ``random_init`` or ``raw_pixels``; metric
+    e.g. ``knn_top1``, ``linear_top5``, ``finetune_10pct_top1``. Accuracies are in [0, 1].
     """
+
+    split: str
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # settings chosen (linear lr...), one line each
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact path -> PNG bytes
+    texts: dict[str, str] = field(default_factory=dict)  # artifact path -> text
+
+    def add(self, model: str, metric: str, value: float) -> None:
+        """Record one number."""
+        self.results.setdefault(model, {})[metric] = value
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metric names: ``eval/<metric>`` for the trained encoder, ``..._<baseline>``."""
+        return {f"eval/{metric}" + ("" if model == TRAINED else f"_{model}"): value
+                for model, row in self.results.items() for metric, value in row.items()}
+
+    def table(self) -> str:
+        """A fixed-width table: one row per metric, one column per model."""
+        models = [m for m in (TRAINED, RANDOM_INIT, PIXELS) if m in self.results]
+        metrics = list(dict.fromkeys(k for m in models for k in self.results[m]))
+        head = f"{'metric':<24}" + "".join(f"{MODEL_LABELS[m]:>28}" for m in models)
+        rows = [head, "-" * len(head)]
+        for metric in metrics:
+            cells = [self.results[m].get(metric) for m in models]
+            rows.append(f"{metric:<24}" + "".join(
+                f"{100 * v:>27.2f}%" if v is not None else f"{'-':>28}" for v in cells))
+        return "\n".join(rows)
+
+    def to_json(self) -> str:
+        """Results, notes and split as JSON (the ``eval/results.json`` artifact)."""
+        return json.dumps({"split": self.split, "results": self.results, "notes": self.notes},
+                          indent=2)
+
+
+def fraction_key(fraction: float) -> str:
+    """0.01 -> ``1pct``, 0.005 -> ``0.5pct`` (metric names)."""
+    return f"{100 * fraction:g}pct"
+
+
+def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalConfig,
+                      image_size: int, seed: int = 0,
+                      log: Callable[[str], None] = print) -> EvalReport:
+    """Run ``cfg.protocols`` for each encoder (and raw pixels when ``cfg.baselines``).
+
+    Args:
+        encoders: name -> frozen encoder; ``trained`` gets the figures, ``random_init`` is the
+            baseline (for fine-tuning: training from scratch).
+        split: the labeled bank and queries.
+        cfg: protocols and their settings.
+        image_size: side the encoders take.
+        seed: seeds label subsets, probe initialisation and fine-tuning.
+        log: progress lines.
+    """
+    report = EvalReport(split.description)
     bank_y = torch.from_numpy(split.bank_labels)
     query_y = torch.from_numpy(split.query_labels)
-    results = {}
-    for name, encoder in encoders.items():
-        bank = encoder_features(encoder, split.bank_images, image_size, cfg.batch_size)
-        queries = encoder_features(encoder, split.query_images, image_size, cfg.batch_size)
-        results[name] = knn_top1(bank, bank_y, queries, query_y, split.num_classes, cfg.knn_k,
-                                 cfg.knn_temperature)
-    if with_pixels:
-        bank = pixel_features(split.bank_images, image_size)
-        mean = bank.mean(dim=0)
-        queries = pixel_features(split.query_images, image_size) - mean
-        results[PIXELS] = knn_top1(bank - mean, bank_y, queries, query_y, split.num_classes,
-                                   cfg.knn_k, cfg.knn_temperature)
-    return results
+    features: dict[str, tuple[Tensor, Tensor]] = {}
+    frozen = {"knn", "linear"} & set(cfg.protocols)
+    if frozen or cfg.plots:
+        for name, encoder in encoders.items():
+            log(f"[raysl] extracting features: {MODEL_LABELS.get(name, name)}")
+            both = extract_features(encoder, np.concatenate([split.bank_images,
+                                                             split.query_images]),
+                                    image_size, cfg.batch_size, cfg.feature_actors)
+            features[name] = (both[:len(bank_y)], both[len(bank_y):])
+    frozen_models = dict(features)
+    if cfg.baselines and frozen:
+        side = min(image_size, PIXEL_SIDE)
+        bank = pixel_features(split.bank_images, side)
+        mean = bank.mean(dim=0)  # centred, so the cosine kNN does not compare mean brightness
+        frozen_models[PIXELS] = (bank - mean, pixel_features(split.query_images, side) - mean)
+    predictions: dict[str, Tensor] = {}
+    for name, (bank, queries) in frozen_models.items():
+        if "knn" in cfg.protocols:
+            pred = knn_predict(bank, bank_y, queries, split.num_classes, cfg.knn_k,
+                               cfg.knn_temperature)
+            report.add(name, "knn_top1", float((pred == query_y).float().mean()))
+            predictions.setdefault(name, pred)
+        if "linear" in cfg.protocols:
+            log(f"[raysl] linear probe: {MODEL_LABELS.get(name, name)}")
+            lin = linear_probe(bank, bank_y, queries, query_y, split.num_classes, cfg.linear_lrs,
+                               cfg.linear_epochs, cfg.linear_batch_size, cfg.linear_val_fraction,
+                               seed)
+            report.add(name, "linear_top1", lin.top1)
+            report.add(name, "linear_top5", lin.top5)
+            report.notes.append(f"linear probe, {MODEL_LABELS.get(name, name)}: lr {lin.lr:g}, "
+                                f"{lin.epochs} epochs (best validation top-1 of "
+                                f"{len(lin.search)} settings)")
+            predictions[name] = lin.predictions  # the confusion matrix uses the probe's
+    if "finetune" in cfg.protocols:
+        _finetune_all(encoders, split, cfg, image_size, seed, report, log)
+    if cfg.plots and TRAINED in features:
+        _figures(features[TRAINED][1], predictions.get(TRAINED), split, cfg, seed, report)
+    return report
+
+
+def _finetune_all(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalConfig,
+                  image_size: int, seed: int, report: EvalReport,
+                  log: Callable[[str], None]) -> None:
+    """Fine-tune each encoder on each label fraction, as Ray tasks (a GPU each if any)."""
+    settings = FinetuneSettings(cfg.finetune_epochs, cfg.finetune_min_steps, cfg.finetune_lr,
+                                cfg.finetune_batch_size, cfg.finetune_weight_decay, seed)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0  # type: ignore[no-untyped-call]
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(_finetune_task)
+    query_x = ray.put(split.query_images)
+    query_y = ray.put(split.query_labels)
+    pending = {}
+    for fraction in cfg.finetune_fractions:
+        idx = label_subset(split.bank_labels, fraction, seed)
+        train_x = ray.put(split.bank_images[idx])
+        train_y = ray.put(split.bank_labels[idx])
+        log(f"[raysl] fine-tuning on {fraction:.0%} of the labels ({len(idx)} images)")
+        for name, encoder in encoders.items():
+            pending[(name, fraction)] = task.remote(
+                copy.deepcopy(encoder).cpu(), image_size, train_x, train_y, query_x, query_y,
+                split.num_classes, settings)
+    for (name, fraction), ref in pending.items():
+        result: FinetuneResult = ray.get(ref)
+        key = fraction_key(fraction)
+        report.add(name, f"finetune_{key}_top1", result.top1)
+        report.add(name, f"finetune_{key}_top5", result.top5)
+        how = "fine-tuned" if name == TRAINED else "trained from scratch"
+        report.notes.append(f"fine-tuning {key}, {MODEL_LABELS.get(name, name)} {how}: "
+                            f"{result.train_images} images, {result.steps} steps, "
+                            f"{result.seconds:.0f}s")
+
+
+def _finetune_task(encoder: Encoder, image_size: int, images: np.ndarray, labels: np.ndarray,
+                   test_images: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                   settings: FinetuneSettings) -> FinetuneResult:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return finetune(encoder, encoder.num_features, image_size, images, labels, test_images,
+                    test_labels, num_classes, settings, device)
+
+
+def _figures(query_features: Tensor, predictions: Tensor | None, split: LabeledSplit,
+             cfg: EvalConfig, seed: int, report: EvalReport) -> None:
+    names = [split.name_of(c) for c in range(split.num_classes)]
+    report.figures["eval/embedding.png"] = plots.embedding_png(
+        query_features.numpy(), split.query_labels, names, "trained encoder", cfg.plot_points,
+        seed)
+    if predictions is not None:
+        matrix = plots.confusion_matrix(split.query_labels, predictions.numpy(),
+                                        split.num_classes)
+        how = "linear probe" if "linear" in cfg.protocols else "kNN"
+        report.figures["eval/confusion_matrix.png"] = plots.confusion_png(
+            matrix, names, f"trained encoder, {how}")
+        report.texts["eval/per_class_accuracy.md"] = (
+            f"Per-class accuracy of the trained encoder ({how}) on {split.description}\n\n"
+            + plots.per_class_table(matrix, names))

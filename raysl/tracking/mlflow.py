@@ -116,3 +116,17 @@ class Tracker:
         """Set run tags."""
         if self.client is not None:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_blobs(client: MlflowClient, run_id: str, files: dict[str, bytes | str]) -> None:
+    """Log in-memory files (PNG bytes, text) as artifacts at their paths, e.g. ``eval/a.png``."""
+    import tempfile
+
+    for artifact_path, content in files.items():
+        if isinstance(content, str):
+            client.log_text(run_id, content, artifact_path)
+            continue
+        with tempfile.TemporaryDirectory() as d:
+            local = Path(d) / Path(artifact_path).name
+            local.write_bytes(content)
+            client.log_artifact(run_id, str(local), str(Path(artifact_path).parent or ""))

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -16,6 +17,10 @@ from torch import nn
 
 from raysl import distributed
 from raysl.config import Config
+from raysl.eval.features import encoder_features
+from raysl.eval.knn import knn_top1
+from raysl.eval.online import OnlineProbe
+from raysl.eval.suite import LabeledSplit
 from raysl.methods.base import Progress, SSLMethod, build_method
 from raysl.schedules import warmup_cosine
 from raysl.tracking.mlflow import Tracker
@@ -35,14 +40,15 @@ class LoopSettings:
     tracking_uri: str
     mlflow_run_id: str
     run_name: str
+    num_classes: int = 0  # labels of the training data, for the online probe (0 = unlabeled)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Pretrain on this worker's shard; checkpoint and report every epoch.
 
     Args:
-        loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__}``.
-
+        loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__,
+            "eval_split": ObjectRef of a LabeledSplit or None}`` (the split for online kNN).
     """
     cfg = Config.from_dict(loop_config["config"])
     s = LoopSettings(**loop_config["settings"])
@@ -81,6 +87,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = restore(d, method, optimizer)
         start_epoch, step = state["epoch"] + 1, state["step"]
     tracker = Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0)
+    probe = None
+    if cfg.eval.online_probe:  # after prepare_model: hooks on the module DDP calls
+        probe = OnlineProbe(method, method.encoder, method.encoder.num_features, s.num_classes,
+                            cfg.eval.online_probe_lr).to(device)
+    split_ref = loop_config.get("eval_split")
+    split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
     total_steps = cfg.train.epochs * s.steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * s.steps_per_epoch)
     say = _progress if rank == 0 else (lambda *a, **k: None)
@@ -110,6 +122,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                 cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param")
             loss = result.loss
             losses.append(loss)
+            if probe is not None:
+                result.logs.update(probe.step([mb["label"] for mb in micro_batches]))
             for k, v in result.logs.items():
                 extras.setdefault(k, []).append(v)
             step += 1
@@ -131,10 +145,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["train/weight_decay"] = cfg.optim.weight_decay_at(progress.fraction)
         if cfg.optim.clip_grad > 0:
             metrics["train/grad_norm"] = result.grad_norm
+        every = cfg.eval.online_knn_every
+        if rank == 0 and split_ref is not None and every and (
+                (epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
+            split = split or ray.get(split_ref)
+            metrics.update(online_metrics(method, split, cfg, probe, device))
         done = epoch + 1 - start_epoch
         eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
+        knn = (f"  online kNN {100 * metrics['eval/online_knn_top1']:.2f}%"
+               if "eval/online_knn_top1" in metrics else "")
         say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.4f}  "
-            f"lr {lr:.4g}  {images_per_s:.0f} img/s  ETA {_fmt_s(eta)}")
+            f"lr {lr:.4g}  {images_per_s:.0f} img/s{knn}  ETA {_fmt_s(eta)}")
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
 
         # [4] Checkpoint and report: rank 0 writes, every rank calls report (it is a barrier).
@@ -144,6 +165,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 _save(d, method, optimizer, cfg, epoch, step, s)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
+
+
+def online_metrics(method: SSLMethod, split: LabeledSplit, cfg: Config,
+                   probe: OnlineProbe | None, device: torch.device) -> dict[str, float]:
+    """``eval/online_knn_top1`` of the exported encoder on the held-out split.
+
+    With the online probe, also ``eval/online_probe_top1`` on the same queries (through the
+    online encoder, whose features the probe was trained on).
+    """
+    encoder = method.exported_encoder()
+    size, bs = cfg.data.image_size, cfg.eval.batch_size
+    bank = encoder_features(encoder, split.bank_images, size, bs, device)
+    queries = encoder_features(encoder, split.query_images, size, bs, device)
+    query_y = torch.from_numpy(split.query_labels)
+    out = {"eval/online_knn_top1": knn_top1(bank, torch.from_numpy(split.bank_labels), queries,
+                                            query_y, split.num_classes, cfg.eval.knn_k,
+                                            cfg.eval.knn_temperature)}
+    if probe is not None:
+        if encoder is not method.encoder:
+            queries = encoder_features(method.encoder, split.query_images, size, bs, device)
+        out["eval/online_probe_top1"] = float((probe.predict(queries) == query_y).float().mean())
+    return out
 
 
 def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Config,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import ray
 import ray.data
@@ -93,18 +94,21 @@ def cluster_resources() -> tuple[float, float]:
 
 
 def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
-                  settings: LoopSettings, storage_path: str) -> TorchTrainer:
+                  settings: LoopSettings, storage_path: str,
+                  eval_split: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` for one pretraining run.
 
     Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
     checkpoint (Ray Train V2 restores the run's state from ``storage_path/run_name``).
+    ``eval_split`` is the labeled split (in the object store) for online kNN evaluation.
     """
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker:
         resources["GPU"] = plan.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings)},
+        train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings),
+                           "eval_split": eval_split},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
                                                use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=resources),

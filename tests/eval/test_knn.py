@@ -1,9 +1,7 @@
-import numpy as np
 import pytest
 import torch
 
 from raysl.eval.knn import knn_predict, knn_top1
-from raysl.eval.suite import stratified_holdout
 
 
 def _clusters(n_per_class=50, classes=5, dim=16, spread=0.05, seed=0):
@@ -41,17 +39,6 @@ def test_weighted_vote_prefers_closer_neighbours():
 def test_k_larger_than_bank_is_clipped():
     bank, y = _clusters(n_per_class=2, classes=2)
     assert knn_predict(bank, y, bank, 2, k=200).shape == (4,)
-
-
-def test_stratified_holdout_is_stratified_and_reproducible():
-    labels = np.repeat(np.arange(5), [100, 50, 20, 10, 2])
-    keep, held = stratified_holdout(labels, 0.2, seed=0)
-    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == len(labels)
-    counts = np.bincount(labels[held], minlength=5)
-    assert counts.tolist() == [20, 10, 4, 2, 1]
-    _keep2, held2 = stratified_holdout(labels, 0.2, seed=0)
-    assert np.array_equal(held, held2)
-    assert not np.array_equal(held, stratified_holdout(labels, 0.2, seed=1)[1])
 
 
 def test_rejects_mismatched_bank():

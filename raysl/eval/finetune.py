@@ -1,0 +1,138 @@
+"""Few-label fine-tuning: the whole encoder plus a linear head on a small labeled subset.
+
+SimCLR's semi-supervised protocol (arXiv:2002.05709, section 7.2): fine-tune on 1% or 10% of the
+labels and compare with the same architecture trained from scratch on the same subset, with the
+same schedule. Pure torch; the caller decides where it runs (a Ray task, on a GPU if any).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raysl.eval.features import resized
+from raysl.eval.linear import topk_accuracy
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Schedule of one fine-tuning run (SGD with Nesterov momentum, cosine, no warm-up)."""
+
+    epochs: int
+    min_steps: int
+    lr: float  # per 256 images
+    batch_size: int
+    weight_decay: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Test accuracy after fine-tuning."""
+
+    top1: float
+    top5: float
+    train_images: int
+    steps: int
+    seconds: float
+
+
+class Classifier(nn.Module):
+    """Encoder + linear head: (B, C, H, W) images -> (B, classes) logits."""
+
+    def __init__(self, encoder: nn.Module, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) float in [0, 1] -> (B, classes)."""
+        out: Tensor = self.head(self.encoder(x))
+        return out
+
+
+def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Per-image random crop of the reflect-padded batch (pad = size/8) and horizontal flip.
+
+    The light augmentation of supervised training on small images: (B, C, S, S) -> same shape.
+    """
+    b, _, s, _ = x.shape
+    pad = max(1, s // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=gen)
+    out = torch.stack([padded[i, :, dy:dy + s, dx:dx + s]
+                       for i, (dy, dx) in enumerate(offsets.tolist())])
+    flip = torch.rand(b, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def finetune(encoder: nn.Module, num_features: int, image_size: int, images: np.ndarray,
+             labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
+             num_classes: int, s: FinetuneSettings, device: str = "cpu",
+             log: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``encoder`` (modified in place) + a new linear head; score on the test set.
+
+    Args:
+        encoder: the encoder to fine-tune (a pretrained one, or a random init for the baseline).
+        num_features: its output size D.
+        image_size: side the encoder takes; images are resized to it.
+        images: (N, H, W, C) uint8 training images of the label subset.
+        labels: (N,) their labels.
+        test_images: (M, H, W, C) uint8 images scored after training.
+        test_labels: (M,) their labels.
+        num_classes: C.
+        s: the schedule.
+        device: where to train.
+        log: progress lines, if given.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    model = Classifier(encoder, num_features, num_classes).to(device).train()
+    x = resized(images, image_size)
+    y = torch.from_numpy(labels.astype(np.int64))
+    batch = min(s.batch_size, len(x))
+    steps_per_epoch = max(1, len(x) // batch)
+    total = max(s.epochs * steps_per_epoch, s.min_steps)
+    lr = s.lr * batch / 256
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                          weight_decay=s.weight_decay)
+    step = 0
+    while step < total:
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, steps_per_epoch * batch, batch):
+            if step == total:
+                break
+            idx = order[start:start + batch]
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            inputs = random_crop_flip(x[idx], gen).to(device)
+            loss = F.cross_entropy(model(inputs), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            step += 1
+            if log and step % max(1, total // 4) == 0:
+                log(f"[raysl]   fine-tune step {step}/{total} loss {loss.item():.3f}")
+    logits = predict(model, test_images, image_size, device)
+    test_y = torch.from_numpy(test_labels.astype(np.int64))
+    return FinetuneResult(topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5),
+                          len(x), total, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, image_size: int, device: str,
+            batch_size: int = 512) -> Tensor:
+    """(M, classes) logits of ``model`` in eval mode on (M, H, W, C) uint8 images."""
+    model.eval()
+    out = [model(resized(images[i:i + batch_size], image_size).to(device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)

@@ -1,0 +1,132 @@
+"""Resolve the MODEL of ``raysl evaluate``: a checkpoint directory, an MLflow run or a registry URI.
+
+Weights are always read from raysl's own ``encoder.pt`` files with ``weights_only=True`` (a model
+can never run code on load), and the architecture is rebuilt from the pretraining config saved
+beside them: ``state.json`` in a checkpoint, ``config.yaml`` in the MLflow run.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from raysl.config import Config
+from raysl.nn.backbones import Encoder, build_encoder
+from raysl.train.checkpoint import ENCODER_FILE, CheckpointError, load_strict, read_state
+
+WEIGHTS_ARTIFACT = "checkpoint/encoder.pt"  # where pretraining logs the encoder's weights
+CONFIG_ARTIFACT = "config.yaml"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ModelNotFoundError(LookupError):
+    """MODEL does not name a checkpoint, run or registered version that raysl can load."""
+
+
+@dataclass
+class LoadedModel:
+    """An encoder ready to evaluate, with where it came from."""
+
+    encoder: Encoder
+    config: Config  # the pretraining config (architecture, image size, seed, eval split)
+    description: str  # e.g. "models:/raysl-simclr/3 (run 1f2e...)"
+    run_id: str = ""  # MLflow run that trained it, if known
+    registered_name: str = ""
+    registered_version: str = ""
+
+
+def load_model(spec: str, tracking_uri: str) -> LoadedModel:
+    """The encoder named by ``spec``.
+
+    Args:
+        spec: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``models:/NAME/latest``,
+            ``runs:/RUN_ID`` or a bare 32-hex run id, or a path: a checkpoint directory
+            (``state.json`` + ``encoder.pt``) or a Ray run directory (its latest checkpoint).
+        tracking_uri: the MLflow store for run and registry lookups.
+
+    Raises:
+        ModelNotFoundError: naming what was looked for and where.
+    """
+    if spec.startswith("models:/"):
+        return _from_registry(spec, MlflowClient(tracking_uri))
+    if spec.startswith("runs:/") or _RUN_ID.match(spec):
+        run_id = spec.removeprefix("runs:/").strip("/").split("/")[0]
+        return _from_run(run_id, MlflowClient(tracking_uri), f"run {run_id}")
+    path = Path(spec)
+    if path.is_dir():
+        return _from_checkpoint(_latest_checkpoint(path))
+    raise ModelNotFoundError(
+        f"MODEL={spec!r}: not a checkpoint directory, an MLflow run id (runs:/ID) or a registry "
+        "URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+
+
+def _latest_checkpoint(path: Path) -> Path:
+    if (path / ENCODER_FILE).exists():
+        return path
+    found = sorted(p for p in path.glob("checkpoint_*") if (p / ENCODER_FILE).exists())
+    if not found:
+        raise ModelNotFoundError(f"MODEL={str(path)!r}: no {ENCODER_FILE} there, and no "
+                                 "checkpoint_* directories with one (a Ray run directory)")
+    return found[-1]  # Ray names checkpoints by time: the last sorts last
+
+
+def _from_checkpoint(path: Path) -> LoadedModel:
+    try:
+        state = read_state(path)
+    except CheckpointError as e:
+        raise ModelNotFoundError(str(e)) from None
+    cfg = Config.from_dict(state["config"], source=str(path / "state.json"))
+    encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
+    load_strict(encoder, path / ENCODER_FILE)
+    return LoadedModel(encoder, cfg, f"checkpoint {path}", run_id=state.get("mlflow_run_id", ""))
+
+
+def _from_run(run_id: str, client: MlflowClient, description: str) -> LoadedModel:
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise ModelNotFoundError(f"MLflow run {run_id!r} not found at {client.tracking_uri}"
+                                 ) from None
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            cfg_path = client.download_artifacts(run_id, CONFIG_ARTIFACT, d)
+            weights = client.download_artifacts(run_id, WEIGHTS_ARTIFACT, d)
+        except (MlflowException, OSError):
+            raise ModelNotFoundError(
+                f"MLflow run {run_id} has no {CONFIG_ARTIFACT} and {WEIGHTS_ARTIFACT} artifacts; "
+                "was it a raysl pretraining run?") from None
+        with open(cfg_path) as f:
+            cfg = Config.from_dict(yaml.safe_load(f), source=f"run {run_id}/{CONFIG_ARTIFACT}")
+        encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
+        load_strict(encoder, weights)
+    return LoadedModel(encoder, cfg, f"{description} (run {run_id})", run_id=run_id)
+
+
+def _from_registry(uri: str, client: MlflowClient) -> LoadedModel:
+    rest = uri.removeprefix("models:/")
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = rest.partition("/")
+            if version in ("", "latest"):
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise MlflowException(f"no versions of {name}")
+                version = str(max(int(v.version) for v in versions))
+            mv = client.get_model_version(name, version)
+    except MlflowException as e:
+        raise ModelNotFoundError(f"MODEL={uri!r}: not in the registry at {client.tracking_uri} "
+                                 f"({str(e).splitlines()[0]})") from None
+    if not mv.run_id:
+        raise ModelNotFoundError(f"MODEL={uri!r}: version {mv.version} has no source run")
+    loaded = _from_run(mv.run_id, client, f"models:/{mv.name}/{mv.version}")
+    loaded.registered_name, loaded.registered_version = mv.name, str(mv.version)
+    return loaded

@@ -1,0 +1,94 @@
+"""Online evaluation during pretraining: a stop-gradient linear probe and periodic kNN.
+
+The probe (as solo-learn's and lightly's online classifiers) reads the online encoder's features
+of view 0 from the same forward pass the SSL loss uses, through a forward hook, detached: it
+never changes the SSL gradients, and it costs one linear layer. Pure torch, no Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from raysl import distributed
+
+
+class OnlineProbe(nn.Module):
+    """A linear classifier trained on detached features captured during the SSL forward.
+
+    Every online-encoder call inside one forward of ``method`` is captured; concatenated in call
+    order, their first B rows are the features of view 0 (every method encodes view 0 first,
+    tested for each). Gradients are averaged over workers by hand (it is not inside DDP) and the
+    probe has its own SGD optimizer, so the SSL optimizer, its schedule and LARS never touch it.
+
+    Args:
+        method: the SSL method (its ``forward`` delimits one capture).
+        encoder: the online encoder inside ``method``.
+        num_features: encoder output size D; num_classes: C; lr: the probe's constant lr.
+    """
+
+    def __init__(self, method: nn.Module, encoder: nn.Module, num_features: int,
+                 num_classes: int, lr: float) -> None:
+        super().__init__()
+        # Standardised features (BatchNorm without affine, as MAE's linear probe), then linear.
+        self.head = nn.Sequential(nn.BatchNorm1d(num_features, affine=False),
+                                  nn.Linear(num_features, num_classes))
+        self.optimizer = torch.optim.SGD(self.head.parameters(), lr=lr, momentum=0.9)
+        self._capturing = False
+        self._captured: list[list[Tensor]] = []  # one list of encoder outputs per method forward
+        self._hooks = [method.register_forward_pre_hook(self._start),
+                       method.register_forward_hook(self._stop),
+                       encoder.register_forward_hook(self._capture)]
+
+    def _start(self, *_: Any) -> None:
+        self._capturing = True
+        self._captured.append([])
+
+    def _stop(self, *_: Any) -> None:
+        self._capturing = False
+
+    def _capture(self, _module: nn.Module, _inputs: Any, output: Tensor) -> None:
+        if self._capturing:
+            self._captured[-1].append(output.detach())
+
+    def remove(self) -> None:
+        """Detach the hooks from the method."""
+        for h in self._hooks:
+            h.remove()
+
+    def step(self, labels: list[Tensor]) -> dict[str, float]:
+        """Train on the features captured since the last step, one label tensor per forward.
+
+        Returns:
+            ``{"online_probe_loss", "online_probe_acc"}`` of this step, averaged over workers.
+        """
+        captured, self._captured = self._captured, []
+        if len(captured) != len(labels):
+            raise RuntimeError(f"online probe captured {len(captured)} forward passes for "
+                               f"{len(labels)} label batches")
+        feats = torch.cat([torch.cat(c)[:len(y)] for c, y in zip(captured, labels, strict=True)])
+        y = torch.cat(labels).to(feats.device)
+        self.head.to(feats.device).train()
+        with torch.autocast(feats.device.type, enabled=False):
+            logits = self.head(feats.float())
+            loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        for p in self.head.parameters():
+            if p.grad is not None:
+                p.grad.copy_(distributed.all_reduce_mean(p.grad))
+        self.optimizer.step()
+        acc = (logits.argmax(1) == y).float().mean()
+        stats = distributed.all_reduce_mean(torch.stack([loss.detach(), acc]))
+        return {"online_probe_loss": float(stats[0]), "online_probe_acc": float(stats[1])}
+
+    @torch.no_grad()
+    def predict(self, features: Tensor) -> Tensor:
+        """(N, D) features -> (N,) predicted labels (BatchNorm running statistics)."""
+        self.head.eval()
+        dev = next(self.head.parameters()).device
+        pred: Tensor = self.head(features.to(dev).float()).argmax(1).cpu()
+        return pred

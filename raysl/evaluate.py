@@ -1,0 +1,172 @@
+"""``raysl evaluate``: the evaluation suite on any encoder raysl trained, wherever it lives.
+
+MODEL is a checkpoint directory, an MLflow run or a registry URI (``models:/name/3``,
+``models:/name@champion``). Results go to a new MLflow run (metrics, table, figures) and, for a
+registered model, onto the model version as tags, so registry consumers see them.
+``pipelines/evaluate.py`` runs the same code under ``ray job submit``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from raysl.config import Config, ConfigError, SourceConfig, merge_override, parse_override
+from raysl.data.readers import resolve_format
+from raysl.eval.models import LoadedModel, load_model
+from raysl.eval.suite import RANDOM_INIT, TRAINED, EvalReport, evaluate_encoders, load_labeled_split
+from raysl.methods.base import build_method
+from raysl.tracking.mlflow import (
+    ensure_experiment,
+    log_blobs,
+    log_params_once,
+    resolve_tracking_uri,
+    ui_command,
+)
+from raysl.train.trainer import connect
+
+EVAL_RUN_TAG = "raysl.evaluated_model"
+
+
+@dataclass
+class EvaluateResult:
+    """What ``raysl evaluate`` measured and where it logged it."""
+
+    model: str
+    report: EvalReport
+    mlflow_run_id: str
+    tracking_uri: str
+    model_version_tagged: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The table printed at the end."""
+        lines = ["", "=" * 30 + " raysl evaluate " + "=" * 30, f"model   {self.model}",
+                 f"data    {self.report.split}", "", self.report.table(), ""]
+        lines += [f"note    {n}" for n in self.report.notes]
+        lines += [f"MLflow  run {self.mlflow_run_id}; figures under eval/",
+                  f"open    {ui_command(self.tracking_uri)}"]
+        if self.model_version_tagged:
+            lines.append(f"tagged  {self.model_version_tagged} with eval.* results")
+        lines += [f"warning {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def evaluation_config(model_config: Config, data: str | None, protocols: str | None,
+                      overrides: list[str]) -> Config:
+    """The model's pretraining config with the evaluation settings the user gave on top.
+
+    Args:
+        model_config: the config the model was pretrained with (architecture, size, eval split).
+        data: ``--data``: a labeled dataset path (IDX directory: train split as the bank and t10k
+            as queries; otherwise ``eval.holdout`` of it is held out), or ``generated``.
+        protocols: ``--protocol``, e.g. ``knn,linear``.
+        overrides: ``--set eval.*=...`` / ``tracking.*=...``.
+
+    Raises:
+        ConfigError: for settings of other sections (they describe the model, not its test).
+    """
+    raw: dict[str, Any] = model_config.to_dict()
+    items = []
+    if data == "generated":
+        items += ["eval.bank.format=generated", "eval.bank.limit=2000", "eval.query.path=''"]
+    elif data:
+        items += [f"eval.bank.path={data}", "eval.bank.format=auto", "eval.bank.split=train",
+                  "eval.query.format=auto"]
+        fmt = resolve_format(SourceConfig(path=data), "--data")
+        items += ([f"eval.query.path={data}", "eval.query.split=t10k", "eval.query.limit=0"]
+                  if fmt == "idx" else ["eval.query.path=''"])
+    if protocols:
+        items.append(f"eval.protocols={protocols}")
+    for item in overrides:
+        if not item.startswith(("eval.", "tracking.")):
+            raise ConfigError("--set", item, "raysl evaluate takes eval.* and tracking.* settings; "
+                              "the model's own settings come from its pretraining run")
+    for item in [*items, *overrides]:
+        keys, value = parse_override(item)
+        merge_override(raw, keys, value)
+    raw.setdefault("eval", {})["enabled"] = True
+    return Config.from_dict(raw)
+
+
+def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
+             overrides: list[str] | None = None,
+             log: Callable[[str], None] = print) -> EvaluateResult:
+    """Evaluate MODEL ``spec``; see :class:`EvaluateResult`.
+
+    Raises:
+        ModelNotFoundError: ``spec`` names nothing loadable.
+        ConfigError, DataError: bad settings or data, before any work starts.
+    """
+    pre = Config.from_dict({"tracking": _tracking_overrides(overrides or [])})
+    uri = resolve_tracking_uri(pre.tracking)
+    loaded = load_model(spec, uri)
+    cfg = evaluation_config(loaded.config, data, protocols, overrides or [])
+    resolve_format(cfg.eval.bank, "eval.bank")
+    if cfg.eval.query.is_set:
+        resolve_format(cfg.eval.query, "eval.query")
+    connect(cfg.train.address)
+    log(f"[raysl] evaluating {loaded.description}: {', '.join(cfg.eval.protocols)}")
+    torch.set_num_threads(os.cpu_count() or 1)
+    split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
+                               cfg.train.seed)
+    encoders = {TRAINED: loaded.encoder}
+    if cfg.eval.baselines:
+        torch.manual_seed(cfg.train.seed)  # the run's own initial weights
+        encoders[RANDOM_INIT] = build_method(cfg).encoder
+    report = evaluate_encoders(encoders, split, cfg.eval, cfg.data.image_size, cfg.train.seed,
+                               log)
+    run_id = _log_run(cfg, loaded, spec, report, uri)
+    result = EvaluateResult(loaded.description, report, run_id, uri)
+    if loaded.registered_name:
+        tag_model_version(MlflowClient(uri), loaded.registered_name, loaded.registered_version,
+                          report, run_id)
+        result.model_version_tagged = (f"models:/{loaded.registered_name}/"
+                                       f"{loaded.registered_version}")
+    return result
+
+
+def _tracking_overrides(overrides: list[str]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for item in overrides:
+        if item.startswith("tracking."):
+            keys, value = parse_override(item)
+            merge_override(raw, keys, value)
+    tracking: dict[str, Any] = raw.get("tracking", {})
+    return tracking
+
+
+def _log_run(cfg: Config, loaded: LoadedModel, spec: str, report: EvalReport, uri: str) -> str:
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+    tags = {EVAL_RUN_TAG: spec, "raysl.kind": "evaluation", "raysl.method": cfg.method.name}
+    if loaded.run_id:
+        tags["raysl.pretraining_run"] = loaded.run_id
+    run = client.create_run(experiment_id, run_name=f"eval-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags=tags)
+    run_id: str = run.info.run_id
+    params = {k: v for k, v in cfg.flat().items() if k.startswith("eval.")}
+    log_params_once(client, run_id, {"model": spec, **params})
+    for key, value in report.metrics().items():
+        client.log_metric(run_id, key, value)
+    log_blobs(client, run_id, {**report.figures, **report.texts,
+                               "eval/results.json": report.to_json(),
+                               "eval/results.txt": report.table() + "\n"})
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def tag_model_version(client: MlflowClient, name: str, version: str, report: EvalReport,
+                      run_id: str) -> None:
+    """Put the results on the model version (``eval.knn_top1=0.7632`` ...), for consumers."""
+    for key, value in report.metrics().items():
+        client.set_model_version_tag(name, version, key.replace("eval/", "eval."),
+                                     f"{value:.4f}")
+    client.set_model_version_tag(name, version, "eval.run_id", run_id)
+    client.set_model_version_tag(name, version, "eval.data", report.split[:5000])

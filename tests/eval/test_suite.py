@@ -1,0 +1,85 @@
+"""The suite on Ray: feature extraction actors, every protocol, baselines and figures."""
+
+import numpy as np
+import pytest
+import torch
+
+from raysl import config as C
+from raysl.config import ModelConfig
+from raysl.data import generated
+from raysl.eval.extract import extract_features
+from raysl.eval.features import encoder_features
+from raysl.eval.models import ModelNotFoundError, load_model
+from raysl.eval.suite import PIXELS, RANDOM_INIT, TRAINED, LabeledSplit, evaluate_encoders
+from raysl.nn.backbones import build_encoder
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def _split() -> LabeledSplit:
+    x, y = generated.shapes(n=400, size=32, seed=0)
+    x = x[..., None] if x.ndim == 3 else x
+    return LabeledSplit(x[:320], y[:320], x[320:], y[320:], int(y.max()) + 1, "shapes",
+                        list(generated.CLASSES))
+
+
+def _encoder(seed: int):
+    torch.manual_seed(seed)
+    return build_encoder(ModelConfig(width=8, small_stem=True), 1, 32)
+
+
+def test_ray_data_features_match_in_process_features_in_order():
+    split = _split()
+    encoder = _encoder(0)
+    ray_feats = extract_features(encoder, split.bank_images, 32, batch_size=50, actors=2)
+    local = encoder_features(encoder, split.bank_images, 32)
+    torch.testing.assert_close(ray_feats, local, rtol=1e-4, atol=1e-5)
+
+
+def test_every_protocol_with_baselines_and_figures():
+    split = _split()
+    cfg = C.load(None, ["eval.protocols=knn,linear,finetune", "eval.knn_k=20",
+                        "eval.linear_lrs=[0.1]", "eval.linear_epochs=[5]",
+                        "eval.finetune_fractions=[0.1]", "eval.finetune_epochs=1",
+                        "eval.finetune_min_steps=4", "eval.finetune_batch_size=16",
+                        "eval.plot_points=50"]).eval
+    report = evaluate_encoders({TRAINED: _encoder(0), RANDOM_INIT: _encoder(1)}, split, cfg, 32,
+                               log=lambda _: None)
+    assert set(report.results) == {TRAINED, RANDOM_INIT, PIXELS}
+    assert set(report.results[TRAINED]) == {"knn_top1", "linear_top1", "linear_top5",
+                                            "finetune_10pct_top1", "finetune_10pct_top5"}
+    assert set(report.results[PIXELS]) == {"knn_top1", "linear_top1", "linear_top5"}
+    metrics = report.metrics()
+    assert {"eval/knn_top1", "eval/knn_top1_raw_pixels", "eval/linear_top1_random_init",
+            "eval/finetune_10pct_top1", "eval/finetune_10pct_top1_random_init"} <= set(metrics)
+    assert all(0 <= v <= 1 for v in metrics.values())
+    # Raw pixels separate the generated shapes far above chance (1/8): the baseline is real.
+    assert report.results[PIXELS]["knn_top1"] > 0.3
+    assert set(report.figures) == {"eval/embedding.png", "eval/confusion_matrix.png"}
+    assert all(png[:4] == b"\x89PNG" for png in report.figures.values())
+    assert "| disk |" in report.texts["eval/per_class_accuracy.md"]
+    table = report.table()
+    assert "finetune_10pct_top1" in table and "raw pixels" in table
+
+
+def test_unknown_models_get_a_clear_error(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for spec, message in [("models:/nope/1", "not in the registry"),
+                          ("runs:/0123456789abcdef0123456789abcdef", "not found"),
+                          (str(tmp_path), "no encoder.pt"),
+                          ("what", "not a checkpoint directory")]:
+        with pytest.raises(ModelNotFoundError, match=message):
+            load_model(spec, uri)
+
+
+def test_evaluate_only_takes_eval_and_tracking_settings():
+    from raysl.evaluate import evaluation_config
+
+    cfg = evaluation_config(C.Config(), "generated", "knn", ["eval.knn_k=7"])
+    assert cfg.eval.protocols == ("knn",) and cfg.eval.knn_k == 7
+    assert cfg.eval.bank.format == "generated" and not cfg.eval.query.is_set
+    with pytest.raises(C.ConfigError, match=r"eval\.\* and tracking"):
+        evaluation_config(C.Config(), None, None, ["data.image_size=64"])
+    with pytest.raises(C.ConfigError, match="protocols"):
+        evaluation_config(C.Config(), None, "knn,probe", [])
+    assert np.isfinite(cfg.eval.knn_temperature)
