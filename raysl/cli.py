@@ -110,10 +110,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from raysl.eval.models import ModelNotFoundError
         from raysl.evaluate import evaluate
+        from raysl.train.checkpoint import CheckpointError
 
         try:
             print(evaluate(args.model, args.data, args.protocol, args.set).summary())
-        except ModelNotFoundError as e:
+        except (ModelNotFoundError, CheckpointError) as e:
             print(f"raysl: error: {e}", file=sys.stderr)
             return 2
         return 0

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysl.config import Config, ConfigError, SourceConfig, merge_override, parse_override
+from raysl.config import (
+    PROTOCOLS,
+    Config,
+    ConfigError,
+    SourceConfig,
+    merge_override,
+    parse_override,
+)
 from raysl.data.readers import resolve_format
 from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import RANDOM_INIT, TRAINED, EvalReport, evaluate_encoders, load_labeled_split
@@ -73,26 +80,30 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
         ConfigError: for settings of other sections (they describe the model, not its test).
     """
     raw: dict[str, Any] = model_config.to_dict()
-    items = []
+    ev = raw.setdefault("eval", {})
+    ev["enabled"] = True
     if data == "generated":
-        items += ["eval.bank.format=generated", "eval.bank.limit=2000", "eval.query.path=''"]
-    elif data:
-        items += [f"eval.bank.path={data}", "eval.bank.format=auto", "eval.bank.split=train",
-                  "eval.query.format=auto"]
+        ev["bank"] = {**ev.get("bank", {}), "format": "generated", "limit": 2000}
+        ev["query"] = {"format": "auto", "path": ""}
+    elif data:  # set directly, not through --set parsing: a path is never read as YAML
+        ev["bank"] = {**ev.get("bank", {}), "path": data, "format": "auto", "split": "train"}
         fmt = resolve_format(SourceConfig(path=data), "--data")
-        items += ([f"eval.query.path={data}", "eval.query.split=t10k", "eval.query.limit=0"]
-                  if fmt == "idx" else ["eval.query.path=''"])
-    if protocols:
-        items.append(f"eval.protocols={protocols}")
+        ev["query"] = ({"path": data, "format": "auto", "split": "t10k", "limit": 0}
+                       if fmt == "idx" else {"path": "", "format": "auto"})
+    if protocols is not None:
+        ev["protocols"] = protocols
     for item in overrides:
-        if not item.startswith(("eval.", "tracking.")):
-            raise ConfigError("--set", item, "raysl evaluate takes eval.* and tracking.* settings; "
-                              "the model's own settings come from its pretraining run")
-    for item in [*items, *overrides]:
+        if not item.startswith(("eval.", "tracking.", "train.address=")):
+            raise ConfigError("--set", item, "raysl evaluate takes eval.*, tracking.* and "
+                              "train.address; the model's own settings come from its "
+                              "pretraining run")
         keys, value = parse_override(item)
         merge_override(raw, keys, value)
-    raw.setdefault("eval", {})["enabled"] = True
-    return Config.from_dict(raw)
+    cfg = Config.from_dict(raw)
+    if not cfg.eval.protocols:
+        raise ConfigError("eval.protocols", cfg.eval.protocols,
+                          f"at least one of {list(PROTOCOLS)} to evaluate")
+    return cfg
 
 
 def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
@@ -111,7 +122,9 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     resolve_format(cfg.eval.bank, "eval.bank")
     if cfg.eval.query.is_set:
         resolve_format(cfg.eval.query, "eval.query")
-    connect(cfg.train.address)
+    # Not the pretraining run's cluster: the one this job runs on (RAY_ADDRESS), else a local
+    # one, unless --set train.address=... says otherwise.
+    connect(_address_override(overrides or []))
     log(f"[raysl] evaluating {loaded.description}: {', '.join(cfg.eval.protocols)}")
     torch.set_num_threads(os.cpu_count() or 1)
     split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
@@ -130,6 +143,13 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
         result.model_version_tagged = (f"models:/{loaded.registered_name}/"
                                        f"{loaded.registered_version}")
     return result
+
+
+def _address_override(overrides: list[str]) -> str:
+    for item in overrides:
+        if item.startswith("train.address="):
+            return str(parse_override(item)[1] or "")
+    return ""
 
 
 def _tracking_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
 from raysl.data.readers import ImageSource, read_source, resolve_format
-from raysl.eval.models import WEIGHTS_ARTIFACT
+from raysl.eval.models import WEIGHTS_TAG, weights_artifact_dir
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
@@ -41,7 +41,7 @@ from raysl.tracking.mlflow import (
     ui_command,
 )
 from raysl.tracking.registry import RegisteredEncoder, log_and_register
-from raysl.train.checkpoint import ENCODER_FILE, load_strict
+from raysl.train.checkpoint import ENCODER_FILE, load_strict, read_state
 from raysl.train.loop import LoopSettings
 from raysl.train.trainer import (
     ResourcePlan,
@@ -73,6 +73,7 @@ class PretrainResult:
     knn_temperature: float = 0.0
     report: EvalReport | None = None  # every protocol run after training
     online: dict[str, float] = field(default_factory=dict)  # final / best online kNN and epoch
+    weights_artifact: str = ""  # artifact directory of the encoder's weights in the MLflow run
     model: RegisteredEncoder | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -148,15 +149,17 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
     log(f"[raysl] resources: {plan.describe(cfg)}")
     try:
         source = _read_training_data(cfg, client, run_id, result)
-        split = _labeled_split(cfg) if cfg.eval.enabled or cfg.eval.online_knn_every else None
+        split = _labeled_split(cfg) if cfg.eval.enabled or cfg.eval.online else None
         checkpoint = _train(cfg, source, split, plan, run_name, storage, uri, run_id, result,
                             log)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
             load_strict(encoder, Path(d) / ENCODER_FILE)
-            # The weights beside config.yaml: `raysl evaluate` rebuilds the encoder from both.
-            client.log_artifact(run_id, str(Path(d) / ENCODER_FILE),
-                                str(Path(WEIGHTS_ARTIFACT).parent))
+            # Weights and config side by side, per training: `raysl evaluate` rebuilds the
+            # encoder from both, and a resumed run's new version does not replace the old one's.
+            result.weights_artifact = weights_artifact_dir(read_state(d)["epoch"] + 1)
+            client.log_artifact(run_id, str(Path(d) / ENCODER_FILE), result.weights_artifact)
+            client.log_text(run_id, cfg.to_yaml(), f"{result.weights_artifact}/config.yaml")
         if cfg.eval.online_knn_every:
             result.online = _online_summary(client, run_id)
         if cfg.eval.enabled and split is not None:
@@ -200,12 +203,17 @@ def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: R
     if cfg.eval.online_probe and not source.labeled:
         raise ConfigError("eval.online_probe", True,
                           f"needs labeled training data; {source.description} has no labels")
+    if cfg.eval.online_probe and split is not None and split.class_names != source.class_names:
+        raise ConfigError("eval.online_probe", True,
+                          f"needs the training data's classes {source.class_names[:10]} to be "
+                          f"eval.bank's {split.class_names[:10]}: the probe learns the first and "
+                          "is scored on the second")
     dataset = view_stream(source, cfg.data, plan.augment_actors)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name,
                             len(source.class_names))
     log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
-    split_ref = ray.put(split) if split is not None and cfg.eval.online_knn_every else None
+    split_ref = ray.put(split) if split is not None and cfg.eval.online else None
     trainer = build_trainer(cfg, dataset, plan, settings, storage, split_ref)
     fit = trainer.fit()
     if fit.checkpoint is None:
@@ -245,7 +253,7 @@ def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: Mlflow
                                log)
     result.report = report
     result.knn = {m: r["knn_top1"] for m, r in report.results.items() if "knn_top1" in r}
-    result.eval_data, result.knn_k = split.description, cfg.eval.knn_k
+    result.eval_data, result.knn_k = split.description, cfg.eval.knn_k_for(len(split.bank_labels))
     result.knn_temperature = cfg.eval.knn_temperature
     Tracker(result.tracking_uri, run_id, active=True).log_metrics(report.metrics(),
                                                                   step=cfg.train.epochs)
@@ -262,6 +270,9 @@ def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
            f"T={result.knn_temperature:g}; random init {100 * result.knn[RANDOM_INIT]:.2f}%, raw "
            f"pixels {100 * result.knn[PIXELS]:.2f}%) on {result.eval_data}. "
            if TRAINED in result.knn and RANDOM_INIT in result.knn else "")
+    lin = (result.report.results.get(TRAINED, {}) if result.report else {}).get("linear_top1")
+    if lin is not None:
+        knn += f"Linear probe top-1 {100 * lin:.2f}%. "
     description = (
         f"{cfg.method.name} {cfg.model.backbone} (width {cfg.model.effective_width}) pretrained "
         f"{cfg.train.epochs} epochs on {result.data}. {knn}"
@@ -272,6 +283,5 @@ def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
     if result.report is not None:
         tags.update({k.replace("eval/", "eval."): f"{v:.4f}"
                      for k, v in result.report.metrics().items()})
-    if lin := (result.report.results.get(TRAINED, {}) if result.report else {}).get("linear_top1"):
-        knn += f"Linear probe top-1 {100 * lin:.2f}%. "
+    tags[WEIGHTS_TAG] = result.weights_artifact
     return log_and_register(encoder, run_id, uri, name, description, tags)

@@ -27,6 +27,16 @@ def ray_session() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without MLFLOW_TRACKING_URI, and whatever it sets is undone after it.
+
+    ``mlflow.set_tracking_uri`` also writes the environment variable, so one test's store would
+    otherwise become the next test's default.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture
 def fmnist_dir() -> Path:
     """The Debian Fashion-MNIST files; tests that need them skip with a clear reason otherwise."""

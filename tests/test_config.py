@@ -94,3 +94,21 @@ def test_exponent_without_dot_is_a_float():
     assert C.load(None, ["optim.weight_decay=1e-6"]).optim.weight_decay == 1e-6
     with pytest.raises(ConfigError, match="must be of type float, got str"):
         C.load(None, ["optim.weight_decay=lots"])
+
+
+def test_eval_lists_and_knn_auto_k():
+    cfg = C.load(None, ["eval.protocols=knn,finetune", "eval.linear_lrs=[0.1, 1e-2]",
+                        "eval.linear_epochs=50"])
+    assert cfg.eval.protocols == ("knn", "finetune")
+    assert cfg.eval.linear_lrs == (0.1, 0.01) and cfg.eval.linear_epochs == (50,)
+    assert cfg.eval.knn_k_for(10_000) == 200 and cfg.eval.knn_k_for(1_281_167) == 20
+    assert C.load(None, ["eval.knn_k=7"]).eval.knn_k_for(10**6) == 7
+    for bad, field in [("eval.protocols=knn,probe", "eval.protocols[1]"),
+                       ("eval.protocols=knn,knn", "eval.protocols"),
+                       ("eval.finetune_fractions=[0]", "eval.finetune_fractions"),
+                       ("eval.linear_lrs=[]", "eval.linear_lrs"),
+                       ("eval.finetune_batch_size=1", "eval.finetune_batch_size"),
+                       ("eval.finetune_epochs=[60, 30, 10]", "eval.finetune_epochs")]:
+        with pytest.raises(C.ConfigError) as e:
+            C.load(None, [bad])
+        assert e.value.field == field, bad

@@ -87,7 +87,7 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert {"eval/embedding.png", "eval/confusion_matrix.png", "eval/per_class_accuracy.md",
             "eval/results.json"} <= eval_files
     assert [a.path for a in client.list_artifacts(result.mlflow_run_id, "checkpoint")] == [
-        "checkpoint/encoder.pt"]
+        "checkpoint/epoch_0003"]
     # Online kNN every epoch; the summary gives the final AND the best epoch.
     online = client.get_metric_history(result.mlflow_run_id, "eval/online_knn_top1")
     assert sorted(m.step for m in online) == [1, 2, 3]
@@ -115,20 +115,6 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(2, 64)")
 
-    # `raysl evaluate` with nothing but the registry URI, in a fresh process (its own Ray): the
-    # same split and weights give the same kNN as after training, and the version gets tags.
-    out = subprocess.run([sys.executable, "-m", "raysl.cli", "evaluate", "models:/e2e-encoder/1",
-                          "--protocol", "knn"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri},
-                         cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "knn_top1" in out.stdout and "raw pixels" in out.stdout
-    tags = client.get_model_version("e2e-encoder", "1").tags
-    assert float(tags["eval.knn_top1"]) == pytest.approx(result.knn[TRAINED], abs=1e-4)
-    eval_run = client.get_run(tags["eval.run_id"])
-    assert eval_run.data.tags["raysl.pretraining_run"] == result.mlflow_run_id
-    assert eval_run.data.metrics["eval/knn_top1"] == pytest.approx(result.knn[TRAINED], abs=1e-6)
-
     # Same run name again with more epochs: resumes from the checkpoint, same MLflow run.
     again = pretrain(_config(tmp_path, epochs=4, run_name="e2e-run"))
     assert again.resumed and again.mlflow_run_id == result.mlflow_run_id
@@ -137,6 +123,22 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert json.loads((Path(again.checkpoint_path) / "state.json").read_text())["epoch"] == 3
     assert again.model is not None and again.model.version == "2"
     assert np.isfinite(again.final_loss)
+
+    # `raysl evaluate` with nothing but the registry URI, in a fresh process (its own Ray).
+    # Version 1 keeps its own weights after the resume registered version 2 from the same run:
+    # the same split and weights give exactly the kNN measured after the first training.
+    out = subprocess.run([sys.executable, "-m", "raysl.cli", "evaluate", "models:/e2e-encoder/1",
+                          "--protocol", "knn"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri},
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "knn_top1" in out.stdout and "raw pixels" in out.stdout
+    assert "checkpoint/epoch_0003" in out.stdout
+    tags = client.get_model_version("e2e-encoder", "1").tags
+    eval_run = client.get_run(tags["eval.run_id"])  # set by `raysl evaluate` only
+    assert eval_run.data.tags["raysl.pretraining_run"] == result.mlflow_run_id
+    assert eval_run.data.metrics["eval/knn_top1"] == pytest.approx(result.knn[TRAINED], abs=1e-6)
+    assert float(tags["eval.knn_top1"]) == pytest.approx(result.knn[TRAINED], abs=1e-4)
 
 
 

@@ -7,6 +7,7 @@ the features come back in input order whatever order the actors finish in.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,7 @@ def extract_features(encoder: nn.Module, images: np.ndarray, image_size: int,
         actors: size of the actor pool; 0 = :func:`default_actors`.
     """
     n_actors, gpus, cpus = default_actors(actors)
-    encoder = encoder.cpu().eval()
+    encoder = copy.deepcopy(encoder).cpu()  # the caller's module keeps its device and mode
     kwargs: dict[str, Any] = {"num_gpus": gpus} if gpus else {}
     ds = _dataset(images, n_actors).map_batches(
         FeatureActor, fn_constructor_kwargs={"encoder": {"ref": ray.put(encoder)},
@@ -87,10 +88,13 @@ def extract_features(encoder: nn.Module, images: np.ndarray, image_size: int,
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=cpus, **kwargs)
     out: np.ndarray | None = None
+    filled = np.zeros(len(images), bool)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         if out is None:
             out = np.empty((len(images), batch["features"].shape[1]), np.float32)
         out[batch["index"]] = batch["features"]
-    if out is None:
-        raise ValueError("no images to extract features from")
+        filled[batch["index"]] = True
+    if out is None or not filled.all():
+        raise RuntimeError(f"feature extraction returned {int(filled.sum())} of {len(images)} "
+                           "rows")
     return torch.from_numpy(out)

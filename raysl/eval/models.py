@@ -20,8 +20,11 @@ from raysl.config import Config
 from raysl.nn.backbones import Encoder, build_encoder
 from raysl.train.checkpoint import ENCODER_FILE, CheckpointError, load_strict, read_state
 
-WEIGHTS_ARTIFACT = "checkpoint/encoder.pt"  # where pretraining logs the encoder's weights
-CONFIG_ARTIFACT = "config.yaml"
+# Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
+# directory per finished training (a resumed run adds one), and tags the registered version with
+# its directory, so every version keeps its own weights.
+CHECKPOINT_ARTIFACTS = "checkpoint"
+WEIGHTS_TAG = "raysl.weights"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -87,25 +90,41 @@ def _from_checkpoint(path: Path) -> LoadedModel:
     return LoadedModel(encoder, cfg, f"checkpoint {path}", run_id=state.get("mlflow_run_id", ""))
 
 
-def _from_run(run_id: str, client: MlflowClient, description: str) -> LoadedModel:
+def weights_artifact_dir(epoch: int) -> str:
+    """Artifact directory of the weights after ``epoch`` epochs: ``checkpoint/epoch_0004``."""
+    return f"{CHECKPOINT_ARTIFACTS}/epoch_{epoch:04d}"
+
+
+def _from_run(run_id: str, client: MlflowClient, description: str, weights_dir: str = ""
+              ) -> LoadedModel:
+    """The encoder in ``weights_dir`` of the run, or in its latest ``checkpoint/epoch_*``."""
     try:
         client.get_run(run_id)
     except MlflowException:
         raise ModelNotFoundError(f"MLflow run {run_id!r} not found at {client.tracking_uri}"
                                  ) from None
+    if not weights_dir:
+        dirs = sorted(a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)
+                      if a.is_dir)
+        if not dirs:
+            raise ModelNotFoundError(
+                f"MLflow run {run_id} has no {CHECKPOINT_ARTIFACTS}/epoch_*/ weights: it is not a "
+                "raysl pretraining run, or one logged before raysl logged weights (evaluate its "
+                "checkpoint directory instead)")
+        weights_dir = dirs[-1]
     with tempfile.TemporaryDirectory() as d:
         try:
-            cfg_path = client.download_artifacts(run_id, CONFIG_ARTIFACT, d)
-            weights = client.download_artifacts(run_id, WEIGHTS_ARTIFACT, d)
+            cfg_path = client.download_artifacts(run_id, f"{weights_dir}/config.yaml", d)
+            weights = client.download_artifacts(run_id, f"{weights_dir}/{ENCODER_FILE}", d)
         except (MlflowException, OSError):
-            raise ModelNotFoundError(
-                f"MLflow run {run_id} has no {CONFIG_ARTIFACT} and {WEIGHTS_ARTIFACT} artifacts; "
-                "was it a raysl pretraining run?") from None
+            raise ModelNotFoundError(f"MLflow run {run_id}: no config.yaml and {ENCODER_FILE} "
+                                     f"in {weights_dir}/") from None
         with open(cfg_path) as f:
-            cfg = Config.from_dict(yaml.safe_load(f), source=f"run {run_id}/{CONFIG_ARTIFACT}")
+            cfg = Config.from_dict(yaml.safe_load(f), source=f"run {run_id}/{weights_dir}")
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         load_strict(encoder, weights)
-    return LoadedModel(encoder, cfg, f"{description} (run {run_id})", run_id=run_id)
+    return LoadedModel(encoder, cfg, f"{description} (run {run_id}, {weights_dir})",
+                       run_id=run_id)
 
 
 def _from_registry(uri: str, client: MlflowClient) -> LoadedModel:
@@ -127,6 +146,7 @@ def _from_registry(uri: str, client: MlflowClient) -> LoadedModel:
                                  f"({str(e).splitlines()[0]})") from None
     if not mv.run_id:
         raise ModelNotFoundError(f"MODEL={uri!r}: version {mv.version} has no source run")
-    loaded = _from_run(mv.run_id, client, f"models:/{mv.name}/{mv.version}")
+    loaded = _from_run(mv.run_id, client, f"models:/{mv.name}/{mv.version}",
+                       mv.tags.get(WEIGHTS_TAG, ""))
     loaded.registered_name, loaded.registered_version = mv.name, str(mv.version)
     return loaded

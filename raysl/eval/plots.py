@@ -12,6 +12,8 @@ import numpy as np
 
 from raysl.eval.splits import label_subset
 
+MAX_CONFUSION_CLASSES = 50  # a larger confusion matrix is not readable as a figure
+
 
 def project_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """(N, D) -> ((N, 2), method name): t-SNE (scikit-learn) on the top 50 PCA components.

@@ -64,6 +64,8 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
         query_x, query_y = to_numpy(query_src)
         if query_y is None:
             raise DataError(f"eval.query.path={cfg.query.path!r}: has no labels")
+        query_y = _bank_indices(query_y, query_src.class_names, bank_src.class_names,
+                                cfg.query.path)
         desc = f"bank: {bank_src.description}; queries: {query_src.description}"
     else:
         keep, held = stratified_holdout(bank_y, cfg.holdout, seed)
@@ -72,6 +74,20 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
     num_classes = int(max(bank_y.max(), query_y.max())) + 1
     return LabeledSplit(bank_x, bank_y, query_x, query_y, num_classes, desc,
                         list(bank_src.class_names))
+
+
+def _bank_indices(labels: np.ndarray, names: list[str], bank_names: list[str], path: str
+                  ) -> np.ndarray:
+    """Query labels as indices of the bank's classes, matched by name (folders may differ)."""
+    if names == bank_names:
+        return labels
+    index = {n: i for i, n in enumerate(bank_names)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise DataError(f"eval.query.path={path!r}: classes {unknown[:5]} are not classes of "
+                        f"eval.bank ({bank_names[:10]}...)")
+    remapped: np.ndarray = np.array([index[n] for n in names], np.int64)[labels]
+    return remapped
 
 
 @dataclass
@@ -155,7 +171,8 @@ def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: Ev
     predictions: dict[str, Tensor] = {}
     for name, (bank, queries) in frozen_models.items():
         if "knn" in cfg.protocols:
-            pred = knn_predict(bank, bank_y, queries, split.num_classes, cfg.knn_k,
+            pred = knn_predict(bank, bank_y, queries, split.num_classes,
+                               cfg.knn_k_for(len(bank_y)),
                                cfg.knn_temperature)
             report.add(name, "knn_top1", float((pred == query_y).float().mean()))
             predictions.setdefault(name, pred)
@@ -181,18 +198,20 @@ def _finetune_all(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalCo
                   image_size: int, seed: int, report: EvalReport,
                   log: Callable[[str], None]) -> None:
     """Fine-tune each encoder on each label fraction, as Ray tasks (a GPU each if any)."""
-    settings = FinetuneSettings(cfg.finetune_epochs, cfg.finetune_min_steps, cfg.finetune_lr,
-                                cfg.finetune_batch_size, cfg.finetune_weight_decay, seed)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0  # type: ignore[no-untyped-call]
     task = ray.remote(num_cpus=1, num_gpus=gpus)(_finetune_task)
     query_x = ray.put(split.query_images)
     query_y = ray.put(split.query_labels)
     pending = {}
-    for fraction in cfg.finetune_fractions:
+    for i, fraction in enumerate(cfg.finetune_fractions):
+        settings = FinetuneSettings(cfg.finetune_epochs_for(i), cfg.finetune_min_steps,
+                                    cfg.finetune_lr, cfg.finetune_batch_size,
+                                    cfg.finetune_weight_decay, seed)
         idx = label_subset(split.bank_labels, fraction, seed)
         train_x = ray.put(split.bank_images[idx])
         train_y = ray.put(split.bank_labels[idx])
-        log(f"[raysl] fine-tuning on {fraction:.0%} of the labels ({len(idx)} images)")
+        log(f"[raysl] fine-tuning on {fraction:.0%} of the labels ({len(idx)} images, "
+            f"{settings.epochs} epochs)")
         for name, encoder in encoders.items():
             pending[(name, fraction)] = task.remote(
                 copy.deepcopy(encoder).cpu(), image_size, train_x, train_y, query_x, query_y,
@@ -226,8 +245,9 @@ def _figures(query_features: Tensor, predictions: Tensor | None, split: LabeledS
         matrix = plots.confusion_matrix(split.query_labels, predictions.numpy(),
                                         split.num_classes)
         how = "linear probe" if "linear" in cfg.protocols else "kNN"
-        report.figures["eval/confusion_matrix.png"] = plots.confusion_png(
-            matrix, names, f"trained encoder, {how}")
+        if split.num_classes <= plots.MAX_CONFUSION_CLASSES:  # beyond, only the table is legible
+            report.figures["eval/confusion_matrix.png"] = plots.confusion_png(
+                matrix, names, f"trained encoder, {how}")
         report.texts["eval/per_class_accuracy.md"] = (
             f"Per-class accuracy of the trained encoder ({how}) on {split.description}\n\n"
             + plots.per_class_table(matrix, names))

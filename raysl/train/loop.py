@@ -145,11 +145,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["train/weight_decay"] = cfg.optim.weight_decay_at(progress.fraction)
         if cfg.optim.clip_grad > 0:
             metrics["train/grad_norm"] = result.grad_norm
-        every = cfg.eval.online_knn_every
-        if rank == 0 and split_ref is not None and every and (
-                (epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
+        every, last = cfg.eval.online_knn_every, epoch + 1 == cfg.train.epochs
+        knn_due = bool(every) and ((epoch + 1) % every == 0 or last)
+        if rank == 0 and split_ref is not None and (knn_due or (probe is not None and last)):
             split = split or ray.get(split_ref)
-            metrics.update(online_metrics(method, split, cfg, probe, device))
+            metrics.update(online_metrics(method, split, cfg, probe, device, knn_due))
         done = epoch + 1 - start_epoch
         eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
         knn = (f"  online kNN {100 * metrics['eval/online_knn_top1']:.2f}%"
@@ -168,22 +168,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def online_metrics(method: SSLMethod, split: LabeledSplit, cfg: Config,
-                   probe: OnlineProbe | None, device: torch.device) -> dict[str, float]:
-    """``eval/online_knn_top1`` of the exported encoder on the held-out split.
+                   probe: OnlineProbe | None, device: torch.device, knn: bool = True
+                   ) -> dict[str, float]:
+    """``eval/online_knn_top1`` of the exported encoder on the held-out split (if ``knn``).
 
     With the online probe, also ``eval/online_probe_top1`` on the same queries (through the
     online encoder, whose features the probe was trained on).
     """
-    encoder = method.exported_encoder()
     size, bs = cfg.data.image_size, cfg.eval.batch_size
-    bank = encoder_features(encoder, split.bank_images, size, bs, device)
-    queries = encoder_features(encoder, split.query_images, size, bs, device)
     query_y = torch.from_numpy(split.query_labels)
-    out = {"eval/online_knn_top1": knn_top1(bank, torch.from_numpy(split.bank_labels), queries,
-                                            query_y, split.num_classes, cfg.eval.knn_k,
-                                            cfg.eval.knn_temperature)}
-    if probe is not None:
+    out = {}
+    queries = None
+    if knn:
+        encoder = method.exported_encoder()
+        bank = encoder_features(encoder, split.bank_images, size, bs, device)
+        queries = encoder_features(encoder, split.query_images, size, bs, device)
+        out["eval/online_knn_top1"] = knn_top1(
+            bank, torch.from_numpy(split.bank_labels), queries, query_y, split.num_classes,
+            cfg.eval.knn_k_for(len(split.bank_labels)), cfg.eval.knn_temperature)
         if encoder is not method.encoder:
+            queries = None  # the probe reads the online encoder's features
+    if probe is not None:
+        if queries is None:
             queries = encoder_features(method.encoder, split.query_images, size, bs, device)
         out["eval/online_probe_top1"] = float((probe.predict(queries) == query_y).float().mean())
     return out

@@ -22,6 +22,19 @@ def test_linear_probe_separates_linearly_separable_features():
     assert result.predictions.shape == (len(yt),)
 
 
+def test_the_setting_is_chosen_without_looking_at_the_test_labels():
+    x, y = _separable(seed=0)
+    x = x + 8.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))  # harder
+    xt, yt = _separable(seed=1)
+    grid = {"lrs": (1.0, 0.01), "epochs": (1, 30)}
+    honest = linear_probe(x, y, xt, yt, 4, **grid)
+    wrong = yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(0))]
+    blind = linear_probe(x, y, xt, wrong, 4, **grid)
+    assert (honest.lr, honest.epochs, honest.search) == (blind.lr, blind.epochs, blind.search)
+    assert torch.equal(honest.predictions, blind.predictions)
+    assert blind.top1 < honest.top1  # only the score, not the choice, saw the test labels
+
+
 def test_linear_probe_is_at_chance_on_shuffled_labels():
     x, y = _separable(n_per_class=200, seed=0)
     y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]

@@ -7,10 +7,19 @@ import torch
 from raysl import config as C
 from raysl.config import ModelConfig
 from raysl.data import generated
+from raysl.data.readers import DataError
+from raysl.eval import extract
 from raysl.eval.extract import extract_features
 from raysl.eval.features import encoder_features
 from raysl.eval.models import ModelNotFoundError, load_model
-from raysl.eval.suite import PIXELS, RANDOM_INIT, TRAINED, LabeledSplit, evaluate_encoders
+from raysl.eval.suite import (
+    PIXELS,
+    RANDOM_INIT,
+    TRAINED,
+    LabeledSplit,
+    _bank_indices,
+    evaluate_encoders,
+)
 from raysl.nn.backbones import build_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -28,12 +37,25 @@ def _encoder(seed: int):
     return build_encoder(ModelConfig(width=8, small_stem=True), 1, 32)
 
 
-def test_ray_data_features_match_in_process_features_in_order():
+def test_ray_data_features_match_in_process_features_in_order(monkeypatch):
     split = _split()
-    encoder = _encoder(0)
+    encoder = _encoder(0).train()
+    # Blocks come back in a shuffled order: only the index column can put rows back in place.
+    original = extract._dataset
+    monkeypatch.setattr(extract, "_dataset", lambda images, actors:
+                        original(images, actors).randomize_block_order(seed=7))
     ray_feats = extract_features(encoder, split.bank_images, 32, batch_size=50, actors=2)
+    assert encoder.training  # the caller's module is left as it was
     local = encoder_features(encoder, split.bank_images, 32)
     torch.testing.assert_close(ray_feats, local, rtol=1e-4, atol=1e-5)
+
+
+def test_query_folder_labels_follow_the_bank_class_names():
+    # The query set lacks class "b": its folder indices (a=0, c=1) are the bank's (a=0, c=2).
+    y = _bank_indices(np.array([0, 1, 1]), ["a", "c"], ["a", "b", "c"], "q")
+    assert y.tolist() == [0, 2, 2]
+    with pytest.raises(DataError, match=r"eval.query.path='q': classes \['z'\]"):
+        _bank_indices(np.array([0]), ["z"], ["a", "b"], "q")
 
 
 def test_every_protocol_with_baselines_and_figures():
@@ -78,8 +100,11 @@ def test_evaluate_only_takes_eval_and_tracking_settings():
     cfg = evaluation_config(C.Config(), "generated", "knn", ["eval.knn_k=7"])
     assert cfg.eval.protocols == ("knn",) and cfg.eval.knn_k == 7
     assert cfg.eval.bank.format == "generated" and not cfg.eval.query.is_set
-    with pytest.raises(C.ConfigError, match=r"eval\.\* and tracking"):
+    with pytest.raises(C.ConfigError, match=r"takes eval\.\*, tracking"):
         evaluation_config(C.Config(), None, None, ["data.image_size=64"])
+    with pytest.raises(C.ConfigError, match="at least one"):
+        evaluation_config(C.Config(), None, "", [])
+    assert evaluation_config(C.Config(), None, None, ["train.address=auto"]).train.address == "auto"
     with pytest.raises(C.ConfigError, match="protocols"):
         evaluation_config(C.Config(), None, "knn,probe", [])
     assert np.isfinite(cfg.eval.knn_temperature)
