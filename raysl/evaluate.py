@@ -92,11 +92,8 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
                        if fmt == "idx" else {"path": "", "format": "auto"})
     if protocols is not None:
         ev["protocols"] = protocols
+    check_overrides(overrides)
     for item in overrides:
-        if not item.startswith(("eval.", "tracking.", "train.address=")):
-            raise ConfigError("--set", item, "raysl evaluate takes eval.*, tracking.* and "
-                              "train.address; the model's own settings come from its "
-                              "pretraining run")
         keys, value = parse_override(item)
         merge_override(raw, keys, value)
     cfg = Config.from_dict(raw)
@@ -104,6 +101,15 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
         raise ConfigError("eval.protocols", cfg.eval.protocols,
                           f"at least one of {list(PROTOCOLS)} to evaluate")
     return cfg
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Raise ``ConfigError`` for ``--set`` items that do not belong to an evaluation."""
+    for item in overrides:
+        if not item.startswith(("eval.", "tracking.", "train.address=")):
+            raise ConfigError("--set", item, "raysl evaluate takes eval.*, tracking.* and "
+                              "train.address; the model's own settings come from its "
+                              "pretraining run")
 
 
 def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
@@ -115,6 +121,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
         ModelNotFoundError: ``spec`` names nothing loadable.
         ConfigError, DataError: bad settings or data, before any work starts.
     """
+    check_overrides(overrides or [])  # before any loading: a typo fails at once
     pre = Config.from_dict({"tracking": _tracking_overrides(overrides or [])})
     uri = resolve_tracking_uri(pre.tracking)
     loaded = load_model(spec, uri)

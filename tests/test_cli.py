@@ -77,3 +77,20 @@ def test_demo_falls_back_to_generated_data_when_fmnist_is_missing(tmp_path, monk
     out = capsys.readouterr().out
     assert "Fashion-MNIST is not installed" in out and "generated shapes" in out
     assert "same encoder, random init" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["models:/no-such-model/1"], "MODEL='models:/no-such-model/1': not in the registry"),
+    (["/no/such/checkpoint"], "not a checkpoint directory"),
+    (["models:/m/1", "--set", "model.width=8"], "takes eval.*, tracking.* and train.address"),
+])
+def test_evaluate_pipeline_user_errors_exit_2_with_one_clear_line(capsys, args, message,
+                                                                   monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    pipeline = PIPELINE.parent / "evaluate.py"
+    monkeypatch.setattr(sys, "argv", [str(pipeline), *args])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(pipeline), run_name="__main__")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
