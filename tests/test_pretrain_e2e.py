@@ -170,3 +170,25 @@ def test_multicrop_ema_method_with_grad_accumulation_end_to_end(tmp_path: Path, 
     assert student.keys() == teacher.keys()
     assert any(not torch.equal(student[k], teacher[k]) for k in student)
     assert result.model is not None and result.model.model_uri == "models:/e2e-dino/1"
+
+
+def test_online_probe_needs_labels_and_fails_before_training(tmp_path: Path, monkeypatch):
+    # A flat folder of images has no labels: the probe has nothing to learn, said before training.
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    images = tmp_path / "unlabeled"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(images / f"{i}.png")
+    cfg = C.load(DEMO_CONFIG, [
+        *_shared(tmp_path, 1, "e2e-probe"), f"data.source.path={images}",
+        "data.source.format=auto", "data.source.limit=0", "eval.bank.format=generated",
+        "eval.query.path=''", "eval.online_probe=true"])
+    with pytest.raises(C.ConfigError, match=r"eval.online_probe=True: needs labeled training"):
+        pretrain(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert not (tmp_path / "ray_results" / "e2e-probe").exists()  # no training started
