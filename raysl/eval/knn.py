@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
-                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
-    """Predicted labels of ``queries``.
+def knn_votes(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
+              k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
+    """Weighted class votes of ``queries``: the argmax is the prediction, the top 5 give top-5.
 
     Args:
         bank: (N, D) features of the labeled bank.
@@ -26,22 +26,28 @@ def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes:
         chunk: queries per similarity matrix, to bound memory at (chunk, N).
 
     Returns:
-        (M,) int64 predictions.
+        (M, num_classes) float votes.
     """
     if bank.shape[0] != bank_labels.shape[0]:
         raise ValueError(f"bank has {bank.shape[0]} rows but {bank_labels.shape[0]} labels")
     k = min(k, bank.shape[0])
     bank = F.normalize(bank.float(), dim=1)
     queries = F.normalize(queries.float(), dim=1)
-    preds = []
+    out = []
     for start in range(0, queries.shape[0], chunk):
         sim = queries[start:start + chunk] @ bank.T  # (m, N)
         top_sim, top_idx = sim.topk(k, dim=1)  # (m, k)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype)
         votes.scatter_add_(1, bank_labels[top_idx], weights)  # (m, C)
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
+        out.append(votes)
+    return torch.cat(out)
+
+
+def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
+                k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
+    """(M,) int64 predicted labels of ``queries``; arguments as :func:`knn_votes`."""
+    return knn_votes(bank, bank_labels, queries, num_classes, k, temperature, chunk).argmax(1)
 
 
 def knn_top1(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: Tensor,

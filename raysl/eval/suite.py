@@ -23,8 +23,8 @@ from raysl.eval import plots
 from raysl.eval.extract import extract_features
 from raysl.eval.features import pixel_features
 from raysl.eval.finetune import FinetuneResult, FinetuneSettings, finetune
-from raysl.eval.knn import knn_predict
-from raysl.eval.linear import linear_probe
+from raysl.eval.knn import knn_votes
+from raysl.eval.linear import linear_probe, topk_accuracy
 from raysl.eval.splits import label_subset, stratified_holdout
 from raysl.nn.backbones import Encoder
 
@@ -171,11 +171,11 @@ def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: Ev
     predictions: dict[str, Tensor] = {}
     for name, (bank, queries) in frozen_models.items():
         if "knn" in cfg.protocols:
-            pred = knn_predict(bank, bank_y, queries, split.num_classes,
-                               cfg.knn_k_for(len(bank_y)),
-                               cfg.knn_temperature)
-            report.add(name, "knn_top1", float((pred == query_y).float().mean()))
-            predictions.setdefault(name, pred)
+            votes = knn_votes(bank, bank_y, queries, split.num_classes,
+                              cfg.knn_k_for(len(bank_y)), cfg.knn_temperature)
+            report.add(name, "knn_top1", topk_accuracy(votes, query_y, 1))
+            report.add(name, "knn_top5", topk_accuracy(votes, query_y, 5))
+            predictions.setdefault(name, votes.argmax(1))
         if "linear" in cfg.protocols:
             log(f"[raysl] linear probe: {MODEL_LABELS.get(name, name)}")
             lin = linear_probe(bank, bank_y, queries, query_y, split.num_classes, cfg.linear_lrs,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from raysl.eval.knn import knn_predict, knn_top1
+from raysl.eval.knn import knn_predict, knn_top1, knn_votes
 
 
 def _clusters(n_per_class=50, classes=5, dim=16, spread=0.05, seed=0):
@@ -44,3 +44,12 @@ def test_k_larger_than_bank_is_clipped():
 def test_rejects_mismatched_bank():
     with pytest.raises(ValueError, match="labels"):
         knn_predict(torch.ones(3, 2), torch.ones(2, dtype=torch.long), torch.ones(1, 2), 2)
+
+
+def test_votes_rank_the_classes_by_weighted_neighbours():
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 2, 3])
+    votes = knn_votes(bank, labels, torch.tensor([[1.0, 0.0]]), 4, k=3, temperature=0.1)
+    assert votes.shape == (1, 4)
+    assert votes[0].argsort(descending=True)[:3].tolist() == [0, 1, 2]
+    assert votes[0, 3] == 0  # not among the 3 nearest: no vote

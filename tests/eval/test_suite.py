@@ -68,9 +68,11 @@ def test_every_protocol_with_baselines_and_figures():
     report = evaluate_encoders({TRAINED: _encoder(0), RANDOM_INIT: _encoder(1)}, split, cfg, 32,
                                log=lambda _: None)
     assert set(report.results) == {TRAINED, RANDOM_INIT, PIXELS}
-    assert set(report.results[TRAINED]) == {"knn_top1", "linear_top1", "linear_top5",
-                                            "finetune_10pct_top1", "finetune_10pct_top5"}
-    assert set(report.results[PIXELS]) == {"knn_top1", "linear_top1", "linear_top5"}
+    assert set(report.results[TRAINED]) == {"knn_top1", "knn_top5", "linear_top1",
+                                            "linear_top5", "finetune_10pct_top1",
+                                            "finetune_10pct_top5"}
+    assert set(report.results[PIXELS]) == {"knn_top1", "knn_top5", "linear_top1", "linear_top5"}
+    assert all(r["knn_top5"] >= r["knn_top1"] for r in report.results.values())
     metrics = report.metrics()
     assert {"eval/knn_top1", "eval/knn_top1_raw_pixels", "eval/linear_top1_random_init",
             "eval/finetune_10pct_top1", "eval/finetune_10pct_top1_random_init"} <= set(metrics)
