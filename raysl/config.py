@@ -384,7 +384,8 @@ class EvalConfig:
     # a linear head on stratified, seeded label subsets of the bank, vs the same architecture from
     # scratch. SimCLR: 60 epochs on 1%, 30 on 10%, Nesterov SGD at 0.05 per 256, no weight decay.
     finetune_fractions: tuple[float, ...] = (0.01, 0.1)
-    finetune_epochs: tuple[int, ...] = (60, 30)  # one per fraction (or one for all)
+    # One per fraction, or one for all; empty = SimCLR's: 60 for <= 1% of the labels, else 30.
+    finetune_epochs: tuple[int, ...] = ()
     finetune_min_steps: int = 100  # tiny subsets get at least this many optimizer steps
     finetune_lr: float = 0.05  # SGD with Nesterov momentum, per 256 images (linear scaling)
     finetune_batch_size: int = 64
@@ -415,7 +416,7 @@ class EvalConfig:
               "finetune_fractions", self.finetune_fractions,
               "a non-empty list of label fractions in (0, 1], e.g. [0.01, 0.1]")
         check(all(e >= 1 for e in self.finetune_epochs)
-              and len(self.finetune_epochs) in (1, len(self.finetune_fractions)),
+              and len(self.finetune_epochs) in (0, 1, len(self.finetune_fractions)),
               "finetune_epochs", self.finetune_epochs,
               f"epochs >= 1, one for every eval.finetune_fractions {self.finetune_fractions} "
               "or one for all")
@@ -432,6 +433,8 @@ class EvalConfig:
 
     def finetune_epochs_for(self, i: int) -> int:
         """Fine-tuning epochs of the ``i``-th label fraction."""
+        if not self.finetune_epochs:
+            return 60 if self.finetune_fractions[i] <= 0.01 else 30
         return self.finetune_epochs[i if len(self.finetune_epochs) > 1 else 0]
 
     def knn_k_for(self, bank_size: int) -> int:

@@ -191,7 +191,13 @@ def _log_run(cfg: Config, loaded: LoadedModel, spec: str, report: EvalReport, ur
 
 def tag_model_version(client: MlflowClient, name: str, version: str, report: EvalReport,
                       run_id: str) -> None:
-    """Put the results on the model version (``eval.knn_top1=0.7632`` ...), for consumers."""
+    """Put the results on the model version (``eval.knn_top1=0.7632`` ...), for consumers.
+
+    Earlier ``eval.*`` tags go first: every tag then describes this one evaluation and its data.
+    """
+    for key in client.get_model_version(name, version).tags:
+        if key.startswith("eval."):
+            client.delete_model_version_tag(name, version, key)
     for key, value in report.metrics().items():
         client.set_model_version_tag(name, version, key.replace("eval/", "eval."),
                                      f"{value:.4f}")

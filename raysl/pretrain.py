@@ -112,7 +112,7 @@ def new_run_name(cfg: Config) -> str:
 def check_data_paths(cfg: Config) -> None:
     """Raise ``DataError`` naming the field if any configured data path does not exist."""
     sources = [("data.source", cfg.data.source)]
-    if cfg.eval.enabled:
+    if cfg.eval.enabled or cfg.eval.online:
         sources.append(("eval.bank", cfg.eval.bank))
         if cfg.eval.query.is_set:
             sources.append(("eval.query", cfg.eval.query))

@@ -103,6 +103,11 @@ def test_eval_lists_and_knn_auto_k():
     assert cfg.eval.linear_lrs == (0.1, 0.01) and cfg.eval.linear_epochs == (50,)
     assert cfg.eval.knn_k_for(10_000) == 200 and cfg.eval.knn_k_for(1_281_167) == 20
     assert C.load(None, ["eval.knn_k=7"]).eval.knn_k_for(10**6) == 7
+    # SimCLR's fine-tuning epochs by default, for any list of fractions.
+    ev = C.load(None, ["eval.finetune_fractions=[0.01, 0.1, 0.5]"]).eval
+    assert [ev.finetune_epochs_for(i) for i in range(3)] == [60, 30, 30]
+    ev = C.load(None, ["eval.finetune_fractions=[0.05]", "eval.finetune_epochs=[7]"]).eval
+    assert ev.finetune_epochs_for(0) == 7
     for bad, field in [("eval.protocols=knn,probe", "eval.protocols[1]"),
                        ("eval.protocols=knn,knn", "eval.protocols"),
                        ("eval.finetune_fractions=[0]", "eval.finetune_fractions"),

@@ -78,8 +78,14 @@ def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: i
 
 def _bank_indices(labels: np.ndarray, names: list[str], bank_names: list[str], path: str
                   ) -> np.ndarray:
-    """Query labels as indices of the bank's classes, matched by name (folders may differ)."""
-    if names == bank_names:
+    """Query labels as indices of the bank's classes, matched by name (folders may differ).
+
+    Sources without class names (IDX, npz: names are "0", "1"...) keep their integer labels.
+    """
+    if names == bank_names or _index_names(names) or _index_names(bank_names):
+        if bank_names and labels.size and labels.max() >= len(bank_names):
+            raise DataError(f"eval.query.path={path!r}: label {labels.max()} but eval.bank has "
+                            f"{len(bank_names)} classes")
         return labels
     index = {n: i for i, n in enumerate(bank_names)}
     unknown = sorted(set(names) - set(index))
@@ -88,6 +94,10 @@ def _bank_indices(labels: np.ndarray, names: list[str], bank_names: list[str], p
                         f"eval.bank ({bank_names[:10]}...)")
     remapped: np.ndarray = np.array([index[n] for n in names], np.int64)[labels]
     return remapped
+
+
+def _index_names(names: list[str]) -> bool:
+    return names == [str(i) for i in range(len(names))]
 
 
 @dataclass

@@ -56,6 +56,11 @@ def test_query_folder_labels_follow_the_bank_class_names():
     assert y.tolist() == [0, 2, 2]
     with pytest.raises(DataError, match=r"eval.query.path='q': classes \['z'\]"):
         _bank_indices(np.array([0]), ["z"], ["a", "b"], "q")
+    # An npz / IDX query set has no names: its integer labels are the bank's.
+    assert _bank_indices(np.array([1, 2]), ["0", "1", "2"], ["cat", "dog", "owl"], "q").tolist() \
+        == [1, 2]
+    with pytest.raises(DataError, match=r"label 3 but eval\.bank has 3 classes"):
+        _bank_indices(np.array([3]), ["0", "1", "2", "3"], ["cat", "dog", "owl"], "q")
 
 
 def test_every_protocol_with_baselines_and_figures():
