@@ -140,8 +140,8 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert eval_run.data.metrics["eval/knn_top1"] == pytest.approx(result.knn[TRAINED], abs=1e-6)
     assert float(tags["eval.knn_top1"]) == pytest.approx(result.knn[TRAINED], abs=1e-4)
     # The version's eval.* tags describe this evaluation only: pretraining's linear probe is gone.
-    assert "eval.linear_top1" not in tags and tags["eval.data"] == eval_run.data.params.get(
-        "eval.bank.path", tags["eval.data"])
+    assert "eval.linear_top1" not in tags
+    assert tags["eval.data"] == result.eval_data  # the same split as after training
 
 
 
