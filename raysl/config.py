@@ -12,7 +12,6 @@ the method registry, so a new method brings its own config dataclass (``raysl/me
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import yaml
+
+from raysl.schedules import cosine
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
@@ -299,9 +300,7 @@ class OptimConfig:
         """Weight decay at a fraction of training (cosine from weight_decay to weight_decay_end)."""
         if self.weight_decay_schedule == "constant":
             return self.weight_decay
-        progress = min(max(progress, 0.0), 1.0)
-        end, start = self.weight_decay_end, self.weight_decay
-        return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine(progress, self.weight_decay, self.weight_decay_end)
 
     def peak_lr(self, batch_size_global: int) -> float:
         """Learning rate after warm-up under the linear scaling rule."""

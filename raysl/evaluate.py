@@ -27,8 +27,7 @@ from raysl.config import (
 )
 from raysl.data.readers import resolve_format
 from raysl.eval.models import LoadedModel, load_model
-from raysl.eval.suite import RANDOM_INIT, TRAINED, EvalReport, evaluate_encoders, load_labeled_split
-from raysl.methods.base import build_method
+from raysl.eval.suite import EvalReport, evaluate_encoders, load_labeled_split, with_baseline
 from raysl.tracking.mlflow import (
     ensure_experiment,
     log_blobs,
@@ -121,27 +120,29 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
         ModelNotFoundError: ``spec`` names nothing loadable.
         ConfigError, DataError: bad settings or data, before any work starts.
     """
-    check_overrides(overrides or [])  # before any loading: a typo fails at once
-    pre = Config.from_dict({"tracking": _tracking_overrides(overrides or [])})
-    uri = resolve_tracking_uri(pre.tracking)
+    overrides = overrides or []
+    check_overrides(overrides)  # before any loading: a typo fails at once
+    # The settings needed before the model's own config is known: its store and the cluster.
+    pre: dict[str, Any] = {}
+    for item in overrides:
+        if item.startswith(("tracking.", "train.address=")):
+            merge_override(pre, *parse_override(item))
+    pre_cfg = Config.from_dict(pre)
+    uri = resolve_tracking_uri(pre_cfg.tracking)
     loaded = load_model(spec, uri)
-    cfg = evaluation_config(loaded.config, data, protocols, overrides or [])
+    cfg = evaluation_config(loaded.config, data, protocols, overrides)
     resolve_format(cfg.eval.bank, "eval.bank")
     if cfg.eval.query.is_set:
         resolve_format(cfg.eval.query, "eval.query")
     # Not the pretraining run's cluster: the one this job runs on (RAY_ADDRESS), else a local
     # one, unless --set train.address=... says otherwise.
-    connect(_address_override(overrides or []))
+    connect(pre_cfg.train.address)
     log(f"[raysl] evaluating {loaded.description}: {', '.join(cfg.eval.protocols)}")
     torch.set_num_threads(os.cpu_count() or 1)
     split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
                                cfg.train.seed)
-    encoders = {TRAINED: loaded.encoder}
-    if cfg.eval.baselines:
-        torch.manual_seed(cfg.train.seed)  # the run's own initial weights
-        encoders[RANDOM_INIT] = build_method(cfg).encoder
-    report = evaluate_encoders(encoders, split, cfg.eval, cfg.data.image_size, cfg.train.seed,
-                               log)
+    report = evaluate_encoders(with_baseline(cfg, loaded.encoder), split, cfg.eval,
+                               cfg.data.image_size, cfg.train.seed, log)
     run_id = _log_run(cfg, loaded, spec, report, uri)
     result = EvaluateResult(loaded.description, report, run_id, uri)
     if loaded.registered_name:
@@ -150,23 +151,6 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
         result.model_version_tagged = (f"models:/{loaded.registered_name}/"
                                        f"{loaded.registered_version}")
     return result
-
-
-def _address_override(overrides: list[str]) -> str:
-    for item in overrides:
-        if item.startswith("train.address="):
-            return str(parse_override(item)[1] or "")
-    return ""
-
-
-def _tracking_overrides(overrides: list[str]) -> dict[str, Any]:
-    raw: dict[str, Any] = {}
-    for item in overrides:
-        if item.startswith("tracking."):
-            keys, value = parse_override(item)
-            merge_override(raw, keys, value)
-    tracking: dict[str, Any] = raw.get("tracking", {})
-    return tracking
 
 
 def _log_run(cfg: Config, loaded: LoadedModel, spec: str, report: EvalReport, uri: str) -> str:
@@ -182,9 +166,7 @@ def _log_run(cfg: Config, loaded: LoadedModel, spec: str, report: EvalReport, ur
     log_params_once(client, run_id, {"model": spec, **params})
     for key, value in report.metrics().items():
         client.log_metric(run_id, key, value)
-    log_blobs(client, run_id, {**report.figures, **report.texts,
-                               "eval/results.json": report.to_json(),
-                               "eval/results.txt": report.table() + "\n"})
+    log_blobs(client, run_id, report.artifacts())
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -198,8 +180,7 @@ def tag_model_version(client: MlflowClient, name: str, version: str, report: Eva
     for key in client.get_model_version(name, version).tags:
         if key.startswith("eval."):
             client.delete_model_version_tag(name, version, key)
-    for key, value in report.metrics().items():
-        client.set_model_version_tag(name, version, key.replace("eval/", "eval."),
-                                     f"{value:.4f}")
+    for key, value in report.tags().items():
+        client.set_model_version_tag(name, version, key, value)
     client.set_model_version_tag(name, version, "eval.run_id", run_id)
     client.set_model_version_tag(name, version, "eval.data", report.split[:5000])

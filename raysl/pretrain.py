@@ -28,8 +28,8 @@ from raysl.eval.suite import (
     LabeledSplit,
     evaluate_encoders,
     load_labeled_split,
+    with_baseline,
 )
-from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder, build_encoder, encoder_info
 from raysl.tracking.mlflow import (
     Tracker,
@@ -243,23 +243,16 @@ def _online_summary(client: MlflowClient, run_id: str) -> dict[str, float]:
 def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: MlflowClient,
               run_id: str, result: PretrainResult, log: Callable[[str], None]) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
-    encoders = {TRAINED: encoder}
-    if cfg.eval.baselines:
-        # The exact initial weights of this run: the workers seed the same way before building.
-        torch.manual_seed(cfg.train.seed)
-        encoders[RANDOM_INIT] = build_method(cfg).encoder
     log(f"[raysl] evaluation ({', '.join(cfg.eval.protocols)}) on {split.description}")
-    report = evaluate_encoders(encoders, split, cfg.eval, cfg.data.image_size, cfg.train.seed,
-                               log)
+    report = evaluate_encoders(with_baseline(cfg, encoder), split, cfg.eval, cfg.data.image_size,
+                               cfg.train.seed, log)
     result.report = report
     result.knn = {m: r["knn_top1"] for m, r in report.results.items() if "knn_top1" in r}
     result.eval_data, result.knn_k = split.description, cfg.eval.knn_k_for(len(split.bank_labels))
     result.knn_temperature = cfg.eval.knn_temperature
     Tracker(result.tracking_uri, run_id, active=True).log_metrics(report.metrics(),
                                                                   step=cfg.train.epochs)
-    log_blobs(client, run_id, {**report.figures, **report.texts,
-                               "eval/results.json": report.to_json(),
-                               "eval/results.txt": report.table() + "\n"})
+    log_blobs(client, run_id, report.artifacts())
 
 
 def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
@@ -281,7 +274,6 @@ def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
         f"MLflow run {run_id}.")
     tags = {"method": cfg.method.name, "run_name": result.run_name, "dataset": result.data}
     if result.report is not None:
-        tags.update({k.replace("eval/", "eval."): f"{v:.4f}"
-                     for k, v in result.report.metrics().items()})
+        tags.update(result.report.tags())
     tags[WEIGHTS_TAG] = result.weights_artifact
     return log_and_register(encoder, run_id, uri, name, description, tags)

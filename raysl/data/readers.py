@@ -112,14 +112,22 @@ def resolve_format(cfg: SourceConfig, field_name: str) -> str:
                     "files or a directory of images; set format to say which")
 
 
-def arrays_to_dataset(images: np.ndarray, labels: np.ndarray | None) -> ray.data.Dataset:
-    """(N, H, W, C) uint8 (+ (N,) labels) -> Ray Dataset with ``image`` (+ ``label``) columns."""
+def arrays_to_dataset(images: np.ndarray, labels: np.ndarray | None,
+                      rows_per_block: int = _ROWS_PER_BLOCK, with_index: bool = False
+                      ) -> ray.data.Dataset:
+    """(N, H, W, C) uint8 (+ (N,) labels) -> Ray Dataset with ``image`` (+ ``label``) columns.
+
+    ``with_index`` adds each row's position as ``index``, so results computed out of order can be
+    put back in place.
+    """
     tables = []
-    for start in range(0, len(images), _ROWS_PER_BLOCK):
-        cols: dict[str, Any] = {
-            "image": ArrowTensorArray.from_numpy(images[start:start + _ROWS_PER_BLOCK])}
+    for start in range(0, len(images), rows_per_block):
+        end = min(start + rows_per_block, len(images))
+        cols: dict[str, Any] = {"image": ArrowTensorArray.from_numpy(images[start:end])}
         if labels is not None:
-            cols["label"] = pa.array(labels[start:start + _ROWS_PER_BLOCK].astype(np.int64))
+            cols["label"] = pa.array(labels[start:end].astype(np.int64))
+        if with_index:
+            cols["index"] = pa.array(np.arange(start, end))
         tables.append(pa.table(cols))
     return ray.data.from_arrow(tables)
 

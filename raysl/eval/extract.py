@@ -11,13 +11,12 @@ import copy
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import ray
 import ray.data
 import torch
-from ray.data.extensions import ArrowTensorArray
 from torch import Tensor, nn
 
+from raysl.data.readers import arrays_to_dataset
 from raysl.eval.features import resized
 
 _ROWS_PER_BLOCK = 1024
@@ -60,12 +59,7 @@ def default_actors(requested: int) -> tuple[int, int, float]:
 def _dataset(images: np.ndarray, actors: int) -> ray.data.Dataset:
     # At least two blocks per actor, so a small set still keeps every actor busy.
     rows = max(1, min(_ROWS_PER_BLOCK, -(-len(images) // (2 * actors))))
-    tables = []
-    for start in range(0, len(images), rows):
-        chunk = images[start:start + rows]
-        tables.append(pa.table({"image": ArrowTensorArray.from_numpy(chunk),
-                                "index": pa.array(np.arange(start, start + len(chunk)))}))
-    return ray.data.from_arrow(tables)
+    return arrays_to_dataset(images, None, rows, with_index=True)
 
 
 def extract_features(encoder: nn.Module, images: np.ndarray, image_size: int,

@@ -7,7 +7,6 @@ same schedule. Pure torch; the caller decides where it runs (a Ray task, on a GP
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ from torch import Tensor, nn
 
 from raysl.eval.features import resized
 from raysl.eval.linear import topk_accuracy
+from raysl.schedules import cosine
+from raysl.train.optim import set_lr
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,7 @@ def finetune(encoder: nn.Module, num_features: int, image_size: int, images: np.
             if step == total:
                 break
             idx = order[start:start + batch]
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            set_lr(opt, cosine(step / total, lr, 0.0))
             inputs = random_crop_flip(x[idx], gen).to(device)
             loss = F.cross_entropy(model(inputs), y[idx].to(device))
             opt.zero_grad(set_to_none=True)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl.eval.splits import stratified_holdout
+from raysl.schedules import cosine
+from raysl.train.optim import set_lr
 
 
 @dataclass
@@ -65,8 +67,7 @@ def train_linear(x: Tensor, y: Tensor, num_classes: int, lr: float, epochs: int,
         order = torch.randperm(len(x), generator=g)
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            set_lr(opt, cosine(step / total, lr, 0.0))
             loss = F.cross_entropy(probe(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

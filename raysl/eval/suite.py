@@ -7,7 +7,6 @@ and for raw pixels where it applies, all on the same split, so the numbers compa
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import ray
 import torch
 from torch import Tensor
 
-from raysl.config import EvalConfig
+from raysl.config import Config, EvalConfig
 from raysl.data.readers import DataError, read_source, to_numpy
 from raysl.eval import plots
 from raysl.eval.extract import extract_features
@@ -26,6 +25,7 @@ from raysl.eval.finetune import FinetuneResult, FinetuneSettings, finetune
 from raysl.eval.knn import knn_votes
 from raysl.eval.linear import linear_probe, topk_accuracy
 from raysl.eval.splits import label_subset, stratified_holdout
+from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder
 
 TRAINED, RANDOM_INIT, PIXELS = "trained", "random_init", "raw_pixels"
@@ -135,10 +135,31 @@ class EvalReport:
                 f"{100 * v:>27.2f}%" if v is not None else f"{'-':>28}" for v in cells))
         return "\n".join(rows)
 
+    def tags(self) -> dict[str, str]:
+        """Model-version tags: ``{"eval.knn_top1": "0.7616", ...}``."""
+        return {k.replace("eval/", "eval."): f"{v:.4f}" for k, v in self.metrics().items()}
+
+    def artifacts(self) -> dict[str, bytes | str]:
+        """Files to log to the MLflow run: figures, tables, ``eval/results.{txt,json}``."""
+        return {**self.figures, **self.texts, "eval/results.json": self.to_json(),
+                "eval/results.txt": self.table() + "\n"}
+
     def to_json(self) -> str:
         """Results, notes and split as JSON (the ``eval/results.json`` artifact)."""
         return json.dumps({"split": self.split, "results": self.results, "notes": self.notes},
                           indent=2)
+
+
+def with_baseline(cfg: Config, trained: Encoder) -> dict[str, Encoder]:
+    """``{"trained": trained}``, plus the run's own initial weights when ``eval.baselines``.
+
+    The workers seed the same way before building, so this is the exact random init.
+    """
+    encoders = {TRAINED: trained}
+    if cfg.eval.baselines:
+        torch.manual_seed(cfg.train.seed)
+        encoders[RANDOM_INIT] = build_method(cfg).encoder
+    return encoders
 
 
 def fraction_key(fraction: float) -> str:
@@ -212,6 +233,7 @@ def _finetune_all(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalCo
     task = ray.remote(num_cpus=1, num_gpus=gpus)(_finetune_task)
     query_x = ray.put(split.query_images)
     query_y = ray.put(split.query_labels)
+    encoder_refs = {name: ray.put(enc) for name, enc in encoders.items()}  # tasks get copies
     pending = {}
     for i, fraction in enumerate(cfg.finetune_fractions):
         settings = FinetuneSettings(cfg.finetune_epochs_for(i), cfg.finetune_min_steps,
@@ -222,12 +244,12 @@ def _finetune_all(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalCo
         train_y = ray.put(split.bank_labels[idx])
         log(f"[raysl] fine-tuning on {fraction:.0%} of the labels ({len(idx)} images, "
             f"{settings.epochs} epochs)")
-        for name, encoder in encoders.items():
-            pending[(name, fraction)] = task.remote(
-                copy.deepcopy(encoder).cpu(), image_size, train_x, train_y, query_x, query_y,
-                split.num_classes, settings)
-    for (name, fraction), ref in pending.items():
-        result: FinetuneResult = ray.get(ref)
+        for name, encoder_ref in encoder_refs.items():
+            pending[(name, fraction)] = task.remote(encoder_ref, image_size, train_x, train_y,
+                                                    query_x, query_y, split.num_classes,
+                                                    settings)
+    for (name, fraction), result_ref in pending.items():
+        result: FinetuneResult = ray.get(result_ref)
         key = fraction_key(fraction)
         report.add(name, f"finetune_{key}_top1", result.top1)
         report.add(name, f"finetune_{key}_top5", result.top5)
