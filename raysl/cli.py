@@ -1,4 +1,4 @@
-"""The ``raysl`` command: ``pretrain``, ``evaluate``, ``demo``, ``methods``, ``config``.
+"""The ``raysl`` command: ``pretrain``, ``evaluate``, ``tune``, ``demo``, ``methods``, ``config``.
 
 User mistakes (bad config values, missing data) print one clear line and exit with status 2,
 without a traceback.
@@ -16,6 +16,7 @@ from raysl import config as config_mod
 from raysl import registry
 from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
 from raysl.data.readers import DataError
+from raysl.sweep.spec import Sweep, load_sweep
 
 # Tiny, fast settings for --smoke-test: generated data, 2 workers, a few steps (Ray's examples
 # convention; CI runs every entry point this way).
@@ -84,7 +85,33 @@ def _parser() -> argparse.ArgumentParser:
                     "knn,linear,finetune (default: eval.protocols of the model's config)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an eval.* or tracking.* field (repeatable)")
+    tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, register the best")
+    tu.add_argument("--sweep", required=True, metavar="FILE",
+                    help="sweep definition, e.g. tuning/simclr_temperature.yaml")
+    tu.add_argument("--method", help="the method to sweep (fills {method} in the sweep file)")
+    tu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sweep field (num_samples=8, scheduler.grace_period=2, ...) or a "
+                    "field of the base config (train.epochs=20, ...); repeatable")
+    tu.add_argument("--smoke-test", action="store_true",
+                    help="two tiny trials on generated data: checks the whole path")
     return p
+
+
+# --smoke-test of `raysl tune`: the pretraining smoke settings, two trials of two epochs.
+SMOKE_SWEEP = ["num_samples=2", "search=random", "scheduler.grace_period=1",
+               "max_concurrent_trials=1"]
+SMOKE_SWEEP_BASE = ["train.epochs=2", "train.num_workers=1"]
+
+
+def load_sweep_args(args: argparse.Namespace) -> Sweep:
+    """The sweep of ``raysl tune``'s arguments (``--smoke-test`` shrinks the trials)."""
+    if not args.smoke_test:
+        return load_sweep(args.sweep, args.set, args.method)
+    probe = load_sweep(args.sweep, args.set, args.method)
+    base = [*SMOKE_OVERRIDES, *smoke_head_dims(probe.base), *SMOKE_SWEEP_BASE]
+    # Grids become choices (two samples in all) and tiny data cannot fill the sweep's batches.
+    return load_sweep(args.sweep, [*SMOKE_SWEEP, *args.set], args.method, base_overrides=base,
+                      smoke=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +144,11 @@ def _run(args: argparse.Namespace) -> int:
         except (ModelNotFoundError, CheckpointError) as e:
             print(f"raysl: error: {e}", file=sys.stderr)
             return 2
+        return 0
+    if args.command == "tune":
+        from raysl.sweep.run import run_sweep  # heavy imports (Ray Tune, MLflow)
+
+        print(run_sweep(load_sweep_args(args)).summary())
         return 0
     if args.command == "demo":
         overrides = list(args.set)

@@ -605,6 +605,15 @@ def _with_view_preset(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**raw, "data": {**data, "preset": preset, "views": merged}}
 
 
+def from_mapping(cls: type[D], raw: Any, path: str = "") -> D:
+    """Build and validate any config dataclass ``cls`` from plain data, as :meth:`Config.from_dict`.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or out-of-range values, naming the field.
+    """
+    return _build(cls, raw, path)
+
+
 def _build(cls: type[D], raw: Any, path: str) -> D:
     if not isinstance(raw, Mapping):
         raise ConfigError(path or "<root>", raw, "must be a mapping of fields")

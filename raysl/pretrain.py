@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
 from raysl.data.readers import ImageSource, read_source, resolve_format
-from raysl.eval.models import WEIGHTS_TAG, weights_artifact_dir
+from raysl.eval.models import WEIGHTS_TAG, log_weights
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
@@ -41,7 +41,7 @@ from raysl.tracking.mlflow import (
     ui_command,
 )
 from raysl.tracking.registry import RegisteredEncoder, log_and_register
-from raysl.train.checkpoint import ENCODER_FILE, load_strict, read_state
+from raysl.train.checkpoint import ENCODER_FILE, load_strict
 from raysl.train.loop import LoopSettings
 from raysl.train.trainer import (
     ResourcePlan,
@@ -120,8 +120,17 @@ def check_data_paths(cfg: Config) -> None:
         resolve_format(source, name)
 
 
-def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
+def pretrain(cfg: Config, log: Callable[[str], None] = print,
+             train_callbacks: Sequence[ray.train.UserCallback] = (),
+             run_tags: dict[str, str] | None = None) -> PretrainResult:
     """Run pretraining as ``cfg`` says, evaluate, register; see :class:`PretrainResult`.
+
+    Args:
+        cfg: the run's settings.
+        log: progress lines (the driver's; workers print their own epoch lines).
+        train_callbacks: Ray Train callbacks; a sweep trial passes the one that forwards every
+            epoch's report to Tune.
+        run_tags: extra tags of the MLflow run (a sweep trial: its parent run and trial id).
 
     Raises:
         ConfigError: a setting that cannot work (e.g. more workers than the cluster holds).
@@ -137,7 +146,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,
-                                         {"raysl.method": cfg.method.name})
+                                         {"raysl.method": cfg.method.name, **(run_tags or {})})
     result = PretrainResult(run_name, resumed, run_id, uri, cfg.tracking.experiment, "", 0.0, 0.0,
                             "")
     changed = log_params_once(client, run_id, cfg.flat())
@@ -151,15 +160,13 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print) -> PretrainResult:
         source = _read_training_data(cfg, client, run_id, result)
         split = _labeled_split(cfg) if cfg.eval.enabled or cfg.eval.online else None
         checkpoint = _train(cfg, source, split, plan, run_name, storage, uri, run_id, result,
-                            log)
+                            log, train_callbacks)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
             load_strict(encoder, Path(d) / ENCODER_FILE)
             # Weights and config side by side, per training: `raysl evaluate` rebuilds the
             # encoder from both, and a resumed run's new version does not replace the old one's.
-            result.weights_artifact = weights_artifact_dir(read_state(d)["epoch"] + 1)
-            client.log_artifact(run_id, str(Path(d) / ENCODER_FILE), result.weights_artifact)
-            client.log_text(run_id, cfg.to_yaml(), f"{result.weights_artifact}/config.yaml")
+            result.weights_artifact = log_weights(client, run_id, d)
         if cfg.eval.online_knn_every:
             result.online = _online_summary(client, run_id)
         if cfg.eval.enabled and split is not None:
@@ -193,7 +200,8 @@ def _labeled_split(cfg: Config) -> LabeledSplit:
 
 def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: ResourcePlan,
            run_name: str, storage: str, uri: str, run_id: str, result: PretrainResult,
-           log: Callable[[str], None]) -> ray.train.Checkpoint:
+           log: Callable[[str], None], callbacks: Sequence[ray.train.UserCallback] = ()
+           ) -> ray.train.Checkpoint:
     images_per_worker = source.num_images // cfg.train.num_workers
     steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
     if steps_per_epoch == 0:
@@ -214,7 +222,7 @@ def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: R
     log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
     split_ref = ray.put(split) if split is not None and cfg.eval.online else None
-    trainer = build_trainer(cfg, dataset, plan, settings, storage, split_ref)
+    trainer = build_trainer(cfg, dataset, plan, settings, storage, split_ref, callbacks)
     fit = trainer.fit()
     if fit.checkpoint is None:
         raise RuntimeError(f"run {run_name} finished without a checkpoint in {storage}")

@@ -95,6 +95,26 @@ def weights_artifact_dir(epoch: int) -> str:
     return f"{CHECKPOINT_ARTIFACTS}/epoch_{epoch:04d}"
 
 
+def log_weights(client: MlflowClient, run_id: str, checkpoint_dir: str | Path) -> str:
+    """Log a checkpoint's ``encoder.pt`` and config to ``checkpoint/epoch_NNNN/`` of the run.
+
+    What ``raysl evaluate`` and the registry load back. Returns the artifact directory.
+    """
+    state = read_state(checkpoint_dir)
+    artifact_dir = weights_artifact_dir(state["epoch"] + 1)
+    client.log_artifact(run_id, str(Path(checkpoint_dir) / ENCODER_FILE), artifact_dir)
+    client.log_text(run_id, Config.from_dict(state["config"]).to_yaml(),
+                    f"{artifact_dir}/config.yaml")
+    return artifact_dir
+
+
+def logged_weights(client: MlflowClient, run_id: str) -> str:
+    """The run's latest ``checkpoint/epoch_NNNN`` directory, or "" if it has none."""
+    dirs = sorted(a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)
+                  if a.is_dir)
+    return dirs[-1] if dirs else ""
+
+
 def _from_run(run_id: str, client: MlflowClient, description: str, weights_dir: str = ""
               ) -> LoadedModel:
     """The encoder in ``weights_dir`` of the run, or in its latest ``checkpoint/epoch_*``."""
@@ -103,15 +123,12 @@ def _from_run(run_id: str, client: MlflowClient, description: str, weights_dir: 
     except MlflowException:
         raise ModelNotFoundError(f"MLflow run {run_id!r} not found at {client.tracking_uri}"
                                  ) from None
+    weights_dir = weights_dir or logged_weights(client, run_id)
     if not weights_dir:
-        dirs = sorted(a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)
-                      if a.is_dir)
-        if not dirs:
-            raise ModelNotFoundError(
-                f"MLflow run {run_id} has no {CHECKPOINT_ARTIFACTS}/epoch_*/ weights: it is not a "
-                "raysl pretraining run, or one logged before raysl logged weights (evaluate its "
-                "checkpoint directory instead)")
-        weights_dir = dirs[-1]
+        raise ModelNotFoundError(
+            f"MLflow run {run_id} has no {CHECKPOINT_ARTIFACTS}/epoch_*/ weights: it is not a "
+            "raysl pretraining run, or one logged before raysl logged weights (evaluate its "
+            "checkpoint directory instead)")
     with tempfile.TemporaryDirectory() as d:
         try:
             cfg_path = client.download_artifacts(run_id, f"{weights_dir}/config.yaml", d)

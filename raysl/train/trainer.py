@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,6 +76,8 @@ def connect(address: str = "") -> None:
     Under ``ray job submit`` the job supervisor sets ``RAY_ADDRESS``, so the job joins the cluster
     it was submitted to; run directly, raysl starts a local in-process cluster.
     """
+    # Per process (a sweep trial is its own process): our epoch lines instead of Ray Data's bars.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
@@ -84,7 +87,6 @@ def connect(address: str = "") -> None:
         # The dashboard also serves the state API that Train's placement-group cleaner polls;
         # without it the cleaner logs a warning every few seconds for the whole run.
         ray.init(address="local", include_dashboard=True, log_to_driver=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # our epoch lines instead
 
 
 def cluster_resources() -> tuple[float, float]:
@@ -95,12 +97,14 @@ def cluster_resources() -> tuple[float, float]:
 
 def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   settings: LoopSettings, storage_path: str,
-                  eval_split: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
+                  eval_split: ray.ObjectRef[Any] | None = None,
+                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
     """The ``TorchTrainer`` for one pretraining run.
 
     Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
     checkpoint (Ray Train V2 restores the run's state from ``storage_path/run_name``).
     ``eval_split`` is the labeled split (in the object store) for online kNN evaluation.
+    ``callbacks`` are Ray Train callbacks, e.g. the one forwarding each report to a Tune trial.
     """
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker:
@@ -115,6 +119,7 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
         run_config=ray.train.RunConfig(
             name=settings.run_name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=list(callbacks)),  # type: ignore[arg-type]  # UserCallback is one
         datasets={"train": dataset},
     )
