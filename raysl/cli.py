@@ -148,7 +148,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "tune":
         from raysl.sweep.run import run_sweep  # heavy imports (Ray Tune, MLflow)
 
-        print(run_sweep(load_sweep_args(args)).summary())
+        sweep = run_sweep(load_sweep_args(args))
+        print(sweep.summary())
+        if sweep.interrupted or (sweep.best is None and not sweep.finished_earlier):
+            return 1  # interrupted, or no trial completed: scripts and CI must see it
         return 0
     if args.command == "demo":
         overrides = list(args.set)

@@ -68,7 +68,6 @@ SWEEP_TAG = "raysl.sweep"  # on the parent and every child run: the sweep's name
 TRIAL_TAG = "raysl.trial_id"  # on child runs
 FINGERPRINT_TAG = "raysl.sweep_fingerprint"  # parent: hash of the definition it started with
 STATUS_TAG = "raysl.trial_status"  # child runs: completed / stopped early / error
-VERSION_TAG = "raysl.registered_version"  # parent: the version registered from the best trial
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests child runs under the parent in the UI
 PROGRESS_EVERY_S = 30.0
 
@@ -251,6 +250,8 @@ class SweepResult:
     model: RegisteredEncoder | None = None
     decision: ChampionDecision | None = None
     text: str = ""  # the final summary (stored in the parent run as sweep/summary.txt)
+    interrupted: bool = False  # trials left: the same command resumes the sweep
+    finished_earlier: bool = False  # the sweep had already finished; nothing ran
 
     def summary(self) -> str:
         """The summary printed at the end."""
@@ -289,8 +290,11 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:
         log(f"[raysl] {plan.describe(sweep)}")
         grid = _tuner(sweep, plan, path, storage, uri, parent_id, log).fit()
         result.rows = _rows(grid, sweep, plan, storage, uri)
-        if len(result.rows) > grid.num_terminated + grid.num_errors:
+        # Unfinished trials, or trials not even created yet (Tune creates them lazily).
+        if (len(result.rows) > grid.num_terminated + grid.num_errors
+                or len(result.rows) < sweep.num_trials):
             log(f"[raysl] sweep {sweep.name} interrupted: run the same command to resume it")
+            result.interrupted = True
             result.text = _summary(sweep, result, plan, interrupted=True)
             return result
         _close_child_runs(client, experiment_id, parent_id, result.rows)
@@ -337,7 +341,7 @@ def _finished_parent(client: MlflowClient, experiment_id: str, sweep: Sweep
     note = (f"\n[raysl] sweep {sweep.name} had already finished (MLflow run {run.info.run_id}); "
             "nothing was re-run. For a new sweep, choose a new name: --set name=...")
     return SweepResult(sweep.name, run.info.run_id, client.tracking_uri, "", resumed=True,
-                       text=text + note)
+                       text=text + note, finished_earlier=True)
 
 
 def _log_definition(client: MlflowClient, parent_id: str, sweep: Sweep) -> None:
@@ -401,7 +405,10 @@ def _scheduler(sweep: Sweep) -> Any:
     if sc.name == "median":
         return ray.tune.schedulers.MedianStoppingRule(
             time_attr="epoch", grace_period=sc.grace_period,
-            min_samples_required=sc.min_samples_required)
+            min_samples_required=sc.min_samples_required,
+            # Never PAUSE a trial to let others catch up: a paused trial restarts its Ray Train
+            # run from a checkpoint, every epoch.
+            min_time_slice=epochs + 1)
     return ray.tune.schedulers.FIFOScheduler()  # type: ignore[no-untyped-call]
 
 
@@ -433,7 +440,7 @@ def _rows(grid: ray.tune.ResultGrid, sweep: Sweep, plan: TrialPlan, storage: str
         metrics = r.metrics or {}
         match = _TRIAL_ID.search(Path(r.path).name)
         trial_id = str(metrics.get("trial_id") or (match.group(1) if match else r.path))
-        params = {f: (r.config or {}).get(f) for f in sweep.fields}
+        params = {f: (r.config or {}).get(f) for f in sweep.fields}  # {} if it never started
         history: list[tuple[int, float]] = []
         df = r.metrics_dataframe  # one row per report (None before the first)
         if df is not None and metric in df.columns and "epoch" in df.columns:
@@ -443,7 +450,10 @@ def _rows(grid: ray.tune.ResultGrid, sweep: Sweep, plan: TrialPlan, storage: str
         status = (res.ERROR if r.error is not None else
                   res.COMPLETED if reached >= epochs else res.STOPPED)
         error = str(r.error).strip().splitlines()[-1][:200] if r.error is not None else ""
-        cfg = sweep.trial_config(params, trial_id, trial_overrides(sweep, plan, storage, uri))
+        try:
+            cfg = sweep.trial_config(params, trial_id, trial_overrides(sweep, plan, storage, uri))
+        except ConfigError:  # a trial that never started has no sampled params
+            cfg = sweep.base
         rows.append(res.TrialRow(trial_id, params, status, reached,
                                  float(metrics.get(metric, float("nan"))), history,
                                  cfg.data.batch_size_global, cfg.batch_size_per_worker,
@@ -501,8 +511,9 @@ def _crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
     Tracker(uri, best.run_id, active=True).log_metrics(report.metrics(), step=epochs)
     log_blobs(client, best.run_id, report.artifacts())
     name = base.tracking.registered_model or f"raysl-{base.method.name}-{base.model.backbone}"
-    version = client.get_run(result.parent_run_id).data.tags.get(VERSION_TAG, "")
-    if not version:  # not registered by an earlier, interrupted run of this sweep's end
+    earlier = client.search_model_versions(f"name='{name}' and run_id='{best.run_id}'")
+    version = str(earlier[0].version) if earlier else ""  # an interrupted end of this sweep
+    if not version:
         tags = {**report.tags(), WEIGHTS_TAG: logged_weights(client, best.run_id),
                 SWEEP_TAG: sweep.name,
                 "raysl.sweep_run": result.parent_run_id, TRIAL_TAG: best.trial_id,
@@ -512,7 +523,6 @@ def _crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
                                       tags)
         assert registered is not None
         version = registered.version
-        client.set_tag(result.parent_run_id, VERSION_TAG, version)
     result.model = RegisteredEncoder(name, version, f"models:/{name}/{version}")
     ours = report.results[TRAINED][champion.metric]
     score = _scorer(name, version, ours, split, eval_cfg, champion.metric, uri, base)

@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,12 @@ CHAMPION_METRICS = {"knn_top1": "knn", "knn_top5": "knn", "linear_top1": "linear
 
 # Set by the sweep for every trial, so they cannot be swept or overridden per trial.
 SWEEP_OWNED = ("train.run_name", "train.storage_path", "tracking.", "eval.enabled",
-               "eval.online_knn_every", "eval.online_probe", "method.name", "train.address")
+               "eval.online_knn_every", "eval.online_probe", "method.name", "train.address",
+               # One schedule and one resource plan per sweep: ASHA's epochs and the trials'
+               # CPU/GPU budget are computed once, and every trial is judged on the same data.
+               "train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
+               "train.data_cpus", "data.source.", "eval.bank.", "eval.query.", "eval.holdout")
+MAX_CHECKED_COMBINATIONS = 2000  # finite values are checked together up to this many configs
 
 
 @dataclass(frozen=True)
@@ -128,8 +134,10 @@ class ChampionConfig:
     def __post_init__(self) -> None:
         check(self.metric in CHAMPION_METRICS, "metric", self.metric,
               f"one of {list(CHAMPION_METRICS)} (the evaluation suite's accuracies)")
-        check(bool(self.alias) and all(c.isalnum() or c in "-_" for c in self.alias), "alias",
-              self.alias, "letters, digits, '-' and '_'")
+        check(bool(self.alias) and all(c.isalnum() or c in "-_" for c in self.alias)
+              and self.alias != "latest" and not re.fullmatch(r"[vV]\d+", self.alias), "alias",
+              self.alias, "letters, digits, '-' and '_'; not 'latest' or v<number> (MLflow "
+              "reserves them)")
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,6 @@ class SweepSettings:
     max_concurrent_trials: int = 0  # 0 = as many as the cluster holds at once
     trial_driver_cpus: float = 0.25  # each trial's driver (waits on its Ray Train workers)
     max_failures: int = 1  # restarts of a failed trial (it resumes from its last checkpoint)
-    storage_path: str = ""  # Tune state and trial checkpoints; empty = ./ray_results
     champion: ChampionConfig = field(default_factory=ChampionConfig)
 
     def __post_init__(self) -> None:
@@ -269,8 +276,8 @@ def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),
     setting_names = {f.name for f in dataclasses.fields(SweepSettings)}
     for item in overrides:
         keys, value = parse_override(item)
-        if keys[0] in setting_names:
-            merge_override(raw, keys, value)
+        if keys[0] in setting_names and not (keys[0] == "method" and len(keys) > 1):
+            merge_override(raw, keys, value)  # `method.temperature=...` is the base config's
         else:
             cli_sets.append(item)
     if method:
@@ -287,11 +294,16 @@ def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),
         if not base_path.exists():
             raise ConfigError("base", settings.base, f"a pretraining YAML; {base_path} does not "
                               "exist", source)
+    if smoke:  # never mixes with the real sweep's Tune state, runs or champion
+        settings = dataclasses.replace(settings, name=f"{settings.name}-smoke")
     head = [f"method.name={settings.method}"] if settings.method else []
     base_items = [*head, *file_sets, *base_overrides, *cli_sets]
     from raysl import config as config_mod
 
     base = config_mod.load(base_path, base_items)
+    if smoke:
+        model = base.tracking.registered_model or f"raysl-{base.method.name}-{base.model.backbone}"
+        base = config_mod.load(base_path, [*base_items, f"tracking.registered_model={model}-smoke"])
     if smoke and isinstance(raw_space, dict):
         raw_space = {k: ({"choice": v["grid"]} if isinstance(v, dict) and "grid" in v else v)
                      for k, v in raw_space.items() if not str(k).startswith("data.batch_size")}
@@ -343,16 +355,60 @@ def parse_space(raw: Any, base: Config, source: str = "") -> tuple[SearchDim, ..
                               "fields); run one sweep per method with --method", source)
         _check_not_owned(str(name), domain, source)
         dim = _parse_domain(str(name), domain, where, source)
+        current = _field_value(base, dim.field)
+        if dim.kind in ("uniform", "loguniform") and isinstance(current, int) \
+                and not isinstance(current, bool):
+            raise ConfigError(f"{where}.{dim.kind}", list(dim.values), f"{dim.field} is an "
+                              "integer; uniform ranges sample floats: use randint, choice or "
+                              "grid", source)
         for value in dim.candidates:
-            try:
-                raw_cfg = base.to_dict()
-                merge_override(raw_cfg, dim.field.split("."), value)
-                Config.from_dict(raw_cfg)
-            except ConfigError as e:
-                why = e.expected if e.field == dim.field else f"invalid with it: {e}"
-                raise ConfigError(where, value, why, source) from None
+            _check_values(base, {dim.field: value}, source)
         dims.append(dim)
+    _check_combinations(base, dims, source)
     return tuple(dims)
+
+
+def _field_value(cfg: Config, name: str) -> Any:
+    node: Any = cfg
+    for part in name.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_values(base: Config, values: dict[str, Any], source: str) -> None:
+    """Raise ``ConfigError("space.<field>", ...)`` unless ``values`` on ``base`` make a config."""
+    raw_cfg = base.to_dict()
+    for key, value in values.items():
+        merge_override(raw_cfg, key.split("."), value)
+    try:
+        Config.from_dict(raw_cfg)
+    except ConfigError as e:
+        if len(values) == 1 and e.field in values:
+            raise ConfigError(f"space.{e.field}", e.value, e.expected, source) from None
+        combo = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        field = f"space.{e.field}" if e.field in values else f"space.{next(iter(values))}"
+        raise ConfigError(field, e.value, f"{e.expected} (with {combo})", source) from None
+
+
+def _check_combinations(base: Config, dims: list[SearchDim], source: str) -> None:
+    """Every combination of the listed values (and of small integer ranges) makes a config.
+
+    Checked up to :data:`MAX_CHECKED_COMBINATIONS` configs: beyond, each value alone was checked.
+    """
+    import itertools
+
+    options = []
+    for d in dims:
+        if d.kind == "randint" and d.values[1] - d.values[0] <= 64:
+            options.append(list(range(d.values[0], d.values[1])))
+        else:
+            options.append(list(d.candidates))
+    if len(dims) < 2 and not any(d.kind == "randint" for d in dims):
+        return
+    if math.prod(len(o) for o in options) > MAX_CHECKED_COMBINATIONS:
+        return
+    for combo in itertools.product(*options):
+        _check_values(base, {d.field: v for d, v in zip(dims, combo, strict=True)}, source)
 
 
 def _check_field_exists(base: Config, name: str, where: str, source: str) -> None:

@@ -130,3 +130,42 @@ def test_smoke_turns_grids_into_choices_and_drops_batch_sizes(tmp_path):
             "  data.batch_size_global: {grid: [256, 512]}\n")
     sweep = load_sweep(_write(tmp_path, body), smoke=True)
     assert [(d.field, d.kind) for d in sweep.space] == [("optim.base_lr", "choice")]
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    ("space: {data.batch_size_global: {uniform: [64, 256]}}\n",
+     "space.data.batch_size_global.uniform", "integer"),
+    ("space: {data.batch_size_global: {randint: [64, 70]}}\n", "space.data.batch_size_global",
+     "divisible"),
+    ("space: {train.epochs: {choice: [2, 4]}}\n", "space.train.epochs", "cannot be swept"),
+    ("space: {train.num_workers: {choice: [2, 4]}}\n", "space.train.num_workers",
+     "cannot be swept"),
+    ("space: {data.source.limit: {choice: [100, 200]}}\n", "space.data.source.limit",
+     "cannot be swept"),
+    ("space: {optim.base_lr: {choice: [0.1]}}\nchampion: {alias: latest}\n", "champion.alias",
+     "reserves"),
+])
+def test_values_that_would_fail_in_a_trial_fail_now(tmp_path, body, field, words):
+    e = _error(tmp_path, body)
+    assert e.field == field, str(e)
+    assert words in str(e)
+
+
+def test_combinations_of_listed_values_are_checked_together(tmp_path):
+    # Each alone is fine on the base (2 workers, accumulation 1); 68 with 4 micro-batches is not.
+    body = ("space:\n  data.batch_size_global: {grid: [64, 68]}\n"
+            "  train.grad_accumulation: {choice: [1, 4]}\n")
+    e = _error(tmp_path, body)
+    assert "data.batch_size_global" in e.field and "train.grad_accumulation=4" in str(e)
+
+
+def test_method_fields_on_the_command_line_set_the_base_config(tmp_path):
+    path = _write(tmp_path, "space: {optim.base_lr: {choice: [0.1, 0.2]}}\n")
+    sweep = load_sweep(path, ["method.temperature=0.3"])
+    assert sweep.base.method.temperature == 0.3  # type: ignore[attr-defined]
+
+
+def test_smoke_sweeps_have_their_own_name_and_registered_model(tmp_path):
+    sweep = load_sweep(_write(tmp_path, "space: {optim.base_lr: {choice: [0.1]}}\n"), smoke=True)
+    assert sweep.name == "sweep-smoke"
+    assert sweep.base.tracking.registered_model == "raysl-demo-simclr-fmnist-smoke"

@@ -2,8 +2,9 @@
 
 `raysl tune` runs in a subprocess with its own local Ray. Three trials of a learning-rate grid
 run one at a time: lr 0.5 (learns: 52-60% online kNN at epoch 2 in repeated runs), 1e-6 (its
-random init drifts to 37-41% by epoch 2, so ASHA must stop it at that rung) and 0.3. While the third trial trains, the whole process group is killed;
-the same command then resumes the sweep, and a third run finds it finished.
+random init drifts to 37-41% by epoch 2, so ASHA must stop it at that rung) and 0.3. While the
+third trial trains, the whole process group is killed; the same command then resumes the sweep,
+and a third run finds it finished.
 """
 
 import json
