@@ -1,6 +1,8 @@
 """A real sweep, killed and resumed: Ray Tune + Ray Train trials, ASHA, MLflow, the champion.
 
-`raysl tune` runs in a subprocess with its own local Ray. Three trials of a learning-rate grid
+`raysl tune` runs in a subprocess, a driver joining the test session's Ray cluster (as under
+`ray job submit`): one Ray instance on the machine, so Ray Train's placement-group cleaner can
+find it and free the resources of trials Tune ends. Three trials of a learning-rate grid
 run one at a time: lr 0.5 (learns: 52-60% online kNN at epoch 2 in repeated runs), 1e-6 (its
 random init drifts to 37-41% by epoch 2, so ASHA must stop it at that rung) and 0.3. While the
 third trial trains, the whole process group is killed; the same command then resumes the sweep,
@@ -21,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from raysl.config import FASHION_MNIST_DIR
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
 
@@ -56,8 +58,10 @@ def _command(path: Path) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return {**env, "PYTHONUNBUFFERED": "1"}
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**env, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
 
 def _children(client: MlflowClient) -> dict[str, object]:
@@ -84,7 +88,7 @@ def _committed_epoch(tmp_path: Path, child) -> int:
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and everything in its session (its local Ray included)."""
+    """SIGKILL the driver and everything in its session (Ray then ends the actors it owned)."""
     sid = os.getsid(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
