@@ -30,7 +30,6 @@ from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import EvalReport, evaluate_encoders, load_labeled_split, with_baseline
 from raysl.tracking.mlflow import (
     ensure_experiment,
-    log_blobs,
     log_params_once,
     resolve_tracking_uri,
     ui_command,
@@ -164,9 +163,7 @@ def _log_run(cfg: Config, loaded: LoadedModel, spec: str, report: EvalReport, ur
     run_id: str = run.info.run_id
     params = {k: v for k, v in cfg.flat().items() if k.startswith("eval.")}
     log_params_once(client, run_id, {"model": spec, **params})
-    for key, value in report.metrics().items():
-        client.log_metric(run_id, key, value)
-    log_blobs(client, run_id, report.artifacts())
+    report.log_to(client, run_id)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

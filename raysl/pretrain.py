@@ -35,7 +35,6 @@ from raysl.tracking.mlflow import (
     Tracker,
     ensure_experiment,
     find_or_create_run,
-    log_blobs,
     log_params_once,
     resolve_tracking_uri,
     ui_command,
@@ -258,9 +257,7 @@ def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: Mlflow
     result.knn = {m: r["knn_top1"] for m, r in report.results.items() if "knn_top1" in r}
     result.eval_data, result.knn_k = split.description, cfg.eval.knn_k_for(len(split.bank_labels))
     result.knn_temperature = cfg.eval.knn_temperature
-    Tracker(result.tracking_uri, run_id, active=True).log_metrics(report.metrics(),
-                                                                  step=cfg.train.epochs)
-    log_blobs(client, run_id, report.artifacts())
+    report.log_to(client, run_id, step=cfg.train.epochs)
 
 
 def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 import torch
+from mlflow.tracking import MlflowClient
 from torch import Tensor
 
 from raysl.config import Config, EvalConfig
@@ -27,6 +28,7 @@ from raysl.eval.linear import linear_probe, topk_accuracy
 from raysl.eval.splits import label_subset, stratified_holdout
 from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder
+from raysl.tracking.mlflow import Tracker, log_blobs
 
 TRAINED, RANDOM_INIT, PIXELS = "trained", "random_init", "raw_pixels"
 MODEL_LABELS = {TRAINED: "trained encoder", RANDOM_INIT: "same encoder, random init",
@@ -143,6 +145,11 @@ class EvalReport:
         """Files to log to the MLflow run: figures, tables, ``eval/results.{txt,json}``."""
         return {**self.figures, **self.texts, "eval/results.json": self.to_json(),
                 "eval/results.txt": self.table() + "\n"}
+
+    def log_to(self, client: MlflowClient, run_id: str, step: int = 0) -> None:
+        """Log the metrics (at ``step``) and :meth:`artifacts` to an MLflow run."""
+        Tracker(client.tracking_uri, run_id, active=True).log_metrics(self.metrics(), step=step)
+        log_blobs(client, run_id, self.artifacts())
 
     def to_json(self) -> str:
         """Results, notes and split as JSON (the ``eval/results.json`` artifact)."""

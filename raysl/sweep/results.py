@@ -34,11 +34,27 @@ class TrialRow:
     error: str = ""
     checkpoint: str = ""  # its last Ray Train checkpoint
 
+    def params_text(self) -> str:
+        """``optim.base_lr=0.5, method.temperature=0.2``."""
+        return ", ".join(f"{k}={fmt(v)}" for k, v in self.params.items())
+
     @property
     def best(self) -> float:
         """The best metric over the epochs reported (NaN if none)."""
         values = [v for _, v in self.history if math.isfinite(v)]
         return max(values) if values else float("nan")
+
+
+def ended_status(epochs_reached: int, epochs: int) -> str:
+    """A trial that ended without an error: COMPLETED if it ran every epoch, else STOPPED."""
+    return COMPLETED if epochs_reached >= epochs else STOPPED
+
+
+def status_counts(rows: list[TrialRow]) -> str:
+    """``2 completed, 1 stopped early``: known statuses first, then any other (pending...)."""
+    order = [COMPLETED, STOPPED, ERROR, RUNNING]
+    seen = sorted({r.status for r in rows}, key=lambda s: (order.index(s) if s in order else 9, s))
+    return ", ".join(f"{sum(r.status == s for r in rows)} {s}" for s in seen)
 
 
 def best_trial(rows: list[TrialRow]) -> TrialRow | None:
@@ -47,7 +63,8 @@ def best_trial(rows: list[TrialRow]) -> TrialRow | None:
     return max(done, key=lambda r: r.metric) if done else None
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A parameter value for tables: floats to 4 significant digits."""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -57,6 +74,16 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}%" if math.isfinite(value) else "-"
 
 
+def _columns(head: list[str], body: list[list[str]], rule: bool = True) -> list[str]:
+    """Left-aligned columns as wide as their widest cell (with a rule under the head)."""
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+             for row in [head, *body]]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 def table(rows: list[TrialRow], fields: list[str], metric: str, best_id: str = "") -> str:
     """Fixed-width table: trial, parameters, batch per worker, peak lr, metric, status."""
     head = ["trial", *fields, "batch (global/per worker)", "peak lr", "epochs", metric, "status"]
@@ -64,16 +91,21 @@ def table(rows: list[TrialRow], fields: list[str], metric: str, best_id: str = "
     for r in sorted(rows, key=lambda r: r.trial_id):
         mark = " *" if r.trial_id == best_id else ""
         status = r.status + (f": {r.error}" if r.error else "")
-        body.append([r.trial_id + mark, *(_fmt(r.params.get(f, "")) for f in fields),
+        body.append([r.trial_id + mark, *(fmt(r.params.get(f, "")) for f in fields),
                      f"{r.batch_global}/{r.batch_per_worker}", f"{r.peak_lr:.4g}",
                      str(r.epochs), _pct(r.metric), status[:60]])
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
+    lines = _columns(head, body)
     if best_id:
         lines.append("* best completed trial")
     return "\n".join(lines)
+
+
+def progress_table(rows: list[TrialRow], fields: list[str], metric: str) -> str:
+    """The live table while a sweep runs: trial, status, parameters, epoch, metric (indented)."""
+    head = ["trial", "status", *fields, "epoch", metric]
+    body = [[r.trial_id, r.status, *(fmt(r.params.get(f)) for f in fields), str(r.epochs),
+             _pct(r.metric)] for r in sorted(rows, key=lambda r: r.trial_id)]
+    return "\n".join("  " + line for line in _columns(head, body, rule=False))
 
 
 def to_csv(rows: list[TrialRow], fields: list[str], metric: str) -> str:
@@ -112,19 +144,19 @@ def plot_params(rows: list[TrialRow], space: tuple[SearchDim, ...], metric: str,
     for ax, dim in zip(axes.flat, space, strict=False):
         numeric = all(isinstance(r.params.get(dim.field), int | float)
                       and not isinstance(r.params.get(dim.field), bool) for r in rows)
-        labels = sorted({_fmt(r.params.get(dim.field)) for r in rows})
+        labels = sorted({fmt(r.params.get(dim.field)) for r in rows})
         for status, (marker, colour) in _STYLE.items():
             pts = [r for r in rows if r.status == status and math.isfinite(r.metric)]
             if not pts:
                 continue
-            xs = [r.params[dim.field] if numeric else labels.index(_fmt(r.params[dim.field]))
+            xs = [r.params[dim.field] if numeric else labels.index(fmt(r.params[dim.field]))
                   for r in pts]
             ax.scatter(xs, [100 * r.metric for r in pts], marker=marker, color=colour,
                        label=status, s=40)
         best = [r for r in rows if r.trial_id == best_id]
         if best:
             x = best[0].params[dim.field] if numeric else labels.index(
-                _fmt(best[0].params[dim.field]))
+                fmt(best[0].params[dim.field]))
             ax.scatter([x], [100 * best[0].metric], marker="*", s=220, color="gold",
                        edgecolors="black", label="best", zorder=3)
         if dim.log_scale and numeric:

@@ -185,7 +185,7 @@ class ProgressTable(ray.tune.Callback):
     def _status(self, trial: Trial) -> str:
         epoch = int((trial.last_result or {}).get("epoch", 0))
         if trial.status == Trial.TERMINATED:
-            return res.COMPLETED if epoch >= self.epochs else res.STOPPED
+            return res.ended_status(epoch, self.epochs)
         return {Trial.ERROR: res.ERROR, Trial.RUNNING: res.RUNNING}.get(trial.status,
                                                                        trial.status.lower())
 
@@ -199,18 +199,15 @@ class ProgressTable(ray.tune.Callback):
         """Print the table if ``every_s`` has passed (Tune calls this every loop step)."""
         if time.monotonic() - self._last >= self.every_s and trials:
             self._last = time.monotonic()
-            rows = sorted((self._row(t) for t in trials), key=lambda r: r.trial_id)
-            counts = ", ".join(f"{sum(r.status == s for r in rows)} {s}"
-                               for s in dict.fromkeys(r.status for r in rows))
-            lines = [f"[raysl] sweep progress ({counts}):", _progress_table(rows, self.fields,
-                                                                            self.metric)]
-            print("\n".join(lines), flush=True)
+            rows = [self._row(t) for t in trials]
+            print(f"[raysl] sweep progress ({res.status_counts(rows)}):\n"
+                  + res.progress_table(rows, self.fields, self.metric), flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial,
                           **info: Any) -> None:
         """One line: completed, or stopped early by the scheduler."""
         row = self._row(trial)
-        row.status = res.COMPLETED if row.epochs >= self.epochs else res.STOPPED
+        row.status = res.ended_status(row.epochs, self.epochs)  # Tune has not marked it yet
         print(f"[raysl] trial {trial.trial_id} {row.status} at epoch {row.epochs}: "
               f"{self.metric} {100 * row.metric:.2f}%", flush=True)
 
@@ -218,15 +215,6 @@ class ProgressTable(ray.tune.Callback):
                        **info: Any) -> None:
         """One line; the trial's own log above has the traceback."""
         print(f"[raysl] trial {trial.trial_id} failed (see its log above)", flush=True)
-
-
-def _progress_table(rows: list[res.TrialRow], fields: list[str], metric: str) -> str:
-    head = ["trial", "status", *fields, "epoch", metric]
-    body = [[r.trial_id, r.status, *(res._fmt(r.params.get(f)) for f in fields), str(r.epochs),
-             f"{100 * r.metric:.2f}%" if math.isfinite(r.metric) else "-"] for r in rows]
-    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
-                     for row in [head, *body])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,19 +277,19 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:
             f"{parent_id} at {uri}")
         log(f"[raysl] {plan.describe(sweep)}")
         grid = _tuner(sweep, plan, path, storage, uri, parent_id, log).fit()
-        result.rows = _rows(grid, sweep, plan, storage, uri)
+        result.rows = _rows(grid, sweep)
         # Unfinished trials, or trials not even created yet (Tune creates them lazily).
         if (len(result.rows) > grid.num_terminated + grid.num_errors
                 or len(result.rows) < sweep.num_trials):
             log(f"[raysl] sweep {sweep.name} interrupted: run the same command to resume it")
             result.interrupted = True
-            result.text = _summary(sweep, result, plan, interrupted=True)
+            result.text = _summary(sweep, result)
             return result
         _close_child_runs(client, experiment_id, parent_id, result.rows)
         result.best = res.best_trial(result.rows)
         if result.best is not None and sweep.settings.champion.register:
             _crown_best(sweep, result, client, log)
-        result.text = _summary(sweep, result, plan)
+        result.text = _summary(sweep, result)
         _log_results(client, parent_id, sweep, result)
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
@@ -432,8 +420,7 @@ def _searcher(sweep: Sweep, plan: TrialPlan) -> Any:
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")
 
 
-def _rows(grid: ray.tune.ResultGrid, sweep: Sweep, plan: TrialPlan, storage: str, uri: str
-          ) -> list[res.TrialRow]:
+def _rows(grid: ray.tune.ResultGrid, sweep: Sweep) -> list[res.TrialRow]:
     metric, epochs = sweep.settings.metric, sweep.base.train.epochs
     rows = []
     for r in (grid[i] for i in range(len(grid))):
@@ -447,11 +434,10 @@ def _rows(grid: ray.tune.ResultGrid, sweep: Sweep, plan: TrialPlan, storage: str
             history = [(int(e), float(v)) for e, v in zip(df["epoch"], df[metric], strict=True)
                        if e == e]  # e != e: NaN
         reached = int(metrics.get("epoch", 0))
-        status = (res.ERROR if r.error is not None else
-                  res.COMPLETED if reached >= epochs else res.STOPPED)
+        status = res.ERROR if r.error is not None else res.ended_status(reached, epochs)
         error = str(r.error).strip().splitlines()[-1][:200] if r.error is not None else ""
-        try:
-            cfg = sweep.trial_config(params, trial_id, trial_overrides(sweep, plan, storage, uri))
+        try:  # the trial's batch and lr, for the table
+            cfg = sweep.config_with(params)
         except ConfigError:  # a trial that never started has no sampled params
             cfg = sweep.base
         rows.append(res.TrialRow(trial_id, params, status, reached,
@@ -507,9 +493,7 @@ def _crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
     report = evaluate_encoders(with_baseline(trial_cfg, loaded.encoder), split, eval_cfg,
                                loaded.encoder.image_size, base.train.seed, log)
     result.report = report
-    epochs = base.train.epochs
-    Tracker(uri, best.run_id, active=True).log_metrics(report.metrics(), step=epochs)
-    log_blobs(client, best.run_id, report.artifacts())
+    report.log_to(client, best.run_id, step=base.train.epochs)
     name = base.tracking.registered_model or f"raysl-{base.method.name}-{base.model.backbone}"
     earlier = client.search_model_versions(f"name='{name}' and run_id='{best.run_id}'")
     version = str(earlier[0].version) if earlier else ""  # an interrupted end of this sweep
@@ -576,10 +560,9 @@ def _scorer(name: str, version: str, ours: float, split: LabeledSplit, eval_cfg:
 
 def _description(sweep: Sweep, best: res.TrialRow, encoder: Encoder, report: EvalReport) -> str:
     base, info = sweep.base, encoder_info(encoder)
-    params = ", ".join(f"{k}={res._fmt(v)}" for k, v in best.params.items())
     results = "; ".join(f"{k} {100 * v:.2f}%" for k, v in report.results[TRAINED].items())
-    return (f"Best trial ({best.trial_id}: {params}) of sweep {sweep.name}: {base.method.name} "
-            f"{base.model.backbone} (width {base.model.effective_width}), "
+    return (f"Best trial ({best.trial_id}: {best.params_text()}) of sweep {sweep.name}: "
+            f"{base.method.name} {base.model.backbone} (width {base.model.effective_width}), "
             f"{base.train.epochs} epochs. {sweep.settings.metric} "
             f"{100 * best.metric:.2f}% during training; on {report.split}: {results}. "
             f"Input: (B, {info['in_channels']}, H, W) images, float in [0, 1] or uint8, "
@@ -587,12 +570,8 @@ def _description(sweep: Sweep, best: res.TrialRow, encoder: Encoder, report: Eva
             f"features. MLflow run {best.run_id}.")
 
 
-def _summary(sweep: Sweep, result: SweepResult, plan: TrialPlan, interrupted: bool = False
-             ) -> str:
+def _summary(sweep: Sweep, result: SweepResult) -> str:
     s, rows = sweep.settings, result.rows
-    counts = ", ".join(f"{sum(r.status == st for r in rows)} {st}"
-                       for st in (res.COMPLETED, res.STOPPED, res.ERROR)
-                       if any(r.status == st for r in rows))
     sc = s.scheduler
     how = {"asha": f"ASHA (grace {sc.grace_period} epoch(s), reduction {sc.reduction_factor:g})",
            "median": f"median stopping (grace {sc.grace_period} epoch(s))",
@@ -600,22 +579,21 @@ def _summary(sweep: Sweep, result: SweepResult, plan: TrialPlan, interrupted: bo
     best_id = result.best.trial_id if result.best else ""
     lines = ["", "=" * 30 + " raysl tune: summary " + "=" * 30,
              f"sweep          {sweep.name}{'  (resumed)' if result.resumed else ''}: "
-             f"{len(rows)} trial(s): {counts}",
+             f"{len(rows)} trial(s): {res.status_counts(rows)}",
              "space          " + "; ".join(f"{d.field} {d.describe()}" for d in sweep.space),
              f"search         {s.search}, {how}, on {s.metric} ({s.mode})",
              f"batch sizes    data.batch_size_global is over all {sweep.base.train.num_workers} "
              f"worker(s); lr = optim.base_lr x batch_size_global / 256",
              "", res.table(rows, sweep.fields, s.metric, best_id), ""]
-    if interrupted:
+    if result.interrupted:
         lines.append("interrupted    run the same command again to resume "
                      f"({result.experiment_path})")
     elif result.best is None:
         lines.append("best           no trial completed: nothing registered")
     else:
         b = result.best
-        lines.append(f"best           trial {b.trial_id}: "
-                     + ", ".join(f"{k}={res._fmt(v)}" for k, v in b.params.items())
-                     + f"; {s.metric} {100 * b.metric:.2f}% (MLflow run {b.run_id})")
+        lines.append(f"best           trial {b.trial_id}: {b.params_text()}; {s.metric} "
+                     f"{100 * b.metric:.2f}% (MLflow run {b.run_id})")
     if result.report is not None:
         lines.append(f"evaluation     of the best trial on {result.report.split}")
         lines += ["  " + row for row in result.report.table().splitlines()]
@@ -664,6 +642,7 @@ def _log_results(client: MlflowClient, parent_id: str, sweep: Sweep, result: Swe
         if result.decision.incumbent_score is not None:
             metrics["champion/incumbent_score"] = result.decision.incumbent_score
         metrics["champion/challenger_score"] = result.decision.challenger_score
-    Tracker(client.tracking_uri, parent_id, active=True).log_metrics(metrics, step=0)
-    Tracker(client.tracking_uri, parent_id, active=True).set_tags(tags)
+    tracker = Tracker(client.tracking_uri, parent_id, active=True)
+    tracker.log_metrics(metrics, step=0)
+    tracker.set_tags(tags)
     log_blobs(client, parent_id, files)

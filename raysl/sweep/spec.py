@@ -207,18 +207,12 @@ class Sweep:
                 so a restored trial resumes both.
             overrides: settings the sweep owns (storage, tracking URI...), dotted keys.
         """
-        raw = self.base.to_dict()
-        for key, value in {**params, **overrides,
-                           "train.run_name": f"{self.name}-{trial_id}"}.items():
-            merge_override(raw, key.split("."), value)
-        return Config.from_dict(raw, source=f"trial {trial_id} of sweep {self.name}")
+        values = {**params, **overrides, "train.run_name": f"{self.name}-{trial_id}"}
+        return config_with(self.base, values, f"trial {trial_id} of sweep {self.name}")
 
     def config_with(self, params: dict[str, Any]) -> Config:
         """The base config with ``params`` set: what a trial trains, minus the sweep's settings."""
-        raw = self.base.to_dict()
-        for key, value in params.items():
-            merge_override(raw, key.split("."), value)
-        return Config.from_dict(raw)
+        return config_with(self.base, params)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data: the settings, the space and the base config (what a trial needs)."""
@@ -349,13 +343,12 @@ def parse_space(raw: Any, base: Config, source: str = "") -> tuple[SearchDim, ..
     dims = []
     for name, domain in raw.items():
         where = f"space.{name}"
-        _check_field_exists(base, str(name), where, source)
+        current = _field_value(base, str(name), where, source)
         if str(name) == "method.name":
             raise ConfigError(where, domain, "one method per sweep (methods differ in their "
                               "fields); run one sweep per method with --method", source)
         _check_not_owned(str(name), domain, source)
         dim = _parse_domain(str(name), domain, where, source)
-        current = _field_value(base, dim.field)
         if dim.kind in ("uniform", "loguniform") and isinstance(current, int) \
                 and not isinstance(current, bool):
             raise ConfigError(f"{where}.{dim.kind}", list(dim.values), f"{dim.field} is an "
@@ -368,20 +361,18 @@ def parse_space(raw: Any, base: Config, source: str = "") -> tuple[SearchDim, ..
     return tuple(dims)
 
 
-def _field_value(cfg: Config, name: str) -> Any:
-    node: Any = cfg
-    for part in name.split("."):
-        node = getattr(node, part)
-    return node
+def config_with(base: Config, values: dict[str, Any], source: str | None = None) -> Config:
+    """``base`` with ``values`` (dotted keys, e.g. a trial's parameters) set, validated."""
+    raw = base.to_dict()
+    for key, value in values.items():
+        merge_override(raw, key.split("."), value)
+    return Config.from_dict(raw, source=source)
 
 
 def _check_values(base: Config, values: dict[str, Any], source: str) -> None:
     """Raise ``ConfigError("space.<field>", ...)`` unless ``values`` on ``base`` make a config."""
-    raw_cfg = base.to_dict()
-    for key, value in values.items():
-        merge_override(raw_cfg, key.split("."), value)
     try:
-        Config.from_dict(raw_cfg)
+        config_with(base, values)
     except ConfigError as e:
         if len(values) == 1 and e.field in values:
             raise ConfigError(f"space.{e.field}", e.value, e.expected, source) from None
@@ -411,7 +402,8 @@ def _check_combinations(base: Config, dims: list[SearchDim], source: str) -> Non
         _check_values(base, {d.field: v for d, v in zip(dims, combo, strict=True)}, source)
 
 
-def _check_field_exists(base: Config, name: str, where: str, source: str) -> None:
+def _field_value(base: Config, name: str, where: str, source: str) -> Any:
+    """The base config's value of the dotted field ``name``; ConfigError if it is no field."""
     node: Any = base
     for i, part in enumerate(name.split(".")):
         known = [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
@@ -422,6 +414,7 @@ def _check_field_exists(base: Config, name: str, where: str, source: str) -> Non
         node = getattr(node, part)
     if dataclasses.is_dataclass(node):
         raise ConfigError(where, name, "is a section; sweep one of its fields", source)
+    return node
 
 
 def _parse_domain(name: str, domain: Any, where: str, source: str) -> SearchDim:
