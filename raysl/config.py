@@ -12,6 +12,7 @@ the method registry, so a new method brings its own config dataclass (``raysl/me
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -55,30 +56,51 @@ def check(ok: bool, field: str, value: Any, expected: str) -> None:
 # Sections
 # ---------------------------------------------------------------------------------------------
 
-SourceFormat = Literal["auto", "idx", "folder", "npz", "generated"]
+SourceFormat = Literal["auto", "folder", "files", "parquet", "idx", "npz", "npy", "cifar",
+                       "generated"]
 
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """Where images (and optional labels) come from.
+    """Where images (and optional labels) come from: a local path or an object-store URI.
 
-    ``format="auto"`` picks the reader from ``path``: a ``.npz`` file, a directory holding IDX files
-    (``*-images-idx3-ubyte[.gz]``), or any other directory as a tree of image files (class
-    sub-folders become labels). ``generated`` makes a small labeled shapes dataset (no files).
+    ``path`` may be ``s3://``, ``gs://`` or ``abfs://`` (pyarrow filesystems). Formats:
+
+    - ``folder``: a directory tree of image files (JPEG, PNG, WebP, BMP, TIFF, GIF); class
+      sub-folders become labels when every file sits in one.
+    - ``files``: a list of image paths or URIs, one per line (``.txt``), or a ``path`` column
+      with an optional ``label`` column (``.csv``, ``.parquet``); relative paths are relative
+      to the list.
+    - ``parquet``: a ``.parquet`` file or a directory of them with an encoded-image column
+      (bytes, or a struct with ``bytes`` as Hugging Face datasets write).
+    - ``idx`` (MNIST, Fashion-MNIST), ``npz``, ``npy``, ``cifar`` (torchvision's
+      ``cifar-10-batches-py`` / ``cifar-100-python`` folders, read from disk, never downloaded).
+    - ``generated``: a small labeled shapes dataset (no files).
+
+    ``auto`` picks the format from the path: its extension, IDX or CIFAR files in a directory,
+    parquet files in a directory, otherwise a folder of images.
     """
 
     format: SourceFormat = "auto"
     path: str = FASHION_MNIST_DIR
-    split: str = "train"  # IDX only: "train" or "t10k"/"test"
-    limit: int = 0  # use at most this many images (first N after a seeded shuffle); 0 = all
+    split: str = "train"  # IDX: "train" or "t10k"/"test"; CIFAR: "train" or "test"
+    limit: int = 0  # use at most this many images (a seeded random subset); 0 = all
+    endpoint: str = ""  # S3-compatible endpoint, e.g. http://minio:9000; empty = AWS_ENDPOINT_URL
+    image_column: str = ""  # parquet: the encoded-image column; empty = image/img/bytes/...
+    label_column: str = ""  # parquet and file lists: the label column; empty = "label" if any
 
     def __post_init__(self) -> None:
         check(self.limit >= 0, "limit", self.limit, "must be >= 0 (0 = all images)")
+        check(not self.endpoint or "://" in self.endpoint, "endpoint", self.endpoint,
+              "a URL with its scheme, e.g. http://127.0.0.1:9000")
 
     @property
     def is_set(self) -> bool:
         """Whether this names any data (eval.query may be left empty to hold out from the bank)."""
         return self.format == "generated" or bool(self.path)
+
+
+Pretext = Literal["none", "rotation", "jigsaw", "colorization"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,16 @@ class ViewConfig:
     local_size: int = 0  # side of the local views; 0 = 96/224 of data.image_size, as the papers
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
     local_blur_p: float = 0.5
+    # Views per image at data.image_size: 2 for the joint-embedding methods, 1 for MAE (it masks
+    # inside the model) and for the pretext tasks (one view and its target).
+    global_views: int = 2
+    # A pretext target emitted beside the one view (raysl/data/views.py): "rotation" (RotNet),
+    # "jigsaw" (the view is cut into shuffled tiles) or "colorization" (gray view, colour target).
+    pretext: Pretext = "none"
+    jigsaw_grid: int = 3  # tiles per side, 2-4 (3 x 3 as Noroozi & Favaro)
+    # Classes of the jigsaw task: a fixed seeded set far apart in Hamming distance. Each
+    # augmentation worker process builds it once: ~1 s for 100, ~5 s for 1000 on an idle core.
+    jigsaw_permutations: int = 100
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -133,10 +165,31 @@ class ViewConfig:
         check(0 <= self.hue <= 0.5, "hue", self.hue, "is a hue shift in [0, 0.5]")
         lo, hi = self.blur_sigma
         check(0 < lo <= hi, "blur_sigma", self.blur_sigma, "needs 0 < min <= max")
+        check(self.global_views in (1, 2), "global_views", self.global_views,
+              "must be 1 or 2 (blur_p and solarize_p hold one value per global view)")
+        if self.pretext != "none":
+            check(self.global_views == 1, "global_views", self.global_views,
+                  f"must be 1 with pretext={self.pretext!r} (one view and its target)")
+            check(self.local_crops == 0, "local_crops", self.local_crops,
+                  f"must be 0 with pretext={self.pretext!r}")
+        check(2 <= self.jigsaw_grid <= 4, "jigsaw_grid", self.jigsaw_grid,
+              "must be in [2, 4] tiles per side")
+        most = min(1000, math.factorial(self.jigsaw_grid ** 2))
+        check(2 <= self.jigsaw_permutations <= most, "jigsaw_permutations",
+              self.jigsaw_permutations,
+              f"must be in [2, {most}] for a {self.jigsaw_grid}x{self.jigsaw_grid} grid")
 
 
 _BYOL_JITTER: dict[str, Any] = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2,
                                 "hue": 0.1}
+_NO_COLOUR: dict[str, Any] = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": (0.0, 0.0)}
+
+
+def _crop_of_256(side: int) -> tuple[float, float]:
+    """The RandomResizedCrop scale of ``Resize(256)`` then ``RandomCrop(side)``."""
+    # data.decode_size is 8/7 of the view size by default: 256 for 224, as these recipes.
+    area = (side / 256) ** 2
+    return (area, area)
 
 # The augmentation recipe of each method family, as published. A method names its default in
 # ``SSLMethod.default_preset``; ``data.preset`` picks another; ``data.views.*`` overrides any field.
@@ -154,6 +207,22 @@ VIEW_PRESETS: dict[str, ViewConfig] = {
     "dino": ViewConfig(**_BYOL_JITTER, crop_scale=(0.4, 1.0), blur_p=(1.0, 0.1),
                        solarize_p=(0.0, 0.2), local_crops=6, local_crop_scale=(0.05, 0.4),
                        local_blur_p=0.5),
+    # MAE (arXiv:2111.06377, appendix A.1): one view, RandomResizedCrop (0.2, 1) and a flip, no
+    # colour jitter or blur; masking happens in the model. (Bilinear where the paper is bicubic.)
+    "mae": ViewConfig(crop_scale=(0.2, 1.0), **_NO_COLOUR, global_views=1),
+    # RotNet (Gidaris et al. 2018, arXiv:1803.07728): a 224 crop of the 256 px image, a flip, and
+    # 0/90/180/270 degrees drawn per image (the rotation index is the label).
+    "rotation": ViewConfig(crop_scale=_crop_of_256(224), crop_ratio=(1.0, 1.0), **_NO_COLOUR,
+                           global_views=1, pretext="rotation"),
+    # Jigsaw (Noroozi & Favaro 2016, arXiv:1603.09246): a 225 crop of the 256 px image, a 3 x 3
+    # grid, one tile at a random place in each cell (64 of 75 px), shuffled by one of a fixed set
+    # of permutations far apart in Hamming distance (the permutation index is the label).
+    "jigsaw": ViewConfig(crop_scale=_crop_of_256(225), crop_ratio=(1.0, 1.0), hflip_p=0.0,
+                         **_NO_COLOUR, global_views=1, pretext="jigsaw"),
+    # Colorization (Zhang et al. 2016, arXiv:1603.08511; their training prototxt: a 176 crop of
+    # the 256 px image, mirrored): the luminance is the input, the colour crop the target.
+    "colorization": ViewConfig(crop_scale=_crop_of_256(176), crop_ratio=(1.0, 1.0),
+                               **_NO_COLOUR, global_views=1, pretext="colorization"),
 }
 
 
@@ -169,13 +238,23 @@ class DataConfig:
     preset: str = ""  # augmentation recipe (VIEW_PRESETS); empty = the method's own
     views: ViewConfig = field(default_factory=ViewConfig)  # the preset, with any overrides
     augment_batch_size: int = 64  # images per Ray Data map_batches call on the CPU workers
-    augment_cpus: float = 0.5  # logical CPUs each augmentation actor reserves
+    augment_cpus: float = 0.5  # logical CPUs each augmentation task reserves
     shuffle_buffer: int = 1024  # local shuffle buffer (rows) on each train worker; 0 = off
+    # Bad image files are skipped, counted and reported ("skip"), or stop the run ("fail"). Even
+    # when skipping, more than max_bad_fraction of bad files stops it: a wrong bucket must not
+    # silently train on what little decodes.
+    on_error: Literal["skip", "fail"] = "skip"
+    max_bad_fraction: float = 0.1
+    max_image_pixels: int = 100_000_000  # larger images are skipped (too_large): 10000 x 10000
+    min_image_side: int = 8  # images with a shorter side are skipped (too_small)
 
     def __post_init__(self) -> None:
         check(8 <= self.image_size <= 1024, "image_size", self.image_size, "must be in [8, 1024]")
         check(self.preset in ("", *VIEW_PRESETS), "preset", self.preset,
               f"must be empty (the method's own) or one of {sorted(VIEW_PRESETS)}")
+        check(self.views.pretext != "colorization" or self.channels == 3, "channels",
+              self.channels, "must be 3 with views.pretext='colorization' (the target is the "
+              "colour image)")
         check(self.decode_size == 0 or self.decode_size >= self.image_size, "decode_size",
               self.decode_size, f"must be 0 (auto) or >= image_size ({self.image_size})")
         check(self.batch_size_global >= 2, "batch_size_global", self.batch_size_global,
@@ -183,11 +262,24 @@ class DataConfig:
         check(self.augment_batch_size >= 1, "augment_batch_size", self.augment_batch_size, ">= 1")
         check(self.augment_cpus > 0, "augment_cpus", self.augment_cpus, "must be > 0")
         check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, ">= 0 (0 = off)")
+        check(0 <= self.max_bad_fraction <= 1, "max_bad_fraction", self.max_bad_fraction,
+              "is a fraction in [0, 1] of the files that may be bad before the run stops")
+        check(self.max_image_pixels >= 1, "max_image_pixels", self.max_image_pixels, ">= 1")
+        check(self.min_image_side >= 1, "min_image_side", self.min_image_side, ">= 1")
 
     @property
     def effective_local_size(self) -> int:
         """Side of the multi-crop local views: 96/224 of the global size unless set."""
         return self.views.local_size or max(8, round(self.image_size * 96 / 224))
+
+    @property
+    def jigsaw_tile_size(self) -> int:
+        """Side of a jigsaw tile: 64/75 of a grid cell (Noroozi & Favaro's 64 px in 75 px cells).
+
+        At most the cell side minus one, so every tile can move inside its cell.
+        """
+        cell = self.image_size // self.views.jigsaw_grid
+        return max(1, min(cell - 1, round(cell * 64 / 75)))
 
     @property
     def effective_decode_size(self) -> int:
@@ -493,6 +585,7 @@ class Config:
             raise ConfigError("data.views.local_crops", local,
                               f"must be 0: {self.method.name} does not use multi-crop (methods "
                               f"that do: {users})")
+        self._check_view_layout(method_cls)
         if self.model.is_vit and local and not self.data.views.local_size:
             # Auto local size (96/224 of the global one) rounded to whole ViT patches.
             p = self.model.effective_patch_size
@@ -508,6 +601,32 @@ class Config:
                                                   f"model.patch_size={p}")
         method_cls.check_config(self)
 
+    def _check_view_layout(self, method_cls: Any) -> None:
+        """Raise unless the views have the method's layout: global views and pretext target.
+
+        Methods declare theirs as ``SSLMethod.global_views`` and ``SSLMethod.pretext``.
+        """
+        views = self.data.views
+        got, need = (views.global_views, views.pretext), (method_cls.global_views,
+                                                          method_cls.pretext)
+        if got == need:
+            return
+        preset = VIEW_PRESETS[self.data.preset]
+        value: Any
+        if got == (preset.global_views, preset.pretext):  # the preset's layout, not an override
+            field, value = "data.preset", self.data.preset
+        elif views.pretext != method_cls.pretext:
+            field, value = "data.views.pretext", views.pretext
+        else:
+            field, value = "data.views.global_views", views.global_views
+        fits = [p for p, v in VIEW_PRESETS.items() if (v.global_views, v.pretext) == need
+                and (method_cls.multicrop or not v.local_crops)]
+        users = [n for n in registry_names()
+                 if (method_class(n).global_views, method_class(n).pretext) == got]
+        who = f"methods {users} train on" if users else "no registered method trains on yet"
+        raise ConfigError(field, value, f"{self.method.name} trains on {_layout(*need)} (presets "
+                                        f"{fits}); this gives {_layout(*got)}, which {who}")
+
     @property
     def batch_size_per_worker(self) -> int:
         """Images per optimizer step on each worker."""
@@ -520,9 +639,12 @@ class Config:
 
     @property
     def view_sizes(self) -> list[int]:
-        """Side of each view the method receives: 2 global views, then the local crops."""
+        """Side of each view the method receives: the global views, then the local crops.
+
+        A jigsaw view is the tiles of an ``image_size`` crop (``data.jigsaw_tile_size`` each).
+        """
         local = [self.data.effective_local_size] * self.data.views.local_crops
-        return [self.data.image_size] * 2 + local
+        return [self.data.image_size] * self.data.views.global_views + local
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
@@ -576,6 +698,12 @@ def registry_names() -> list[str]:
     """Names of every registered method."""
     names: list[str] = _method_registry().names("method")
     return names
+
+
+def _layout(global_views: int, pretext: str) -> str:
+    """``"1 global view with a rotation target"``, for error messages."""
+    views = f"{global_views} global view{'s' if global_views > 1 else ''}"
+    return views if pretext == "none" else f"{views} with a {pretext} target"
 
 
 def method_config_class(name: str) -> type[MethodConfig]:

@@ -25,7 +25,7 @@ from raysl.config import (
     merge_override,
     parse_override,
 )
-from raysl.data.readers import resolve_format
+from raysl.data.readers import DecodePolicy, resolve_format
 from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import EvalReport, evaluate_encoders, load_labeled_split, with_baseline
 from raysl.tracking.mlflow import (
@@ -86,8 +86,8 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
     elif data:  # set directly, not through --set parsing: a path is never read as YAML
         ev["bank"] = {**ev.get("bank", {}), "path": data, "format": "auto", "split": "train"}
         fmt = resolve_format(SourceConfig(path=data), "--data")
-        ev["query"] = ({"path": data, "format": "auto", "split": "t10k", "limit": 0}
-                       if fmt == "idx" else {"path": "", "format": "auto"})
+        ev["query"] = ({"path": data, "format": "auto", "split": "test", "limit": 0}
+                       if fmt in ("idx", "cifar") else {"path": "", "format": "auto"})
     if protocols is not None:
         ev["protocols"] = protocols
     check_overrides(overrides)
@@ -139,7 +139,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     log(f"[raysl] evaluating {loaded.description}: {', '.join(cfg.eval.protocols)}")
     torch.set_num_threads(os.cpu_count() or 1)
     split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
-                               cfg.train.seed)
+                               cfg.train.seed, DecodePolicy.of(cfg.data))
     report = evaluate_encoders(with_baseline(cfg, loaded.encoder), split, cfg.eval,
                                cfg.data.image_size, cfg.train.seed, log)
     run_id = _log_run(cfg, loaded, spec, report, uri)

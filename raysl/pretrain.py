@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
-from raysl.data.readers import ImageSource, read_source, resolve_format
+from raysl.data.readers import DecodePolicy, ImageSource, read_source, resolve_format
 from raysl.eval.models import WEIGHTS_TAG, log_weights
 from raysl.eval.suite import (
     PIXELS,
@@ -75,6 +75,7 @@ class PretrainResult:
     weights_artifact: str = ""  # artifact directory of the encoder's weights in the MLflow run
     model: RegisteredEncoder | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -83,7 +84,9 @@ class PretrainResult:
                  f"run            {self.run_name}{'  (resumed)' if self.resumed else ''}",
                  f"data           {self.data}"]
         if self.skipped:
-            lines.append(f"bad files      skipped {sum(self.skipped.values())}: {self.skipped}")
+            lines.append(f"bad files      skipped {sum(self.skipped.values())}: {self.skipped}"
+                         " (list: data/skipped.txt in the MLflow run)")
+            lines += [f"               {e}" for e in self.skipped_examples[:3]]
         lines.append(f"training       final loss {self.final_loss:.4f}, "
                      f"{self.images_per_s:.0f} images/s in the last epoch")
         if self.online:
@@ -182,8 +185,9 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
 def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
                         result: PretrainResult) -> ImageSource:
     source = read_source(cfg.data.source, cfg.data.channels, cfg.data.effective_decode_size,
-                         cfg.train.seed, "data.source")
+                         cfg.train.seed, "data.source", DecodePolicy.of(cfg.data))
     result.data, result.skipped = source.description, source.skipped
+    result.skipped_examples = source.skipped_examples
     metrics = {"data/images": float(source.num_images)}
     metrics.update({f"data/skipped_{reason}": float(n) for reason, n in source.skipped.items()})
     Tracker(result.tracking_uri, run_id, active=True).log_metrics(metrics, step=0)
@@ -194,7 +198,7 @@ def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
 
 def _labeled_split(cfg: Config) -> LabeledSplit:
     return load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
-                              cfg.train.seed)
+                              cfg.train.seed, DecodePolicy.of(cfg.data))
 
 
 def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: ResourcePlan,
@@ -215,7 +219,7 @@ def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: R
                           f"needs the training data's classes {source.class_names[:10]} to be "
                           f"eval.bank's {split.class_names[:10]}: the probe learns the first and "
                           "is scored on the second")
-    dataset = view_stream(source, cfg.data, plan.augment_actors)
+    dataset = view_stream(source, cfg.data, plan.augment_tasks)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name,
                             len(source.class_names))
     log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "

@@ -13,7 +13,9 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               *[RAYSL / "eval" / f"{m}.py" for m in ("knn", "linear", "finetune", "online",
                                                      "splits", "features", "plots")],
               # sweep definitions, results and the champion rule (Tune runs in sweep/run.py)
-              *[RAYSL / "sweep" / f"{m}.py" for m in ("spec", "results", "champion")]]
+              *[RAYSL / "sweep" / f"{m}.py" for m in ("spec", "results", "champion")],
+              # decoding, array formats, storage access and augmentation (Ray Data calls them)
+              *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")]]
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -35,7 +37,8 @@ def test_model_side_files_do_not_import_ray():
 def test_loading_the_model_side_does_not_load_ray():
     code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.linear, "
             "raysl.eval.finetune, raysl.eval.online, raysl.eval.plots, raysl.eval.knn, "
-            "raysl.sweep.spec, raysl.sweep.results, raysl.sweep.champion; "
+            "raysl.sweep.spec, raysl.sweep.results, raysl.sweep.champion, raysl.data.decode, "
+            "raysl.data.formats, raysl.data.storage, raysl.data.views; "
             "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -145,19 +145,58 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
 
 
 
-def test_multicrop_ema_method_with_grad_accumulation_end_to_end(tmp_path: Path, monkeypatch):
+def _image_folder(root: Path, per_class: int = 24) -> dict[str, int]:
+    """Fashion-MNIST (or generated) images as PNG files in class folders, plus bad files.
+
+    Returns the bad files written, per reason, as the reader should count them.
+    """
+    from PIL import Image
+
+    from raysl.data import generated
+    from raysl.data.formats import parse_idx
+
+    idx = Path(FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz"
+    if idx.exists():
+        images = parse_idx(idx.read_bytes(), idx.name)
+        labels = parse_idx((idx.parent / "t10k-labels-idx1-ubyte.gz").read_bytes(), "labels")
+    else:
+        images, labels = generated.shapes(n=2000, size=28, seed=0)
+        images = images[..., 0]
+    for c in range(8):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in np.flatnonzero(labels == c)[:per_class]:
+            Image.fromarray(images[i]).save(root / f"class_{c}" / f"{i}.png")
+    (root / "class_0" / "empty.png").write_bytes(b"")
+    (root / "class_1" / "notes.jpg").write_text("not an image")
+    good = next((root / "class_2").iterdir()).read_bytes()
+    (root / "class_2" / "cut.png").write_bytes(good[: len(good) // 2])
+    Image.new("L", (1, 1)).save(root / "class_3" / "dot.png")
+    return {"empty": 1, "not_an_image": 1, "truncated": 1, "too_small": 1}
+
+
+def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: Path, monkeypatch,
+                                                                      capsys):
+    # Data: a folder of image files, 4 of them bad (skipped, counted, reported, logged).
     # DINO: multi-crop views from Ray Data, an EMA teacher, a center kept equal across workers,
     # the last layer frozen in epoch 1, a weight-decay schedule, clipping, 2 micro-batches a step.
     monkeypatch.chdir(tmp_path)
+    bad = _image_folder(tmp_path / "images")
     cfg = C.load(CONFIGS / "dino_fmnist.yaml", [
-        *_shared(tmp_path, 2, "e2e-dino"), "data.views.local_crops=2", "method.out_dim=64",
-        "method.hidden_dim=64", "method.bottleneck_dim=32", "train.grad_accumulation=2",
-        "optim.weight_decay_schedule=cosine", "optim.weight_decay_end=0.01", "optim.clip_grad=3.0",
-        "tracking.registered_model=e2e-dino"])
+        *_shared(tmp_path, 2, "e2e-dino"), f"data.source.path={tmp_path / 'images'}",
+        "data.source.limit=0", "data.image_size=28", "data.views.local_crops=2",
+        "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=32",
+        "train.grad_accumulation=2", "optim.weight_decay_schedule=cosine",
+        "optim.weight_decay_end=0.01", "optim.clip_grad=3.0", "tracking.registered_model=e2e-dino"])
     assert cfg.view_sizes == [28, 28, 12, 12] and cfg.micro_batch_size == 16
     result = pretrain(cfg)
     client = MlflowClient(result.tracking_uri)
     metrics = client.get_run(result.mlflow_run_id).data.metrics
+    assert result.skipped == bad and metrics["data/images"] == 8 * 24
+    assert {k: v for k, v in metrics.items() if k.startswith("data/skipped_")} == {
+        f"data/skipped_{reason}": n for reason, n in bad.items()}
+    listed = client.download_artifacts(result.mlflow_run_id, "data/skipped.txt", str(tmp_path))
+    assert "class_1/notes.jpg: not_an_image" in Path(listed).read_text()
+    assert "skipped 4: " in result.summary() and "data/skipped.txt" in result.summary()
     for key in ("train/loss", "train/grad_norm", "train/weight_decay", "train/dino/teacher_temp",
                 "eval/knn_top1"):
         assert key in metrics, key

@@ -6,28 +6,29 @@ import ray.data
 
 from raysl.config import DataConfig
 from raysl.data.readers import ImageSource
-from raysl.data.views import MultiViewTransform
+from raysl.data.views import augment_batch
 
 
-def view_stream(source: ImageSource, cfg: DataConfig, max_actors: int) -> ray.data.Dataset:
+def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int) -> ray.data.Dataset:
     """Augmented views of ``source``, re-drawn every epoch.
 
     Block order is shuffled on every pass (cheap); the train workers add a local shuffle buffer.
-    Augmentation runs on CPU actors of Ray Data (``data.augment_cpus`` each, up to
-    ``max_actors``), so views arrive as uint8 (B, C, S, S) tensors ready for the model.
+    Augmentation runs in Ray Data tasks (``data.augment_cpus`` each, up to ``max_tasks`` at once)
+    on whichever nodes have CPU, so views arrive as uint8 (B, C, S, S) tensors ready for the model.
 
     Returns:
-        Dataset with columns ``view0`` .. ``view{n-1}``, n = 2 + ``cfg.views.local_crops``: the
-        two global views at ``cfg.image_size``, then the local crops at
-        ``cfg.effective_local_size`` (the order of ``Config.view_sizes``).
+        Dataset with columns ``view0`` .. ``view{n-1}``, n = ``cfg.views.global_views +
+        cfg.views.local_crops``: the global views at ``cfg.image_size``, then the local crops at
+        ``cfg.effective_local_size`` (the order of ``Config.view_sizes``); a pretext preset adds
+        its target column (``views.make_columns``), and ``label`` is kept when the images have
+        one.
     """
-    # No select_columns() before the map: it would be a separate 1-CPU task that cannot run while
-    # the actors hold the CPUs Ray Data has beside training (seen hanging on 2 cores); the
-    # transform reads only "image" and emits only the views.
+    # The transform reads only "image" (+ "label") and emits only the views: no select_columns()
+    # before it, which would be one more operator competing for the few CPUs beside training.
     return (source.dataset
             .randomize_block_order()
-            .map_batches(MultiViewTransform,
-                         fn_constructor_kwargs={"cfg": cfg},
+            .map_batches(augment_batch,  # type: ignore[arg-type]  # Ray's stub: one argument
+                         fn_kwargs={"cfg": cfg},
                          batch_size=cfg.augment_batch_size, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+                         compute=ray.data.TaskPoolStrategy(size=max_tasks),
                          num_cpus=cfg.augment_cpus, udf_modifying_row_count=False))

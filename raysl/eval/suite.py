@@ -18,7 +18,13 @@ from mlflow.tracking import MlflowClient
 from torch import Tensor
 
 from raysl.config import Config, EvalConfig
-from raysl.data.readers import DataError, read_source, to_numpy
+from raysl.data.readers import (
+    DEFAULT_POLICY,
+    DataError,
+    DecodePolicy,
+    read_source,
+    to_numpy,
+)
 from raysl.eval import plots
 from raysl.eval.extract import extract_features
 from raysl.eval.features import pixel_features
@@ -53,16 +59,16 @@ class LabeledSplit:
         return self.class_names[c] if c < len(self.class_names) else str(c)
 
 
-def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: int
-                       ) -> LabeledSplit:
+def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: int,
+                       policy: DecodePolicy = DEFAULT_POLICY) -> LabeledSplit:
     """Read ``cfg.bank`` and ``cfg.query`` (or hold out ``cfg.holdout`` of the bank)."""
-    bank_src = read_source(cfg.bank, channels, decode_size, seed, "eval.bank")
+    bank_src = read_source(cfg.bank, channels, decode_size, seed, "eval.bank", policy)
     bank_x, bank_y = to_numpy(bank_src)
     if bank_y is None:
         raise DataError(f"eval.bank.path={cfg.bank.path!r}: has no labels; evaluation needs a "
                         "labeled set (class sub-folders, IDX labels or an npz 'labels' array)")
     if cfg.query.is_set:
-        query_src = read_source(cfg.query, channels, decode_size, seed, "eval.query")
+        query_src = read_source(cfg.query, channels, decode_size, seed, "eval.query", policy)
         query_x, query_y = to_numpy(query_src)
         if query_y is None:
             raise DataError(f"eval.query.path={cfg.query.path!r}: has no labels")

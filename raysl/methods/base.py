@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from raysl import registry
 from raysl.config import Config as RunConfig
-from raysl.config import MethodConfig, check
+from raysl.config import MethodConfig, Pretext, check
 from raysl.nn.backbones import Encoder, build_encoder
 
 
@@ -56,7 +56,11 @@ class SSLMethod(nn.Module, ABC):
     summary: ClassVar[str]  # one line for `raysl methods`
     paper: ClassVar[str]  # citation with arXiv id
     default_preset: ClassVar[str] = "simclr"  # augmentation recipe, a key of VIEW_PRESETS
-    multicrop: ClassVar[bool] = False  # whether it takes local crops beyond the 2 global views
+    multicrop: ClassVar[bool] = False  # whether it takes local crops beyond the global views
+    # The view layout it trains on, checked against data.views at config time: the number of
+    # global views (MAE and the pretext tasks: 1) and the pretext target column it reads.
+    global_views: ClassVar[int] = 2
+    pretext: ClassVar[Pretext] = "none"
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -71,8 +75,8 @@ class SSLMethod(nn.Module, ABC):
         """Loss on a batch of views.
 
         Args:
-            views: 2 global views (B, C, S, S), then any local crops (B, C, s, s); float in
-                [0, 1] or uint8.
+            views: ``global_views`` global views (B, C, S, S), then any local crops
+                (B, C, s, s); float in [0, 1] or uint8.
             progress: where training stands, for schedules inside the method.
         """
 

@@ -28,14 +28,14 @@ class ResourcePlan:
     cpus_per_worker: float
     gpus_per_worker: int
     threads_per_worker: int  # torch intra-op threads per train worker
-    augment_actors: int  # upper bound of the Ray Data augmentation actor pool
+    augment_tasks: int  # augmentation tasks Ray Data runs at once, at most
 
     def describe(self, cfg: Config) -> str:
         """One line for the log."""
         gpu = f" + {self.gpus_per_worker} GPU" if self.gpus_per_worker else ""
         return (f"{cfg.train.num_workers} train worker(s) x {self.cpus_per_worker:g} CPU{gpu} "
                 f"({self.threads_per_worker} thread(s) each); Ray Data: up to "
-                f"{self.augment_actors} augmentation actor(s) x {cfg.data.augment_cpus:g} CPU")
+                f"{self.augment_tasks} augmentation task(s) x {cfg.data.augment_cpus:g} CPU")
 
 
 def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> ResourcePlan:
@@ -66,8 +66,8 @@ def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> Res
                           f"{max(available, 0):g} for the workers ({cpus:g} each requested)")
     cpus = math.floor(cpus * 100) / 100
     threads = max(1, int(cpus))
-    actors = max(1, int(t.data_cpus // d.augment_cpus))
-    return ResourcePlan(cpus, 1 if t.use_gpu else 0, threads, actors)
+    tasks = max(1, int(t.data_cpus // d.augment_cpus))
+    return ResourcePlan(cpus, 1 if t.use_gpu else 0, threads, tasks)
 
 
 def connect(address: str = "") -> None:

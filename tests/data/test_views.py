@@ -5,16 +5,23 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 import raysl.data.views as views_mod
-from raysl.config import DataConfig, ViewConfig
+from raysl import config as C
+from raysl.config import VIEW_PRESETS, ConfigError, DataConfig, ViewConfig
 from raysl.data.views import (
     MultiViewTransform,
     _adjust_hue,
     augment,
     crop_resize_flip,
+    crop_resize_flip_uint8,
+    cut_tiles,
+    jigsaw_permutations,
+    make_columns,
     make_views,
+    rotate90,
     sample_crop_boxes,
     solarize,
 )
+from raysl.methods.simclr import SimCLR
 
 # Every view the identity: full-image square crops of square images, nothing else.
 NO_AUG = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0,
@@ -57,6 +64,27 @@ def test_crop_matches_slicing():
     y = crop_resize_flip(x, boxes, torch.tensor([False, False]), 16)
     torch.testing.assert_close(y[0], x[0, :, 4:20, 8:24])
     torch.testing.assert_close(y[1], x[1, :, 0:16, 0:16])
+
+
+def test_large_views_take_the_uint8_path_exactly():
+    # From 64 px, views are cropped and resized image by image on uint8: identity and flip are
+    # exact there too, and a box resized to its own size is the slice.
+    x = _images(b=3, h=96, w=96)
+    assert torch.equal(augment(x, NO_AUG, 96, torch.Generator()), x)
+    assert torch.equal(augment(x, _with(NO_AUG, hflip_p=1.0), 96, torch.Generator()), x.flip(-1))
+    boxes = torch.tensor([[4.0, 8.0, 70.0, 70.0]] * 3)
+    y = crop_resize_flip_uint8(x, boxes, torch.tensor([False, True, False]), 70)
+    assert torch.equal(y[0], x[0, :, 4:74, 8:78])
+    assert torch.equal(y[1], x[1, :, 4:74, 8:78].flip(-1))
+
+
+def test_uint8_downscale_is_antialiased():
+    # A 1-pixel checkerboard halved: averaged to mid-gray, not subsampled to black or white.
+    board = ((torch.arange(128)[:, None] + torch.arange(128)[None]) % 2 * 255).to(torch.uint8)
+    x = board.expand(1, 3, 128, 128).contiguous()
+    y = crop_resize_flip_uint8(x, torch.tensor([[0.0, 0.0, 128.0, 128.0]]), torch.tensor([False]),
+                               64)
+    assert (y.float() - 127.5).abs().max() <= 3  # subsampling would give 0 or 255
 
 
 def test_views_differ_per_image_not_per_batch():
@@ -210,3 +238,194 @@ def test_multicrop_transform_is_deterministic_under_seed():
         assert np.array_equal(first_a[k], first_b[k]) and not np.array_equal(first_a[k], first_c[k])
     second_a = a(batch)  # the generator advances: the next epoch gets new views
     assert not any(np.array_equal(first_a[k], second_a[k]) for k in first_a)
+
+
+# ---------------------------------------------------------------------------------------------
+# MAE and the pretext presets (rotation, jigsaw, colorization)
+# ---------------------------------------------------------------------------------------------
+
+PRETEXT_PRESETS = ["mae", "rotation", "jigsaw", "colorization"]
+
+
+def _preset(name, image_size=32, **changes):
+    return DataConfig(image_size=image_size, preset=name,
+                      views=_with(VIEW_PRESETS[name], **changes))
+
+
+def _same_image(b=64, size=40):
+    return _images(b=1, h=size, w=size).expand(b, -1, -1, -1).contiguous()
+
+
+def _columns(name, x, seed=0, **changes):
+    return make_columns(x, _preset(name, **changes), torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", PRETEXT_PRESETS)
+def test_pretext_presets_emit_their_columns(name):
+    cfg = _preset(name)
+    batch = {"image": np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8),
+             "label": np.arange(6)}
+    out = MultiViewTransform(cfg, seed=0)(batch)
+    t = cfg.jigsaw_tile_size
+    expected = {
+        "mae": {"view0": (6, 3, 32, 32)},
+        "rotation": {"view0": (6, 3, 32, 32), "rotation": (6,)},
+        "jigsaw": {"view0": (6, 9, 3, t, t), "jigsaw": (6,)},
+        "colorization": {"view0": (6, 1, 32, 32), "target": (6, 3, 32, 32)},
+    }[name]
+    assert {k: v.shape for k, v in out.items()} == {**expected, "label": (6,)}
+    assert out["view0"].dtype == np.uint8 and np.array_equal(out["label"], np.arange(6))
+    if name in ("rotation", "jigsaw"):
+        assert out[name].dtype == np.int64
+        assert out[name].min() >= 0 and out[name].max() < (4 if name == "rotation" else 100)
+    if name == "colorization":
+        assert out["target"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", PRETEXT_PRESETS)
+def test_pretext_views_are_drawn_per_image(name):
+    # 64 copies of one image get different views (one draw per batch would give one view); a
+    # few repeat by chance: a 224/256 crop of a 64 px image has only 8 x 8 places to be.
+    out = _columns(name, _same_image(size=64))
+    assert len({v.numpy().tobytes() for v in out["view0"]}) > 48
+    if name == "rotation":
+        assert torch.bincount(out["rotation"], minlength=4).min() >= 5  # all four, ~16 each
+    if name == "jigsaw":
+        assert len(set(out["jigsaw"].tolist())) > 30  # ~47 distinct of 100 expected
+    if name == "colorization":
+        assert len({v.numpy().tobytes() for v in out["target"]}) > 48
+
+
+@pytest.mark.parametrize("name", PRETEXT_PRESETS)
+def test_pretext_columns_are_deterministic_under_seed(name):
+    x = _images(b=8, h=40, w=40)
+    a, b, c = (_columns(name, x, seed=s) for s in (3, 3, 4))
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_mae_is_one_view_the_first_of_the_two():
+    x = _images()
+    one = make_views(x, _preset("mae"), torch.Generator().manual_seed(0))
+    two = make_views(x, _preset("mae", global_views=2), torch.Generator().manual_seed(0))
+    assert len(one) == 1 and len(two) == 2 and torch.equal(one[0], two[0])
+    # No colour: every pixel of a full-image, unflipped view is the image's own.
+    ident = make_views(x, _preset("mae", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                                  hflip_p=0.0), torch.Generator())
+    assert torch.equal(ident[0], x)
+
+
+def test_rotation_label_undoes_the_rotation():
+    x = _images(b=32)
+    out = _columns("rotation", x, crop_scale=(1.0, 1.0), hflip_p=0.0)  # the view is the image
+    view, k = out["view0"], out["rotation"]
+    assert torch.equal(rotate90(view, (4 - k) % 4), x)
+    for i in range(32):
+        assert torch.equal(view[i], torch.rot90(x[i], int(k[i]), dims=(-2, -1)))
+    assert (k != 0).any() and not torch.equal(view[k != 0], x[k != 0])
+
+
+def test_cut_tiles_without_gap_is_the_grid_of_cells():
+    x = _images(b=4, h=30, w=30)
+    tiles = cut_tiles(x, 3, 10, torch.Generator())
+    cells = x.view(4, 3, 3, 10, 3, 10).permute(0, 2, 4, 1, 3, 5).reshape(4, 9, 3, 10, 10)
+    assert torch.equal(tiles, cells)
+
+
+def test_jigsaw_tiles_unshuffle_into_their_cells():
+    cfg = _preset("jigsaw", image_size=30, crop_scale=(1.0, 1.0))  # the view is the image
+    t = cfg.jigsaw_tile_size
+    assert t == 9  # 64/75 of a 10 px cell
+    x = _images(b=16, h=30, w=30)
+    out = make_columns(x, cfg, torch.Generator().manual_seed(0))
+    perms = jigsaw_permutations(100)
+    placements = torch.zeros(16, 9, dtype=torch.long)  # where each tile sits in its cell
+    for i in range(16):
+        back = out["view0"][i][perms[out["jigsaw"][i]].argsort()]  # (T, C, t, t) in cell order
+        for j in range(9):
+            cy, cx = divmod(j, 3)
+            at = [(dy, dx) for dy in range(10 - t + 1) for dx in range(10 - t + 1)
+                  if torch.equal(back[j], x[i, :, 10 * cy + dy:10 * cy + dy + t,
+                                            10 * cx + dx:10 * cx + dx + t])]
+            assert len(at) == 1, (i, j)
+            placements[i, j] = at[0][0] * 2 + at[0][1]
+        if not torch.equal(perms[out["jigsaw"][i]], torch.arange(9)):
+            assert not torch.equal(out["view0"][i], back)
+    # Drawn per image and per tile: each cell's tile moves across images, each image's tiles
+    # move across cells.
+    assert all(len(set(placements[:, j].tolist())) > 1 for j in range(9))
+    assert all(len(set(placements[i].tolist())) > 1 for i in range(16))
+
+
+def test_jigsaw_permutations_are_a_fixed_set_far_apart():
+    perms = jigsaw_permutations(100)
+    assert perms.shape == (100, 9) and perms.dtype == torch.int64
+    assert (perms.sort(dim=1).values == torch.arange(9)).all()  # each row a permutation
+    assert len({tuple(p) for p in perms.tolist()}) == 100
+    hamming = (perms[:, None] != perms[None]).sum(-1) + 9 * torch.eye(100, dtype=torch.long)
+    assert hamming.min() >= 6  # the paper's mean-greedy set has pairs only 2 apart
+    # Rebuilt from scratch (not the cache): the same set; another seed: another set.
+    small = jigsaw_permutations(20)
+    views_mod._permutations.cache_clear()
+    assert torch.equal(jigsaw_permutations(20), small)
+    assert not torch.equal(jigsaw_permutations(20, seed=1), small)
+    assert len({tuple(p) for p in jigsaw_permutations(24, grid=2).tolist()}) == 24  # all of 4!
+    big = jigsaw_permutations(10, grid=4)
+    assert ((big[:, None] != big[None]).sum(-1) + 16 * torch.eye(10, dtype=torch.long)).min() >= 12
+
+
+def test_colorization_input_is_the_luminance_of_its_target():
+    out = _columns("colorization", _images(b=32, h=40, w=40))
+    gray, target = out["view0"], out["target"]
+    r, g, b = target.double().unbind(1)
+    luma = (0.299 * r + 0.587 * g + 0.114 * b).round()  # ITU-R 601-2, from the uint8 target
+    diff = (gray[:, 0].double() - luma).abs()
+    assert diff.max() <= 1 and (diff == 0).double().mean() > 0.999  # float32 ties at .5
+    assert not torch.equal(target[:, 0], target[:, 1])  # the target keeps its colours
+
+
+def test_make_views_refuses_a_pretext():
+    with pytest.raises(ValueError, match=r"pretext='rotation'.*make_columns"):
+        make_views(_images(), _preset("rotation"), torch.Generator())
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"pretext": "jigsaw"}, "global_views"),  # two views cannot share one target column
+    ({"global_views": 3}, "global_views"),
+    ({"global_views": 1, "pretext": "rotation", "local_crops": 2}, "local_crops"),
+    ({"jigsaw_grid": 5}, "jigsaw_grid"),
+    ({"jigsaw_grid": 2, "jigsaw_permutations": 25}, "jigsaw_permutations"),  # 4! = 24
+])
+def test_view_config_rejects_bad_pretext_settings(changes, field):
+    with pytest.raises(ConfigError) as info:
+        _with(ViewConfig(), **changes)
+    assert info.value.field == field and repr(info.value.value) in str(info.value)
+
+
+@pytest.mark.parametrize(("overrides", "field", "value"), [
+    (["method.name=simclr", "data.preset=mae"], "data.preset", "mae"),
+    (["method.name=byol", "data.preset=rotation"], "data.preset", "rotation"),
+    (["method.name=dino", "data.preset=jigsaw"], "data.preset", "jigsaw"),
+    (["method.name=simclr", "data.views.global_views=1"], "data.views.global_views", 1),
+    (["method.name=simclr", "data.preset=mae", "data.views.pretext=colorization"],
+     "data.views.pretext", "colorization"),
+    (["data.preset=colorization", "data.channels=1"], "data.channels", 1),
+])
+def test_methods_refuse_a_view_layout_they_cannot_train_on(overrides, field, value):
+    with pytest.raises(ConfigError) as info:
+        C.load(None, overrides)
+    assert (info.value.field, info.value.value) == (field, value), str(info.value)
+    if field != "data.channels":
+        name = overrides[0].partition("=")[2]
+        assert f"{name} trains on 2 global views" in str(info.value)
+        assert "this gives 1 global view" in str(info.value)
+
+
+def test_a_method_declaring_the_layout_takes_the_preset(monkeypatch):
+    # What a future RotNet method declares; the config then builds, with one view.
+    monkeypatch.setattr(SimCLR, "global_views", 1)
+    monkeypatch.setattr(SimCLR, "pretext", "rotation")
+    cfg = C.load(None, ["data.preset=rotation", "data.image_size=64"])
+    assert cfg.view_sizes == [64] and cfg.data.views.pretext == "rotation"
+    with pytest.raises(ConfigError, match="simclr trains on 1 global view with a rotation"):
+        C.load(None, ["data.preset=simclr"])

@@ -1,0 +1,140 @@
+"""Encoded image bytes -> square uint8 arrays, or a short reason why not.
+
+Decoding happens once per image, when a source is read: whatever the file's mode (grayscale,
+RGBA, CMYK, palette, 16-bit, float), the result is uint8 with the channels the run asks for,
+EXIF orientation applied, shorter side resized to the decode size and centre-cropped square.
+A file that cannot become such an array raises :class:`BadImage` with one of :data:`REASONS`,
+which the readers count and report instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Why a file was skipped; the keys of ``ImageSource.skipped`` and of the data/skipped_* metrics.
+REASONS = {
+    "missing": "the file vanished between listing and reading",
+    "unreadable": "the file exists but cannot be read (permissions, a directory, I/O error)",
+    "empty": "zero bytes",
+    "not_an_image": "no image format recognises the bytes (e.g. text named .jpg)",
+    "truncated": "the image data ends early",
+    "corrupt": "the image format is recognised but its data cannot be decoded",
+    "too_small": "a side shorter than the minimum (data.min_image_side)",
+    "too_large": "more pixels than data.max_image_pixels",
+}
+_16BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class BadImage(ValueError):
+    """An image file that is skipped; ``reason`` is a key of :data:`REASONS`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_image(data: bytes, channels: int, size: int, max_pixels: int = 100_000_000,
+                 min_side: int = 8) -> np.ndarray:
+    """Encoded bytes -> (size, size, channels) uint8: EXIF-rotated, shorter side resized, centred.
+
+    JPEGs are decoded at reduced resolution when that still covers ``size`` (``draft``), and the
+    pixel count is checked from the header before anything is decoded, so a 20000 x 20000 file
+    costs nothing.
+
+    Args:
+        data: the file's bytes.
+        channels: 1 (luminance) or 3 (RGB).
+        size: side of the square result.
+        max_pixels: larger images are refused ("too_large").
+        min_side: images with a shorter side are refused ("too_small").
+
+    Raises:
+        BadImage: with the reason.
+    """
+    if not data:
+        raise BadImage("empty")
+    with _no_pil_bomb_check():
+        try:
+            img: Image.Image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise BadImage("not_an_image") from None
+        except Exception:  # PIL raises many types for a bad header
+            raise BadImage("corrupt") from None
+        w, h = img.size
+        if w * h > max_pixels:
+            raise BadImage("too_large")
+        if min(w, h) < min_side:
+            raise BadImage("too_small")
+        try:
+            img.draft("RGB" if channels == 3 else "L", (size, size))  # JPEG: decode smaller
+            img = ImageOps.exif_transpose(img)
+            img = _to_8bit(img).convert("RGB" if channels == 3 else "L")
+        except OSError as e:
+            raise BadImage("truncated" if "truncated" in str(e) else "corrupt") from None
+        except Exception:
+            raise BadImage("corrupt") from None
+    return _resize_center(img, size).reshape(size, size, channels)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and float grayscale -> 8-bit ``L`` by range, not by clipping (PIL's convert clips).
+
+    Palette images with transparency go through RGBA, as PIL asks.
+    """
+    if img.mode in _16BIT_MODES:
+        arr = np.asarray(img).astype(np.float32)
+        scale = 255.0 / 65535.0 if arr.max(initial=0) > 255 else 1.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        return img.convert("RGBA")
+    return img
+
+
+def _resize_center(img: Image.Image, size: int) -> np.ndarray:
+    """Shorter side -> ``size`` (bilinear, antialiased), then the centred square."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                     Image.Resampling.BILINEAR, reducing_gap=3.0)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+@contextmanager
+def _no_pil_bomb_check() -> Iterator[None]:
+    """Our own ``max_pixels`` replaces PIL's global decompression-bomb limit while decoding."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter, once per bad file
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_and_decode(read: Callable[[str], bytes], path: str, channels: int, size: int,
+                    max_pixels: int, min_side: int) -> np.ndarray:
+    """Read ``path`` with ``read(path) -> bytes`` and decode it, mapping I/O errors to reasons.
+
+    Raises:
+        BadImage: "missing", "unreadable" or any reason of :func:`decode_image`.
+    """
+    try:
+        data = read(path)
+    except FileNotFoundError:
+        raise BadImage("missing") from None
+    except OSError:
+        raise BadImage("unreadable") from None
+    return decode_image(data, channels, size, max_pixels, min_side)

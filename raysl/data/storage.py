@@ -1,0 +1,135 @@
+"""Where image data lives: local paths and object-store URIs, through pyarrow filesystems.
+
+One :class:`Store` resolves every path a source names, ``/data/imgs``, ``s3://bucket/imgs``,
+``gs://...`` or ``abfs://...``, to a pyarrow filesystem. It is small and picklable, so the Ray
+tasks that read the bytes rebuild the same filesystems on whichever node they run.
+
+S3-compatible stores (MinIO, Ceph, moto) take an endpoint (``data.source.endpoint`` or the
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` variables, as boto3). Credentials present in the
+driver's environment travel with the store, so workers on nodes without them can still read;
+without any, each node uses the AWS SDK's default chain (instance roles, profiles).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names an object store (``scheme://...``) rather than a local path."""
+    return "://" in path and not path.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Resolves local paths and URIs to (pyarrow filesystem, path inside it).
+
+    Attributes:
+        endpoint: S3-compatible endpoint URL, e.g. ``http://127.0.0.1:9000``; empty = AWS.
+        credentials: ``(access key, secret key, session token)`` from the driver, or empty.
+        region: S3 region; empty = ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` or the SDK's.
+    """
+
+    endpoint: str = ""
+    credentials: tuple[str, str, str] | tuple[()] = ()
+    region: str = ""
+
+    @classmethod
+    def from_env(cls, endpoint: str = "") -> Store:
+        """A store with the endpoint given (or ``AWS_ENDPOINT_URL[_S3]``) and the driver's keys."""
+        endpoint = (endpoint or os.environ.get("AWS_ENDPOINT_URL_S3", "")
+                    or os.environ.get("AWS_ENDPOINT_URL", ""))
+        key, secret, token = (os.environ.get(v, "") for v in _CREDENTIAL_VARS)
+        region = os.environ.get("AWS_REGION", "") or os.environ.get("AWS_DEFAULT_REGION", "")
+        return cls(endpoint, (key, secret, token) if key and secret else (), region)
+
+    def resolve(self, path: str) -> tuple[pafs.FileSystem, str]:
+        """``path`` -> (filesystem, path in it). Local paths are made absolute."""
+        if not is_uri(path):
+            local = path.removeprefix("file://")
+            return _local(), os.path.abspath(os.path.expanduser(local))
+        parsed = urlparse(path)
+        inner = (parsed.netloc + parsed.path).rstrip("/")
+        if parsed.scheme == "s3":
+            return _s3(self.endpoint, self.credentials, self.region), inner
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs, inner
+
+    def read(self, path: str) -> bytes:
+        """All bytes of the file at ``path`` (local path or URI).
+
+        Raises:
+            FileNotFoundError: it does not exist (any more).
+            OSError: it cannot be read.
+        """
+        fs, inner = self.resolve(path)
+        with fs.open_input_file(inner) as f:
+            data: bytes = f.read()
+        return data
+
+    def kind(self, path: str) -> str:
+        """``"file"``, ``"dir"`` or ``"missing"`` (anything else, e.g. a FIFO, is ``"other"``)."""
+        fs, inner = self.resolve(path)
+        info = fs.get_file_info(inner)
+        return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir",
+                pafs.FileType.NotFound: "missing"}.get(info.type, "other")
+
+    def list_top(self, root: str) -> list[str]:
+        """Files and folders directly in the directory ``root`` (not hidden), sorted."""
+        fs, inner = self.resolve(root)
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+        names = (posixpath.basename(i.path.rstrip("/")) for i in infos)
+        return sorted(f"{root.rstrip('/')}/{n}" for n in names if not n.startswith("."))
+
+    def list_files(self, root: str) -> list[str]:
+        """Every regular file below the directory ``root``, recursively, as paths/URIs like it.
+
+        Hidden files and folders (``.name``) are left out; so are FIFOs, sockets and devices,
+        which would block or fail a reader.
+        """
+        fs, inner = self.resolve(root)
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        prefix = root.rstrip("/")
+        out = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(inner):].lstrip("/")
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            out.append(f"{prefix}/{rel}")
+        return sorted(out)
+
+    def join(self, base: str, rel: str) -> str:
+        """``rel`` relative to the directory ``base`` (URIs and absolute paths kept as they are)."""
+        if is_uri(rel) or os.path.isabs(rel):
+            return rel
+        return f"{base.rstrip('/')}/{rel}" if is_uri(base) else os.path.join(base, rel)
+
+
+@functools.cache
+def _local() -> pafs.FileSystem:
+    return pafs.LocalFileSystem()
+
+
+@functools.cache
+def _s3(endpoint: str, credentials: tuple[str, ...], region: str) -> pafs.FileSystem:
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+        region = region or "us-east-1"  # an endpoint needs no region lookup; AWS's default
+    if region:
+        kwargs["region"] = region
+    if credentials:
+        kwargs.update(access_key=credentials[0], secret_key=credentials[1],
+                      session_token=credentials[2] or None)
+    return pafs.S3FileSystem(**kwargs)
