@@ -42,11 +42,13 @@ from raysl.tracking.mlflow import (
 from raysl.tracking.registry import RegisteredEncoder, log_and_register
 from raysl.train.checkpoint import ENCODER_FILE, load_strict
 from raysl.train.loop import LoopSettings
+from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (
     ResourcePlan,
     build_trainer,
     cluster_resources,
     connect,
+    node_resources,
     plan_resources,
 )
 
@@ -141,10 +143,13 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     """
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     connect(cfg.train.address)
-    plan = plan_resources(cfg, *cluster_resources())
+    plan = plan_resources(cfg, *cluster_resources(), node_resources())
     run_name = cfg.train.run_name or new_run_name(cfg)
     storage = cfg.train.storage_path or str(Path("ray_results").resolve())
     uri = resolve_tracking_uri(cfg.tracking)
+    nodes = len(node_resources())  # on several nodes, checkpoints and MLflow must be shared
+    check_shared("train.storage_path", storage, nodes)
+    check_tracking_shared(uri, nodes)
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,

@@ -38,12 +38,17 @@ class ResourcePlan:
                 f"{self.augment_tasks} augmentation task(s) x {cfg.data.augment_cpus:g} CPU")
 
 
-def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> ResourcePlan:
+def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float,
+                   nodes: Sequence[tuple[float, float]] = ()) -> ResourcePlan:
     """Split the cluster so that Ray Data always has CPU beside the train workers.
 
     Train V2 keeps the train workers' CPUs out of Ray Data's budget, so a plan that gives every CPU
     to training makes augmentation wait forever. We reserve ``train.data_cpus`` for Ray Data
     and divide the rest between the workers (unless ``train.cpus_per_worker`` is set).
+
+    A worker runs on one node, so with ``nodes`` ((CPUs, GPUs) of each node) the automatic share
+    is lowered until every worker fits on some node: 4 GPU workers on a 48-CPU GPU node next to a
+    32-CPU data node get 12 CPUs each, not (80 - data) / 4, which only 2 of them could get.
 
     Raises:
         ConfigError: when the request cannot be scheduled on this cluster (instead of hanging).
@@ -65,9 +70,47 @@ def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float) -> Res
                           f"train.data_cpus={t.data_cpus:g} are kept for Ray Data, leaving "
                           f"{max(available, 0):g} for the workers ({cpus:g} each requested)")
     cpus = math.floor(cpus * 100) / 100
+    if nodes:
+        cpus = _fit_on_nodes(cfg, cpus, nodes)
     threads = max(1, int(cpus))
     tasks = max(1, int(t.data_cpus // d.augment_cpus))
     return ResourcePlan(cpus, 1 if t.use_gpu else 0, threads, tasks)
+
+
+def _workers_fitting(cpus: float, gpus: int, nodes: Sequence[tuple[float, float]]) -> int:
+    """How many workers of ``cpus`` CPUs and ``gpus`` GPUs the nodes hold, node by node."""
+    total = 0
+    for node_cpus, node_gpus in nodes:
+        by_cpu = math.floor(node_cpus / cpus + 1e-9) if cpus else math.inf
+        by_gpu = math.floor(node_gpus / gpus + 1e-9) if gpus else math.inf
+        total += int(min(by_cpu, by_gpu)) if min(by_cpu, by_gpu) != math.inf else 0
+    return total
+
+
+def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[tuple[float, float]]) -> float:
+    """``cpus`` per worker, lowered (when automatic) until every worker fits on some node.
+
+    Raises:
+        ConfigError: no share fits (a set ``train.cpus_per_worker`` too large for the nodes,
+            or GPU workers on nodes without enough GPUs).
+    """
+    t = cfg.train
+    gpus = 1 if t.use_gpu else 0
+    if _workers_fitting(cpus, gpus, nodes) >= t.num_workers:
+        return cpus
+    candidates = sorted({math.floor(c / k * 100) / 100 for c, g in nodes if c and (g or not gpus)
+                         for k in range(1, t.num_workers + 1)}, reverse=True)
+    fits = [c for c in candidates if 0 < c <= cpus
+            and _workers_fitting(c, gpus, nodes) >= t.num_workers]
+    described = ", ".join(f"{c:g} CPU" + (f" + {g:g} GPU" if g else "") for c, g in nodes)
+    if t.cpus_per_worker or not fits:
+        raise ConfigError("train.cpus_per_worker" if t.cpus_per_worker else "train.num_workers",
+                          t.cpus_per_worker or t.num_workers,
+                          f"cannot be scheduled: {t.num_workers} worker(s) of {cpus:g} CPU"
+                          f"{' + 1 GPU' if gpus else ''} each do not fit on the nodes "
+                          f"({described}); a worker runs on one node"
+                          + (f". At most {fits[0]:g} CPU each would fit" if fits else ""))
+    return fits[0]
 
 
 def connect(address: str = "") -> None:
@@ -87,6 +130,13 @@ def connect(address: str = "") -> None:
         # The dashboard also serves the state API that Train's placement-group cleaner polls;
         # without it the cleaner logs a warning every few seconds for the whole run.
         ray.init(address="local", include_dashboard=True, log_to_driver=True)
+
+
+def node_resources() -> list[tuple[float, float]]:
+    """(CPUs, GPUs) of every node that is up."""
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+            for n in nodes if n.get("Alive")]
 
 
 def cluster_resources() -> tuple[float, float]:

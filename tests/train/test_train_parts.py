@@ -146,6 +146,36 @@ def test_unschedulable_requests_fail_before_starting(overrides, cpus, gpus, fiel
     assert info.value.field == field
 
 
+def test_automatic_share_fits_every_worker_on_a_node():
+    # A CPU head, one 48-CPU node with 4 GPUs, one 32-CPU data node: (80 - 12) / 4 = 17 CPUs a
+    # worker would fit only 2 workers on the GPU node; 12 CPUs fit all 4.
+    nodes = [(0.0, 0.0), (48.0, 4.0), (32.0, 0.0)]
+    cfg = C.load(None, ["train.num_workers=4", "train.use_gpu=true", "train.data_cpus=12"])
+    plan = plan_resources(cfg, 80, 4, nodes)
+    assert plan.cpus_per_worker == 12 and plan.gpus_per_worker == 1
+    cpu_only = C.load(None, ["train.num_workers=3", "data.batch_size_global=255"])  # 2 CPU each
+    assert plan_resources(cpu_only, 8, 0, [(4.0, 0.0), (4.0, 0.0)]).cpus_per_worker == 2
+    assert plan_resources(cpu_only, 8, 0).cpus_per_worker == 2.33  # one node of 8: no cap
+
+
+@pytest.mark.parametrize(("overrides", "nodes", "field", "message"), [
+    (["train.num_workers=2", "train.cpus_per_worker=20"], [(16.0, 0.0), (16.0, 0.0), (16.0, 0.0)],
+     "train.cpus_per_worker", r"2 worker\(s\) of 20 CPU each do not fit on the nodes \(16 CPU, "
+                              r"16 CPU, 16 CPU\); a worker runs on one node. At most 16 CPU"),
+    (["train.num_workers=2", "train.use_gpu=true"], [(8.0, 1.0), (8.0, 1.0), (8.0, 0.0)],
+     None, None),
+])
+def test_requests_that_fit_no_node_fail_before_starting(overrides, nodes, field, message):
+    cfg = C.load(None, overrides)
+    cpus, gpus = sum(c for c, _ in nodes), sum(g for _, g in nodes)
+    if field is None:  # fits: one GPU worker on each GPU node
+        assert plan_resources(cfg, cpus, gpus, nodes).cpus_per_worker <= 8
+        return
+    with pytest.raises(ConfigError, match=message) as info:
+        plan_resources(cfg, cpus, gpus, nodes)
+    assert info.value.field == field
+
+
 def test_weight_decay_schedule_sets_the_decayed_group_only():
     cfg, method = _method()
     opt = build_optimizer(method, cfg.optim, lr=0.1)
