@@ -412,6 +412,8 @@ class TrainConfig:
     cpus_per_worker: float = 0.0  # 0 = auto: share the CPUs left after reserving some for Ray Data
     data_cpus: float = 1.0  # logical CPUs kept free for Ray Data beside the train workers
     precision: Precision = "auto"  # auto = bf16 (fp16 on pre-Ampere) autocast on GPU, fp32 on CPU
+    # NHWC activations and weights, which tensor-core convolutions want; auto = ResNets on GPU.
+    channels_last: Literal["auto", "on", "off"] = "auto"
     # Micro-batches per optimizer step: data.batch_size_global stays the images per step. For
     # contrastive losses this does NOT add negatives (each micro-batch only sees its own).
     grad_accumulation: int = 1

@@ -26,7 +26,7 @@ from raysl.schedules import warmup_cosine
 from raysl.tracking.mlflow import Tracker
 from raysl.train.checkpoint import restore, save_checkpoint
 from raysl.train.optim import build_optimizer, set_lr, set_weight_decay
-from raysl.train.step import autocast_dtype, train_step
+from raysl.train.step import autocast_dtype, memory_format, train_step
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 
@@ -70,10 +70,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # with rank 0's. The others (MoCo's queue, DINO's center) stay identical through collectives,
     # and broadcasting a 65536-key queue each step would cost more than the step. BatchNorm
     # running statistics are exported from rank 0.
+    device = ray.train.torch.get_device()
+    layout = memory_format(cfg.train.channels_last, device, cfg.model.is_vit)
+    method = method.to(memory_format=layout)
     model = ray.train.torch.prepare_model(
         method, parallel_strategy_kwargs={"forward_sync_buffers": False})
     num_views = len(cfg.view_sizes)
-    device = ray.train.torch.get_device()
     # Linear scaling rule on the global batch that actually runs (world size may differ from
     # the config when Ray restarts elastically).
     batch_global = cfg.batch_size_per_worker * world
@@ -117,7 +119,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             set_lr(optimizer, lr)
             progress = Progress(step, total_steps, s.steps_per_epoch)
             set_weight_decay(optimizer, cfg.optim.weight_decay_at(progress.fraction))
-            views = [[mb[f"view{i}"] for i in range(num_views)] for mb in micro_batches]
+            views = [[mb[f"view{i}"].contiguous(memory_format=layout) for i in range(num_views)]
+                     for mb in micro_batches]
             result = train_step(model, views, optimizer, progress, amp, scaler,
                                 cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param")
             loss = result.loss

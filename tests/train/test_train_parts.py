@@ -20,7 +20,7 @@ from raysl.train.checkpoint import (
     save_checkpoint,
 )
 from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
-from raysl.train.step import NonFiniteLossError, autocast_dtype, train_step
+from raysl.train.step import NonFiniteLossError, autocast_dtype, memory_format, train_step
 from raysl.train.trainer import plan_resources
 
 TINY = ["model.width=8", "model.small_stem=true", "data.channels=1", "data.image_size=16"]
@@ -44,6 +44,32 @@ def test_optimizers_reduce_the_loss(name):
     views = _views()
     losses = [train_step(method, [views], opt, Progress(i, 15, 15)).loss for i in range(15)]
     assert losses[-1] < losses[0]
+
+
+def test_memory_format_auto_is_channels_last_for_cnns_on_gpu_only():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert memory_format("auto", gpu, is_vit=False) == torch.channels_last
+    assert memory_format("auto", gpu, is_vit=True) == torch.contiguous_format
+    assert memory_format("auto", cpu, is_vit=False) == torch.contiguous_format
+    assert memory_format("on", cpu, is_vit=True) == torch.channels_last
+    assert memory_format("off", gpu, is_vit=False) == torch.contiguous_format
+
+
+def test_channels_last_step_matches_the_contiguous_one():
+    # The GPU path's layout, run on CPU: same loss, same update, weights kept NHWC.
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        cfg, method = _method()
+        method = method.to(memory_format=layout)
+        opt = build_optimizer(method, cfg.optim, lr=0.05)
+        views = [v.contiguous(memory_format=layout) for v in _views()]
+        loss = train_step(method, [views], opt, Progress(0, 2, 2)).loss
+        conv = next(p for p in method.parameters() if p.ndim == 4)
+        results.append((loss, conv.detach().clone()))
+        assert conv.is_contiguous(memory_format=layout)
+    (loss_a, conv_a), (loss_b, conv_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    torch.testing.assert_close(conv_a, conv_b, rtol=1e-4, atol=1e-5)
 
 
 def test_bias_and_norm_excluded_from_decay_and_lars():
