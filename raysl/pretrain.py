@@ -143,13 +143,14 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     """
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     connect(cfg.train.address)
-    plan = plan_resources(cfg, *cluster_resources(), node_resources())
+    nodes = node_resources()
+    plan = plan_resources(cfg, *cluster_resources(), nodes)
     run_name = cfg.train.run_name or new_run_name(cfg)
     storage = cfg.train.storage_path or str(Path("ray_results").resolve())
     uri = resolve_tracking_uri(cfg.tracking)
-    nodes = len(node_resources())  # on several nodes, checkpoints and MLflow must be shared
-    check_shared("train.storage_path", storage, nodes)
-    check_tracking_shared(uri, nodes)
+    # On several nodes, checkpoints and the MLflow store must be reachable from all of them.
+    check_shared("train.storage_path", storage, len(nodes))
+    check_tracking_shared(uri, len(nodes))
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,

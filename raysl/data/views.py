@@ -187,9 +187,10 @@ def color_jitter(x: Tensor, cfg: ViewConfig, gen: torch.Generator) -> Tensor:
     if idx.numel() == 0:
         return x
     key = order[idx] @ torch.tensor([64, 16, 4, 1])  # one number per op order
-    idx = idx[torch.argsort(key, stable=True)]
+    by_key = torch.argsort(key, stable=True)
+    idx = idx[by_key]
     y = x[idx]  # (n, C, H, W), grouped by op order
-    _, counts = torch.unique_consecutive(key.sort().values, return_counts=True)
+    _, counts = torch.unique_consecutive(key[by_key], return_counts=True)
     start = 0
     for count in counts.tolist():
         group, f = y[start:start + count], factors[idx[start:start + count]]

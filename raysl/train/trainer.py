@@ -78,12 +78,13 @@ def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float,
 
 
 def _workers_fitting(cpus: float, gpus: int, nodes: Sequence[tuple[float, float]]) -> int:
-    """How many workers of ``cpus`` CPUs and ``gpus`` GPUs the nodes hold, node by node."""
+    """How many workers of ``cpus`` (> 0) CPUs and ``gpus`` GPUs the nodes hold, node by node."""
     total = 0
     for node_cpus, node_gpus in nodes:
-        by_cpu = math.floor(node_cpus / cpus + 1e-9) if cpus else math.inf
-        by_gpu = math.floor(node_gpus / gpus + 1e-9) if gpus else math.inf
-        total += int(min(by_cpu, by_gpu)) if min(by_cpu, by_gpu) != math.inf else 0
+        fit = math.floor(node_cpus / cpus + 1e-9)
+        if gpus:
+            fit = min(fit, math.floor(node_gpus / gpus + 1e-9))
+        total += fit
     return total
 
 
