@@ -14,7 +14,7 @@ from pathlib import Path
 import raysl.methods  # noqa: F401  (imported for its side effect: registers every method)
 from raysl import config as config_mod
 from raysl import registry
-from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
+from raysl.config import FASHION_MNIST_DIR, PROTOCOLS, Config, ConfigError
 from raysl.data.readers import DataError
 from raysl.sweep.spec import Sweep, load_sweep
 
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                     "knn,linear,finetune (default: eval.protocols of the model's config)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override an eval.* or tracking.* field (repeatable)")
+    ev.add_argument("--smoke-test", action="store_true",
+                    help="every protocol on a little generated data, a few steps each: checks "
+                    "the whole path with a real model")
     tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, register the best")
     tu.add_argument("--sweep", required=True, metavar="FILE",
                     help="sweep definition, e.g. tuning/simclr_temperature.yaml")
@@ -95,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--smoke-test", action="store_true",
                     help="two tiny trials on generated data: checks the whole path")
     return p
+
+
+# --smoke-test of `raysl evaluate`: the model is real, the labeled data tiny and generated, and
+# every protocol runs a few steps (its own --data, --protocol and --set still win).
+SMOKE_EVAL = ["eval.bank.limit=400", "eval.linear_lrs=[0.3]", "eval.linear_epochs=[2]",
+              "eval.finetune_fractions=[0.1]", "eval.finetune_epochs=[1]",
+              "eval.finetune_min_steps=4", "eval.plot_points=100"]
+
+
+def evaluate_args(args: argparse.Namespace) -> tuple[str | None, str | None, list[str]]:
+    """``--data``, ``--protocol`` and ``--set`` of ``raysl evaluate``, as ``--smoke-test`` sets."""
+    if not args.smoke_test:
+        return args.data, args.protocol, args.set
+    return (args.data or "generated", args.protocol or ",".join(PROTOCOLS),
+            [*SMOKE_EVAL, *args.set])
 
 
 # --smoke-test of `raysl tune`: the pretraining smoke settings, two trials of two epochs.
@@ -140,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         from raysl.train.checkpoint import CheckpointError
 
         try:
-            print(evaluate(args.model, args.data, args.protocol, args.set).summary())
+            print(evaluate(args.model, *evaluate_args(args)).summary())
         except (ModelNotFoundError, CheckpointError) as e:
             print(f"raysl: error: {e}", file=sys.stderr)
             return 2

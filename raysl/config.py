@@ -411,6 +411,9 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.0  # 0 = auto: share the CPUs left after reserving some for Ray Data
     data_cpus: float = 1.0  # logical CPUs kept free for Ray Data beside the train workers
+    # Pin train workers to nodes with the `train_node` resource and, when such nodes are up,
+    # augmentation to `data_node` nodes (cluster.yaml's node types). No effect without them.
+    node_markers: bool = True
     precision: Precision = "auto"  # auto = bf16 (fp16 on pre-Ampere) autocast on GPU, fp32 on CPU
     # NHWC activations and weights, which tensor-core convolutions want; auto = ResNets on GPU.
     channels_last: Literal["auto", "on", "off"] = "auto"

@@ -46,7 +46,6 @@ from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (
     ResourcePlan,
     build_trainer,
-    cluster_resources,
     connect,
     node_resources,
     plan_resources,
@@ -144,13 +143,15 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     connect(cfg.train.address)
     nodes = node_resources()
-    plan = plan_resources(cfg, *cluster_resources(), nodes)
+    plan = plan_resources(cfg, nodes)
     run_name = cfg.train.run_name or new_run_name(cfg)
     storage = cfg.train.storage_path or str(Path("ray_results").resolve())
     uri = resolve_tracking_uri(cfg.tracking)
-    # On several nodes, checkpoints and the MLflow store must be reachable from all of them.
-    check_shared("train.storage_path", storage, len(nodes))
-    check_tracking_shared(uri, len(nodes))
+    # On several machines, checkpoints and the MLflow store must be reachable from all of them
+    # (nodes on one machine, as in ray.cluster_utils.Cluster, share its disk).
+    machines = len({n.host for n in nodes})
+    check_shared("train.storage_path", storage, machines)
+    check_tracking_shared(uri, machines)
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,
@@ -225,7 +226,7 @@ def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: R
                           f"needs the training data's classes {source.class_names[:10]} to be "
                           f"eval.bank's {split.class_names[:10]}: the probe learns the first and "
                           "is scored on the second")
-    dataset = view_stream(source, cfg.data, plan.augment_tasks)
+    dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources())
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name,
                             len(source.class_names))
     log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from raysl.config import FASHION_MNIST_DIR
+from tests.processes import die_with_parent, free_port
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -58,18 +59,15 @@ def s3_endpoint() -> Iterator[str]:
     Started and stopped here; tests reach it through pyarrow's S3 client exactly as they would
     reach MinIO or AWS, with the endpoint and keys in the environment.
     """
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              preexec_fn=_die_with_parent)
+                              preexec_fn=die_with_parent)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -86,14 +84,6 @@ def s3_endpoint() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: the kernel sends SIGTERM when pytest dies, even by SIGKILL."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @pytest.fixture

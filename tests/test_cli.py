@@ -30,6 +30,7 @@ def test_method_flag_selects_the_method_and_its_preset(capsys):
 
 
 def test_smoke_test_shrinks_method_heads():
+    # The smoke runs themselves: every pipeline as a real job in tests/test_job_submit.py.
     cfg = cli.load_config(None, [], smoke_test=True, method="dino")
     assert cfg.method.name == "dino" and cfg.method.out_dim == cli.SMOKE_HEAD_DIM  # type: ignore[attr-defined]
 
@@ -49,20 +50,6 @@ def test_user_errors_exit_2_with_one_clear_line(capsys, args, message, monkeypat
     assert cli.main(["pretrain", *args, "--set", f"train.storage_path={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
-def test_pipeline_entrypoint_smoke_test(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [str(PIPELINE), "--smoke-test", "--set",
-                                      f"train.storage_path={tmp_path / 'runs'}"])
-    with pytest.raises(SystemExit) as info:
-        runpy.run_path(str(PIPELINE), run_name="__main__")
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "raysl pretrain: summary" in out and "models:/raysl-simclr-resnet18/1" in out
-    assert (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.slow
@@ -94,3 +81,16 @@ def test_evaluate_pipeline_user_errors_exit_2_with_one_clear_line(capsys, args, 
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_evaluate_smoke_test_runs_every_protocol_on_generated_data_unless_told_otherwise():
+    parse = cli._parser().parse_args
+    data, protocols, sets = cli.evaluate_args(parse(["evaluate", "models:/m/1", "--smoke-test"]))
+    assert (data, protocols) == ("generated", "knn,linear,finetune")
+    assert "eval.linear_epochs=[2]" in sets
+    data, protocols, sets = cli.evaluate_args(parse(
+        ["evaluate", "models:/m/1", "--smoke-test", "--data", "/d", "--protocol", "knn",
+         "--set", "eval.bank.limit=100"]))
+    assert (data, protocols, sets[-1]) == ("/d", "knn", "eval.bank.limit=100")
+    plain = parse(["evaluate", "models:/m/1", "--set", "eval.knn_k=5"])
+    assert cli.evaluate_args(plain) == (None, None, ["eval.knn_k=5"])

@@ -9,12 +9,14 @@ from raysl.data.readers import ImageSource
 from raysl.data.views import augment_batch
 
 
-def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int) -> ray.data.Dataset:
+def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
+                resources: dict[str, float] | None = None) -> ray.data.Dataset:
     """Augmented views of ``source``, re-drawn every epoch.
 
     Block order is shuffled on every pass (cheap); the train workers add a local shuffle buffer.
     Augmentation runs in Ray Data tasks (``data.augment_cpus`` each, up to ``max_tasks`` at once)
-    on whichever nodes have CPU, so views arrive as uint8 (B, C, S, S) tensors ready for the model.
+    on whichever nodes have CPU, or only where ``resources`` (custom resources, e.g. a data-node
+    marker) are, so views arrive as uint8 (B, C, S, S) tensors ready for the model.
 
     Returns:
         Dataset with columns ``view0`` .. ``view{n-1}``, n = ``cfg.views.global_views +
@@ -31,4 +33,5 @@ def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int) -> ray.dat
                          fn_kwargs={"cfg": cfg},
                          batch_size=cfg.augment_batch_size, batch_format="numpy",
                          compute=ray.data.TaskPoolStrategy(size=max_tasks),
-                         num_cpus=cfg.augment_cpus, udf_modifying_row_count=False))
+                         num_cpus=cfg.augment_cpus, resources=resources or None,
+                         udf_modifying_row_count=False))

@@ -52,6 +52,7 @@ _IMAGE_COLUMNS = ("image", "img", "image_bytes", "bytes", "jpeg", "png", "conten
 _PATH_COLUMNS = ("path", "file", "filename", "filepath", "uri", "url", "image_path")
 _BLOCK_BYTES = 4 * 2**20  # array sources: ~4 MB blocks, many to shuffle and spread over tasks
 _BLOCK_ROWS = (64, 4096)  # ... but at least one augmentation batch, at most this many rows
+_MIN_BLOCKS = 8  # ... and, data allowing, this many: a small set still spreads over tasks/nodes
 _FILES_PER_BLOCK = 256  # encoded sources: one decode task per this many files
 _EXAMPLES = 10  # offending paths kept for the report
 
@@ -463,12 +464,14 @@ def arrays_to_dataset(images: np.ndarray, labels: np.ndarray | None,
     """(N, H, W, C) uint8 (+ (N,) labels) -> Ray Dataset with ``image`` (+ ``label``) columns.
 
     Blocks hold ``rows_per_block`` rows; 0 = about 4 MB each (2048-row blocks of 224 px images
-    were 300 MB: one block, one task, for a whole small epoch). ``with_index`` adds each row's
+    were 300 MB: one block, one task, for a whole small epoch), and at least 8 blocks when every
+    block can still hold 64 rows. ``with_index`` adds each row's
     position as ``index``, so results computed out of order can be put back in place.
     """
     if not rows_per_block:
         row_bytes = max(1, int(np.prod(images.shape[1:])))
-        rows_per_block = int(np.clip(_BLOCK_BYTES // row_bytes, *_BLOCK_ROWS))
+        by_size = min(_BLOCK_BYTES // row_bytes, -(-len(images) // _MIN_BLOCKS))
+        rows_per_block = int(np.clip(by_size, *_BLOCK_ROWS))
     tables = []
     for start in range(0, len(images), rows_per_block):
         end = min(start + rows_per_block, len(images))

@@ -46,32 +46,32 @@ def filesystem_type(path: str, mounts: str | None = None) -> str:
     return kind
 
 
-def check_shared(field: str, location: str, num_nodes: int, mounts: str | None = None) -> None:
-    """Raise unless ``location`` is reachable from all ``num_nodes`` nodes.
+def check_shared(field: str, location: str, machines: int, mounts: str | None = None) -> None:
+    """Raise unless ``location`` is reachable from every machine (host) of the cluster.
 
     Args:
         field: the config field, for the message (``train.storage_path``).
         location: a local path or a URI.
-        num_nodes: alive nodes in the cluster.
+        machines: distinct hosts among the alive nodes (nodes on one host share its disk).
         mounts: ``/proc/mounts`` text, for tests.
 
     Raises:
         ConfigError: naming the field, the path, its filesystem and what would work.
     """
-    if num_nodes <= 1 or location.startswith(_URI_SCHEMES):
+    if machines <= 1 or location.startswith(_URI_SCHEMES):
         return
     kind = filesystem_type(location, mounts)
     if kind in NETWORK_FILESYSTEMS:
         return
-    raise ConfigError(field, location, f"is on this node's own disk ({kind or 'unknown'} "
-                                       f"filesystem) but the cluster has {num_nodes} nodes: "
+    raise ConfigError(field, location, f"is on this machine's own disk ({kind or 'unknown'} "
+                                       f"filesystem) but the cluster spans {machines} machines: "
                                        "workers elsewhere could not write there. Use shared "
                                        "storage: s3://bucket/prefix or an NFS path mounted on "
                                        "every node")
 
 
-def check_tracking_shared(uri: str, num_nodes: int, mounts: str | None = None) -> None:
-    """Raise unless the MLflow store ``uri`` is reachable from every node.
+def check_tracking_shared(uri: str, machines: int, mounts: str | None = None) -> None:
+    """Raise unless the MLflow store ``uri`` is reachable from every machine of the cluster.
 
     A server (``http(s)://``, ``databricks``) is; a sqlite file or a local directory only when it
     lies on a network filesystem.
@@ -79,14 +79,14 @@ def check_tracking_shared(uri: str, num_nodes: int, mounts: str | None = None) -
     Raises:
         ConfigError: on ``tracking.tracking_uri``.
     """
-    if num_nodes <= 1 or uri.startswith(("http://", "https://", "databricks")):
+    if machines <= 1 or uri.startswith(("http://", "https://", "databricks")):
         return
     path = uri.removeprefix("sqlite:///").removeprefix("file://")  # sqlite:////abs, sqlite:///rel
     try:
-        check_shared("tracking.tracking_uri", path, num_nodes, mounts)
+        check_shared("tracking.tracking_uri", path, machines, mounts)
     except ConfigError:
         raise ConfigError("tracking.tracking_uri", uri,
-                          f"is a store on this node's disk but the cluster has {num_nodes} "
-                          "nodes, and the first train worker logs metrics from wherever it "
+                          f"is a store on this machine's disk but the cluster spans {machines} "
+                          "machines, and the first train worker logs metrics from wherever it "
                           "runs: start an MLflow server (mlflow server --host 0.0.0.0) and use "
                           "http://<head>:5000") from None

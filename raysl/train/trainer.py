@@ -15,10 +15,31 @@ from typing import Any
 import ray
 import ray.data
 import ray.train
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from raysl.config import Config, ConfigError
 from raysl.train.loop import LoopSettings, train_loop_per_worker
+
+# Node-type markers (custom resources) of cluster.yaml's node types. A node has 1 of its marker;
+# a worker or task asks for a sliver of it, which pins it to that node type without limiting how
+# many share the node (CPUs and GPUs still do that).
+TRAIN_MARKER = "train_node"
+DATA_MARKER = "data_node"
+MARKER_REQUEST = 0.001
+
+
+@dataclass(frozen=True)
+class Node:
+    """One alive Ray node: its CPUs, GPUs, host address and the node-type markers it carries."""
+
+    cpus: float
+    gpus: float = 0.0
+    host: str = ""
+    markers: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        """``48 CPU + 4 GPU``."""
+        return f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
 
 
 @dataclass(frozen=True)
@@ -29,66 +50,102 @@ class ResourcePlan:
     gpus_per_worker: int
     threads_per_worker: int  # torch intra-op threads per train worker
     augment_tasks: int  # augmentation tasks Ray Data runs at once, at most
+    train_marker: str = ""  # custom resource pinning train workers to their node type ("" = any)
+    data_marker: str = ""  # the same for augmentation tasks
+
+    def worker_resources(self) -> dict[str, float]:
+        """``resources_per_worker`` of the train workers."""
+        res = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            res["GPU"] = self.gpus_per_worker
+        if self.train_marker:
+            res[self.train_marker] = MARKER_REQUEST
+        return res
+
+    def augment_resources(self) -> dict[str, float]:
+        """Custom resources each augmentation task asks for (pins it to the data nodes)."""
+        return {self.data_marker: MARKER_REQUEST} if self.data_marker else {}
 
     def describe(self, cfg: Config) -> str:
         """One line for the log."""
         gpu = f" + {self.gpus_per_worker} GPU" if self.gpus_per_worker else ""
+        on_train = f" on the {self.train_marker} nodes" if self.train_marker else ""
+        on_data = f" on the {self.data_marker} nodes" if self.data_marker else ""
         return (f"{cfg.train.num_workers} train worker(s) x {self.cpus_per_worker:g} CPU{gpu} "
-                f"({self.threads_per_worker} thread(s) each); Ray Data: up to "
-                f"{self.augment_tasks} augmentation task(s) x {cfg.data.augment_cpus:g} CPU")
+                f"({self.threads_per_worker} thread(s) each){on_train}; Ray Data: up to "
+                f"{self.augment_tasks} augmentation task(s) x {cfg.data.augment_cpus:g} CPU"
+                f"{on_data}")
 
 
-def plan_resources(cfg: Config, cluster_cpus: float, cluster_gpus: float,
-                   nodes: Sequence[tuple[float, float]] = ()) -> ResourcePlan:
-    """Split the cluster so that Ray Data always has CPU beside the train workers.
+def plan_resources(cfg: Config, nodes: Sequence[Node]) -> ResourcePlan:
+    """Split the cluster's ``nodes`` so that Ray Data always has CPU beside the train workers.
 
     Train V2 keeps the train workers' CPUs out of Ray Data's budget, so a plan that gives every CPU
     to training makes augmentation wait forever. We reserve ``train.data_cpus`` for Ray Data
     and divide the rest between the workers (unless ``train.cpus_per_worker`` is set).
 
-    A worker runs on one node, so with ``nodes`` ((CPUs, GPUs) of each node) the automatic share
-    is lowered until every worker fits on some node: 4 GPU workers on a 48-CPU GPU node next to a
-    32-CPU data node get 12 CPUs each, not (80 - data) / 4, which only 2 of them could get.
+    Node types (``train.node_markers``, cluster.yaml): when some nodes carry ``train_node``, the
+    workers are pinned to them and share only their CPUs. When nodes carrying ``data_node`` are up
+    as well, augmentation is pinned to those and gets all their CPUs, so nothing is reserved on
+    the train nodes. Without data nodes (they autoscale from 0), ``train.data_cpus`` stay reserved.
+
+    A worker runs on one node, so the automatic share is lowered until every worker fits on some
+    node: 4 GPU workers on a 48-CPU GPU node next to a 32-CPU node get 12 CPUs each, not
+    (80 - data) / 4, which only 2 of them could get.
 
     Raises:
         ConfigError: when the request cannot be scheduled on this cluster (instead of hanging).
     """
     t, d = cfg.train, cfg.data
-    if t.use_gpu and cluster_gpus < t.num_workers:
+    train_marker = TRAIN_MARKER if t.node_markers and _marked(nodes, TRAIN_MARKER) else ""
+    pool = [n for n in nodes if TRAIN_MARKER in n.markers] if train_marker else list(nodes)
+    data_nodes = [n for n in nodes if DATA_MARKER in n.markers and n not in pool]
+    data_marker = DATA_MARKER if train_marker and data_nodes else ""
+    pool_cpus, pool_gpus = sum(n.cpus for n in pool), sum(n.gpus for n in pool)
+    where = f" on the {len(pool)} {train_marker} node(s)" if train_marker else ""
+    if t.use_gpu and pool_gpus < t.num_workers:
         raise ConfigError("train.num_workers", t.num_workers,
                           f"needs one GPU per worker with train.use_gpu=true; the cluster has "
-                          f"{cluster_gpus:g} GPU(s)")
-    if d.augment_cpus > t.data_cpus:
+                          f"{pool_gpus:g} GPU(s){where}")
+    if data_marker:
+        reserve, data_cpus, data_field = 0.0, sum(n.cpus for n in data_nodes), "data node CPUs"
+    else:
+        reserve, data_cpus, data_field = t.data_cpus, t.data_cpus, "train.data_cpus"
+    if d.augment_cpus > max([n.cpus for n in data_nodes] if data_marker else [t.data_cpus]):
         raise ConfigError("data.augment_cpus", d.augment_cpus,
-                          f"must be <= train.data_cpus={t.data_cpus:g} (CPUs kept for Ray Data)")
-    available = cluster_cpus - t.data_cpus
+                          f"must be <= {data_field} ({data_cpus:g} CPUs kept for Ray Data"
+                          f"{', per node' if data_marker else ''})")
+    available = pool_cpus - reserve
     cpus = t.cpus_per_worker or available / t.num_workers
     # Keep 0.01 CPU of slack: logical CPUs are floats and exact fits fail on rounding.
     if cpus <= 0 or cpus * t.num_workers > available + 1e-9:
+        kept = f", train.data_cpus={t.data_cpus:g} are kept for Ray Data" if reserve else ""
         raise ConfigError("train.num_workers", t.num_workers,
-                          f"cannot be scheduled: the cluster has {cluster_cpus:g} CPU(s), "
-                          f"train.data_cpus={t.data_cpus:g} are kept for Ray Data, leaving "
-                          f"{max(available, 0):g} for the workers ({cpus:g} each requested)")
-    cpus = math.floor(cpus * 100) / 100
-    if nodes:
-        cpus = _fit_on_nodes(cfg, cpus, nodes)
+                          f"cannot be scheduled: the cluster has {pool_cpus:g} CPU(s){where}"
+                          f"{kept}, leaving {max(available, 0):g} for the workers ({cpus:g} "
+                          "each requested)")
+    cpus = _fit_on_nodes(cfg, math.floor(cpus * 100) / 100, pool)
     threads = max(1, int(cpus))
-    tasks = max(1, int(t.data_cpus // d.augment_cpus))
-    return ResourcePlan(cpus, 1 if t.use_gpu else 0, threads, tasks)
+    tasks = max(1, int(data_cpus // d.augment_cpus))
+    return ResourcePlan(cpus, 1 if t.use_gpu else 0, threads, tasks, train_marker, data_marker)
 
 
-def _workers_fitting(cpus: float, gpus: int, nodes: Sequence[tuple[float, float]]) -> int:
+def _marked(nodes: Sequence[Node], marker: str) -> bool:
+    return any(marker in n.markers for n in nodes)
+
+
+def _workers_fitting(cpus: float, gpus: int, nodes: Sequence[Node]) -> int:
     """How many workers of ``cpus`` (> 0) CPUs and ``gpus`` GPUs the nodes hold, node by node."""
     total = 0
-    for node_cpus, node_gpus in nodes:
-        fit = math.floor(node_cpus / cpus + 1e-9)
+    for node in nodes:
+        fit = math.floor(node.cpus / cpus + 1e-9)
         if gpus:
-            fit = min(fit, math.floor(node_gpus / gpus + 1e-9))
+            fit = min(fit, math.floor(node.gpus / gpus + 1e-9))
         total += fit
     return total
 
 
-def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[tuple[float, float]]) -> float:
+def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[Node]) -> float:
     """``cpus`` per worker, lowered (when automatic) until every worker fits on some node.
 
     Raises:
@@ -99,11 +156,12 @@ def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[tuple[float, float]]
     gpus = 1 if t.use_gpu else 0
     if _workers_fitting(cpus, gpus, nodes) >= t.num_workers:
         return cpus
-    candidates = sorted({math.floor(c / k * 100) / 100 for c, g in nodes if c and (g or not gpus)
+    candidates = sorted({math.floor(n.cpus / k * 100) / 100 for n in nodes
+                         if n.cpus and (n.gpus or not gpus)
                          for k in range(1, t.num_workers + 1)}, reverse=True)
     fits = [c for c in candidates if 0 < c <= cpus
             and _workers_fitting(c, gpus, nodes) >= t.num_workers]
-    described = ", ".join(f"{c:g} CPU" + (f" + {g:g} GPU" if g else "") for c, g in nodes)
+    described = ", ".join(n.describe() for n in nodes)
     if t.cpus_per_worker or not fits:
         raise ConfigError("train.cpus_per_worker" if t.cpus_per_worker else "train.num_workers",
                           t.cpus_per_worker or t.num_workers,
@@ -133,10 +191,13 @@ def connect(address: str = "") -> None:
         ray.init(address="local", include_dashboard=True, log_to_driver=True)
 
 
-def node_resources() -> list[tuple[float, float]]:
-    """(CPUs, GPUs) of every node that is up."""
+def node_resources() -> list[Node]:
+    """Every node that is up, with the node-type markers it carries."""
     nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-    return [(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)))
+    markers = (TRAIN_MARKER, DATA_MARKER)
+    return [Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
+                 str(n.get("NodeManagerAddress", "")),
+                 frozenset(m for m in markers if n["Resources"].get(m)))
             for n in nodes if n.get("Alive")]
 
 
@@ -144,6 +205,14 @@ def cluster_resources() -> tuple[float, float]:
     """(CPUs, GPUs) of the connected cluster."""
     res = ray.cluster_resources()  # type: ignore[no-untyped-call]
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def torch_backend(cfg: Config) -> str:
+    """The ``torch.distributed`` backend: NCCL between GPUs, gloo on CPU.
+
+    Ray Train picks the same by default; naming it keeps the choice visible and tested.
+    """
+    return "nccl" if cfg.train.use_gpu else "gloo"
 
 
 def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
@@ -157,16 +226,14 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
     ``eval_split`` is the labeled split (in the object store) for online kNN evaluation.
     ``callbacks`` are Ray Train callbacks, e.g. the one forwarding each report to a Tune trial.
     """
-    resources = {"CPU": plan.cpus_per_worker}
-    if plan.gpus_per_worker:
-        resources["GPU"] = plan.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
+        torch_config=TorchConfig(backend=torch_backend(cfg)),
         train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings),
                            "eval_split": eval_split},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
                                                use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=plan.worker_resources()),
         run_config=ray.train.RunConfig(
             name=settings.run_name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),

@@ -34,8 +34,8 @@ def test_several_nodes_need_shared_storage():
     for ok in ("s3://bucket/runs", "gs://b/r", "/mnt/shared/runs", "/mnt/shared/efs/r"):
         check_shared("train.storage_path", ok, 3, MOUNTS)
     with pytest.raises(ConfigError, match=r"train.storage_path='/home/me/runs': is on this "
-                                          r"node's own disk \(ext4 filesystem\) but the cluster "
-                                          r"has 3 nodes.*s3://bucket/prefix or an NFS path"):
+                                          r"machine's own disk \(ext4 filesystem\) but the cluster "
+                                          r"spans 3 machines.*s3://bucket/prefix or an NFS path"):
         check_shared("train.storage_path", "/home/me/runs", 3, MOUNTS)
     with pytest.raises(ConfigError, match=r"\(tmpfs filesystem\)"):
         check_shared("train.storage_path", "/tmp/runs", 2, MOUNTS)
@@ -45,5 +45,5 @@ def test_several_nodes_need_a_shared_mlflow_store():
     check_tracking_shared("http://head:5000", 4, MOUNTS)
     check_tracking_shared("sqlite:////mnt/shared/mlflow.db", 4, MOUNTS)
     with pytest.raises(ConfigError, match=r"tracking.tracking_uri='sqlite:////home/me/mlflow.db'"
-                                          r": is a store on this node's disk.*mlflow server"):
+                                          r": is a store on this machine's disk.*mlflow server"):
         check_tracking_shared("sqlite:////home/me/mlflow.db", 2, MOUNTS)

@@ -21,7 +21,14 @@ from raysl.train.checkpoint import (
 )
 from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
 from raysl.train.step import NonFiniteLossError, autocast_dtype, memory_format, train_step
-from raysl.train.trainer import plan_resources
+from raysl.train.trainer import (
+    DATA_MARKER,
+    MARKER_REQUEST,
+    TRAIN_MARKER,
+    Node,
+    plan_resources,
+    torch_backend,
+)
 
 TINY = ["model.width=8", "model.small_stem=true", "data.channels=1", "data.image_size=16"]
 
@@ -151,13 +158,18 @@ def test_incomplete_checkpoint_is_refused(tmp_path: Path):
     assert read_state(tmp_path) == {"epoch": 0}
 
 
+def _one_node(cpus: float, gpus: float = 0.0) -> list[Node]:
+    return [Node(cpus, gpus)]
+
+
 def test_resource_plan_keeps_cpu_for_ray_data():
     cfg = C.load(None, ["train.num_workers=2"])
-    plan = plan_resources(cfg, cluster_cpus=2, cluster_gpus=0)
+    plan = plan_resources(cfg, _one_node(2))
     assert plan.cpus_per_worker == 0.5 and plan.threads_per_worker == 1
     assert 2 * plan.cpus_per_worker + cfg.train.data_cpus <= 2
-    big = plan_resources(cfg, cluster_cpus=16, cluster_gpus=0)
+    big = plan_resources(cfg, _one_node(16))
     assert big.cpus_per_worker == 7.5 and big.threads_per_worker == 7
+    assert big.worker_resources() == {"CPU": 7.5} and big.augment_resources() == {}
 
 
 @pytest.mark.parametrize(("overrides", "cpus", "gpus", "field"), [
@@ -168,38 +180,80 @@ def test_resource_plan_keeps_cpu_for_ray_data():
 ])
 def test_unschedulable_requests_fail_before_starting(overrides, cpus, gpus, field):
     with pytest.raises(ConfigError) as info:
-        plan_resources(C.load(None, overrides), cpus, gpus)
+        plan_resources(C.load(None, overrides), _one_node(cpus, gpus))
     assert info.value.field == field
 
 
 def test_automatic_share_fits_every_worker_on_a_node():
-    # A CPU head, one 48-CPU node with 4 GPUs, one 32-CPU data node: (80 - 12) / 4 = 17 CPUs a
+    # A CPU head, one 48-CPU node with 4 GPUs, one 32-CPU node: (80 - 12) / 4 = 17 CPUs a
     # worker would fit only 2 workers on the GPU node; 12 CPUs fit all 4.
-    nodes = [(0.0, 0.0), (48.0, 4.0), (32.0, 0.0)]
+    nodes = [Node(0.0), Node(48.0, 4.0), Node(32.0)]
     cfg = C.load(None, ["train.num_workers=4", "train.use_gpu=true", "train.data_cpus=12"])
-    plan = plan_resources(cfg, 80, 4, nodes)
+    plan = plan_resources(cfg, nodes)
     assert plan.cpus_per_worker == 12 and plan.gpus_per_worker == 1
     cpu_only = C.load(None, ["train.num_workers=3", "data.batch_size_global=255"])  # 2 CPU each
-    assert plan_resources(cpu_only, 8, 0, [(4.0, 0.0), (4.0, 0.0)]).cpus_per_worker == 2
-    assert plan_resources(cpu_only, 8, 0).cpus_per_worker == 2.33  # one node of 8: no cap
+    assert plan_resources(cpu_only, [Node(4.0), Node(4.0)]).cpus_per_worker == 2
+    assert plan_resources(cpu_only, _one_node(8)).cpus_per_worker == 2.33  # one node: no cap
 
 
 @pytest.mark.parametrize(("overrides", "nodes", "field", "message"), [
-    (["train.num_workers=2", "train.cpus_per_worker=20"], [(16.0, 0.0), (16.0, 0.0), (16.0, 0.0)],
+    (["train.num_workers=2", "train.cpus_per_worker=20"], [Node(16.0), Node(16.0), Node(16.0)],
      "train.cpus_per_worker", r"2 worker\(s\) of 20 CPU each do not fit on the nodes \(16 CPU, "
                               r"16 CPU, 16 CPU\); a worker runs on one node. At most 16 CPU"),
-    (["train.num_workers=2", "train.use_gpu=true"], [(8.0, 1.0), (8.0, 1.0), (8.0, 0.0)],
+    (["train.num_workers=2", "train.use_gpu=true"], [Node(8.0, 1.0), Node(8.0, 1.0), Node(8.0)],
      None, None),
 ])
 def test_requests_that_fit_no_node_fail_before_starting(overrides, nodes, field, message):
     cfg = C.load(None, overrides)
-    cpus, gpus = sum(c for c, _ in nodes), sum(g for _, g in nodes)
     if field is None:  # fits: one GPU worker on each GPU node
-        assert plan_resources(cfg, cpus, gpus, nodes).cpus_per_worker <= 8
+        assert plan_resources(cfg, nodes).cpus_per_worker <= 8
         return
     with pytest.raises(ConfigError, match=message) as info:
-        plan_resources(cfg, cpus, gpus, nodes)
+        plan_resources(cfg, nodes)
     assert info.value.field == field
+
+
+HEAD = Node(0.0, host="10.0.0.1")
+GPU_NODE = Node(48.0, 4.0, "10.0.0.2", frozenset({TRAIN_MARKER}))
+DATA_NODE = Node(32.0, 0.0, "10.0.0.3", frozenset({DATA_MARKER}))
+
+
+def test_node_types_pin_workers_to_train_nodes_and_augmentation_to_data_nodes():
+    cfg = C.load(None, ["train.num_workers=4", "train.use_gpu=true", "data.augment_cpus=2"])
+    plan = plan_resources(cfg, [HEAD, GPU_NODE, DATA_NODE, DATA_NODE])
+    # The data nodes do the augmenting, so the workers share all of the GPU node's CPUs.
+    assert plan.cpus_per_worker == 12 and plan.augment_tasks == 32
+    assert plan.worker_resources() == {"CPU": 12, "GPU": 1, TRAIN_MARKER: MARKER_REQUEST}
+    assert plan.augment_resources() == {DATA_MARKER: MARKER_REQUEST}
+    assert "on the train_node nodes" in plan.describe(cfg)
+
+
+def test_without_data_nodes_the_train_nodes_keep_cpu_for_ray_data():
+    # cluster.yaml's data nodes autoscale from 0: augmentation then runs beside the workers.
+    cfg = C.load(None, ["train.num_workers=4", "train.use_gpu=true", "train.data_cpus=8"])
+    plan = plan_resources(cfg, [HEAD, GPU_NODE])
+    assert plan.cpus_per_worker == 10 and plan.augment_tasks == 8 / cfg.data.augment_cpus
+    assert plan.augment_resources() == {} and TRAIN_MARKER in plan.worker_resources()
+
+
+def test_node_markers_off_or_absent_leave_placement_to_ray():
+    cfg = C.load(None, ["train.num_workers=4", "train.use_gpu=true", "train.node_markers=false"])
+    plan = plan_resources(cfg, [HEAD, GPU_NODE, DATA_NODE])
+    assert plan.worker_resources() == {"CPU": 12, "GPU": 1} and plan.augment_resources() == {}
+    # A data marker alone does not pin augmentation: the workers could fill those nodes' CPUs.
+    unmarked_gpu = Node(48.0, 4.0, "10.0.0.2")
+    plan = plan_resources(C.load(None, ["train.num_workers=2"]), [unmarked_gpu, DATA_NODE])
+    assert plan.augment_resources() == {} and plan.train_marker == ""
+
+
+def test_the_train_nodes_alone_must_hold_the_workers():
+    cfg = C.load(None, ["train.num_workers=8", "train.use_gpu=true"])
+    with pytest.raises(ConfigError, match=r"the cluster has 4 GPU\(s\) on the 1 train_node "):
+        plan_resources(cfg, [HEAD, GPU_NODE, Node(8.0, 4.0, "10.0.0.9")])
+    big_tasks = C.load(None, ["data.augment_cpus=64", "train.data_cpus=64"])
+    with pytest.raises(ConfigError, match="data node CPUs") as info:
+        plan_resources(big_tasks, [HEAD, GPU_NODE, DATA_NODE])
+    assert info.value.field == "data.augment_cpus"
 
 
 def test_weight_decay_schedule_sets_the_decayed_group_only():
@@ -228,3 +282,8 @@ def test_per_parameter_clipping_bounds_each_tensor():
     steps = [(p.detach() - b).norm() for p, b in zip(method.parameters(), before, strict=True)]
     assert max(steps) <= 1e-3 * (1 + 1e-4)
     assert sum(s > 0.99e-3 for s in steps) > 1  # several tensors clipped, each to the bound
+
+
+def test_gpu_workers_talk_nccl_and_cpu_workers_gloo():
+    assert torch_backend(C.load(None, ["train.use_gpu=true"])) == "nccl"
+    assert torch_backend(C.load(None, [])) == "gloo"

@@ -1,0 +1,232 @@
+"""``ray job submit`` for real: a token-authenticated Ray head and an MLflow server on loopback.
+
+What a user of cluster.yaml does, on one machine: ``ray start --head`` with ``RAY_AUTH_MODE=token``
+(its own ports and temp dir), ``mlflow server``, then the ``ray job`` CLI with ``--working-dir``
+and a runtime env naming the MLflow server. Every pipeline runs as a job with ``--smoke-test``:
+pretrain (its model is registered), evaluate (the registered model gets the results as tags)
+and tune. A job that fails ends FAILED with its error in the job's logs. The test stops the head
+it started, and only that one: never a machine-wide ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.processes import die_with_parent, free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's ray, mlflow and python
+
+
+def _start(args: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
+    """A server process writing to ``log``: a pipe nobody reads would block it once full."""
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent, **kwargs)  # type: ignore[call-overload]
+
+
+def _wait_for(url: str, what: str, proc: subprocess.Popen[bytes], log: Path,
+              timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                   timeout=5).close()
+            return
+        except (OSError, urllib.error.HTTPError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out = log.read_text(errors="replace")
+                raise RuntimeError(f"{what} did not start ({url}):\n{out[-4000:]}") from None
+            time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass
+class Head:
+    """A Ray head on 127.0.0.1 and the environment of a client holding its token."""
+
+    dashboard: str
+    gcs: str  # host:port, what RAY_ADDRESS names
+    env: dict[str, str]
+
+    def ray(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """The ``ray`` CLI as a user runs it against this head."""
+        try:
+            return subprocess.run([str(BIN / "ray"), *args], cwd=ROOT, env=self.env, text=True,
+                                  capture_output=True, timeout=timeout,
+                                  preexec_fn=die_with_parent)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) \
+                else (e.stdout or "")
+            pytest.fail(f"`ray {' '.join(args[:2])}` still running after {timeout:g} s; "
+                        f"its output so far:\n{out[-8000:]}")
+
+    def submit(self, *entrypoint: str, runtime_env: dict[str, object]
+               ) -> subprocess.CompletedProcess[str]:
+        """``ray job submit --working-dir .``: waits for the end, following the job's logs."""
+        return self.ray("job", "submit", "--address", self.dashboard, "--working-dir", ".",
+                        "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server() -> Iterator[str]:
+    """``mlflow server`` on loopback: sqlite backend, artifacts served through the server."""
+    root = Path(tempfile.mkdtemp(prefix="raysl-mlflow-"))
+    port = free_port()
+    log = root / "server.log"
+    proc = _start(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")], log)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{uri}/health", "mlflow server", proc, log)
+        yield uri
+    finally:
+        _stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[Head]:
+    """``ray start --head --block`` with token auth, its own ports and its own temp dir.
+
+    ``--block`` keeps ``ray start`` in the foreground, owning the head's processes, in a process
+    group of their own: signalling that group stops exactly this head (``ray stop`` would stop
+    every Ray on the machine, including the test session's).
+    """
+    temp = Path(tempfile.mkdtemp(prefix="rayhead-"))  # short: Ray's socket paths must fit 107 B
+    token = secrets.token_hex(32)
+    ports = {flag: free_port() for flag in (
+        "--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+        "--node-manager-port", "--object-manager-port")}
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("RAY_", "MLFLOW_")) and k != "PYTHONPATH"}
+    # Jobs run `python` from the head's PATH: the venv's, as after `. .venv/bin/activate`.
+    env = {**base, "PATH": f"{BIN}:{base.get('PATH', '')}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": token, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    args = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=4",
+            f"--object-store-memory={512 * 2**20}", f"--temp-dir={temp}",
+            "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())]
+    log = temp / "ray-start.log"
+    proc = _start(args, log, env=env, cwd=temp, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    try:
+        _wait_for(f"{dashboard}/api/version", "ray head", proc, log,
+                  headers={"Authorization": f"Bearer {token}"})
+        yield Head(dashboard, f"127.0.0.1:{ports['--port']}", env)
+    finally:
+        # GCS, raylet, dashboard... all at once (``ray start`` alone stops them one by one,
+        # ~30 s); the workers exit with their raylet.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        _stop(proc, grace=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _runtime_env(head: Head, uri: str) -> dict[str, object]:
+    """The job's runtime env: where MLflow is, and which Ray cluster is the job's own.
+
+    RAY_ADDRESS: this machine runs two Ray clusters (the test session's and this head). Ray
+    Train's placement-group cleaner, an actor of the job, finds its cluster by auto-detection
+    unless RAY_ADDRESS is set, and fails with "Found multiple active Ray instances"; Tune then
+    waits forever for the resources of the sweep's first trial. The README gives users the same
+    advice.
+    """
+    return {"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": head.gcs}}
+
+
+@pytest.fixture(scope="module")
+def pretrain_job(head: Head, mlflow_server: str) -> subprocess.CompletedProcess[str]:
+    storage = Path(tempfile.mkdtemp(prefix="raysl-jobs-"))
+    return head.submit("python", "pipelines/pretrain.py", "--smoke-test",
+                       "--set", f"train.storage_path={storage}", "--set", "eval.enabled=false",
+                       runtime_env=_runtime_env(head, mlflow_server))
+
+
+def test_the_head_refuses_clients_without_its_token(head: Head):
+    anonymous = Head(head.dashboard, head.gcs, {k: v for k, v in head.env.items()
+                                      if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")})
+    listing = anonymous.ray("job", "list", "--address", head.dashboard, timeout=120)
+    assert listing.returncode != 0
+    assert "token" in (listing.stdout + listing.stderr).lower()
+
+
+def test_pretrain_job_succeeds_and_registers_the_encoder(pretrain_job, mlflow_server):
+    out = pretrain_job.stdout + pretrain_job.stderr
+    assert pretrain_job.returncode == 0, out[-6000:]
+    assert "succeeded" in out and "raysl pretrain: summary" in out  # the job's logs, followed
+    assert "models:/raysl-simclr-resnet18/1" in out
+    client = MlflowClient(mlflow_server)
+    (version,) = client.search_model_versions("name='raysl-simclr-resnet18'")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert "train/loss" in run.data.metrics and run.data.params["method.name"] == "simclr"
+
+
+def test_evaluate_job_tags_the_registered_model(head, pretrain_job, mlflow_server):
+    assert pretrain_job.returncode == 0
+    job = head.submit("python", "pipelines/evaluate.py", "models:/raysl-simclr-resnet18/1",
+                      "--smoke-test", runtime_env=_runtime_env(head, mlflow_server))
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, out[-6000:]
+    assert "raysl evaluate" in out and "finetune_10pct_top1" in out
+    tags = MlflowClient(mlflow_server).get_model_version("raysl-simclr-resnet18", "1").tags
+    assert {"eval.knn_top1", "eval.linear_top1", "eval.finetune_10pct_top1"} <= set(tags), tags
+
+
+def test_tune_job_runs_a_smoke_sweep(head, mlflow_server):
+    job = head.submit("python", "pipelines/tune.py", "--sweep", "tuning/simclr_temperature.yaml",
+                      "--smoke-test", "--set", "train.storage_path="
+                      + tempfile.mkdtemp(prefix="raysl-sweep-"),
+                      runtime_env=_runtime_env(head, mlflow_server))
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, out[-6000:]
+    assert "raysl tune: summary" in out and "simclr-temperature-smoke: 2 trial(s)" in out
+    client = MlflowClient(mlflow_server)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trials = client.search_runs(experiments, "tags.`raysl.kind` = 'sweep trial'")
+    assert len(trials) == 2, [(r.info.run_name, r.info.status) for r in trials]
+    champion = client.get_model_version_by_alias("raysl-demo-simclr-fmnist-smoke", "champion")
+    assert champion.run_id in {r.info.run_id for r in trials}
+
+
+def test_a_failing_job_is_failed_with_its_error_in_the_logs(head, mlflow_server):
+    job = head.submit("python", "pipelines/pretrain.py", "--smoke-test", "--set",
+                      "data.source.format=folder", "--set", "data.source.path=/no/such/images",
+                      runtime_env=_runtime_env(head, mlflow_server))
+    assert job.returncode == 1, job.stdout[-4000:]
+    submission_id = next(w.strip("'") for w in job.stdout.split() if w.startswith("'raysubmit_"))
+    status = head.ray("job", "status", "--address", head.dashboard, submission_id)
+    assert "FAILED" in status.stdout, status.stdout
+    logs = head.ray("job", "logs", "--address", head.dashboard, submission_id).stdout
+    assert "raysl: error: data.source.path='/no/such/images': does not exist" in logs, logs
