@@ -57,9 +57,10 @@ def main(workdir: Path) -> int:
             "--set", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
             "--set", "eval.enabled=false",  # evaluation is the same on one node or four
         ])
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                              limit=1000)
-        tasks = [t for t in list_tasks(detail=True, limit=10000)
+        # The address: auto-detection refuses when another Ray runs here (the test session's).
+        workers = list_actors(address=cluster.address, detail=True, limit=1000,
+                              filters=[("class_name", "=", "RayTrainWorker")])
+        tasks = [t for t in list_tasks(address=cluster.address, detail=True, limit=10000)
                  if "augment_batch" in t.name and t.node_id]
         print(json.dumps({
             "exit_code": code, "nodes": ids,
