@@ -227,6 +227,7 @@ def test_a_failing_job_is_failed_with_its_error_in_the_logs(head, mlflow_server)
     assert job.returncode == 1, job.stdout[-4000:]
     submission_id = next(w.strip("'") for w in job.stdout.split() if w.startswith("'raysubmit_"))
     status = head.ray("job", "status", "--address", head.dashboard, submission_id)
-    assert "FAILED" in status.stdout, status.stdout
+    assert f"Job '{submission_id}' failed" in status.stdout, status.stdout  # JobStatus.FAILED
+    assert "exit code 2" in status.stdout
     logs = head.ray("job", "logs", "--address", head.dashboard, submission_id).stdout
     assert "raysl: error: data.source.path='/no/such/images': does not exist" in logs, logs
