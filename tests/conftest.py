@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from raysl.config import FASHION_MNIST_DIR
-from tests.processes import die_with_parent, free_port
+from tests.processes import free_port, start_server, stop, wait_for_url
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -59,31 +59,19 @@ def s3_endpoint() -> Iterator[str]:
     Started and stopped here; tests reach it through pyarrow's S3 client exactly as they would
     reach MinIO or AWS, with the endpoint and keys in the environment.
     """
-    import subprocess
     import sys
-    import time
-    import urllib.request
+    import tempfile
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              preexec_fn=die_with_parent)
+    log = Path(tempfile.mkdtemp(prefix="raysl-moto-")) / "server.log"
+    server = start_server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                           str(port)], log)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start: "
-                                       + server.stderr.read().decode()[-2000:]) from None
-                time.sleep(0.2)
+        wait_for_url(f"{endpoint}/moto-api/", "moto server", server, log, timeout=60)
         yield endpoint
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server, grace=30)
 
 
 @pytest.fixture

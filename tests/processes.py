@@ -5,6 +5,11 @@ from __future__ import annotations
 import ctypes
 import signal
 import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 
 def die_with_parent() -> None:
@@ -18,3 +23,37 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def start_server(args: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """A server process writing to ``log``: a pipe nobody reads would block it once full."""
+    with log.open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent, **kwargs)
+
+
+def wait_for_url(url: str, what: str, proc: subprocess.Popen[bytes], log: Path,
+                 timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+    """Return once ``url`` answers; raise with the end of ``log`` if ``proc`` dies or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                   timeout=5).close()
+            return
+        except OSError:  # refused, reset, or an HTTP error status
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out = log.read_text(errors="replace")
+                raise RuntimeError(f"{what} did not start ({url}):\n{out[-4000:]}") from None
+            time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

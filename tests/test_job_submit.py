@@ -19,9 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,43 +26,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.processes import die_with_parent, free_port
+from tests.processes import die_with_parent, free_port, start_server, stop, wait_for_url
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's ray, mlflow and python
-
-
-def _start(args: list[str], log: Path, **kwargs: object) -> subprocess.Popen[bytes]:
-    """A server process writing to ``log``: a pipe nobody reads would block it once full."""
-    with log.open("wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent, **kwargs)  # type: ignore[call-overload]
-
-
-def _wait_for(url: str, what: str, proc: subprocess.Popen[bytes], log: Path,
-              timeout: float = 120, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                   timeout=5).close()
-            return
-        except (OSError, urllib.error.HTTPError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                out = log.read_text(errors="replace")
-                raise RuntimeError(f"{what} did not start ({url}):\n{out[-4000:]}") from None
-            time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -101,16 +66,16 @@ def mlflow_server() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="raysl-mlflow-"))
     port = free_port()
     log = root / "server.log"
-    proc = _start(
+    proc = start_server(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts")], log)
     uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{uri}/health", "mlflow server", proc, log)
+        wait_for_url(f"{uri}/health", "mlflow server", proc, log)
         yield uri
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -138,10 +103,10 @@ def head() -> Iterator[Head]:
             f"--object-store-memory={512 * 2**20}", f"--temp-dir={temp}",
             "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())]
     log = temp / "ray-start.log"
-    proc = _start(args, log, env=env, cwd=temp, start_new_session=True)
+    proc = start_server(args, log, env=env, cwd=temp, start_new_session=True)
     dashboard = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
-        _wait_for(f"{dashboard}/api/version", "ray head", proc, log,
+        wait_for_url(f"{dashboard}/api/version", "ray head", proc, log,
                   headers={"Authorization": f"Bearer {token}"})
         yield Head(dashboard, f"127.0.0.1:{ports['--port']}", env)
     finally:
@@ -149,7 +114,7 @@ def head() -> Iterator[Head]:
         # ~30 s); the workers exit with their raylet.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        _stop(proc, grace=10)
+        stop(proc, grace=10)
         shutil.rmtree(temp, ignore_errors=True)
 
 
