@@ -4,6 +4,7 @@ Trained and random-init encoders are compared side by side on the same split and
 
     .venv/bin/python benchmarks/methods_knn.py                 # all methods, ~65 min on 2 CPUs
     .venv/bin/python benchmarks/methods_knn.py --methods byol dino --epochs 5
+    .venv/bin/python benchmarks/methods_knn.py --methods swav --set method.epsilon=0.03
 
 Each method runs its shipped recipe ``pipelines/configs/<method>_fmnist.yaml`` through the same
 code path as ``raysl pretrain`` (Ray Data views, Ray Train workers, MLflow), shrunk to a budget
@@ -15,6 +16,7 @@ for hundreds of epochs. Results go to stdout as a Markdown table and to ``--json
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,15 +35,31 @@ def budget_overrides(args: argparse.Namespace, method: str) -> list[str]:
         f"data.source.limit={args.images}", f"data.batch_size_global={args.batch}",
         f"model.width={args.width}", f"train.epochs={args.epochs}", "train.num_workers=2",
         "optim.warmup_epochs=0.5", f"eval.bank.limit={args.bank}",
-        f"eval.query.limit={args.queries}", "eval.knn_k=20",
+        f"eval.query.limit={args.queries}", "eval.knn_k=20", "eval.protocols=knn",
         "tracking.experiment=benchmarks-methods", "tracking.register=false",
         f"train.run_name=bench-{method.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}",
     ]
 
 
+def scaled_method_epochs(recipe: C.Config, epochs: int) -> list[str]:
+    """The method's own epoch-counted knobs, kept at the same fraction of training.
+
+    A recipe that freezes SwAV's prototypes or DINO's last layer for 1 of its 200 epochs would
+    otherwise freeze them for half of a 2-epoch budget.
+    """
+    scale = epochs / recipe.train.epochs
+    return [f"method.{f.name}={getattr(recipe.method, f.name) * scale:g}"
+            for f in dataclasses.fields(recipe.method)
+            if f.name.endswith(("_epochs", "_epoch")) and getattr(recipe.method, f.name)]
+
+
 def run(method: str, args: argparse.Namespace) -> dict[str, float | str]:
     """One shrunk run of ``method``; its kNN results and throughput."""
-    cfg = C.load(CONFIGS / f"{method}_fmnist.yaml", budget_overrides(args, method))
+    recipe = CONFIGS / f"{method}_fmnist.yaml"
+    scaled = scaled_method_epochs(C.load(recipe), args.epochs)
+    print(f"[bench] {method}: {' '.join(scaled) or 'no epoch-counted method knobs'}",
+          file=sys.stderr)
+    cfg = C.load(recipe, budget_overrides(args, method) + scaled + args.set)
     t0 = time.perf_counter()
     result = pretrain(cfg, log=lambda line: print(line, file=sys.stderr))
     return {"method": method, "trained": result.knn[TRAINED],
@@ -73,6 +91,8 @@ def main() -> int:
     p.add_argument("--bank", type=int, default=10000)
     p.add_argument("--queries", type=int, default=5000)
     p.add_argument("--json", default="benchmarks/methods_knn.json")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides on top of every recipe, e.g. optim.lars_eta=0.02")
     args = p.parse_args()
     rows = []
     for method in args.methods:

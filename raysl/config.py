@@ -203,9 +203,10 @@ VIEW_PRESETS: dict[str, ViewConfig] = {
     "byol": ViewConfig(**_BYOL_JITTER, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2)),
     # SwAV (arXiv:2006.09882): 2 global crops of scale (0.14, 1) + 6 local crops of (0.05, 0.14).
     "swav": ViewConfig(crop_scale=(0.14, 1.0), local_crops=6, local_crop_scale=(0.05, 0.14)),
-    # DINO (arXiv:2104.14294): BYOL's colour recipe, 2 global (0.4, 1) + local crops (0.05, 0.4).
+    # DINO (arXiv:2104.14294): BYOL's colour recipe, 2 global (0.4, 1) + 8 local crops (0.05, 0.4),
+    # the reference main_dino.py's defaults.
     "dino": ViewConfig(**_BYOL_JITTER, crop_scale=(0.4, 1.0), blur_p=(1.0, 0.1),
-                       solarize_p=(0.0, 0.2), local_crops=6, local_crop_scale=(0.05, 0.4),
+                       solarize_p=(0.0, 0.2), local_crops=8, local_crop_scale=(0.05, 0.4),
                        local_blur_p=0.5),
     # MAE (arXiv:2111.06377, appendix A.1): one view, RandomResizedCrop (0.2, 1) and a flip, no
     # colour jitter or blur; masking happens in the model. (Bilinear where the paper is bicubic.)
@@ -305,6 +306,7 @@ class ModelConfig:
     small_stem: bool = False  # ResNet only: 3x3 stride-1 stem, no max-pool, for inputs <= 64 px
     depth: int = 0  # ViT only: number of blocks; 0 = 12
     patch_size: int = 0  # ViT only: patch side; 0 = 16 (use 4 for 28-32 px images)
+    drop_path_rate: float = 0.0  # ViT only: stochastic depth of the last block (DINO ViT-S: 0.1)
 
     def __post_init__(self) -> None:
         if self.is_vit:
@@ -312,13 +314,15 @@ class ModelConfig:
                   f"is a ResNet option; {self.backbone} takes model.patch_size for small images")
             check(self.depth >= 0, "depth", self.depth, ">= 0 (0 = 12 blocks)")
             check(self.patch_size >= 0, "patch_size", self.patch_size, ">= 0 (0 = 16)")
+            check(0 <= self.drop_path_rate < 1, "drop_path_rate", self.drop_path_rate,
+                  "a probability in [0, 1) (0 = off; DINO's ViT-S uses 0.1)")
             w = self.effective_width
             check(w % self.heads == 0, "width", self.width,
                   f"a ViT embedding dim divisible by its {self.heads} heads (one per 64)")
         else:
             check(self.width == 0 or (self.width >= 4 and self.width % 4 == 0), "width",
                   self.width, "must be 0 (standard: 64) or a multiple of 4 and >= 4")
-            for name in ("depth", "patch_size"):
+            for name in ("depth", "patch_size", "drop_path_rate"):
                 check(getattr(self, name) == 0, name, getattr(self, name),
                       f"is a ViT option; leave it 0 for {self.backbone}")
 
@@ -369,7 +373,13 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     final_lr_ratio: float = 0.0  # lr at the end of the cosine, as a fraction of the peak
     lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017)
+    # Cap LARS's step of a tensor at eta of its norm (solo-learn's clip_lars_lr; with eta 0.02
+    # in its small-batch recipes); see raysl/train/optim.py:LARS.
+    lars_clip: bool = False
     exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation on biases and norms
+    # Learning rate of biases and norms relative to the weights' (with exclude_bias_and_norm).
+    # Barlow Twins: 0.0048 / 0.2 = 0.024.
+    bias_norm_lr_scale: float = 1.0
     # DINO raises weight decay from 0.04 to 0.4 along a cosine; "constant" keeps weight_decay.
     weight_decay_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay_end: float = 0.0  # cosine schedule only: the value at the end of training
@@ -385,6 +395,11 @@ class OptimConfig:
         check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         check(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", self.final_lr_ratio, "in [0, 1]")
         check(self.lars_eta > 0, "lars_eta", self.lars_eta, "must be > 0")
+        check(self.bias_norm_lr_scale > 0, "bias_norm_lr_scale", self.bias_norm_lr_scale,
+              "must be > 0 (1 = the weights' learning rate)")
+        check(self.exclude_bias_and_norm or self.bias_norm_lr_scale == 1.0, "bias_norm_lr_scale",
+              self.bias_norm_lr_scale, "needs exclude_bias_and_norm=true (biases and norms in "
+              "their own group)")
         check(self.weight_decay_end >= 0, "weight_decay_end", self.weight_decay_end, ">= 0")
         check(self.clip_grad >= 0, "clip_grad", self.clip_grad, ">= 0 (0 = off)")
 

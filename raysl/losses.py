@@ -282,3 +282,39 @@ def ema_center(center: Tensor, teacher: Tensor, momentum: float) -> Tensor:
     total = distributed.all_reduce_sum(teacher.sum(dim=0, keepdim=True).float())
     batch_center = total / (teacher.shape[0] * distributed.world_size())
     return center * momentum + batch_center * (1 - momentum)
+
+
+def nearest_neighbours(z: Tensor, support: Tensor) -> Tensor:
+    """NNCLR's ``NN(z, Q)``: each row's most cosine-similar row of the support set (constants).
+
+    Args:
+        z: (B, D) projections (any norm).
+        support: (Q, D) L2-normalised projections of earlier batches.
+
+    Returns:
+        (B, D) rows of ``support``; no gradient flows into ``z`` or ``support``.
+    """
+    z = F.normalize(z.detach(), dim=1)
+    return support.detach()[(z @ support.detach().T).argmax(dim=1)]
+
+
+def nnclr_contrastive(nn: Tensor, p: Tensor, temperature: float) -> Tensor:
+    """NNCLR's loss (Dwibedi et al. 2021, arXiv:2104.14548, eq. 2, with the prediction head).
+
+    Row i's nearest neighbour ``NN(z_i)`` must pick ``p_i``, the prediction of the other view of
+    the same image, out of the predictions of every worker's batch. Gradients flow through ``p``
+    only (the neighbour comes from the support set); they reach the other ranks' ``p`` through
+    the gather, as SimCLR's.
+
+    Args:
+        nn: (B, D) nearest neighbours of one view's projections (constants).
+        p: (B, D) predictions of the other view, row-aligned with ``nn``.
+        temperature: tau > 0 (0.1 in the paper).
+
+    Returns:
+        Scalar: cross-entropy averaged over this rank's B rows.
+    """
+    nn, p = F.normalize(nn.detach(), dim=1), F.normalize(p, dim=1)
+    logits = nn @ distributed.gather(p).T / temperature  # (B, B*W)
+    targets = distributed.rank() * p.shape[0] + torch.arange(p.shape[0], device=p.device)
+    return F.cross_entropy(logits, targets)

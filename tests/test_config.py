@@ -85,7 +85,7 @@ def test_weight_decay_cosine_schedule():
 def test_vit_local_crops_round_to_whole_patches():
     cfg = C.load(None, ["method.name=dino", "model.backbone=vit_tiny", "model.patch_size=4",
                         "data.image_size=32"])
-    assert cfg.view_sizes == [32, 32] + [16] * 6  # auto 14 px -> 16 (whole 4 px patches)
+    assert cfg.view_sizes == [32, 32] + [16] * 8  # auto 14 px -> 16 (whole 4 px patches)
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 

@@ -22,7 +22,9 @@ from raysl.losses import (
     ema_center,
     info_nce_queue,
     moco_v3_contrastive,
+    nearest_neighbours,
     negative_cosine,
+    nnclr_contrastive,
     nt_xent,
     sinkhorn_knopp,
     swapped_prediction,
@@ -117,6 +119,22 @@ def naive_moco_v3(q: Rows, k: Rows, tau: float) -> float:
     qs, ks = [_unit(r) for r in q], [_unit(r) for r in k]
     ce = sum(-_log_softmax([_dot(qs[i], ks[j]) / tau for j in range(n)])[i] for i in range(n))
     return 2 * tau * ce / n
+
+
+def naive_nnclr(z: Rows, p: Rows, support: Rows, tau: float) -> float:
+    """NNCLR eq. 2 (arXiv:2104.14548) with the prediction head, one direction.
+
+    ``NN(z_i, Q) = argmax_q (z_i . q)`` over the support set Q (cosine, all normalised), then
+    ``L_i = -log exp(NN(z_i) . p_i / tau) / sum_k exp(NN(z_i) . p_k / tau)``, batch mean.
+    """
+    n = len(z)
+    qs, ps = [_unit(r) for r in support], [_unit(r) for r in p]
+    total = 0.0
+    for i in range(n):
+        zi = _unit(z[i])
+        nn = max(qs, key=lambda q: _dot(zi, q))
+        total += -_log_softmax([_dot(nn, ps[k]) / tau for k in range(n)])[i]
+    return total / n
 
 
 def naive_negative_cosine(p: Rows, z: Rows) -> float:
@@ -597,6 +615,7 @@ STOP_GRAD: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "info_nce_queue k": lambda a, s: info_nce_queue(a, s, _queue(), 0.2),
     "info_nce_queue queue": lambda a, s: info_nce_queue(a, a.detach() + 1, s[:3], 0.2),
     "moco_v3 k": lambda a, s: moco_v3_contrastive(a, s, 0.2),
+    "nnclr neighbour": lambda a, s: nnclr_contrastive(s, a, 0.2),
     "negative_cosine z": negative_cosine,
     "byol_regression z": byol_regression,
     "swapped_prediction codes": lambda a, s: swapped_prediction([a, 2 * a], [s.softmax(1)], 0.1),
@@ -618,6 +637,7 @@ def test_sinkhorn_and_ema_center_are_constants():
     scores = torch.randn(4, 3, requires_grad=True)
     assert not sinkhorn_knopp(scores).requires_grad
     assert not ema_center(torch.zeros(1, 3), scores, 0.9).requires_grad
+    assert not nearest_neighbours(scores, torch.eye(3, requires_grad=True)).requires_grad
 
 
 # ------------- distributed: 2 gloo processes with DDP == 1 process on the whole batch ---------
@@ -639,6 +659,12 @@ def _case_info_nce_queue(e: list[Tensor]) -> gh.Outputs:
 
 def _case_moco_v3(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(moco_v3_contrastive(e[0], e[1], TAU))
+
+
+def _case_nnclr(e: list[Tensor]) -> gh.Outputs:
+    # Neighbours of view 0 in a fixed support set (the same on every rank); view 1 predicts.
+    nn = nearest_neighbours(e[0], QUEUE)
+    return gh.Outputs(nnclr_contrastive(nn, e[1], TAU), rows=nn)
 
 
 def _case_negative_cosine(e: list[Tensor]) -> gh.Outputs:
@@ -678,6 +704,7 @@ GLOO_CASES = {
     "nt_xent": gh.Case(_case_nt_xent),
     "info_nce_queue": gh.Case(_case_info_nce_queue),
     "moco_v3_contrastive": gh.Case(_case_moco_v3),
+    "nearest_neighbours+nnclr_contrastive": gh.Case(_case_nnclr),
     "negative_cosine": gh.Case(_case_negative_cosine),
     "byol_regression": gh.Case(_case_byol),
     "barlow_twins": gh.Case(_case_barlow_twins),

@@ -95,8 +95,8 @@ def test_unknown_method_lists_known():
 def test_methods_take_their_augmentation_preset():
     assert C.load(None, ["method.name=byol"]).data.views.solarize_p == (0.0, 0.2)
     dino = C.load(None, ["method.name=dino"])
-    assert dino.data.preset == "dino" and dino.data.views.local_crops == 6
-    assert dino.view_sizes == [224, 224] + [96] * 6
+    assert dino.data.preset == "dino" and dino.data.views.local_crops == 8
+    assert dino.view_sizes == [224, 224] + [96] * 8
     # A user's field wins over the preset's; another preset can be named.
     assert C.load(None, ["method.name=dino", "data.views.local_crops=2"]).view_sizes[2:] == [96] * 2
     assert C.load(None, ["method.name=byol", "data.preset=simclr"]).data.views.solarize_p == (0, 0)
@@ -113,6 +113,8 @@ def test_methods_take_their_augmentation_preset():
       "train.num_workers=2"], "method.queue_size"),
     (["method.name=moco_v2", "method.bn_splits=3"], "method.bn_splits"),
     (["method.name=swav", "method.queue_length=100"], "method.queue_length"),
+    (["method.name=nnclr", "method.support_size=100"], "method.support_size"),
+    (["method.name=nnclr", "method.temperature=0"], "method.temperature"),
     (["model.backbone=vit_small", "model.small_stem=true"], "model.small_stem"),
     (["train.sync_bn=true", "train.num_workers=2"], "train.sync_bn"),
     (["model.backbone=resnet18", "model.patch_size=4"], "model.patch_size"),
@@ -218,3 +220,28 @@ def test_every_method_steps_under_bf16_autocast(name):
     assert torch.isfinite(torch.tensor(result.loss))
     assert all(p.dtype == torch.float32 for p in method.parameters())
     assert all(b.dtype != torch.bfloat16 for b in method.buffers())
+
+
+# The reference code of these passes each view through the encoder on its own (f(y1), f(y2)), so
+# BatchNorm normalises a view over its own batch; SimCLR's concatenates them (one 2B batch).
+ONE_PASS_PER_VIEW = [
+    "barlow_twins", "byol", "moco_v2", "moco_v3", "nnclr", "simsiam", "vicreg"]
+
+
+def first_view_features(name: str, views: list[torch.Tensor]) -> torch.Tensor:
+    """What the (online) encoder gives the first view in a training forward, BatchNorm live."""
+    torch.manual_seed(0)
+    method = build_method(tiny_config(name))
+    seen: list[torch.Tensor] = []
+    method.encoder.register_forward_hook(lambda m, args, out: seen.append(out.detach()))
+    method(views, Progress(0, 100, 10))
+    return seen[0][: views[0].shape[0]]
+
+
+@pytest.mark.parametrize("name", [*ONE_PASS_PER_VIEW, "simclr"])
+def test_batchnorm_sees_one_view_at_a_time_where_the_paper_does(name):
+    cfg = tiny_config(name)
+    a, b = tiny_views(cfg, seed=1)
+    c = 255 - b  # another second view
+    same = torch.allclose(first_view_features(name, [a, b]), first_view_features(name, [a, c]))
+    assert same == (name in ONE_PASS_PER_VIEW)

@@ -6,6 +6,7 @@ from raysl.methods import (  # noqa: F401
     dino,
     moco_v2,
     moco_v3,
+    nnclr,
     simclr,
     simsiam,
     swav,

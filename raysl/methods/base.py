@@ -84,6 +84,10 @@ class SSLMethod(nn.Module, ABC):
         """The encoder that is checkpointed as ``encoder.pt`` and registered (the online one)."""
         return self.encoder
 
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose learning rate stays at its peak (no warm-up, no decay)."""
+        return []
+
     def on_after_backward(self, progress: Progress) -> None:
         """Called after the backward pass, before clipping and the optimizer step."""
 
@@ -91,11 +95,22 @@ class SSLMethod(nn.Module, ABC):
         """Called after each optimizer step (EMA updates go here)."""
 
 
-def encode_views(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:
-    """Features of each view, with one forward pass per run of same-size views.
+def encode_each(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:
+    """Features of each view, one forward pass per view: (B, F) each.
 
-    Batching views of one resolution together (as DINO's MultiCropWrapper does) makes BatchNorm
-    see all of them at once and keeps the number of forward passes at 1-2 for multi-crop.
+    BatchNorm normalises each view over its own batch, as in the reference code of BYOL,
+    SimSiam, MoCo v3, Barlow Twins and VICReg (``f(y1)``, ``f(y2)``). With both views in one
+    batch, the statistics mix them, and a view's features depend on the other view's content.
+    """
+    return [encoder(v) for v in views]
+
+
+def encode_views(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:
+    """Features of each view, with one forward pass per run of same-size views (multi-crop).
+
+    Batching views of one resolution together (as DINO's MultiCropWrapper and SwAV do) makes
+    BatchNorm see all of them at once and keeps the number of forward passes at 1-2 for
+    multi-crop. Two-view methods use :func:`encode_each` instead.
 
     Returns:
         One (B, F) tensor per view, in the order of ``views``.
@@ -105,6 +120,18 @@ def encode_views(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:
         run = list(group)
         out.extend(encoder(torch.cat(run)).chunk(len(run)))
     return out
+
+
+@torch.no_grad()
+def enqueue_ring(queue: Tensor, ptr: Tensor, rows: Tensor) -> None:
+    """Write ``rows`` (N, D) over the oldest entries of the ring buffer ``queue`` (K, D).
+
+    ``ptr`` (a 0-d long tensor) is the next slot; both are updated in place and may wrap around.
+    MoCo's queue of keys and NNCLR's support set.
+    """
+    idx = (ptr + torch.arange(rows.shape[0], device=rows.device)) % len(queue)
+    queue[idx] = rows.to(queue.dtype)
+    ptr.copy_((ptr + rows.shape[0]) % len(queue))
 
 
 def output_std(z: Tensor) -> float:

@@ -15,7 +15,7 @@ from raysl.methods.base import (
     Progress,
     SSLMethod,
     check_momentum,
-    encode_views,
+    encode_each,
     output_std,
 )
 from raysl.nn.backbones import Encoder
@@ -70,11 +70,11 @@ class BYOL(SSLMethod):
 
     def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """``L(v, v') + L(v', v)`` with ``L = 2 - 2 cos`` (eq. 2 of the paper)."""
-        h0, h1 = encode_views(self.encoder, views[:2])
+        h0, h1 = encode_each(self.encoder, views[:2])
         p0, p1 = self.predictor(self.projector(h0)), self.predictor(self.projector(h1))
         with torch.no_grad():
             z0, z1 = (self.target_projector(h)
-                      for h in encode_views(self.target_encoder, views[:2]))
+                      for h in encode_each(self.target_encoder, views[:2]))
         loss = byol_regression(p0, z1) + byol_regression(p1, z0)
         return LossOutput(loss, {"collapse/std": output_std(p0)})
 

@@ -29,8 +29,9 @@ from raysl.registry import register
 class DINOConfig(MethodConfig):
     """DINO hyperparameters (defaults: arXiv:2104.14294 and the reference main_dino.py, ViT-S/16).
 
-    Pair it with AdamW, weight decay 0.04 -> 0.4 (cosine), gradient clipping 3.0: see
-    ``pipelines/configs/dino_fmnist.yaml``.
+    The reference ViT recipe pairs it with AdamW, weight decay 0.04 -> 0.4 (cosine), per-tensor
+    gradient clipping at 3.0 and ``model.drop_path_rate=0.1`` (see
+    ``pipelines/configs/dino_vit_fmnist.yaml``); ResNets: ``dino_fmnist.yaml``.
     """
 
     name: str = "dino"

@@ -12,7 +12,14 @@ from raysl import distributed, schedules
 from raysl.config import Config as RunConfig
 from raysl.config import ConfigError, MethodConfig, check
 from raysl.losses import info_nce_queue
-from raysl.methods.base import LossOutput, Progress, SSLMethod, check_momentum, full_precision
+from raysl.methods.base import (
+    LossOutput,
+    Progress,
+    SSLMethod,
+    check_momentum,
+    enqueue_ring,
+    full_precision,
+)
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import MLP, mlp_dims
@@ -124,10 +131,7 @@ class MoCoV2(SSLMethod):
     @torch.no_grad()
     def _enqueue(self, keys: Tensor) -> None:
         """Replace the oldest queue entries with the keys of every worker (a ring buffer)."""
-        k_all = distributed.gather_no_grad(keys).to(self.queue.dtype)  # (N, D)
-        idx = (self.queue_ptr + torch.arange(k_all.shape[0], device=k_all.device)) % len(self.queue)
-        self.queue[idx] = k_all
-        self.queue_ptr.copy_((self.queue_ptr + k_all.shape[0]) % len(self.queue))
+        enqueue_ring(self.queue, self.queue_ptr, distributed.gather_no_grad(keys))
 
     def on_step_end(self, progress: Progress) -> None:
         """EMA of the online encoder and projector into the key encoder."""

@@ -10,7 +10,7 @@ from torch import Tensor
 from raysl import schedules
 from raysl.config import MethodConfig, check
 from raysl.losses import moco_v3_contrastive
-from raysl.methods.base import LossOutput, Progress, SSLMethod, check_momentum, encode_views
+from raysl.methods.base import LossOutput, Progress, SSLMethod, check_momentum, encode_each
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import MLP, mlp_dims
@@ -68,11 +68,11 @@ class MoCoV3(SSLMethod):
 
     def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """Symmetrised contrastive loss (Algorithm 1 of the paper)."""
-        h0, h1 = encode_views(self.encoder, views[:2])
+        h0, h1 = encode_each(self.encoder, views[:2])
         q0, q1 = self.predictor(self.projector(h0)), self.predictor(self.projector(h1))
         with torch.no_grad():
             k0, k1 = (self.momentum_projector(h)
-                      for h in encode_views(self.momentum_encoder, views[:2]))
+                      for h in encode_each(self.momentum_encoder, views[:2]))
         t = self.cfg.temperature
         loss = moco_v3_contrastive(q0, k1, t) + moco_v3_contrastive(q1, k0, t)
         return LossOutput(loss)

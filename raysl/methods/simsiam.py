@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from raysl.config import MethodConfig, check
 from raysl.losses import negative_cosine
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_views, output_std
+from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_each, output_std
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -23,6 +23,10 @@ class SimSiamConfig(MethodConfig):
     proj_output_dim: int = 2048
     proj_layers: int = 3
     pred_hidden_dim: int = 512  # the bottleneck of the predictor (paper section 4.4)
+    # The predictor keeps the peak learning rate, no warm-up or decay (the reference's
+    # --fix-pred-lr, in its recommended command; "the predictor adapts to the latest
+    # representations", paper section 4.4).
+    fix_pred_lr: bool = True
 
     def __post_init__(self) -> None:
         for name in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
@@ -49,14 +53,19 @@ class SimSiam(SSLMethod):
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:
         super().__init__(encoder)
         assert isinstance(cfg, SimSiamConfig)
+        self.cfg = cfg
         self.projector = MLP(mlp_dims(encoder.num_features, cfg.proj_hidden_dim,
                                       cfg.proj_output_dim, cfg.proj_layers), last_norm=True)
         self.predictor = MLP(mlp_dims(cfg.proj_output_dim, cfg.pred_hidden_dim,
                                       cfg.proj_output_dim, 2))
 
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        """The predictor's, with ``fix_pred_lr``."""
+        return list(self.predictor.parameters()) if self.cfg.fix_pred_lr else []
+
     def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """Symmetrised negative cosine with stop-gradient on the projections (Algorithm 1)."""
-        z0, z1 = (self.projector(h) for h in encode_views(self.encoder, views[:2]))
+        z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         p0, p1 = self.predictor(z0), self.predictor(z1)
         loss = 0.5 * (negative_cosine(p0, z1) + negative_cosine(p1, z0))
         return LossOutput(loss, {"collapse/std": output_std(z0)})

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from raysl.config import MethodConfig, check
 from raysl.losses import vicreg
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_views, full_precision
+from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_each, full_precision
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -59,7 +59,7 @@ class VICReg(SSLMethod):
 
     def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """The weighted VICReg loss (Algorithm 1 of the paper) and its terms."""
-        z0, z1 = (self.projector(h) for h in encode_views(self.encoder, views[:2]))
+        z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         c = self.cfg
         with full_precision(z0):
             loss, terms = vicreg(z0.float(), z1.float(), c.sim_coeff, c.std_coeff, c.cov_coeff)

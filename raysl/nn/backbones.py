@@ -111,7 +111,8 @@ def build_encoder(cfg: ModelConfig, in_channels: int, image_size: int) -> Encode
     backbone: ResNetBackbone | VisionTransformer
     if cfg.is_vit:
         backbone = VisionTransformer(image_size, cfg.effective_patch_size, in_channels,
-                                     cfg.effective_width, cfg.effective_depth, cfg.heads)
+                                     cfg.effective_width, cfg.effective_depth, cfg.heads,
+                                     cfg.drop_path_rate)
     else:
         backbone = ResNetBackbone(cfg.backbone, cfg.effective_width, cfg.small_stem, in_channels)
     return Encoder(backbone, backbone.num_features, in_channels, image_size)

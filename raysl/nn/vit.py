@@ -15,22 +15,48 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples.
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    Each sample's branch is zeroed with probability ``p`` and the survivors scaled by 1/(1-p),
+    so the expectation is unchanged. Active only in a training forward that builds a graph:
+    a no-grad pass (an EMA teacher, a momentum encoder, feature extraction) sees the whole
+    network, as DINO builds its teacher without drop path.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, ...) -> (B, ...)."""
+        if self.p == 0.0 or not self.training or not torch.is_grad_enabled():
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    ``drop_path``: probability of skipping each residual branch per sample (stochastic depth).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, N, D) -> (B, N, D)."""
         h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        out: Tensor = x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(h, h, h, need_weights=False)[0])
+        out: Tensor = x + self.drop_path(self.mlp(self.norm2(x)))
         return out
 
 
@@ -44,12 +70,14 @@ class VisionTransformer(nn.Module):
         dim: embedding dimension D.
         depth: number of blocks.
         heads: attention heads (``dim`` must be divisible by it).
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first
+            (DINO's ViT-S: 0.1).
 
     Output: (B, D) features (``num_features = dim``).
     """
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, depth: int,
-                 heads: int) -> None:
+                 heads: int, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -58,11 +86,16 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        rates = torch.linspace(0.0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, heads, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.num_features = dim
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        # As DINO and timm: truncated normal (std 0.02) for the linear maps. The fused q/k/v
+        # projection keeps torch's Xavier-uniform, close to MoCo v3's (Xavier per projection):
+        # with DINO's std 0.02 there, a width-16 ViT's attention starts uniform and its DINO
+        # loss stayed on the log(out_dim) plateau for a whole short run (BENCHMARKS.md).
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)

@@ -80,7 +80,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # the config when Ray restarts elastically).
     batch_global = cfg.batch_size_per_worker * world
     peak_lr = cfg.optim.peak_lr(batch_global)
-    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr, method.fixed_lr_parameters())
     amp = autocast_dtype(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start_epoch, step = 0, 0

@@ -52,6 +52,9 @@ CONFIGS = {
     "swav": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
              "method.proj_hidden_dim=32", "method.proj_output_dim=16",
              "data.views.local_crops=2"],
+    # NNCLR's projector and predictor have BatchNorm: eval mode, as SwAV.
+    "nnclr": ["method.name=nnclr", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+              "method.pred_hidden_dim=32", f"method.support_size={MOCO_QUEUE}"],
     "swav_queue": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
                    "method.proj_hidden_dim=32", "method.proj_output_dim=16",
                    "data.views.local_crops=2", f"method.queue_length={SWAV_QUEUE}",
@@ -140,6 +143,15 @@ def _case_moco_queue_2(e: list[Tensor]) -> gh.Outputs:
     return _case_moco_queue(2, e)
 
 
+def _case_nnclr_support(e: list[Tensor]) -> gh.Outputs:
+    """NNCLR's support set and pointer after 2 forwards (the second wraps around the ring)."""
+    method = build("nnclr").eval()
+    for seed in (1, 2):
+        loss = method(my_views("nnclr", seed), PROGRESS).loss
+    same = torch.cat([method.support.flatten(), method.support_ptr.to(method.support.dtype)[None]])
+    return gh.Outputs(anchored(loss, e), same=same)
+
+
 def _case_dino_center(e: list[Tensor]) -> gh.Outputs:
     method = build("dino")
     loss = method(my_views("dino", 1), PROGRESS).loss
@@ -218,6 +230,10 @@ def _case_grads_swav(e: list[Tensor]) -> gh.Outputs:
     return _case_grads("swav", True, e)
 
 
+def _case_grads_nnclr(e: list[Tensor]) -> gh.Outputs:
+    return _case_grads("nnclr", True, e)
+
+
 CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "moco_v2 queue, 1 forward": _case_moco_queue_1,
     "moco_v2 queue, 2 forwards": _case_moco_queue_2,
@@ -228,6 +244,8 @@ CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "moco_v2 grads": _case_grads_moco_v2,
     "dino grads": _case_grads_dino,
     "swav grads": _case_grads_swav,
+    "nnclr support": _case_nnclr_support,
+    "nnclr grads": _case_grads_nnclr,
 }
 GLOO_CASES = {name: gh.Case(fn) for name, fn in CASES.items()}
 
@@ -334,10 +352,24 @@ def test_swav_per_worker_queue_gives_the_global_codes(gloo_records, single_recor
     assert (with_queue - without).abs().max() > 1e-2
 
 
+# ------------------------------------------- NNCLR --------------------------------------------
+
+
+def test_nnclr_support_set_is_global(gloo_records, single_records):
+    # Identical on both ranks, equal to 1 process enqueueing the whole batch's projections.
+    _equivalent("nnclr support", gloo_records, single_records)
+    same = gloo_records["nnclr support"][0]["same"]
+    support, ptr = same[:-1].reshape(MOCO_QUEUE, -1), int(same[-1])
+    assert ptr == 2 * N - MOCO_QUEUE  # 2 forwards of N into a ring of 12
+    initial = build("nnclr").support
+    assert not torch.allclose(support, initial)
+    torch.testing.assert_close(support.norm(dim=1), torch.ones(MOCO_QUEUE))
+
+
 # ------------------------------ DDP gradients == 1 process ------------------------------------
 
 
-@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav"])
+@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav", "nnclr"])
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(name, gloo_records, single_records):
     ranks, single = gloo_records[f"{name} grads"], single_records[f"{name} grads"]
     # Per parameter first, for a failure message that names it; then the harness's checks.
@@ -353,8 +385,9 @@ def test_ddp_gradients_equal_one_process_on_the_whole_batch(name, gloo_records, 
 
 def test_cases_are_not_trivial(gloo_records):
     # The ranks saw different samples (their losses differ), and the gradients are not zero.
-    for name in ("moco_v2 queue, 1 forward", "dino center", "swav queue", "dino grads"):
+    for name in ("moco_v2 queue, 1 forward", "dino center", "swav queue", "dino grads",
+                 "nnclr support"):
         r0, r1 = gloo_records[name]
         assert not torch.allclose(r0["loss"], r1["loss"]), name
-    for name in ("moco_v2 grads", "dino grads", "swav grads"):
+    for name in ("moco_v2 grads", "dino grads", "swav grads", "nnclr grads"):
         assert gloo_records[name][0]["same"].abs().max() > 1e-3, name

@@ -120,3 +120,45 @@ def test_build_encoder_vit():
 def test_build_encoder_resnet_is_not_vit():
     enc = build_encoder(ModelConfig(backbone="resnet18", width=8, small_stem=True), 3, 32)
     assert not enc.is_vit
+
+
+def test_drop_path_rises_linearly_over_the_blocks():
+    vit = _vit(depth=3, drop_path_rate=0.2)
+    assert [b.drop_path.p for b in vit.blocks] == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_drop_path_drops_whole_samples_while_training_only():
+    from raysl.nn.vit import DropPath
+
+    drop = DropPath(0.5).train()
+    torch.manual_seed(0)
+    x = torch.ones(2000, 3, 4)
+    out = drop(x)
+    per_sample = out.flatten(1)
+    # Each sample is either all zeros or all 1/(1-p): the branch is dropped for whole samples.
+    assert set(per_sample.unique().tolist()) == {0.0, 2.0}
+    assert torch.all(per_sample.min(1).values == per_sample.max(1).values)
+    assert out.mean().item() == pytest.approx(1.0, abs=0.1)  # unbiased
+    with torch.no_grad():  # a teacher's or momentum encoder's pass: the whole network
+        assert torch.equal(drop(x), x)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_drop_path_makes_training_forwards_stochastic_and_teachers_deterministic():
+    vit = _vit(drop_path_rate=0.5).train()
+    x = torch.rand(4, 3, 32, 32)
+    assert not torch.allclose(vit(x), vit(x))
+    with torch.no_grad():
+        assert torch.equal(vit(x), vit(x))
+
+
+@pytest.mark.parametrize(("cfg", "field"), [
+    ({"backbone": "vit_tiny", "drop_path_rate": 1.0}, "drop_path_rate"),
+    ({"backbone": "resnet18", "drop_path_rate": 0.1}, "drop_path_rate"),
+])
+def test_drop_path_rate_errors_name_the_field(cfg, field):
+    from raysl.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        ModelConfig(**cfg)
+    assert info.value.field == field

@@ -19,7 +19,7 @@ from raysl.train.checkpoint import (
     restore,
     save_checkpoint,
 )
-from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
+from raysl.train.optim import LARS, build_optimizer, param_groups, set_lr, set_weight_decay
 from raysl.train.step import NonFiniteLossError, autocast_dtype, memory_format, train_step
 from raysl.train.trainer import (
     DATA_MARKER,
@@ -94,6 +94,16 @@ def test_lars_trust_ratio():
     LARS([w], lr=1.0, momentum=0.0, eta=0.1).step()
     # update = lr * eta * ||w|| / ||g|| * g = 0.4 * 0.5 per element
     torch.testing.assert_close(w.data, torch.full((4,), 2.0 - 0.2))
+
+
+@pytest.mark.parametrize(("lr", "step"), [(0.5, 0.2), (0.1, 0.05)])
+def test_clipped_lars_moves_a_tensor_by_eta_of_its_norm_or_by_sgd_if_less(lr, step):
+    w = torch.nn.Parameter(torch.full((4,), 2.0))  # ||w|| = 4
+    w.grad = torch.full((4,), 0.5)  # ||g|| = 1
+    LARS([w], lr=lr, momentum=0.0, eta=0.1, clip=True).step()
+    # ||step|| = min(eta * ||w||, lr * ||g||): 0.4 at lr 0.5 (LARS), 0.1 at lr 0.1 (plain SGD);
+    # per element 0.2 or 0.05. Unclipped, lr 0.5 would move it lr * eta * ||w|| = 0.2 (0.1 each).
+    torch.testing.assert_close(w.data, torch.full((4,), 2.0 - step))
 
 
 def test_non_finite_loss_stops_before_the_update():
@@ -254,6 +264,35 @@ def test_the_train_nodes_alone_must_hold_the_workers():
     with pytest.raises(ConfigError, match="data node CPUs") as info:
         plan_resources(big_tasks, [HEAD, GPU_NODE, DATA_NODE])
     assert info.value.field == "data.augment_cpus"
+
+
+def test_biases_and_norms_take_their_share_of_the_learning_rate():
+    cfg, method = _method(["optim.bias_norm_lr_scale=0.024"])  # Barlow Twins: 0.0048 / 0.2
+    opt = build_optimizer(method, cfg.optim, lr=0.2)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2, 0.0048])
+    set_lr(opt, 0.1)  # the schedule moves both, keeping the ratio
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.0024])
+
+
+def test_bias_norm_lr_scale_needs_its_own_group():
+    with pytest.raises(C.ConfigError) as info:
+        C.load(None, ["optim.exclude_bias_and_norm=false", "optim.bias_norm_lr_scale=0.5"])
+    assert info.value.field == "optim.bias_norm_lr_scale"
+
+
+@pytest.mark.parametrize("fix", [True, False])
+def test_simsiam_predictor_keeps_its_peak_learning_rate(fix):
+    cfg, method = _method(["method.name=simsiam", f"method.fix_pred_lr={str(fix).lower()}"])
+    opt = build_optimizer(method, cfg.optim, lr=0.5, fixed_lr=method.fixed_lr_parameters())
+    set_lr(opt, 0.01)  # somewhere in the warm-up or the cosine
+    predictor = {id(p) for p in method.predictor.parameters()}
+    for group in opt.param_groups:
+        in_predictor = {id(p) in predictor for p in group["params"]}
+        if fix:  # the predictor in groups of its own, at the peak; the rest scheduled
+            assert len(in_predictor) == 1
+        assert group["lr"] == pytest.approx(0.5 if fix and in_predictor == {True} else 0.01)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(
+        1 for p in method.parameters() if p.requires_grad)
 
 
 def test_weight_decay_schedule_sets_the_decayed_group_only():
