@@ -143,7 +143,9 @@ def test_sweep_killed_and_resumed_stops_early_and_crowns_the_best(tmp_path):
     # third is judged at epoch 2 against the rung as Tune restored it: not part of the test.)
     status = {i: r.data.tags["raysl.trial_status"] for i, r in children.items()}
     assert status["00000"] == "completed" and status["00001"] == "stopped early"
-    assert _epochs_logged(client, children["00001"].info.run_id) == [1, 2]
+    # Tune decides on the epoch-2 report while the Ray Train workers go on (reports reach Tune
+    # asynchronously), so a 10-step epoch may still be logged before the stop lands.
+    assert _epochs_logged(client, children["00001"].info.run_id)[:2] == [1, 2]
     assert client.get_run(children["00001"].info.run_id).info.status == "KILLED"
 
     # Parent and children in MLflow.
