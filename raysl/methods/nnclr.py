@@ -92,14 +92,15 @@ class NNCLR(SSLMethod):
         """``L(NN(z1), p2) / 2 + L(NN(z2), p1) / 2`` (eq. 2, symmetrised)."""
         z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         p0, p1 = self.predictor(z0), self.predictor(z1)
-        support = self.support.clone()  # autograd keeps it; _enqueue then writes in place
-        with full_precision(support):
-            nn0, nn1 = nearest_neighbours(z0.float(), support), nearest_neighbours(z1.float(),
-                                                                                 support)
+        # No copy of the support set is needed before _enqueue overwrites it: the neighbours are
+        # rows gathered out of it (new tensors) and nothing in the graph refers to it.
+        with full_precision(self.support):
+            both = nearest_neighbours(torch.cat([z0, z1]).float(), self.support)  # (2B, D)
+            nn0, nn1 = both.chunk(2)
             t = self.cfg.temperature
             loss = 0.5 * (nnclr_contrastive(nn0, p1.float(), t)
                           + nnclr_contrastive(nn1, p0.float(), t))
-            # How often the neighbour is the image's own other view's: a support-set health check.
+            # How often both views of an image find the same neighbour: a support-set health check.
             agree = (nn0 == nn1).all(dim=1).float().mean()
         self._enqueue(F.normalize(z0.detach().float(), dim=1))
         return LossOutput(loss, {"nnclr/same_neighbour": float(agree)})

@@ -99,7 +99,7 @@ def plan_resources(cfg: Config, nodes: Sequence[Node]) -> ResourcePlan:
     t, d = cfg.train, cfg.data
     train_marker = TRAIN_MARKER if t.node_markers and _marked(nodes, TRAIN_MARKER) else ""
     pool = [n for n in nodes if TRAIN_MARKER in n.markers] if train_marker else list(nodes)
-    data_nodes = [n for n in nodes if DATA_MARKER in n.markers and n not in pool]
+    data_nodes = [n for n in nodes if DATA_MARKER in n.markers and TRAIN_MARKER not in n.markers]
     data_marker = DATA_MARKER if train_marker and data_nodes else ""
     pool_cpus, pool_gpus = sum(n.cpus for n in pool), sum(n.gpus for n in pool)
     where = f" on the {len(pool)} {train_marker} node(s)" if train_marker else ""
@@ -111,7 +111,8 @@ def plan_resources(cfg: Config, nodes: Sequence[Node]) -> ResourcePlan:
         reserve, data_cpus, data_field = 0.0, sum(n.cpus for n in data_nodes), "data node CPUs"
     else:
         reserve, data_cpus, data_field = t.data_cpus, t.data_cpus, "train.data_cpus"
-    if d.augment_cpus > max([n.cpus for n in data_nodes] if data_marker else [t.data_cpus]):
+    largest = max(n.cpus for n in data_nodes) if data_marker else t.data_cpus
+    if d.augment_cpus > largest:
         raise ConfigError("data.augment_cpus", d.augment_cpus,
                           f"must be <= {data_field} ({data_cpus:g} CPUs kept for Ray Data"
                           f"{', per node' if data_marker else ''})")

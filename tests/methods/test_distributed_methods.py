@@ -114,9 +114,9 @@ def ddp(method: SSLMethod) -> nn.Module:
         return nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
 
 
-def queue_and_ptr(method: nn.Module) -> Tensor:
-    """MoCo's queue (K, D) flattened, then ``queue_ptr``: unpacked by :func:`unpack_queue`."""
-    return torch.cat([method.queue.flatten(), method.queue_ptr.to(method.queue.dtype)[None]])
+def queue_and_ptr(queue: Tensor, ptr: Tensor) -> Tensor:
+    """A ring buffer (K, D) flattened, then its pointer: unpacked by :func:`unpack_queue`."""
+    return torch.cat([queue.flatten(), ptr.to(queue.dtype)[None]])
 
 
 def unpack_queue(same: Tensor) -> tuple[Tensor, int]:
@@ -132,7 +132,7 @@ def _case_moco_queue(forwards: int, e: list[Tensor]) -> gh.Outputs:
     method = build("moco_v2")
     for seed in range(1, forwards + 1):
         loss = method(my_views("moco_v2", seed), PROGRESS).loss
-    return gh.Outputs(anchored(loss, e), same=queue_and_ptr(method))
+    return gh.Outputs(anchored(loss, e), same=queue_and_ptr(method.queue, method.queue_ptr))
 
 
 def _case_moco_queue_1(e: list[Tensor]) -> gh.Outputs:
@@ -148,8 +148,7 @@ def _case_nnclr_support(e: list[Tensor]) -> gh.Outputs:
     method = build("nnclr").eval()
     for seed in (1, 2):
         loss = method(my_views("nnclr", seed), PROGRESS).loss
-    same = torch.cat([method.support.flatten(), method.support_ptr.to(method.support.dtype)[None]])
-    return gh.Outputs(anchored(loss, e), same=same)
+    return gh.Outputs(anchored(loss, e), same=queue_and_ptr(method.support, method.support_ptr))
 
 
 def _case_dino_center(e: list[Tensor]) -> gh.Outputs:
@@ -358,8 +357,7 @@ def test_swav_per_worker_queue_gives_the_global_codes(gloo_records, single_recor
 def test_nnclr_support_set_is_global(gloo_records, single_records):
     # Identical on both ranks, equal to 1 process enqueueing the whole batch's projections.
     _equivalent("nnclr support", gloo_records, single_records)
-    same = gloo_records["nnclr support"][0]["same"]
-    support, ptr = same[:-1].reshape(MOCO_QUEUE, -1), int(same[-1])
+    support, ptr = unpack_queue(gloo_records["nnclr support"][0]["same"])
     assert ptr == 2 * N - MOCO_QUEUE  # 2 forwards of N into a ring of 12
     initial = build("nnclr").support
     assert not torch.allclose(support, initial)
