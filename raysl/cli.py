@@ -11,7 +11,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import raysl.methods  # noqa: F401  (imported for its side effect: registers every method)
 from raysl import config as config_mod
 from raysl import registry
 from raysl.config import FASHION_MNIST_DIR, PROTOCOLS, Config, ConfigError
@@ -153,9 +152,9 @@ def _run(args: argparse.Namespace) -> int:
               "[--config pipelines/configs/NAME_fmnist.yaml]")
         return 0
     if args.command == "evaluate":
+        from raysl.checkpoint import CheckpointError
         from raysl.eval.models import ModelNotFoundError
         from raysl.evaluate import evaluate
-        from raysl.train.checkpoint import CheckpointError
 
         try:
             print(evaluate(args.model, *evaluate_args(args)).summary())

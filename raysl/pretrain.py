@@ -16,16 +16,17 @@ import ray.train
 import torch
 from mlflow.tracking import MlflowClient
 
+from raysl.checkpoint import ENCODER_FILE, load_strict
 from raysl.config import Config, ConfigError
 from raysl.data.pipeline import view_stream
 from raysl.data.readers import DecodePolicy, ImageSource, read_source, resolve_format
 from raysl.eval.models import WEIGHTS_TAG, log_weights
+from raysl.eval.splits import LabeledSplit
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
     TRAINED,
     EvalReport,
-    LabeledSplit,
     evaluate_encoders,
     load_labeled_split,
     with_baseline,
@@ -40,7 +41,6 @@ from raysl.tracking.mlflow import (
     ui_command,
 )
 from raysl.tracking.registry import RegisteredEncoder, log_and_register
-from raysl.train.checkpoint import ENCODER_FILE, load_strict
 from raysl.train.loop import LoopSettings
 from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (

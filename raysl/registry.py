@@ -1,11 +1,21 @@
-"""Name -> class registries (methods, backbones...). Lookups that miss list the known names."""
+"""Name -> object registries (methods, readers, eval protocols). Misses list the known names.
+
+Each kind has a provider package whose import registers every entry of that kind; a lookup
+imports it first, so ``registry.get("method", "byol")`` works wherever it is called, without a
+side-effect import that a linter could remove. Adding a method, reader or protocol is one new
+module plus one import line in its package's ``__init__``.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Kind -> the package that registers its entries (imported on the first lookup of that kind).
+PROVIDERS = {"method": "raysl.methods"}
 
 _REGISTRIES: dict[str, dict[str, Any]] = {}
 
@@ -27,9 +37,15 @@ def register(kind: str, name: str) -> Callable[[T], T]:
     return decorate
 
 
+def _table(kind: str) -> dict[str, Any]:
+    if kind in PROVIDERS:
+        importlib.import_module(PROVIDERS[kind])  # cached after the first time
+    return _REGISTRIES.get(kind, {})
+
+
 def get(kind: str, name: str) -> Any:
     """The object registered as ``name``; ``KeyError`` naming the known names otherwise."""
-    table = _REGISTRIES.get(kind, {})
+    table = _table(kind)
     if name not in table:
         raise KeyError(f"unknown {kind} {name!r}; known: {sorted(table)}")
     return table[name]
@@ -37,4 +53,10 @@ def get(kind: str, name: str) -> Any:
 
 def names(kind: str) -> list[str]:
     """Sorted names registered for ``kind``."""
-    return sorted(_REGISTRIES.get(kind, {}))
+    return sorted(_table(kind))
+
+
+def entries(kind: str) -> dict[str, Any]:
+    """Every ``name -> object`` of ``kind``, in name order."""
+    table = _table(kind)
+    return {name: table[name] for name in sorted(table)}

@@ -1,4 +1,8 @@
-"""The model side never imports Ray: registry consumers load raysl.nn without a cluster."""
+"""The package's import structure: layers import downward only, no cycles, no Ray on the model side.
+
+Imports are read from the source (every ``import``, including those inside functions), so an
+arrow that only runs on some code path still counts.
+"""
 
 import ast
 import subprocess
@@ -6,9 +10,25 @@ import sys
 from pathlib import Path
 
 RAYSL = Path(__file__).resolve().parents[1] / "raysl"
+
+# Bottom to top. A module may import from its own layer and the ones below, never above.
+LAYERS: list[tuple[str, ...]] = [
+    ("registry", "schedules", "distributed", "losses", "checkpoint", "config"),  # ground
+    ("nn",),
+    ("methods",),
+    ("data",),
+    ("tracking",),
+    ("eval",),
+    ("train",),
+    ("pretrain", "evaluate"),  # jobs: one run, one evaluation
+    ("sweep",),  # a sweep's trials are pretraining jobs
+    ("cli",),
+]
+
 MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").glob("*.py")),
+              *sorted((RAYSL / "config").glob("*.py")),
               RAYSL / "losses.py", RAYSL / "schedules.py", RAYSL / "distributed.py",
-              RAYSL / "config.py", RAYSL / "registry.py",
+              RAYSL / "registry.py", RAYSL / "checkpoint.py",
               # the evaluation protocols themselves (Ray runs them from eval/extract.py, suite.py)
               *[RAYSL / "eval" / f"{m}.py" for m in ("knn", "linear", "finetune", "online",
                                                      "splits", "features", "plots")],
@@ -18,14 +38,89 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")]]
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(RAYSL.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(RAYSL.rglob("*.py"))}
+
+
 def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports; ``from pkg import name`` counts ``pkg.name`` if a module."""
     mods = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             mods |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             mods.add(node.module)
+            mods |= {f"{node.module}.{a.name}" for a in node.names
+                     if f"{node.module}.{a.name}" in MODULES}
     return mods
+
+
+def _raysl_imports(name: str) -> set[str]:
+    """The raysl modules that module ``name`` imports (packages count as their ``__init__``)."""
+    return {m for m in _imported_modules(MODULES[name]) if m in MODULES and m != name}
+
+
+def _layer(module: str) -> int:
+    unit = module.split(".")[1] if "." in module else module
+    for i, units in enumerate(LAYERS):
+        if unit in units:
+            return i
+    raise AssertionError(f"{module} belongs to no layer of tests/test_layering.py: add it")
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    assert _cycles({m: _raysl_imports(m) for m in MODULES}) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_import_points_down_the_layers():
+    upward = [f"{m} (layer {_layer(m)}) imports {d} (layer {_layer(d)})"
+              for m in MODULES if m != "raysl" for d in sorted(_raysl_imports(m))
+              if d != "raysl" and _layer(d) > _layer(m)]
+    assert upward == []
 
 
 def test_model_side_files_do_not_import_ray():
@@ -38,7 +133,8 @@ def test_loading_the_model_side_does_not_load_ray():
     code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.linear, "
             "raysl.eval.finetune, raysl.eval.online, raysl.eval.plots, raysl.eval.knn, "
             "raysl.sweep.spec, raysl.sweep.results, raysl.sweep.champion, raysl.data.decode, "
-            "raysl.data.formats, raysl.data.storage, raysl.data.views; "
+            "raysl.data.formats, raysl.data.storage, raysl.data.views, raysl.checkpoint; "
+            "from raysl.config import Config; Config.from_dict({'method': {'name': 'byol'}}); "
             "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ and flips the whole batch with per-sample boxes.
 The vocabulary: :func:`sample_crop_boxes` and :func:`crop_resize_flip`, :func:`color_jitter`,
 :func:`grayscale`, :func:`gaussian_blur`, :func:`solarize` (composed by :func:`augment` into one
 view), and for the pretext tasks :func:`rotate90`, :func:`cut_tiles` and
-:func:`jigsaw_permutations`. A preset (``VIEW_PRESETS`` in raysl/config.py) picks a method
+:func:`jigsaw_permutations`. A preset (``VIEW_PRESETS`` in raysl/config/presets.py) picks a method
 family's recipe:
 
 - SimCLR, MoCo v2, BYOL: two global views, which may be augmented asymmetrically (BYOL and DINO

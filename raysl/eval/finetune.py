@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 from raysl.eval.features import resized
 from raysl.eval.linear import topk_accuracy
-from raysl.schedules import cosine
-from raysl.train.optim import set_lr
+from raysl.schedules import cosine, set_lr
 
 
 @dataclass(frozen=True)

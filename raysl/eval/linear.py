@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl.eval.splits import stratified_holdout
-from raysl.schedules import cosine
-from raysl.train.optim import set_lr
+from raysl.schedules import cosine, set_lr
 
 
 @dataclass

@@ -16,9 +16,9 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from raysl.checkpoint import ENCODER_FILE, CheckpointError, load_strict, read_state
 from raysl.config import Config
 from raysl.nn.backbones import Encoder, build_encoder
-from raysl.train.checkpoint import ENCODER_FILE, CheckpointError, load_strict, read_state
 
 # Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
 # directory per finished training (a resumed run adds one), and tags the registered version with

@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl import distributed
+from raysl.config import Config
+from raysl.eval.features import encoder_features
+from raysl.eval.knn import knn_top1
+from raysl.eval.splits import LabeledSplit
+from raysl.methods.base import SSLMethod
 
 
 class OnlineProbe(nn.Module):
@@ -92,3 +97,31 @@ class OnlineProbe(nn.Module):
         dev = next(self.head.parameters()).device
         pred: Tensor = self.head(features.to(dev).float()).argmax(1).cpu()
         return pred
+
+
+def online_metrics(method: SSLMethod, split: LabeledSplit, cfg: Config,
+                   probe: OnlineProbe | None, device: torch.device, knn: bool = True
+                   ) -> dict[str, float]:
+    """``eval/online_knn_top1`` of the exported encoder on the held-out split (if ``knn``).
+
+    With the online probe, also ``eval/online_probe_top1`` on the same queries (through the
+    online encoder, whose features the probe was trained on).
+    """
+    size, bs = cfg.data.image_size, cfg.eval.batch_size
+    query_y = torch.from_numpy(split.query_labels)
+    out = {}
+    queries = None
+    if knn:
+        encoder = method.exported_encoder()
+        bank = encoder_features(encoder, split.bank_images, size, bs, device)
+        queries = encoder_features(encoder, split.query_images, size, bs, device)
+        out["eval/online_knn_top1"] = knn_top1(
+            bank, torch.from_numpy(split.bank_labels), queries, query_y, split.num_classes,
+            cfg.eval.knn_k_for(len(split.bank_labels)), cfg.eval.knn_temperature)
+        if encoder is not method.encoder:
+            queries = None  # the probe reads the online encoder's features
+    if probe is not None:
+        if queries is None:
+            queries = encoder_features(method.encoder, split.query_images, size, bs, device)
+        out["eval/online_probe_top1"] = float((probe.predict(queries) == query_y).float().mean())
+    return out

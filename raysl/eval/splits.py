@@ -1,8 +1,27 @@
-"""Stratified, seeded subsets of a labeled set: held-out queries and few-label training sets."""
+"""Labeled splits and their stratified, seeded subsets: held-out queries, few-label sets."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+
+
+@dataclass
+class LabeledSplit:
+    """A labeled bank (kNN memory, linear-probe and fine-tuning data) and the scored queries."""
+
+    bank_images: np.ndarray  # (N, H, W, C) uint8
+    bank_labels: np.ndarray  # (N,) int64
+    query_images: np.ndarray  # (M, H, W, C) uint8
+    query_labels: np.ndarray  # (M,) int64
+    num_classes: int
+    description: str
+    class_names: list[str] = field(default_factory=list)
+
+    def name_of(self, c: int) -> str:
+        """Name of class ``c`` (its index when the data has no names)."""
+        return self.class_names[c] if c < len(self.class_names) else str(c)
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int

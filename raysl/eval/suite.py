@@ -31,7 +31,7 @@ from raysl.eval.features import pixel_features
 from raysl.eval.finetune import FinetuneResult, FinetuneSettings, finetune
 from raysl.eval.knn import knn_votes
 from raysl.eval.linear import linear_probe, topk_accuracy
-from raysl.eval.splits import label_subset, stratified_holdout
+from raysl.eval.splits import LabeledSplit, label_subset, stratified_holdout
 from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder
 from raysl.tracking.mlflow import Tracker, log_blobs
@@ -40,23 +40,6 @@ TRAINED, RANDOM_INIT, PIXELS = "trained", "random_init", "raw_pixels"
 MODEL_LABELS = {TRAINED: "trained encoder", RANDOM_INIT: "same encoder, random init",
                 PIXELS: "raw pixels"}
 PIXEL_SIDE = 32  # the raw-pixel baseline sees images at most this large (224 px would be 150k-D)
-
-
-@dataclass
-class LabeledSplit:
-    """A labeled bank (kNN memory, linear-probe and fine-tuning data) and the scored queries."""
-
-    bank_images: np.ndarray  # (N, H, W, C) uint8
-    bank_labels: np.ndarray  # (N,) int64
-    query_images: np.ndarray  # (M, H, W, C) uint8
-    query_labels: np.ndarray  # (M,) int64
-    num_classes: int
-    description: str
-    class_names: list[str] = field(default_factory=list)
-
-    def name_of(self, c: int) -> str:
-        """Name of class ``c`` (its index when the data has no names)."""
-        return self.class_names[c] if c < len(self.class_names) else str(c)
 
 
 def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: int,

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from raysl import registry
+from raysl.config import VIEW_PRESETS, ConfigError, MethodConfig, Pretext, check
 from raysl.config import Config as RunConfig
-from raysl.config import MethodConfig, Pretext, check
 from raysl.nn.backbones import Encoder, build_encoder
 
 
@@ -67,6 +67,22 @@ class SSLMethod(nn.Module, ABC):
         self.encoder = encoder
 
     @classmethod
+    def validate(cls, cfg: RunConfig) -> None:
+        """Raise ``ConfigError`` unless ``cfg`` suits this method; run by ``Config.from_dict``.
+
+        The views must have the method's layout (multi-crop, global views, pretext target),
+        then the method's own :meth:`check_config` runs.
+        """
+        local = cfg.data.views.local_crops
+        if local and not cls.multicrop:
+            users = [n for n, m in registry.entries("method").items() if m.multicrop]
+            raise ConfigError("data.views.local_crops", local,
+                              f"must be 0: {cfg.method.name} does not use multi-crop (methods "
+                              f"that do: {users})")
+        _check_view_layout(cls, cfg)
+        cls.check_config(cfg)
+
+    @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """Raise ``ConfigError`` for settings this method cannot work with (across sections)."""
 
@@ -93,6 +109,38 @@ class SSLMethod(nn.Module, ABC):
 
     def on_step_end(self, progress: Progress) -> None:
         """Called after each optimizer step (EMA updates go here)."""
+
+
+def _check_view_layout(method_cls: type[SSLMethod], cfg: RunConfig) -> None:
+    """Raise unless the views have the method's layout: global views and pretext target.
+
+    Methods declare theirs as ``SSLMethod.global_views`` and ``SSLMethod.pretext``.
+    """
+    views = cfg.data.views
+    got, need = (views.global_views, views.pretext), (method_cls.global_views, method_cls.pretext)
+    if got == need:
+        return
+    preset = VIEW_PRESETS[cfg.data.preset]
+    value: object
+    if got == (preset.global_views, preset.pretext):  # the preset's layout, not an override
+        field, value = "data.preset", cfg.data.preset
+    elif views.pretext != method_cls.pretext:
+        field, value = "data.views.pretext", views.pretext
+    else:
+        field, value = "data.views.global_views", views.global_views
+    fits = [p for p, v in VIEW_PRESETS.items() if (v.global_views, v.pretext) == need
+            and (method_cls.multicrop or not v.local_crops)]
+    users = [n for n, m in registry.entries("method").items()
+             if (m.global_views, m.pretext) == got]
+    who = f"methods {users} train on" if users else "no registered method trains on yet"
+    raise ConfigError(field, value, f"{cfg.method.name} trains on {_layout(*need)} (presets "
+                                    f"{fits}); this gives {_layout(*got)}, which {who}")
+
+
+def _layout(global_views: int, pretext: str) -> str:
+    """``"1 global view with a rotation target"``, for error messages."""
+    views = f"{global_views} global view{'s' if global_views > 1 else ''}"
+    return views if pretext == "none" else f"{views} with a {pretext} target"
 
 
 def encode_each(encoder: nn.Module, views: list[Tensor]) -> list[Tensor]:

@@ -39,10 +39,10 @@ from raysl.eval.models import (
     log_weights,
     logged_weights,
 )
+from raysl.eval.splits import LabeledSplit
 from raysl.eval.suite import (
     TRAINED,
     EvalReport,
-    LabeledSplit,
     evaluate_encoders,
     load_labeled_split,
     with_baseline,

@@ -16,16 +16,14 @@ import torch
 from torch import nn
 
 from raysl import distributed
+from raysl.checkpoint import restore, save_checkpoint
 from raysl.config import Config
-from raysl.eval.features import encoder_features
-from raysl.eval.knn import knn_top1
-from raysl.eval.online import OnlineProbe
-from raysl.eval.suite import LabeledSplit
+from raysl.eval.online import OnlineProbe, online_metrics
+from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import Progress, SSLMethod, build_method
-from raysl.schedules import warmup_cosine
+from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.mlflow import Tracker
-from raysl.train.checkpoint import restore, save_checkpoint
-from raysl.train.optim import build_optimizer, set_lr, set_weight_decay
+from raysl.train.optim import build_optimizer, set_weight_decay
 from raysl.train.step import autocast_dtype, memory_format, train_step
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
@@ -168,34 +166,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 _save(d, method, optimizer, cfg, epoch, step, s)
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
-
-
-def online_metrics(method: SSLMethod, split: LabeledSplit, cfg: Config,
-                   probe: OnlineProbe | None, device: torch.device, knn: bool = True
-                   ) -> dict[str, float]:
-    """``eval/online_knn_top1`` of the exported encoder on the held-out split (if ``knn``).
-
-    With the online probe, also ``eval/online_probe_top1`` on the same queries (through the
-    online encoder, whose features the probe was trained on).
-    """
-    size, bs = cfg.data.image_size, cfg.eval.batch_size
-    query_y = torch.from_numpy(split.query_labels)
-    out = {}
-    queries = None
-    if knn:
-        encoder = method.exported_encoder()
-        bank = encoder_features(encoder, split.bank_images, size, bs, device)
-        queries = encoder_features(encoder, split.query_images, size, bs, device)
-        out["eval/online_knn_top1"] = knn_top1(
-            bank, torch.from_numpy(split.bank_labels), queries, query_y, split.num_classes,
-            cfg.eval.knn_k_for(len(split.bank_labels)), cfg.eval.knn_temperature)
-        if encoder is not method.encoder:
-            queries = None  # the probe reads the online encoder's features
-    if probe is not None:
-        if queries is None:
-            queries = encoder_features(method.encoder, split.query_images, size, bs, device)
-        out["eval/online_probe_top1"] = float((probe.predict(queries) == query_y).float().mean())
-    return out
 
 
 def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Config,

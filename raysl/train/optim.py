@@ -63,7 +63,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig,
 
     Biases and norms also take ``cfg.bias_norm_lr_scale`` times the learning rate (Barlow
     Twins: 0.0048 vs 0.2). Parameters in ``fixed_lr`` keep the peak learning rate throughout
-    (SimSiam's predictor); :func:`set_lr` leaves their groups alone.
+    (SimSiam's predictor); :func:`raysl.schedules.set_lr` leaves their groups alone.
     """
     fixed = {id(p) for p in fixed_lr}
     groups: dict[tuple[bool, bool], dict[str, Any]] = {}
@@ -100,13 +100,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float,
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=lr)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every scheduled group (times its ``lr_scale``, if any)."""
-    for group in optimizer.param_groups:
-        if not group.get("fixed_lr", False):
-            group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:

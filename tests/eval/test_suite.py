@@ -12,11 +12,11 @@ from raysl.eval import extract
 from raysl.eval.extract import extract_features
 from raysl.eval.features import encoder_features
 from raysl.eval.models import ModelNotFoundError, load_model
+from raysl.eval.splits import LabeledSplit
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
     TRAINED,
-    LabeledSplit,
     _bank_indices,
     evaluate_encoders,
 )

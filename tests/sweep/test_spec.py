@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from raysl.config import ConfigError, registry_names
+from raysl import registry
+from raysl.config import ConfigError
 from raysl.sweep.spec import Sweep, load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def test_shipped_simclr_sweep_is_valid():
     assert sweep.settings.scheduler.name == "asha"
 
 
-@pytest.mark.parametrize("method", registry_names())
+@pytest.mark.parametrize("method", registry.names("method"))
 def test_per_method_lr_sweep_is_valid_for_every_method(method):
     sweep = load_sweep(TUNING / "lr.yaml", method=method)
     assert sweep.name == f"lr-{method}" and sweep.base.method.name == method

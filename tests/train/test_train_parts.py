@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from raysl import config as C
-from raysl.config import ConfigError
-from raysl.methods.base import Progress, build_method
-from raysl.train.checkpoint import (
+from raysl.checkpoint import (
     ENCODER_FILE,
     METHOD_FILE,
     STATE_FILE,
@@ -19,7 +17,10 @@ from raysl.train.checkpoint import (
     restore,
     save_checkpoint,
 )
-from raysl.train.optim import LARS, build_optimizer, param_groups, set_lr, set_weight_decay
+from raysl.config import ConfigError
+from raysl.methods.base import Progress, build_method
+from raysl.schedules import set_lr
+from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
 from raysl.train.step import NonFiniteLossError, autocast_dtype, memory_format, train_step
 from raysl.train.trainer import (
     DATA_MARKER,

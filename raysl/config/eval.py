@@ -1,0 +1,108 @@
+"""Evaluation of frozen and fine-tuned features (``eval``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from raysl.config.errors import check
+from raysl.config.source import SourceConfig
+
+Protocol = Literal["knn", "linear", "finetune"]
+PROTOCOLS: tuple[Protocol, ...] = ("knn", "linear", "finetune")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation of frozen and fine-tuned features on a labeled split.
+
+    Runs after pretraining (``protocols``), from ``raysl evaluate``, and optionally during
+    pretraining (``online_*``). Every protocol also reports the random-init encoder and raw pixels
+    (``baselines``) on the same split.
+    """
+
+    enabled: bool = True
+    bank: SourceConfig = field(default_factory=lambda: SourceConfig(split="train", limit=10000))
+    query: SourceConfig = field(default_factory=lambda: SourceConfig(split="t10k"))
+    holdout: float = 0.2  # used when query.path is empty: this fraction of the bank, stratified
+    protocols: tuple[Protocol, ...] = ("knn", "linear")  # run after pretraining; "finetune" too
+    baselines: bool = True  # also report random-init encoder and raw pixels on the same split
+    batch_size: int = 512  # images per feature-extraction batch
+    feature_actors: int = 0  # Ray Data inference actors; 0 = one per GPU, else per 2 CPUs (<= 4)
+    # kNN (Wu et al. 2018). 0 = auto: 200 as in the common CIFAR protocol for banks of up to
+    # 100,000 images, 20 above (DINO's ImageNet protocol).
+    knn_k: int = 0
+    knn_temperature: float = 0.1
+    # Linear probe on frozen, standardised features: SGD + cosine, no augmentation. The lr and
+    # epochs are picked on a stratified validation split of the bank, then the probe is retrained
+    # on the whole bank with them and scored on the queries.
+    linear_lrs: tuple[float, ...] = (1.0, 0.3, 0.1, 0.03)
+    linear_epochs: tuple[int, ...] = (20, 60)
+    linear_batch_size: int = 256
+    linear_val_fraction: float = 0.1
+    # Few-label fine-tuning (SimCLR's semi-supervised protocol, appendix B.5): the whole encoder +
+    # a linear head on stratified, seeded label subsets of the bank, vs the same architecture from
+    # scratch. SimCLR: 60 epochs on 1%, 30 on 10%, Nesterov SGD at 0.05 per 256, no weight decay.
+    finetune_fractions: tuple[float, ...] = (0.01, 0.1)
+    # One per fraction, or one for all; empty = SimCLR's: 60 for <= 1% of the labels, else 30.
+    finetune_epochs: tuple[int, ...] = ()
+    finetune_min_steps: int = 100  # tiny subsets get at least this many optimizer steps
+    finetune_lr: float = 0.05  # SGD with Nesterov momentum, per 256 images (linear scaling)
+    finetune_batch_size: int = 64
+    finetune_weight_decay: float = 0.0
+    # Online evaluation during pretraining (logged as eval/online_* per epoch).
+    online_knn_every: int = 0  # kNN on the held-out split every N epochs (and the last); 0 = off
+    online_probe: bool = False  # a stop-gradient linear head on the training features
+    online_probe_lr: float = 0.1
+    plots: bool = True  # embedding (t-SNE), confusion matrix and per-class accuracy
+    plot_points: int = 2000  # points in the embedding plot (a stratified sample of the queries)
+
+    def __post_init__(self) -> None:
+        check(self.knn_k >= 0, "knn_k", self.knn_k, "must be >= 1, or 0 (auto)")
+        check(self.knn_temperature > 0, "knn_temperature", self.knn_temperature, "must be > 0")
+        check(0 < self.holdout < 1, "holdout", self.holdout, "is a fraction in (0, 1)")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.feature_actors >= 0, "feature_actors", self.feature_actors, ">= 0 (0 = auto)")
+        check(len(self.protocols) == len(set(self.protocols)), "protocols", self.protocols,
+              f"a list of distinct protocols out of {list(PROTOCOLS)}")
+        check(bool(self.linear_lrs) and all(lr > 0 for lr in self.linear_lrs), "linear_lrs",
+              self.linear_lrs, "a non-empty list of learning rates > 0")
+        check(bool(self.linear_epochs) and all(e >= 1 for e in self.linear_epochs),
+              "linear_epochs", self.linear_epochs, "a non-empty list of epoch counts >= 1")
+        check(self.linear_batch_size >= 1, "linear_batch_size", self.linear_batch_size, ">= 1")
+        check(0 < self.linear_val_fraction < 1, "linear_val_fraction", self.linear_val_fraction,
+              "is a fraction in (0, 1)")
+        check(bool(self.finetune_fractions) and all(0 < f <= 1 for f in self.finetune_fractions),
+              "finetune_fractions", self.finetune_fractions,
+              "a non-empty list of label fractions in (0, 1], e.g. [0.01, 0.1]")
+        check(all(e >= 1 for e in self.finetune_epochs)
+              and len(self.finetune_epochs) in (0, 1, len(self.finetune_fractions)),
+              "finetune_epochs", self.finetune_epochs,
+              f"epochs >= 1, one for every eval.finetune_fractions {self.finetune_fractions} "
+              "or one for all")
+        check(self.finetune_min_steps >= 0, "finetune_min_steps", self.finetune_min_steps, ">= 0")
+        check(self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "must be > 0")
+        check(self.finetune_batch_size >= 2, "finetune_batch_size", self.finetune_batch_size,
+              ">= 2 (BatchNorm needs more than one image)")
+        check(self.finetune_weight_decay >= 0, "finetune_weight_decay",
+              self.finetune_weight_decay, ">= 0")
+        check(self.online_knn_every >= 0, "online_knn_every", self.online_knn_every,
+              ">= 0 (0 = off)")
+        check(self.online_probe_lr > 0, "online_probe_lr", self.online_probe_lr, "must be > 0")
+        check(self.plot_points >= 10, "plot_points", self.plot_points, ">= 10")
+
+    def finetune_epochs_for(self, i: int) -> int:
+        """Fine-tuning epochs of the ``i``-th label fraction."""
+        if not self.finetune_epochs:
+            return 60 if self.finetune_fractions[i] <= 0.01 else 30
+        return self.finetune_epochs[i if len(self.finetune_epochs) > 1 else 0]
+
+    def knn_k_for(self, bank_size: int) -> int:
+        """Neighbours used for a bank of ``bank_size`` images (``knn_k``, or the auto rule)."""
+        return self.knn_k or (200 if bank_size <= 100_000 else 20)
+
+    @property
+    def online(self) -> bool:
+        """Whether anything is evaluated during pretraining."""
+        return self.online_knn_every > 0 or self.online_probe
+

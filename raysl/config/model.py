@@ -1,0 +1,72 @@
+"""The encoder that is pretrained and exported (``model``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from raysl.config.errors import check
+
+Backbone = Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"]
+
+# ViT sizes: (embedding dim, blocks) as in DeiT and DINO; heads = one per 64 channels.
+VIT_SIZES: dict[str, tuple[int, int]] = {"vit_tiny": (192, 12), "vit_small": (384, 12)}
+VIT_HEAD_DIM = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder that is pretrained and exported: a ResNet (torchvision) or a ViT."""
+
+    backbone: Backbone = "resnet18"
+    # ResNet: channels of the first stage (64 = torchvision's; 16 runs on a laptop).
+    # ViT: the embedding dimension. 0 = the standard size (64, or 192 / 384 for ViT-Tiny/Small).
+    width: int = 0
+    small_stem: bool = False  # ResNet only: 3x3 stride-1 stem, no max-pool, for inputs <= 64 px
+    depth: int = 0  # ViT only: number of blocks; 0 = 12
+    patch_size: int = 0  # ViT only: patch side; 0 = 16 (use 4 for 28-32 px images)
+    drop_path_rate: float = 0.0  # ViT only: stochastic depth of the last block (DINO ViT-S: 0.1)
+
+    def __post_init__(self) -> None:
+        if self.is_vit:
+            check(not self.small_stem, "small_stem", self.small_stem,
+                  f"is a ResNet option; {self.backbone} takes model.patch_size for small images")
+            check(self.depth >= 0, "depth", self.depth, ">= 0 (0 = 12 blocks)")
+            check(self.patch_size >= 0, "patch_size", self.patch_size, ">= 0 (0 = 16)")
+            check(0 <= self.drop_path_rate < 1, "drop_path_rate", self.drop_path_rate,
+                  "a probability in [0, 1) (0 = off; DINO's ViT-S uses 0.1)")
+            w = self.effective_width
+            check(w % self.heads == 0, "width", self.width,
+                  f"a ViT embedding dim divisible by its {self.heads} heads (one per 64)")
+        else:
+            check(self.width == 0 or (self.width >= 4 and self.width % 4 == 0), "width",
+                  self.width, "must be 0 (standard: 64) or a multiple of 4 and >= 4")
+            for name in ("depth", "patch_size", "drop_path_rate"):
+                check(getattr(self, name) == 0, name, getattr(self, name),
+                      f"is a ViT option; leave it 0 for {self.backbone}")
+
+    @property
+    def is_vit(self) -> bool:
+        """Whether the backbone is a Vision Transformer."""
+        return self.backbone.startswith("vit")
+
+    @property
+    def effective_width(self) -> int:
+        """First-stage channels (ResNet) or embedding dim (ViT) actually built."""
+        return self.width or (VIT_SIZES[self.backbone][0] if self.is_vit else 64)
+
+    @property
+    def effective_depth(self) -> int:
+        """ViT blocks actually built."""
+        return self.depth or VIT_SIZES.get(self.backbone, (0, 12))[1]
+
+    @property
+    def effective_patch_size(self) -> int:
+        """ViT patch side actually used."""
+        return self.patch_size or 16
+
+    @property
+    def heads(self) -> int:
+        """ViT attention heads."""
+        return max(1, self.effective_width // VIT_HEAD_DIM)
+

@@ -1,0 +1,55 @@
+"""Where images come from: ``data.source``, ``eval.bank`` and ``eval.query``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from raysl.config.errors import check
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+
+SourceFormat = Literal["auto", "folder", "files", "parquet", "idx", "npz", "npy", "cifar",
+                       "generated"]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where images (and optional labels) come from: a local path or an object-store URI.
+
+    ``path`` may be ``s3://``, ``gs://`` or ``abfs://`` (pyarrow filesystems). Formats:
+
+    - ``folder``: a directory tree of image files (JPEG, PNG, WebP, BMP, TIFF, GIF); class
+      sub-folders become labels when every file sits in one.
+    - ``files``: a list of image paths or URIs, one per line (``.txt``), or a ``path`` column
+      with an optional ``label`` column (``.csv``, ``.parquet``); relative paths are relative
+      to the list.
+    - ``parquet``: a ``.parquet`` file or a directory of them with an encoded-image column
+      (bytes, or a struct with ``bytes`` as Hugging Face datasets write).
+    - ``idx`` (MNIST, Fashion-MNIST), ``npz``, ``npy``, ``cifar`` (torchvision's
+      ``cifar-10-batches-py`` / ``cifar-100-python`` folders, read from disk, never downloaded).
+    - ``generated``: a small labeled shapes dataset (no files).
+
+    ``auto`` picks the format from the path: its extension, IDX or CIFAR files in a directory,
+    parquet files in a directory, otherwise a folder of images.
+    """
+
+    format: SourceFormat = "auto"
+    path: str = FASHION_MNIST_DIR
+    split: str = "train"  # IDX: "train" or "t10k"/"test"; CIFAR: "train" or "test"
+    limit: int = 0  # use at most this many images (a seeded random subset); 0 = all
+    endpoint: str = ""  # S3-compatible endpoint, e.g. http://minio:9000; empty = AWS_ENDPOINT_URL
+    image_column: str = ""  # parquet: the encoded-image column; empty = image/img/bytes/...
+    label_column: str = ""  # parquet and file lists: the label column; empty = "label" if any
+
+    def __post_init__(self) -> None:
+        check(self.limit >= 0, "limit", self.limit, "must be >= 0 (0 = all images)")
+        check(not self.endpoint or "://" in self.endpoint, "endpoint", self.endpoint,
+              "a URL with its scheme, e.g. http://127.0.0.1:9000")
+
+    @property
+    def is_set(self) -> bool:
+        """Whether this names any data (eval.query may be left empty to hold out from the bank)."""
+        return self.format == "generated" or bool(self.path)
+
+

@@ -1,0 +1,53 @@
+"""Distributed training with Ray Train (``train``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from raysl.config.errors import check
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Distributed training with Ray Train."""
+
+    epochs: int = 100
+    num_workers: int = 2  # Ray Train workers (one per GPU on a GPU cluster)
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.0  # 0 = auto: share the CPUs left after reserving some for Ray Data
+    data_cpus: float = 1.0  # logical CPUs kept free for Ray Data beside the train workers
+    # Pin train workers to nodes with the `train_node` resource and, when such nodes are up,
+    # augmentation to `data_node` nodes (cluster.yaml's node types). No effect without them.
+    node_markers: bool = True
+    precision: Precision = "auto"  # auto = bf16 (fp16 on pre-Ampere) autocast on GPU, fp32 on CPU
+    # NHWC activations and weights, which tensor-core convolutions want; auto = ResNets on GPU.
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    # Micro-batches per optimizer step: data.batch_size_global stays the images per step. For
+    # contrastive losses this does NOT add negatives (each micro-batch only sees its own).
+    grad_accumulation: int = 1
+    sync_bn: bool = False  # BatchNorm statistics over all workers (SyncBatchNorm; GPU only)
+    seed: int = 0
+    run_name: str = ""  # same name again = resume that run; empty = a new unique name
+    storage_path: str = ""  # checkpoints; empty = ./ray_results; shared storage on multi-node
+    max_failures: int = 0  # worker-group restarts from the last checkpoint before giving up
+    keep_checkpoints: int = 2
+    address: str = ""  # Ray cluster to use; empty = RAY_ADDRESS if set, else start a local one
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        check(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        check(self.cpus_per_worker >= 0, "cpus_per_worker", self.cpus_per_worker, ">= 0 (0 = auto)")
+        check(self.data_cpus > 0, "data_cpus", self.data_cpus,
+              "must be > 0: Ray Data needs CPU beside the train workers or the job hangs")
+        check(self.max_failures >= -1, "max_failures", self.max_failures, ">= -1 (-1 = forever)")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, ">= 1")
+        check(self.grad_accumulation >= 1, "grad_accumulation", self.grad_accumulation, ">= 1")
+        # PyTorch's SyncBatchNorm refuses CPU modules ("only work with GPU modules").
+        check(not self.sync_bn or self.use_gpu, "sync_bn", self.sync_bn,
+              "needs GPUs (train.use_gpu=true): PyTorch's SyncBatchNorm does not run on CPU")
+        check(all(c.isalnum() or c in "-_." for c in self.run_name), "run_name", self.run_name,
+              "may only contain letters, digits, '-', '_' and '.'")
+
