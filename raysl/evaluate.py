@@ -25,6 +25,7 @@ from raysl.config import (
     merge_override,
     parse_override,
 )
+from raysl.console import banner
 from raysl.data.readers import DecodePolicy, resolve_format
 from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import EvalReport, evaluate_encoders, load_labeled_split, with_baseline
@@ -52,7 +53,8 @@ class EvaluateResult:
 
     def summary(self) -> str:
         """The table printed at the end."""
-        lines = ["", "=" * 30 + " raysl evaluate " + "=" * 30, f"model   {self.model}",
+        top, bottom = banner("raysl evaluate")
+        lines = ["", top, f"model   {self.model}",
                  f"data    {self.report.split}", "", self.report.table(), ""]
         lines += [f"note    {n}" for n in self.report.notes]
         lines += [f"MLflow  run {self.mlflow_run_id}; figures under eval/",
@@ -60,7 +62,7 @@ class EvaluateResult:
         if self.model_version_tagged:
             lines.append(f"tagged  {self.model_version_tagged} with eval.* results")
         lines += [f"warning {w}" for w in self.warnings]
-        return "\n".join(lines)
+        return "\n".join([*lines, bottom])
 
 
 def evaluation_config(model_config: Config, data: str | None, protocols: str | None,

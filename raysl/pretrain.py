@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from raysl.checkpoint import ENCODER_FILE, load_strict
 from raysl.config import Config, ConfigError
+from raysl.console import banner
 from raysl.data.pipeline import view_stream
 from raysl.data.readers import DecodePolicy, ImageSource, read_source, resolve_format
 from raysl.eval.models import WEIGHTS_TAG, log_weights
@@ -31,7 +32,7 @@ from raysl.eval.suite import (
     load_labeled_split,
     with_baseline,
 )
-from raysl.nn.backbones import Encoder, build_encoder, encoder_info
+from raysl.nn.backbones import Encoder, build_encoder
 from raysl.tracking.mlflow import (
     Tracker,
     ensure_experiment,
@@ -40,7 +41,7 @@ from raysl.tracking.mlflow import (
     resolve_tracking_uri,
     ui_command,
 )
-from raysl.tracking.registry import RegisteredEncoder, log_and_register
+from raysl.tracking.registry import RegisteredEncoder, log_and_register, version_description
 from raysl.train.loop import LoopSettings
 from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (
@@ -49,6 +50,7 @@ from raysl.train.trainer import (
     connect,
     node_resources,
     plan_resources,
+    storage_path,
 )
 
 ONLINE_KNN = "eval/online_knn_top1"
@@ -81,7 +83,8 @@ class PretrainResult:
 
     def summary(self) -> str:
         """The human-readable summary printed at the end of a run."""
-        lines = ["", "=" * 30 + " raysl pretrain: summary " + "=" * 30,
+        top, bottom = banner("raysl pretrain: summary")
+        lines = ["", top,
                  f"run            {self.run_name}{'  (resumed)' if self.resumed else ''}",
                  f"data           {self.data}"]
         if self.skipped:
@@ -104,7 +107,7 @@ class PretrainResult:
                   f"checkpoint     {self.checkpoint_path}",
                   f"open the UI    {ui_command(self.tracking_uri)}"]
         lines += [f"warning        {w}" for w in self.warnings]
-        return "\n".join([*lines, "=" * 85])
+        return "\n".join([*lines, bottom])
 
 
 def new_run_name(cfg: Config) -> str:
@@ -145,7 +148,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     nodes = node_resources()
     plan = plan_resources(cfg, nodes)
     run_name = cfg.train.run_name or new_run_name(cfg)
-    storage = cfg.train.storage_path or str(Path("ray_results").resolve())
+    storage = storage_path(cfg)
     uri = resolve_tracking_uri(cfg.tracking)
     # On several machines, checkpoints and the MLflow store must be reachable from all of them
     # (nodes on one machine, as in ray.cluster_utils.Cluster, share its disk).
@@ -273,8 +276,6 @@ def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: Mlflow
 
 def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
               result: PretrainResult) -> RegisteredEncoder | None:
-    name = cfg.tracking.registered_model or f"raysl-{cfg.method.name}-{cfg.model.backbone}"
-    info = encoder_info(encoder)
     knn = (f"kNN top-1 {100 * result.knn[TRAINED]:.2f}% (k={result.knn_k}, "
            f"T={result.knn_temperature:g}; random init {100 * result.knn[RANDOM_INIT]:.2f}%, raw "
            f"pixels {100 * result.knn[PIXELS]:.2f}%) on {result.eval_data}. "
@@ -282,14 +283,10 @@ def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
     lin = (result.report.results.get(TRAINED, {}) if result.report else {}).get("linear_top1")
     if lin is not None:
         knn += f"Linear probe top-1 {100 * lin:.2f}%. "
-    description = (
-        f"{cfg.method.name} {cfg.model.backbone} (width {cfg.model.effective_width}) pretrained "
-        f"{cfg.train.epochs} epochs on {result.data}. {knn}"
-        f"Input: (B, {info['in_channels']}, H, W) images, float in [0, 1] or uint8, pretrained at "
-        f"{info['image_size']} px; output: (B, {info['num_features']}) features. "
-        f"MLflow run {run_id}.")
+    description = version_description(cfg, encoder, run_id, knn, data=result.data)
     tags = {"method": cfg.method.name, "run_name": result.run_name, "dataset": result.data}
     if result.report is not None:
         tags.update(result.report.tags())
     tags[WEIGHTS_TAG] = result.weights_artifact
-    return log_and_register(encoder, run_id, uri, name, description, tags)
+    return log_and_register(encoder, run_id, uri, cfg.registered_model_name, description,
+                            tags)

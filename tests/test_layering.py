@@ -13,7 +13,8 @@ RAYSL = Path(__file__).resolve().parents[1] / "raysl"
 
 # Bottom to top. A module may import from its own layer and the ones below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("registry", "schedules", "distributed", "losses", "checkpoint", "config"),  # ground
+    ("registry", "schedules", "distributed", "losses", "checkpoint", "config",
+     "console"),  # ground
     ("nn",),
     ("methods",),
     ("data",),
@@ -28,12 +29,13 @@ LAYERS: list[tuple[str, ...]] = [
 MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").glob("*.py")),
               *sorted((RAYSL / "config").glob("*.py")),
               RAYSL / "losses.py", RAYSL / "schedules.py", RAYSL / "distributed.py",
-              RAYSL / "registry.py", RAYSL / "checkpoint.py",
+              RAYSL / "registry.py", RAYSL / "checkpoint.py", RAYSL / "console.py",
               # the evaluation protocols themselves (Ray runs them from eval/extract.py, suite.py)
               *[RAYSL / "eval" / f"{m}.py" for m in ("knn", "linear", "finetune", "online",
                                                      "splits", "features", "plots")],
-              # sweep definitions, results and the champion rule (Tune runs in sweep/run.py)
-              *[RAYSL / "sweep" / f"{m}.py" for m in ("spec", "results", "champion")],
+              # sweep definitions, trial resources, results and the champion rule (Tune runs
+              # in sweep/tuner.py)
+              *[RAYSL / "sweep" / f"{m}.py" for m in ("spec", "plan", "results", "champion")],
               # decoding, array formats, storage access and augmentation (Ray Data calls them)
               *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")]]
 

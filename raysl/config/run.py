@@ -94,6 +94,11 @@ class Config:
         local = [self.data.effective_local_size] * self.data.views.local_crops
         return [self.data.image_size] * self.data.views.global_views + local
 
+    @property
+    def registered_model_name(self) -> str:
+        """Registry name of the encoder: ``tracking.registered_model``, else method-backbone."""
+        return self.tracking.registered_model or f"raysl-{self.method.name}-{self.model.backbone}"
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str | None = None) -> Config:
         """Build and validate a Config from nested plain data (YAML, JSON, ``to_dict`` output).

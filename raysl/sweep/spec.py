@@ -296,8 +296,8 @@ def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),
 
     base = config_mod.load(base_path, base_items)
     if smoke:
-        model = base.tracking.registered_model or f"raysl-{base.method.name}-{base.model.backbone}"
-        base = config_mod.load(base_path, [*base_items, f"tracking.registered_model={model}-smoke"])
+        smoke_model = f"tracking.registered_model={base.registered_model_name}-smoke"
+        base = config_mod.load(base_path, [*base_items, smoke_model])
     if smoke and isinstance(raw_space, dict):
         raw_space = {k: ({"choice": v["grid"]} if isinstance(v, dict) and "grid" in v else v)
                      for k, v in raw_space.items() if not str(k).startswith("data.batch_size")}

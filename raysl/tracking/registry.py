@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysl.nn.backbones import Encoder
+from raysl.config import Config
+from raysl.nn.backbones import Encoder, encoder_info
 
 RAYSL_PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,27 @@ class RegisteredEncoder:
     name: str
     version: str
     model_uri: str  # models:/<name>/<version>, what consumers load
+
+
+def version_description(cfg: Config, encoder: Encoder, run_id: str, results: str,
+                        context: str = "", data: str = "") -> str:
+    """A registered version's description: what was trained, how it scored, how to call it.
+
+    Args:
+        cfg: the pretraining config.
+        encoder: the registered encoder (its input and output sizes).
+        run_id: the MLflow run that trained it.
+        results: the evaluation, as sentences (e.g. ``"kNN top-1 76.2% (...). "``).
+        context: what the version is, before the model (e.g. a sweep's best trial).
+        data: what it was pretrained on.
+    """
+    info = encoder_info(encoder)
+    on = f" on {data}" if data else ""
+    return (f"{context}{cfg.method.name} {cfg.model.backbone} (width "
+            f"{cfg.model.effective_width}) pretrained {cfg.train.epochs} epochs{on}. {results}"
+            f"Input: (B, {info['in_channels']}, H, W) images, float in [0, 1] or uint8, "
+            f"pretrained at {info['image_size']} px; output: (B, {info['num_features']}) "
+            f"features. MLflow run {run_id}.")
 
 
 def log_and_register(encoder: Encoder, run_id: str, uri: str, model_name: str | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from torch import nn
 from raysl import distributed
 from raysl.checkpoint import restore, save_checkpoint
 from raysl.config import Config
+from raysl.console import duration, say
 from raysl.eval.online import OnlineProbe, online_metrics
 from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import Progress, SSLMethod, build_method
@@ -95,9 +95,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
     total_steps = cfg.train.epochs * s.steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * s.steps_per_epoch)
-    say = _progress if rank == 0 else (lambda *a, **k: None)
+    echo = say if rank == 0 else (lambda *a, **k: None)
     if start_epoch:
-        say(f"[raysl] resuming {s.run_name} at epoch {start_epoch + 1} (step {step})")
+        echo(f"[raysl] resuming {s.run_name} at epoch {start_epoch + 1} (step {step})")
 
     # [3] Epochs.
     run_start = time.perf_counter()
@@ -130,7 +130,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             step += 1
             if time.perf_counter() - last_print > PROGRESS_EVERY_S:
                 last_print = time.perf_counter()
-                say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {len(losses)}/"
+                echo(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {len(losses)}/"
                     f"{s.steps_per_epoch} loss {loss:.4f}")
         if not losses:
             raise RuntimeError(f"epoch {epoch + 1}: no full batch of {cfg.batch_size_per_worker} "
@@ -155,8 +155,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
         knn = (f"  online kNN {100 * metrics['eval/online_knn_top1']:.2f}%"
                if "eval/online_knn_top1" in metrics else "")
-        say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.4f}  "
-            f"lr {lr:.4g}  {images_per_s:.0f} img/s{knn}  ETA {_fmt_s(eta)}")
+        echo(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.4f}  "
+            f"lr {lr:.4g}  {images_per_s:.0f} img/s{knn}  ETA {duration(eta)}")
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
 
         # [4] Checkpoint and report: rank 0 writes, every rank calls report (it is a barrier).
@@ -191,14 +191,3 @@ def _grouped(items: Iterable[T], n: int) -> Iterator[list[T]]:
             group = []
 
 
-def _progress(line: str) -> None:
-    # Not print(): Train V2 patches print on workers to tee to the stream *and* log through the
-    # root logger, so every printed line reached the driver twice (ray/train/v2/_internal/
-    # logging/patch_print.py). One write to the stream gives one line.
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-def _fmt_s(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"

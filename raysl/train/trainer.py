@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -171,6 +172,14 @@ def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[Node]) -> float:
                           f"({described}); a worker runs on one node"
                           + (f". At most {fits[0]:g} CPU each would fit" if fits else ""))
     return fits[0]
+
+
+def storage_path(cfg: Config) -> str:
+    """Checkpoints' (and a sweep's Tune state's) root: ``train.storage_path`` or ./ray_results.
+
+    The default is made absolute: Ray workers run in other directories.
+    """
+    return cfg.train.storage_path or str(Path("ray_results").resolve())
 
 
 def connect(address: str = "") -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from raysl.config import ConfigError
-from raysl.sweep.run import plan_trials, trial_overrides
+from raysl.sweep.plan import plan_trials, trial_overrides
 from raysl.sweep.spec import load_sweep
 
 DEMO = Path(__file__).resolve().parents[2] / "pipelines/configs/demo.yaml"

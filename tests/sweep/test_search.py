@@ -11,8 +11,9 @@ import pytest
 import ray.cloudpickle
 import ray.tune
 
-from raysl.sweep.run import TrialPlan, _domain, _scheduler, _searcher
+from raysl.sweep.plan import TrialPlan
 from raysl.sweep.spec import SearchDim, load_sweep
+from raysl.sweep.tuner import domain, scheduler, searcher
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 # Trial processes cannot import this test module by name: ship its functions by value.
@@ -40,10 +41,10 @@ def _run(tmp_path, search: str, seed: int = 0) -> list[dict]:
     sweep = load_sweep(sweep_file)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(_quadratic, {"CPU": 0.1}),
-        param_space={d.field: _domain(d, search) for d in SPACE},
+        param_space={d.field: domain(d, search) for d in SPACE},
         tune_config=ray.tune.TuneConfig(
             metric="eval/online_knn_top1", mode="max", num_samples=4,
-            scheduler=_scheduler(sweep), search_alg=_searcher(sweep, TrialPlan(1, 1, 0, 2))),
+            scheduler=scheduler(sweep), search_alg=searcher(sweep, TrialPlan(1, 1, 0, 2))),
         run_config=ray.tune.RunConfig(name=f"{search}-{seed}", storage_path=str(tmp_path),
                                       verbose=0))
     grid = tuner.fit()
