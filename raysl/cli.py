@@ -13,8 +13,9 @@ from pathlib import Path
 
 from raysl import config as config_mod
 from raysl import registry
-from raysl.config import FASHION_MNIST_DIR, PROTOCOLS, Config, ConfigError
+from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
 from raysl.data.readers import DataError
+from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.sweep.spec import Sweep, load_sweep
 
 # Tiny, fast settings for --smoke-test: generated data, 2 workers, a few steps (Ray's examples
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     add_config_args(sub.add_parser("demo", help="the README demo (SimCLR on Fashion-MNIST)"))
     add_config_args(sub.add_parser("config", help="print the effective config as YAML"))
     sub.add_parser("methods", help="list the registered SSL methods")
+    sub.add_parser("protocols", help="list the registered evaluation protocols")
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tuning of a trained encoder")
     ev.add_argument("model", metavar="MODEL", help="a checkpoint directory, an MLflow run "
                     "(runs:/ID) or a registry URI (models:/NAME/VERSION, models:/NAME@ALIAS)")
@@ -110,8 +112,8 @@ def evaluate_args(args: argparse.Namespace) -> tuple[str | None, str | None, lis
     """``--data``, ``--protocol`` and ``--set`` of ``raysl evaluate``, as ``--smoke-test`` sets."""
     if not args.smoke_test:
         return args.data, args.protocol, args.set
-    return (args.data or "generated", args.protocol or ",".join(PROTOCOLS),
-            [*SMOKE_EVAL, *args.set])
+    every = ",".join(cheapest_first(registry.names("protocol")))
+    return args.data or "generated", args.protocol or every, [*SMOKE_EVAL, *args.set]
 
 
 # --smoke-test of `raysl tune`: the pretraining smoke settings, two trials of two epochs.
@@ -150,6 +152,13 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name:<13} {views:<22} {cls.summary}  [{cls.paper}]")
         print("\nRun one: raysl pretrain --method NAME "
               "[--config pipelines/configs/NAME_fmnist.yaml]")
+        return 0
+    if args.command == "protocols":
+        print(f"{'protocol':<10} {'kind':<9} what it measures")
+        for name, protocol in registry.entries("protocol").items():
+            kind = "images" if issubclass(protocol, ImageProtocol) else "features"
+            print(f"{name:<10} {kind:<9} {protocol.summary}")
+        print("\nRun some: raysl evaluate MODEL --protocol knn,linear")
         return 0
     if args.command == "evaluate":
         from raysl.checkpoint import CheckpointError

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from mlflow.tracking import MlflowClient
 
+from raysl import registry
 from raysl.config import (
-    PROTOCOLS,
     Config,
     ConfigError,
     SourceConfig,
@@ -99,7 +99,7 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
     cfg = Config.from_dict(raw)
     if not cfg.eval.protocols:
         raise ConfigError("eval.protocols", cfg.eval.protocols,
-                          f"at least one of {list(PROTOCOLS)} to evaluate")
+                          f"at least one of {registry.names('protocol')} to evaluate")
     return cfg
 
 

@@ -168,11 +168,11 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     client.log_text(run_id, cfg.to_yaml(), "config.yaml")
     log(f"[raysl] run {run_name}: MLflow run {run_id} at {uri}")
     log(f"[raysl] resources: {plan.describe(cfg)}")
+    run = _Run(cfg, plan, storage, client, result, log, train_callbacks)
     try:
-        source = _read_training_data(cfg, client, run_id, result)
+        source = _read_training_data(run)
         split = _labeled_split(cfg) if cfg.eval.enabled or cfg.eval.online else None
-        checkpoint = _train(cfg, source, split, plan, run_name, storage, uri, run_id, result,
-                            log, train_callbacks)
+        checkpoint = _train(run, source, split)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
             load_strict(encoder, Path(d) / ENCODER_FILE)
@@ -182,9 +182,9 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
         if cfg.eval.online_knn_every:
             result.online = _online_summary(client, run_id)
         if cfg.eval.enabled and split is not None:
-            _evaluate(cfg, encoder, split, client, run_id, result, log)
+            _evaluate(run, encoder, split)
         if cfg.tracking.register:
-            result.model = _register(cfg, encoder, uri, run_id, result)
+            result.model = _register(run, encoder)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -192,8 +192,22 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     return result
 
 
-def _read_training_data(cfg: Config, client: MlflowClient, run_id: str,
-                        result: PretrainResult) -> ImageSource:
+@dataclass
+class _Run:
+    """One pretraining run's settings and handles, passed between its steps."""
+
+    cfg: Config
+    plan: ResourcePlan
+    storage: str
+    client: MlflowClient
+    result: PretrainResult  # filled in step by step; holds the run's name, id and store
+    log: Callable[[str], None]
+    callbacks: Sequence[ray.train.UserCallback] = ()
+
+
+def _read_training_data(run: _Run) -> ImageSource:
+    cfg, client, result = run.cfg, run.client, run.result
+    run_id = result.mlflow_run_id
     source = read_source(cfg.data.source, cfg.data.channels, cfg.data.effective_decode_size,
                          cfg.train.seed, "data.source", DecodePolicy.of(cfg.data))
     result.data, result.skipped = source.description, source.skipped
@@ -211,10 +225,8 @@ def _labeled_split(cfg: Config) -> LabeledSplit:
                               cfg.train.seed, DecodePolicy.of(cfg.data))
 
 
-def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: ResourcePlan,
-           run_name: str, storage: str, uri: str, run_id: str, result: PretrainResult,
-           log: Callable[[str], None], callbacks: Sequence[ray.train.UserCallback] = ()
-           ) -> ray.train.Checkpoint:
+def _train(run: _Run, source: ImageSource, split: LabeledSplit | None) -> ray.train.Checkpoint:
+    cfg, plan, result = run.cfg, run.plan, run.result
     images_per_worker = source.num_images // cfg.train.num_workers
     steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
     if steps_per_epoch == 0:
@@ -230,15 +242,15 @@ def _train(cfg: Config, source: ImageSource, split: LabeledSplit | None, plan: R
                           f"eval.bank's {split.class_names[:10]}: the probe learns the first and "
                           "is scored on the second")
     dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources())
-    settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, uri, run_id, run_name,
-                            len(source.class_names))
-    log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
+    settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, result.tracking_uri,
+                            result.mlflow_run_id, result.run_name, len(source.class_names))
+    run.log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
     split_ref = ray.put(split) if split is not None and cfg.eval.online else None
-    trainer = build_trainer(cfg, dataset, plan, settings, storage, split_ref, callbacks)
+    trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks)
     fit = trainer.fit()
     if fit.checkpoint is None:
-        raise RuntimeError(f"run {run_name} finished without a checkpoint in {storage}")
+        raise RuntimeError(f"run {result.run_name} finished without a checkpoint in {run.storage}")
     metrics = fit.metrics or {}
     result.final_loss = float(metrics.get("train/loss", float("nan")))
     result.images_per_s = float(metrics.get("train/images_per_s", 0.0))
@@ -261,8 +273,8 @@ def _online_summary(client: MlflowClient, run_id: str) -> dict[str, float]:
     return out
 
 
-def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: MlflowClient,
-              run_id: str, result: PretrainResult, log: Callable[[str], None]) -> None:
+def _evaluate(run: _Run, encoder: Encoder, split: LabeledSplit) -> None:
+    cfg, result, log = run.cfg, run.result, run.log
     torch.set_num_threads(os.cpu_count() or 1)
     log(f"[raysl] evaluation ({', '.join(cfg.eval.protocols)}) on {split.description}")
     report = evaluate_encoders(with_baseline(cfg, encoder), split, cfg.eval, cfg.data.image_size,
@@ -271,11 +283,12 @@ def _evaluate(cfg: Config, encoder: Encoder, split: LabeledSplit, client: Mlflow
     result.knn = {m: r["knn_top1"] for m, r in report.results.items() if "knn_top1" in r}
     result.eval_data, result.knn_k = split.description, cfg.eval.knn_k_for(len(split.bank_labels))
     result.knn_temperature = cfg.eval.knn_temperature
-    report.log_to(client, run_id, step=cfg.train.epochs)
+    report.log_to(run.client, result.mlflow_run_id, step=cfg.train.epochs)
 
 
-def _register(cfg: Config, encoder: Encoder, uri: str, run_id: str,
-              result: PretrainResult) -> RegisteredEncoder | None:
+def _register(run: _Run, encoder: Encoder) -> RegisteredEncoder | None:
+    cfg, result = run.cfg, run.result
+    run_id, uri = result.mlflow_run_id, result.tracking_uri
     knn = (f"kNN top-1 {100 * result.knn[TRAINED]:.2f}% (k={result.knn_k}, "
            f"T={result.knn_temperature:g}; random init {100 * result.knn[RANDOM_INIT]:.2f}%, raw "
            f"pixels {100 * result.knn[PIXELS]:.2f}%) on {result.eval_data}. "

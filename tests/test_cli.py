@@ -23,6 +23,17 @@ def test_methods_lists_every_method_with_its_paper_in_a_fresh_process():
     assert "dino, multi-crop" in out.stdout
 
 
+def test_protocols_lists_every_registered_protocol_in_a_fresh_process():
+    from raysl import registry
+
+    raysl_cmd = Path(sys.executable).parent / "raysl"
+    out = subprocess.run([str(raysl_cmd), "protocols"], capture_output=True, text=True,
+                         check=True)
+    listed = {ln.split()[0] for ln in out.stdout.splitlines()[1:] if ln.strip()} - {"Run"}
+    assert listed == set(registry.names("protocol"))
+    assert "images" in out.stdout and "features" in out.stdout
+
+
 def test_method_flag_selects_the_method_and_its_preset(capsys):
     assert cli.main(["config", "--method", "byol"]) == 0
     out = capsys.readouterr().out

@@ -31,8 +31,8 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               RAYSL / "losses.py", RAYSL / "schedules.py", RAYSL / "distributed.py",
               RAYSL / "registry.py", RAYSL / "checkpoint.py", RAYSL / "console.py",
               # the evaluation protocols themselves (Ray runs them from eval/extract.py, suite.py)
-              *[RAYSL / "eval" / f"{m}.py" for m in ("knn", "linear", "finetune", "online",
-                                                     "splits", "features", "plots")],
+              *sorted((RAYSL / "eval" / "protocols").glob("*.py")),
+              *[RAYSL / "eval" / f"{m}.py" for m in ("online", "splits", "features", "plots")],
               # sweep definitions, trial resources, results and the champion rule (Tune runs
               # in sweep/tuner.py)
               *[RAYSL / "sweep" / f"{m}.py" for m in ("spec", "plan", "results", "champion")],
@@ -132,8 +132,8 @@ def test_model_side_files_do_not_import_ray():
 
 
 def test_loading_the_model_side_does_not_load_ray():
-    code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.linear, "
-            "raysl.eval.finetune, raysl.eval.online, raysl.eval.plots, raysl.eval.knn, "
+    code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.protocols, "
+            "raysl.eval.online, raysl.eval.plots, "
             "raysl.sweep.spec, raysl.sweep.results, raysl.sweep.champion, raysl.data.decode, "
             "raysl.data.formats, raysl.data.storage, raysl.data.views, raysl.checkpoint; "
             "from raysl.config import Config; Config.from_dict({'method': {'name': 'byol'}}); "

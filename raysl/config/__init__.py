@@ -23,7 +23,7 @@ from raysl.config.build import (
 )
 from raysl.config.data import DataConfig
 from raysl.config.errors import ConfigError, check
-from raysl.config.eval import PROTOCOLS, EvalConfig, Protocol
+from raysl.config.eval import EvalConfig
 from raysl.config.method import DEFAULT_METHOD, MethodConfig
 from raysl.config.model import VIT_HEAD_DIM, VIT_SIZES, Backbone, ModelConfig
 from raysl.config.optim import OptimConfig, OptimizerName
@@ -35,9 +35,9 @@ from raysl.config.train import Precision, TrainConfig
 from raysl.config.views import Pretext, ViewConfig
 
 __all__ = [
-    "DEFAULT_METHOD", "FASHION_MNIST_DIR", "PROTOCOLS", "VIEW_PRESETS", "VIT_HEAD_DIM",
+    "DEFAULT_METHOD", "FASHION_MNIST_DIR", "VIEW_PRESETS", "VIT_HEAD_DIM",
     "VIT_SIZES", "Backbone", "Config", "ConfigError", "DataConfig", "EvalConfig", "MethodConfig",
-    "ModelConfig", "OptimConfig", "OptimizerName", "Precision", "Pretext", "Protocol",
+    "ModelConfig", "OptimConfig", "OptimizerName", "Precision", "Pretext",
     "SourceConfig", "SourceFormat", "TrackingConfig", "TrainConfig", "ViewConfig", "check",
     "flatten", "from_mapping", "load", "merge_override", "method_spec", "parse_override", "plain",
 ]

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
+from raysl import registry
 from raysl.config.errors import check
 from raysl.config.source import SourceConfig
-
-Protocol = Literal["knn", "linear", "finetune"]
-PROTOCOLS: tuple[Protocol, ...] = ("knn", "linear", "finetune")
 
 
 @dataclass(frozen=True)
@@ -25,7 +22,8 @@ class EvalConfig:
     bank: SourceConfig = field(default_factory=lambda: SourceConfig(split="train", limit=10000))
     query: SourceConfig = field(default_factory=lambda: SourceConfig(split="t10k"))
     holdout: float = 0.2  # used when query.path is empty: this fraction of the bank, stratified
-    protocols: tuple[Protocol, ...] = ("knn", "linear")  # run after pretraining; "finetune" too
+    # Run after pretraining, by registered name (`raysl protocols`); "finetune" too.
+    protocols: tuple[str, ...] = ("knn", "linear")
     baselines: bool = True  # also report random-init encoder and raw pixels on the same split
     batch_size: int = 512  # images per feature-extraction batch
     feature_actors: int = 0  # Ray Data inference actors; 0 = one per GPU, else per 2 CPUs (<= 4)
@@ -63,8 +61,11 @@ class EvalConfig:
         check(0 < self.holdout < 1, "holdout", self.holdout, "is a fraction in (0, 1)")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.feature_actors >= 0, "feature_actors", self.feature_actors, ">= 0 (0 = auto)")
+        known = registry.names("protocol")
+        for i, name in enumerate(self.protocols):
+            check(name in known, f"protocols[{i}]", name, f"must be one of {known}")
         check(len(self.protocols) == len(set(self.protocols)), "protocols", self.protocols,
-              f"a list of distinct protocols out of {list(PROTOCOLS)}")
+              f"a list of distinct protocols out of {known}")
         check(bool(self.linear_lrs) and all(lr > 0 for lr in self.linear_lrs), "linear_lrs",
               self.linear_lrs, "a non-empty list of learning rates > 0")
         check(bool(self.linear_epochs) and all(e >= 1 for e in self.linear_epochs),

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from raysl import distributed
 from raysl.config import Config
 from raysl.eval.features import encoder_features
-from raysl.eval.knn import knn_top1
+from raysl.eval.protocols.knn import knn_top1
 from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import SSLMethod
 

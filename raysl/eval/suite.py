@@ -17,6 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
+from raysl import registry
 from raysl.config import Config, EvalConfig
 from raysl.data.readers import (
     DEFAULT_POLICY,
@@ -28,10 +29,15 @@ from raysl.data.readers import (
 from raysl.eval import plots
 from raysl.eval.extract import extract_features
 from raysl.eval.features import pixel_features
-from raysl.eval.finetune import FinetuneResult, FinetuneSettings, finetune
-from raysl.eval.knn import knn_votes
-from raysl.eval.linear import linear_probe, topk_accuracy
-from raysl.eval.splits import LabeledSplit, label_subset, stratified_holdout
+from raysl.eval.protocols.base import (
+    EvalProtocol,
+    FeatureProtocol,
+    Features,
+    ImageJob,
+    ImageProtocol,
+    Scores,
+)
+from raysl.eval.splits import LabeledSplit, stratified_holdout
 from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder
 from raysl.tracking.mlflow import Tracker, log_blobs
@@ -158,19 +164,14 @@ def with_baseline(cfg: Config, trained: Encoder) -> dict[str, Encoder]:
     return encoders
 
 
-def fraction_key(fraction: float) -> str:
-    """0.01 -> ``1pct``, 0.005 -> ``0.5pct`` (metric names)."""
-    return f"{100 * fraction:g}pct"
-
-
 def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalConfig,
                       image_size: int, seed: int = 0,
                       log: Callable[[str], None] = print) -> EvalReport:
-    """Run ``cfg.protocols`` for each encoder (and raw pixels when ``cfg.baselines``).
+    """Run every protocol of ``cfg.protocols`` for each encoder (and raw pixels as a baseline).
 
     Args:
         encoders: name -> frozen encoder; ``trained`` gets the figures, ``random_init`` is the
-            baseline (for fine-tuning: training from scratch).
+            baseline (for the image protocols: training from scratch).
         split: the labeled bank and queries.
         cfg: protocols and their settings.
         image_size: side the encoders take.
@@ -178,93 +179,88 @@ def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: Ev
         log: progress lines.
     """
     report = EvalReport(split.description)
-    bank_y = torch.from_numpy(split.bank_labels)
-    query_y = torch.from_numpy(split.query_labels)
-    features: dict[str, tuple[Tensor, Tensor]] = {}
-    frozen = {"knn", "linear"} & set(cfg.protocols)
-    if frozen or cfg.plots:
+    protocols = [registry.get("protocol", name)() for name in cfg.protocols]
+    on_features = [p for p in protocols if isinstance(p, FeatureProtocol)]
+    features: dict[str, Features] = {}
+    if on_features or cfg.plots:
         for name, encoder in encoders.items():
             log(f"[raysl] extracting features: {MODEL_LABELS.get(name, name)}")
             both = extract_features(encoder, np.concatenate([split.bank_images,
                                                              split.query_images]),
                                     image_size, cfg.batch_size, cfg.feature_actors)
-            features[name] = (both[:len(bank_y)], both[len(bank_y):])
-    frozen_models = dict(features)
-    if cfg.baselines and frozen:
+            features[name] = _features(split, both[:len(split.bank_labels)],
+                                       both[len(split.bank_labels):])
+    frozen = dict(features)
+    if cfg.baselines and on_features:
         side = min(image_size, PIXEL_SIDE)
         bank = pixel_features(split.bank_images, side)
         mean = bank.mean(dim=0)  # centred, so the cosine kNN does not compare mean brightness
-        frozen_models[PIXELS] = (bank - mean, pixel_features(split.query_images, side) - mean)
-    predictions: dict[str, Tensor] = {}
-    for name, (bank, queries) in frozen_models.items():
-        if "knn" in cfg.protocols:
-            votes = knn_votes(bank, bank_y, queries, split.num_classes,
-                              cfg.knn_k_for(len(bank_y)), cfg.knn_temperature)
-            report.add(name, "knn_top1", topk_accuracy(votes, query_y, 1))
-            report.add(name, "knn_top5", topk_accuracy(votes, query_y, 5))
-            predictions.setdefault(name, votes.argmax(1))
-        if "linear" in cfg.protocols:
-            log(f"[raysl] linear probe: {MODEL_LABELS.get(name, name)}")
-            lin = linear_probe(bank, bank_y, queries, query_y, split.num_classes, cfg.linear_lrs,
-                               cfg.linear_epochs, cfg.linear_batch_size, cfg.linear_val_fraction,
-                               seed)
-            report.add(name, "linear_top1", lin.top1)
-            report.add(name, "linear_top5", lin.top5)
-            report.notes.append(f"linear probe, {MODEL_LABELS.get(name, name)}: lr {lin.lr:g}, "
-                                f"{lin.epochs} epochs (best validation top-1 of "
-                                f"{len(lin.search)} settings)")
-            predictions[name] = lin.predictions  # the confusion matrix uses the probe's
-    if "finetune" in cfg.protocols:
-        _finetune_all(encoders, split, cfg, image_size, seed, report, log)
+        frozen[PIXELS] = _features(split, bank - mean,
+                                   pixel_features(split.query_images, side) - mean)
+    predictions: dict[str, tuple[int, Tensor]] = {}  # model -> (rank, predictions)
+    for protocol in on_features:
+        for name, f in frozen.items():
+            if protocol.prediction_rank > 1:  # the slow ones say what they are doing
+                log(f"[raysl] {protocol.title}: {MODEL_LABELS.get(name, name)}")
+            scores = protocol.score(f, cfg, seed)
+            _add(report, protocol, name, scores)
+            if scores.predictions is not None and (
+                    protocol.prediction_rank > predictions.get(name, (0, None))[0]):
+                predictions[name] = (protocol.prediction_rank, scores.predictions)
+    for protocol in protocols:
+        if isinstance(protocol, ImageProtocol):
+            _run_on_images(protocol, encoders, split, cfg, seed, report, log)
     if cfg.plots and TRAINED in features:
-        _figures(features[TRAINED][1], predictions.get(TRAINED), split, cfg, seed, report)
+        chosen = predictions.get(TRAINED)
+        how = next((p.title for p in on_features if chosen and p.prediction_rank == chosen[0]), "")
+        _figures(features[TRAINED].queries, chosen[1] if chosen else None, how, split, cfg, seed,
+                 report)
     return report
 
 
-def _finetune_all(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalConfig,
-                  image_size: int, seed: int, report: EvalReport,
-                  log: Callable[[str], None]) -> None:
-    """Fine-tune each encoder on each label fraction, as Ray tasks (a GPU each if any)."""
+def _features(split: LabeledSplit, bank: Tensor, queries: Tensor) -> Features:
+    return Features(bank, torch.from_numpy(split.bank_labels), queries,
+                    torch.from_numpy(split.query_labels), split.num_classes)
+
+
+def _add(report: EvalReport, protocol: EvalProtocol, model: str, scores: Scores) -> None:
+    for metric, value in scores.metrics.items():
+        report.add(model, metric, value)
+    report.notes += [f"{protocol.title}, {MODEL_LABELS.get(model, model)}: {note}"
+                     for note in scores.notes]
+
+
+def _run_on_images(protocol: ImageProtocol, encoders: dict[str, Encoder], split: LabeledSplit,
+                   cfg: EvalConfig, seed: int, report: EvalReport,
+                   log: Callable[[str], None]) -> None:
+    """Every job of ``protocol`` for every encoder, as Ray tasks (a GPU each if any)."""
     gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0  # type: ignore[no-untyped-call]
-    task = ray.remote(num_cpus=1, num_gpus=gpus)(_finetune_task)
-    query_x = ray.put(split.query_images)
-    query_y = ray.put(split.query_labels)
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(_image_task)
+    query_x, query_y = ray.put(split.query_images), ray.put(split.query_labels)
     encoder_refs = {name: ray.put(enc) for name, enc in encoders.items()}  # tasks get copies
     pending = {}
-    for i, fraction in enumerate(cfg.finetune_fractions):
-        settings = FinetuneSettings(cfg.finetune_epochs_for(i), cfg.finetune_min_steps,
-                                    cfg.finetune_lr, cfg.finetune_batch_size,
-                                    cfg.finetune_weight_decay, seed)
-        idx = label_subset(split.bank_labels, fraction, seed)
-        train_x = ray.put(split.bank_images[idx])
-        train_y = ray.put(split.bank_labels[idx])
-        log(f"[raysl] fine-tuning on {fraction:.0%} of the labels ({len(idx)} images, "
-            f"{settings.epochs} epochs)")
+    for job in protocol.jobs(cfg, split.bank_labels, seed):
+        train_x = ray.put(split.bank_images[job.train_indices])
+        train_y = ray.put(split.bank_labels[job.train_indices])
+        log(f"[raysl] {job.description}")
         for name, encoder_ref in encoder_refs.items():
-            pending[(name, fraction)] = task.remote(encoder_ref, image_size, train_x, train_y,
-                                                    query_x, query_y, split.num_classes,
-                                                    settings)
-    for (name, fraction), result_ref in pending.items():
-        result: FinetuneResult = ray.get(result_ref)
-        key = fraction_key(fraction)
-        report.add(name, f"finetune_{key}_top1", result.top1)
-        report.add(name, f"finetune_{key}_top5", result.top5)
-        how = "fine-tuned" if name == TRAINED else "trained from scratch"
-        report.notes.append(f"fine-tuning {key}, {MODEL_LABELS.get(name, name)} {how}: "
-                            f"{result.train_images} images, {result.steps} steps, "
-                            f"{result.seconds:.0f}s")
+            pending[(name, job.key)] = task.remote(protocol, encoder_ref, train_x, train_y,
+                                                   query_x, query_y, split.num_classes, job,
+                                                   name != TRAINED)
+    for (name, _), result_ref in pending.items():
+        _add(report, protocol, name, ray.get(result_ref))
 
 
-def _finetune_task(encoder: Encoder, image_size: int, images: np.ndarray, labels: np.ndarray,
-                   test_images: np.ndarray, test_labels: np.ndarray, num_classes: int,
-                   settings: FinetuneSettings) -> FinetuneResult:
+def _image_task(protocol: ImageProtocol, encoder: Encoder, images: np.ndarray,
+                labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
+                num_classes: int, job: ImageJob, from_scratch: bool) -> Scores:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return finetune(encoder, encoder.num_features, image_size, images, labels, test_images,
-                    test_labels, num_classes, settings, device)
+    split = LabeledSplit(images, labels, test_images, test_labels, num_classes, "")
+    return protocol.run(encoder, split, job, device, from_scratch)
 
 
-def _figures(query_features: Tensor, predictions: Tensor | None, split: LabeledSplit,
-             cfg: EvalConfig, seed: int, report: EvalReport) -> None:
+def _figures(query_features: Tensor, predictions: Tensor | None, how: str,
+             split: LabeledSplit, cfg: EvalConfig, seed: int, report: EvalReport) -> None:
     names = [split.name_of(c) for c in range(split.num_classes)]
     report.figures["eval/embedding.png"] = plots.embedding_png(
         query_features.numpy(), split.query_labels, names, "trained encoder", cfg.plot_points,
@@ -272,7 +268,6 @@ def _figures(query_features: Tensor, predictions: Tensor | None, split: LabeledS
     if predictions is not None:
         matrix = plots.confusion_matrix(split.query_labels, predictions.numpy(),
                                         split.num_classes)
-        how = "linear probe" if "linear" in cfg.protocols else "kNN"
         if split.num_classes <= plots.MAX_CONFUSION_CLASSES:  # beyond, only the table is legible
             report.figures["eval/confusion_matrix.png"] = plots.confusion_png(
                 matrix, names, f"trained encoder, {how}")

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import cast
 
 import ray.train
 from mlflow.tracking import MlflowClient
 
-from raysl.config import Config, EvalConfig, Protocol
+from raysl.config import Config, EvalConfig
 from raysl.eval.models import (
     WEIGHTS_TAG,
     ModelNotFoundError,
@@ -99,13 +98,13 @@ def _champion_eval(cfg: EvalConfig, metric: str) -> EvalConfig:
     """The suite run on the best trial: the base's protocols plus the champion metric's."""
     needed = CHAMPION_METRICS[metric]
     protocols = cfg.protocols if needed in cfg.protocols else (*cfg.protocols, needed)
-    return dataclasses.replace(cfg, enabled=True, protocols=protocols)  # type: ignore[arg-type]
+    return dataclasses.replace(cfg, enabled=True, protocols=protocols)
 
 
 def _scorer(name: str, version: str, ours: float, split: LabeledSplit, eval_cfg: EvalConfig,
             metric: str, uri: str, base: Config) -> Callable[[str], float]:
     """Scores registry URIs on the sweep's split: the challenger's score is already known."""
-    protocol = cast(Protocol, CHAMPION_METRICS[metric])
+    protocol = CHAMPION_METRICS[metric]
     just_metric = dataclasses.replace(eval_cfg, protocols=(protocol,),
                                       baselines=False, plots=False)
 

@@ -1,11 +1,16 @@
-"""The Ray Train worker function: the only training code that calls ``ray.train``."""
+"""The Ray Train worker function: the only training code that calls ``ray.train``.
+
+It reads as its steps: :func:`set_up` (model, optimizer, the last checkpoint), then per epoch
+:func:`train_epoch` (the optimizer steps over this worker's shard), :func:`epoch_metrics` (what
+the epoch measured, plus online evaluation) and :func:`report` (log, checkpoint, tell Ray).
+"""
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import ray
@@ -24,7 +29,7 @@ from raysl.methods.base import Progress, SSLMethod, build_method
 from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.mlflow import Tracker
 from raysl.train.optim import build_optimizer, set_weight_decay
-from raysl.train.step import autocast_dtype, memory_format, train_step
+from raysl.train.step import StepResult, autocast_dtype, memory_format, train_step
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 
@@ -41,6 +46,62 @@ class LoopSettings:
     num_classes: int = 0  # labels of the training data, for the online probe (0 = unlabeled)
 
 
+@dataclass
+class Worker:
+    """What one train worker holds from set-up to the last epoch."""
+
+    cfg: Config
+    settings: LoopSettings
+    rank: int
+    world: int
+    device: torch.device
+    layout: torch.memory_format  # of the views and 4-D weights (channels-last or contiguous)
+    method: SSLMethod  # the module itself
+    model: nn.Module  # the same, DDP-wrapped: what the step calls
+    optimizer: torch.optim.Optimizer
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    tracker: Tracker
+    probe: OnlineProbe | None
+    split_ref: ray.ObjectRef[LabeledSplit] | None  # the labeled split of online evaluation
+    start_epoch: int = 0
+    step: int = 0  # optimizer steps done, over all epochs
+    split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def batch_global(self) -> int:
+        """Images per step over the workers that actually run (elastic restarts may differ)."""
+        return self.cfg.batch_size_per_worker * self.world
+
+    @property
+    def peak_lr(self) -> float:
+        """The linear scaling rule on the global batch that actually runs."""
+        return self.cfg.optim.peak_lr(self.batch_global)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        return self.cfg.train.epochs * self.settings.steps_per_epoch
+
+    def say(self, line: str) -> None:
+        """A progress line, from rank 0 only."""
+        if self.rank == 0:
+            say(line)
+
+
+@dataclass
+class EpochStats:
+    """What one epoch's steps measured on this worker."""
+
+    losses: list[float] = field(default_factory=list)
+    extras: dict[str, list[float]] = field(default_factory=dict)  # the method's own logs
+    last: StepResult | None = None
+    lr: float = 0.0
+    seconds: float = 0.0
+    data_wait_s: float = 0.0  # time spent waiting for the next batch of views
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Pretrain on this worker's shard; checkpoint and report every epoch.
 
@@ -48,131 +109,141 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__,
             "eval_split": ObjectRef of a LabeledSplit or None}`` (the split for online kNN).
     """
-    cfg = Config.from_dict(loop_config["config"])
-    s = LoopSettings(**loop_config["settings"])
+    w = set_up(Config.from_dict(loop_config["config"]), LoopSettings(**loop_config["settings"]),
+               loop_config.get("eval_split"))
+    shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
+    for epoch in range(w.start_epoch, w.cfg.train.epochs):
+        stats = train_epoch(w, epoch, shard)
+        report(w, epoch, epoch_metrics(w, epoch, stats))
+
+
+def set_up(cfg: Config, s: LoopSettings,
+           split_ref: ray.ObjectRef[LabeledSplit] | None) -> Worker:
+    """The model (DDP-wrapped on its device), optimizer, and state of the last checkpoint if any."""
     torch.set_num_threads(s.threads_per_worker)
     torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-
-    # [1] This worker's equal share of the augmented view stream.
-    shard = ray.train.get_dataset_shard("train")
-
-    # [2] Model (DDP-wrapped on its device), optimizer, and state of the last checkpoint if any.
     method = build_method(cfg)
     if cfg.train.sync_bn and world > 1:
         synced = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[no-untyped-call]
         method = cast(SSLMethod, synced)
+    device = ray.train.torch.get_device()
+    layout = memory_format(cfg.train.channels_last, device, cfg.model.is_vit)
+    method = method.to(memory_format=layout)
     # Buffers are synced once at start, never in forward. Needed for correctness: SwAV's queue
     # differs per rank by design (each holds its own embeddings) and a sync would overwrite it
     # with rank 0's. The others (MoCo's queue, DINO's center) stay identical through collectives,
     # and broadcasting a 65536-key queue each step would cost more than the step. BatchNorm
     # running statistics are exported from rank 0.
-    device = ray.train.torch.get_device()
-    layout = memory_format(cfg.train.channels_last, device, cfg.model.is_vit)
-    method = method.to(memory_format=layout)
     model = ray.train.torch.prepare_model(
         method, parallel_strategy_kwargs={"forward_sync_buffers": False})
-    num_views = len(cfg.view_sizes)
-    # Linear scaling rule on the global batch that actually runs (world size may differ from
-    # the config when Ray restarts elastically).
-    batch_global = cfg.batch_size_per_worker * world
-    peak_lr = cfg.optim.peak_lr(batch_global)
+    peak_lr = cfg.optim.peak_lr(cfg.batch_size_per_worker * world)
     optimizer = build_optimizer(model, cfg.optim, peak_lr, method.fixed_lr_parameters())
     amp = autocast_dtype(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    start_epoch, step = 0, 0
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as d:
-            state = restore(d, method, optimizer)
-        start_epoch, step = state["epoch"] + 1, state["step"]
-    tracker = Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0)
     probe = None
     if cfg.eval.online_probe:  # after prepare_model: hooks on the module DDP calls
         probe = OnlineProbe(method, method.encoder, method.encoder.num_features, s.num_classes,
                             cfg.eval.online_probe_lr).to(device)
-    split_ref = loop_config.get("eval_split")
-    split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
-    total_steps = cfg.train.epochs * s.steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * s.steps_per_epoch)
-    echo = say if rank == 0 else (lambda *a, **k: None)
-    if start_epoch:
-        echo(f"[raysl] resuming {s.run_name} at epoch {start_epoch + 1} (step {step})")
-
-    # [3] Epochs.
-    run_start = time.perf_counter()
-    accum = cfg.train.grad_accumulation
-    for epoch in range(start_epoch, cfg.train.epochs):
-        t0 = time.perf_counter()
-        losses: list[float] = []
-        extras: dict[str, list[float]] = {}  # the method's own logs, averaged over the epoch
-        last_print = t0
-        for micro_batches in _grouped(shard.iter_torch_batches(
-                batch_size=cfg.micro_batch_size, drop_last=True, device=device,
-                prefetch_batches=2 * accum,
-                local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-                pin_memory=device.type == "cuda"), accum):
-            lr = warmup_cosine(step, total_steps, warmup_steps, peak_lr,
-                               peak_lr * cfg.optim.final_lr_ratio)
-            set_lr(optimizer, lr)
-            progress = Progress(step, total_steps, s.steps_per_epoch)
-            set_weight_decay(optimizer, cfg.optim.weight_decay_at(progress.fraction))
-            views = [[mb[f"view{i}"].contiguous(memory_format=layout) for i in range(num_views)]
-                     for mb in micro_batches]
-            result = train_step(model, views, optimizer, progress, amp, scaler,
-                                cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param")
-            loss = result.loss
-            losses.append(loss)
-            if probe is not None:
-                result.logs.update(probe.step([mb["label"] for mb in micro_batches]))
-            for k, v in result.logs.items():
-                extras.setdefault(k, []).append(v)
-            step += 1
-            if time.perf_counter() - last_print > PROGRESS_EVERY_S:
-                last_print = time.perf_counter()
-                echo(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {len(losses)}/"
-                    f"{s.steps_per_epoch} loss {loss:.4f}")
-        if not losses:
-            raise RuntimeError(f"epoch {epoch + 1}: no full batch of {cfg.batch_size_per_worker} "
-                               "views reached this worker; lower data.batch_size_global or add "
-                               "images")
-        seconds = time.perf_counter() - t0
-        images_per_s = len(losses) * batch_global / seconds
-        metrics = {"train/loss": sum(losses) / len(losses), "train/lr": lr,
-                   "train/images_per_s": images_per_s, "train/epoch_s": seconds,
-                   **{f"train/{k}": sum(v) / len(v) for k, v in extras.items()},
-                   "epoch": epoch + 1}
-        if cfg.optim.weight_decay_schedule != "constant":
-            metrics["train/weight_decay"] = cfg.optim.weight_decay_at(progress.fraction)
-        if cfg.optim.clip_grad > 0:
-            metrics["train/grad_norm"] = result.grad_norm
-        every, last = cfg.eval.online_knn_every, epoch + 1 == cfg.train.epochs
-        knn_due = bool(every) and ((epoch + 1) % every == 0 or last)
-        if rank == 0 and split_ref is not None and (knn_due or (probe is not None and last)):
-            split = split or ray.get(split_ref)
-            metrics.update(online_metrics(method, split, cfg, probe, device, knn_due))
-        done = epoch + 1 - start_epoch
-        eta = (time.perf_counter() - run_start) / done * (cfg.train.epochs - epoch - 1)
-        knn = (f"  online kNN {100 * metrics['eval/online_knn_top1']:.2f}%"
-               if "eval/online_knn_top1" in metrics else "")
-        echo(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs}  loss {metrics['train/loss']:.4f}  "
-            f"lr {lr:.4g}  {images_per_s:.0f} img/s{knn}  ETA {duration(eta)}")
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-
-        # [4] Checkpoint and report: rank 0 writes, every rank calls report (it is a barrier).
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if rank == 0:
-                _save(d, method, optimizer, cfg, epoch, step, s)
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)
+    w = Worker(cfg, s, rank, world, device, layout, method, model, optimizer, amp,
+               torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
+               Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0), probe, split_ref)
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as d:
+            state = restore(d, method, optimizer)
+        w.start_epoch, w.step = state["epoch"] + 1, state["step"]
+        w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1} (step {w.step})")
+    return w
 
 
-def _save(d: str, method: SSLMethod, optimizer: torch.optim.Optimizer, cfg: Config,
-          epoch: int, step: int, s: LoopSettings) -> None:
-    state = {"epoch": epoch, "step": step, "config": cfg.to_dict(), "run_name": s.run_name,
-             "mlflow_run_id": s.mlflow_run_id, "world_size": distributed.world_size()}
-    save_checkpoint(d, method, method.exported_encoder(), optimizer, state)
+def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
+    """One pass over this worker's shard: schedule, step, probe, in groups of micro-batches.
+
+    Raises:
+        RuntimeError: no full batch reached this worker.
+    """
+    cfg, stats = w.cfg, EpochStats()
+    accum, num_views = cfg.train.grad_accumulation, len(cfg.view_sizes)
+    warmup_steps = round(cfg.optim.warmup_epochs * w.settings.steps_per_epoch)
+    t0 = last_print = time.perf_counter()
+    batches = _grouped(shard.iter_torch_batches(
+        batch_size=cfg.micro_batch_size, drop_last=True, device=w.device,
+        prefetch_batches=2 * accum, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        pin_memory=w.device.type == "cuda"), accum)
+    for micro_batches in _timed(batches, stats):
+        stats.lr = warmup_cosine(w.step, w.total_steps, warmup_steps, w.peak_lr,
+                                 w.peak_lr * cfg.optim.final_lr_ratio)
+        set_lr(w.optimizer, stats.lr)
+        progress = Progress(w.step, w.total_steps, w.settings.steps_per_epoch)
+        set_weight_decay(w.optimizer, cfg.optim.weight_decay_at(progress.fraction))
+        views = [[mb[f"view{i}"].contiguous(memory_format=w.layout) for i in range(num_views)]
+                 for mb in micro_batches]
+        result = train_step(w.model, views, w.optimizer, progress, w.amp, w.scaler,
+                            cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param")
+        if w.probe is not None:
+            result.logs.update(w.probe.step([mb["label"] for mb in micro_batches]))
+        stats.losses.append(result.loss)
+        for k, v in result.logs.items():
+            stats.extras.setdefault(k, []).append(v)
+        stats.last = result
+        w.step += 1
+        if time.perf_counter() - last_print > PROGRESS_EVERY_S:
+            last_print = time.perf_counter()
+            w.say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {len(stats.losses)}/"
+                  f"{w.settings.steps_per_epoch} loss {result.loss:.4f}")
+    if not stats.losses:
+        raise RuntimeError(f"epoch {epoch + 1}: no full batch of {cfg.batch_size_per_worker} "
+                           "views reached this worker; lower data.batch_size_global or add "
+                           "images")
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
+def epoch_metrics(w: Worker, epoch: int, stats: EpochStats) -> dict[str, float]:
+    """The epoch's metrics (rank 0's), with online kNN / probe accuracy when due."""
+    cfg = w.cfg
+    metrics = {"train/loss": sum(stats.losses) / len(stats.losses), "train/lr": stats.lr,
+               "train/images_per_s": len(stats.losses) * w.batch_global / stats.seconds,
+               "train/epoch_s": stats.seconds,
+               "train/data_wait_fraction": stats.data_wait_s / stats.seconds,
+               **{f"train/{k}": sum(v) / len(v) for k, v in stats.extras.items()},
+               "epoch": epoch + 1}
+    if cfg.optim.weight_decay_schedule != "constant":
+        fraction = Progress(w.step, w.total_steps, w.settings.steps_per_epoch).fraction
+        metrics["train/weight_decay"] = cfg.optim.weight_decay_at(fraction)
+    if cfg.optim.clip_grad > 0 and stats.last is not None:
+        metrics["train/grad_norm"] = stats.last.grad_norm
+    every, last = cfg.eval.online_knn_every, epoch + 1 == cfg.train.epochs
+    knn_due = bool(every) and ((epoch + 1) % every == 0 or last)
+    if w.rank == 0 and w.split_ref is not None and (knn_due or (w.probe is not None and last)):
+        w.split = w.split or ray.get(w.split_ref)
+        metrics.update(online_metrics(w.method, w.split, cfg, w.probe, w.device, knn_due))
+    return metrics
+
+
+def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
+    """Print the epoch line, log to MLflow, checkpoint, and report to Ray Train.
+
+    Rank 0 writes the checkpoint; every rank calls ``ray.train.report`` (it is a barrier).
+    """
+    epochs = w.cfg.train.epochs
+    eta = (time.perf_counter() - w.started) / (epoch + 1 - w.start_epoch) * (epochs - epoch - 1)
+    knn = (f"  online kNN {100 * metrics['eval/online_knn_top1']:.2f}%"
+           if "eval/online_knn_top1" in metrics else "")
+    w.say(f"[raysl] epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.4f}  "
+          f"lr {metrics['train/lr']:.4g}  {metrics['train/images_per_s']:.0f} img/s  "
+          f"data wait {100 * metrics['train/data_wait_fraction']:.0f}%{knn}  "
+          f"ETA {duration(eta)}")
+    w.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if w.rank == 0:
+            state = {"epoch": epoch, "step": w.step, "config": w.cfg.to_dict(),
+                     "run_name": w.settings.run_name, "mlflow_run_id": w.settings.mlflow_run_id,
+                     "world_size": distributed.world_size()}
+            save_checkpoint(d, w.method, w.method.exported_encoder(), w.optimizer, state)
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 T = TypeVar("T")
@@ -191,3 +262,15 @@ def _grouped(items: Iterable[T], n: int) -> Iterator[list[T]]:
             group = []
 
 
+def _timed(items: Iterable[T], stats: EpochStats,
+           clock: Callable[[], float] = time.perf_counter) -> Iterator[T]:
+    """``items``, adding the time spent waiting for each one to ``stats.data_wait_s``."""
+    it = iter(items)
+    while True:
+        t0 = clock()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        stats.data_wait_s += clock() - t0
+        yield item

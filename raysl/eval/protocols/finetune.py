@@ -16,8 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raysl.config import EvalConfig
 from raysl.eval.features import resized
-from raysl.eval.linear import topk_accuracy
+from raysl.eval.protocols.base import ImageJob, ImageProtocol, Scores, topk_accuracy
+from raysl.eval.splits import LabeledSplit, label_subset
+from raysl.nn.backbones import Encoder
+from raysl.registry import register
 from raysl.schedules import cosine, set_lr
 
 
@@ -74,31 +78,25 @@ def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:
     return out
 
 
-def finetune(encoder: nn.Module, num_features: int, image_size: int, images: np.ndarray,
-             labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
-             num_classes: int, s: FinetuneSettings, device: str = "cpu",
+def finetune(encoder: Encoder, split: LabeledSplit, s: FinetuneSettings, device: str = "cpu",
              log: Callable[[str], None] | None = None) -> FinetuneResult:
-    """Fine-tune ``encoder`` (modified in place) + a new linear head; score on the test set.
+    """Fine-tune ``encoder`` (modified in place) + a new linear head; score on the queries.
 
     Args:
-        encoder: the encoder to fine-tune (a pretrained one, or a random init for the baseline).
-        num_features: its output size D.
-        image_size: side the encoder takes; images are resized to it.
-        images: (N, H, W, C) uint8 training images of the label subset.
-        labels: (N,) their labels.
-        test_images: (M, H, W, C) uint8 images scored after training.
-        test_labels: (M,) their labels.
-        num_classes: C.
+        encoder: the encoder to fine-tune (a pretrained one, or a random init for the baseline);
+            images are resized to its ``image_size``.
+        split: the label subset to train on (its bank) and the images scored (its queries).
         s: the schedule.
         device: where to train.
         log: progress lines, if given.
     """
+    image_size = encoder.image_size
     t0 = time.perf_counter()
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
-    model = Classifier(encoder, num_features, num_classes).to(device).train()
-    x = resized(images, image_size)
-    y = torch.from_numpy(labels.astype(np.int64))
+    model = Classifier(encoder, encoder.num_features, split.num_classes).to(device).train()
+    x = resized(split.bank_images, image_size)
+    y = torch.from_numpy(split.bank_labels.astype(np.int64))
     batch = min(s.batch_size, len(x))
     steps_per_epoch = max(1, len(x) // batch)
     total = max(s.epochs * steps_per_epoch, s.min_steps)
@@ -121,8 +119,8 @@ def finetune(encoder: nn.Module, num_features: int, image_size: int, images: np.
             step += 1
             if log and step % max(1, total // 4) == 0:
                 log(f"[raysl]   fine-tune step {step}/{total} loss {loss.item():.3f}")
-    logits = predict(model, test_images, image_size, device)
-    test_y = torch.from_numpy(test_labels.astype(np.int64))
+    logits = predict(model, split.query_images, image_size, device)
+    test_y = torch.from_numpy(split.query_labels.astype(np.int64))
     return FinetuneResult(topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5),
                           len(x), total, time.perf_counter() - t0)
 
@@ -135,3 +133,41 @@ def predict(model: nn.Module, images: np.ndarray, image_size: int, device: str,
     out = [model(resized(images[i:i + batch_size], image_size).to(device)).float().cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out)
+
+
+def fraction_key(fraction: float) -> str:
+    """0.01 -> ``1pct``, 0.005 -> ``0.5pct`` (metric names)."""
+    return f"{100 * fraction:g}pct"
+
+
+@register("protocol", "finetune")
+class Finetune(ImageProtocol):
+    """Few-label fine-tuning top-1 and top-5 per label fraction (``eval.finetune_fractions``)."""
+
+    name = "finetune"
+    title = "fine-tuning"
+    summary = ("few-label fine-tuning of the whole encoder vs the same network from scratch "
+               "(SimCLR's semi-supervised protocol)")
+
+    def jobs(self, cfg: EvalConfig, bank_labels: np.ndarray, seed: int) -> list[ImageJob]:
+        """One job per label fraction: a stratified, seeded subset of the bank."""
+        out = []
+        for i, fraction in enumerate(cfg.finetune_fractions):
+            settings = FinetuneSettings(cfg.finetune_epochs_for(i), cfg.finetune_min_steps,
+                                        cfg.finetune_lr, cfg.finetune_batch_size,
+                                        cfg.finetune_weight_decay, seed)
+            idx = label_subset(bank_labels, fraction, seed)
+            out.append(ImageJob(fraction_key(fraction), idx, settings,
+                                f"fine-tuning on {fraction:.0%} of the labels ({len(idx)} "
+                                f"images, {settings.epochs} epochs)"))
+        return out
+
+    def run(self, encoder: Encoder, split: LabeledSplit, job: ImageJob, device: str,
+            from_scratch: bool) -> Scores:
+        """``finetune_<key>_top1`` and ``_top5`` after :func:`finetune`."""
+        result = finetune(encoder, split, job.settings, device)
+        how = "trained from scratch" if from_scratch else "fine-tuned"
+        return Scores({f"finetune_{job.key}_top1": result.top1,
+                       f"finetune_{job.key}_top5": result.top5},
+                      notes=[f"{job.key} {how}: {result.train_images} images, {result.steps} "
+                             f"steps, {result.seconds:.0f}s"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from raysl.eval.knn import knn_predict, knn_top1, knn_votes
+from raysl.eval.protocols.knn import knn_predict, knn_top1, knn_votes
 
 
 def _clusters(n_per_class=50, classes=5, dim=16, spread=0.05, seed=0):

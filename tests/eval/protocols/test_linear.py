@@ -1,6 +1,7 @@
 import torch
 
-from raysl.eval.linear import linear_probe, topk_accuracy, train_linear
+from raysl.eval.protocols.base import topk_accuracy
+from raysl.eval.protocols.linear import linear_probe, train_linear
 
 
 def _separable(n_per_class=100, classes=4, dim=32, seed=0):

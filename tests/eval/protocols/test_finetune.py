@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from raysl.config import ModelConfig
-from raysl.eval.finetune import FinetuneSettings, finetune, random_crop_flip
+from raysl.eval.protocols.finetune import FinetuneSettings, finetune, random_crop_flip
+from raysl.eval.splits import LabeledSplit
 from raysl.nn.backbones import build_encoder
 
 
@@ -33,7 +34,7 @@ def test_finetuning_learns_an_easy_task():
     encoder = build_encoder(ModelConfig(width=8, small_stem=True), 1, 16)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     s = FinetuneSettings(epochs=1, min_steps=40, lr=0.4, batch_size=16, weight_decay=0.0, seed=0)
-    result = finetune(encoder, encoder.num_features, 16, x, y, xt, yt, 2, s)
+    result = finetune(encoder, LabeledSplit(x, y, xt, yt, 2, "two halves"), s)
     assert result.steps == 40 and result.train_images == 64
     assert result.top1 > 0.9 and result.top5 == 1.0
     # The whole encoder was trained, not just the head.

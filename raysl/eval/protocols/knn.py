@@ -11,6 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raysl.config import EvalConfig
+from raysl.eval.protocols.base import FeatureProtocol, Features, Scores, topk_accuracy
+from raysl.registry import register
+
 
 def knn_votes(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int,
               k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> Tensor:
@@ -55,3 +59,21 @@ def knn_top1(bank: Tensor, bank_labels: Tensor, queries: Tensor, query_labels: T
     """Top-1 accuracy in [0, 1] of :func:`knn_predict`."""
     pred = knn_predict(bank, bank_labels, queries, num_classes, k, temperature)
     return float((pred == query_labels).float().mean())
+
+
+@register("protocol", "knn")
+class KNN(FeatureProtocol):
+    """Weighted kNN top-1 and top-5 (``eval.knn_k`` neighbours, ``eval.knn_temperature``)."""
+
+    name = "knn"
+    title = "kNN"
+    summary = "weighted k-nearest neighbours on frozen features (Wu et al. 2018; DINO's protocol)"
+    prediction_rank = 1
+
+    def score(self, features: Features, cfg: EvalConfig, seed: int) -> Scores:
+        """``knn_top1`` and ``knn_top5`` of the queries against the bank."""
+        f = features
+        votes = knn_votes(f.bank, f.bank_labels, f.queries, f.num_classes,
+                          cfg.knn_k_for(len(f.bank_labels)), cfg.knn_temperature)
+        return Scores({"knn_top1": topk_accuracy(votes, f.query_labels, 1),
+                       "knn_top5": topk_accuracy(votes, f.query_labels, 5)}, votes.argmax(1))

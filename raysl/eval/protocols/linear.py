@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raysl.config import EvalConfig
+from raysl.eval.protocols.base import FeatureProtocol, Features, Scores, topk_accuracy
 from raysl.eval.splits import stratified_holdout
+from raysl.registry import register
 from raysl.schedules import cosine, set_lr
 
 
@@ -75,13 +78,6 @@ def train_linear(x: Tensor, y: Tensor, num_classes: int, lr: float, epochs: int,
     return probe.eval()
 
 
-@torch.no_grad()
-def topk_accuracy(logits: Tensor, y: Tensor, k: int) -> float:
-    """Fraction of rows whose label is among the ``k`` highest logits (k clipped to classes)."""
-    k = min(k, logits.shape[1])
-    return float((logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).float().mean())
-
-
 def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
                  num_classes: int, lrs: tuple[float, ...], epochs: tuple[int, ...],
                  batch_size: int = 256, val_fraction: float = 0.1, seed: int = 0
@@ -118,3 +114,22 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     return LinearProbeResult(topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5),
                              best_lr, best_epochs, logits.argmax(1), search)
 
+
+@register("protocol", "linear")
+class Linear(FeatureProtocol):
+    """Linear probe top-1 and top-5, its lr and epochs chosen on a validation split of the bank."""
+
+    name = "linear"
+    title = "linear probe"
+    summary = "linear probe on frozen, standardised features; lr and epochs picked on validation"
+    prediction_rank = 2
+
+    def score(self, features: Features, cfg: EvalConfig, seed: int) -> Scores:
+        """``linear_top1`` and ``linear_top5``; a note says which setting won."""
+        f = features
+        lin = linear_probe(f.bank, f.bank_labels, f.queries, f.query_labels, f.num_classes,
+                           cfg.linear_lrs, cfg.linear_epochs, cfg.linear_batch_size,
+                           cfg.linear_val_fraction, seed)
+        note = (f"lr {lin.lr:g}, {lin.epochs} epochs (best validation top-1 of "
+                f"{len(lin.search)} settings)")
+        return Scores({"linear_top1": lin.top1, "linear_top5": lin.top5}, lin.predictions, [note])

@@ -1,0 +1,3 @@
+"""Evaluation protocols, one module each; importing this package registers them all."""
+
+from raysl.eval.protocols import finetune, knn, linear  # noqa: F401
