@@ -140,7 +140,7 @@ class Sides:
         import ray.data
 
         from raysl.data.pipeline import view_stream
-        from raysl.data.readers import ImageSource, arrays_to_dataset
+        from raysl.data.source import ImageSource, arrays_to_dataset
 
         size = images.shape[1]
         self.sampler = FirstImages(len(images))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from raysl import config as config_mod
 from raysl import registry
 from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
-from raysl.data.readers import DataError
+from raysl.console import VERBOSE_ENV
+from raysl.data.formats import DataError
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.sweep.spec import Sweep, load_sweep
 
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="override one field, e.g. --set optim.base_lr=0.5 (repeatable)")
         sp.add_argument("--smoke-test", action="store_true",
                         help="tiny generated data, 2 workers, 1 epoch: checks the whole path")
+        add_verbose(sp)
+
+    def add_verbose(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--verbose", action="store_true",
+                        help="Ray's own log lines on the terminal too (they are always in the "
+                        "Ray session's log files)")
 
     add_config_args(sub.add_parser("pretrain", help="pretrain an encoder, evaluate, register"))
     add_config_args(sub.add_parser("demo", help="the README demo (SimCLR on Fashion-MNIST)"))
@@ -89,6 +97,25 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--smoke-test", action="store_true",
                     help="every protocol on a little generated data, a few steps each: checks "
                     "the whole path with a real model")
+    add_verbose(ev)
+    sub.add_parser("readers", help="list the registered data formats (data.source.format)")
+    sh = sub.add_parser("shards", help="convert a dataset into tar (WebDataset) or parquet "
+                        "shards, the format that streams best")
+    sh.add_argument("source", metavar="SOURCE", help="any source raysl reads: a folder, a file "
+                    "list, parquet, IDX, npz, CIFAR, shards; local or s3://, gs://")
+    sh.add_argument("out", metavar="OUT", help="the folder to write the shards into (local or "
+                    "an object-store URI)")
+    sh.add_argument("--format", default="tar", choices=["tar", "parquet"],
+                    help="tar: WebDataset-style with a shards.json index (default); parquet")
+    sh.add_argument("--shard-size", type=int, default=1000, metavar="N",
+                    help="images per shard (default 1000: ~100 MB of JPEGs at ImageNet size)")
+    sh.add_argument("--source-format", default="auto", metavar="NAME",
+                    help="the source's reader (default: detected; see `raysl readers`)")
+    sh.add_argument("--split", default="train", help="IDX/CIFAR: the split to convert")
+    sh.add_argument("--limit", type=int, default=0, help="convert this many images (a seeded "
+                    "random subset); 0 = all")
+    sh.add_argument("--seed", type=int, default=0, help="seeds the order of the images")
+    add_verbose(sh)
     tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, register the best")
     tu.add_argument("--sweep", required=True, metavar="FILE",
                     help="sweep definition, e.g. tuning/simclr_temperature.yaml")
@@ -98,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
                     "field of the base config (train.epochs=20, ...); repeatable")
     tu.add_argument("--smoke-test", action="store_true",
                     help="two tiny trials on generated data: checks the whole path")
+    add_verbose(tu)
     return p
 
 
@@ -136,6 +164,8 @@ def load_sweep_args(args: argparse.Namespace) -> Sweep:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raysl`` console script."""
     args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return _run(args)
     except (ConfigError, DataError, FileNotFoundError) as e:
@@ -171,6 +201,15 @@ def _run(args: argparse.Namespace) -> int:
             print(f"raysl: error: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "readers":
+        print(f"{'format':<10} {'reads':<6} what it reads")
+        for name, reader in registry.entries("reader").items():
+            print(f"{name:<10} {reader.reads:<6} {reader.summary}")
+        print("\nformat: auto (the default) picks one from the path; large datasets stream best "
+              "as shards: raysl shards SOURCE OUT")
+        return 0
+    if args.command == "shards":
+        return _shards(args)
     if args.command == "tune":
         from raysl.sweep.run import run_sweep  # heavy imports (Ray Tune, MLflow)
 
@@ -196,6 +235,26 @@ def _run(args: argparse.Namespace) -> int:
 
     result = pretrain(cfg)
     print(result.summary())
+    return 0
+
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from raysl.data.shards import write_shards  # Ray
+    from raysl.train.trainer import connect
+
+    source = config_mod.SourceConfig(format=args.source_format, path=args.source,
+                                     split=args.split, limit=args.limit)
+    connect()
+    try:
+        result = write_shards(source, args.out, args.shard_size, args.format, args.seed)
+    except ValueError as e:  # DataError included
+        print(f"raysl: error: {e}", file=sys.stderr)
+        return 2
+    skipped = f"; skipped {result.skipped}" if result.skipped else ""
+    print(f"[raysl] wrote {result.samples} images in {len(result.shards)} {args.format} "
+          f"shard(s) to {result.out} in {result.seconds:.0f}s{skipped}")
+    print(f"[raysl] train on them: raysl pretrain --set data.source.path={result.out}")
     return 0
 
 

@@ -6,6 +6,8 @@ Every line raysl writes to the terminal starts with ``[raysl]`` (summaries are f
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 BANNER_SIDE = 30  # '=' characters each side of a summary's title
@@ -35,3 +37,46 @@ def say(line: str) -> None:
     """
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+VERBOSE_ENV = "RAYSL_VERBOSE"  # "1": Ray's own logs on the terminal too (--verbose)
+_WARNING = re.compile(r"^\S+:\d+: (\w+Warning): ")  # "file.py:12: UserWarning: text"
+_EXCEPTION = re.compile(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b")
+
+
+def verbose() -> bool:
+    """Whether ``--verbose`` asked for Ray's own log lines too."""
+    return os.environ.get(VERBOSE_ENV, "") == "1"
+
+
+class WorkerLineFilter:
+    """Which lines of Ray's worker processes reach the terminal when not ``--verbose``.
+
+    Kept: raysl's own lines (``[raysl]``, a sweep's ``[trial ...]``), Python tracebacks, and
+    warnings raised outside Ray's own code. Dropped: Ray's INFO chatter (worker-group start,
+    every report of every rank, dataset plans), its internal deprecation notices and C++
+    notes. Everything still goes to the session's log files.
+    """
+
+    def __init__(self) -> None:
+        self._in_traceback = False
+        self._after_warning = False
+
+    def keep(self, line: str) -> bool:
+        """Whether to show ``line`` (one line of a worker's stdout or stderr)."""
+        text = line.strip()
+        if self._in_traceback:
+            if _EXCEPTION.match(text):
+                self._in_traceback = False
+            return True
+        if text.startswith("Traceback (most recent call last)"):
+            self._in_traceback = True
+            return True
+        if self._after_warning:  # the source line a warning quotes
+            self._after_warning = False
+            return False
+        warning = _WARNING.match(text)
+        if warning:
+            self._after_warning = True
+            return warning.group(1) != "RayDeprecationWarning" and "/ray/" not in text
+        return "[raysl]" in text or text.startswith("[trial ")

@@ -26,7 +26,7 @@ from raysl.config import (
     parse_override,
 )
 from raysl.console import banner
-from raysl.data.readers import DecodePolicy, resolve_format
+from raysl.data.source import DecodePolicy, check_source, detect_format
 from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import EvalReport, evaluate_encoders, load_labeled_split, with_baseline
 from raysl.tracking.mlflow import (
@@ -87,7 +87,7 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
         ev["query"] = {"format": "auto", "path": ""}
     elif data:  # set directly, not through --set parsing: a path is never read as YAML
         ev["bank"] = {**ev.get("bank", {}), "path": data, "format": "auto", "split": "train"}
-        fmt = resolve_format(SourceConfig(path=data), "--data")
+        fmt = detect_format(SourceConfig(path=data), "--data")
         ev["query"] = ({"path": data, "format": "auto", "split": "test", "limit": 0}
                        if fmt in ("idx", "cifar") else {"path": "", "format": "auto"})
     if protocols is not None:
@@ -132,9 +132,9 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     uri = resolve_tracking_uri(pre_cfg.tracking)
     loaded = load_model(spec, uri)
     cfg = evaluation_config(loaded.config, data, protocols, overrides)
-    resolve_format(cfg.eval.bank, "eval.bank")
+    check_source(cfg.eval.bank, "eval.bank")
     if cfg.eval.query.is_set:
-        resolve_format(cfg.eval.query, "eval.query")
+        check_source(cfg.eval.query, "eval.query")
     # Not the pretraining run's cluster: the one this job runs on (RAY_ADDRESS), else a local
     # one, unless --set train.address=... says otherwise.
     connect(pre_cfg.train.address)

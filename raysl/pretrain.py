@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 from raysl.checkpoint import ENCODER_FILE, load_strict
 from raysl.config import Config, ConfigError
 from raysl.console import banner
+from raysl.data.formats import DataError
 from raysl.data.pipeline import view_stream
-from raysl.data.readers import DecodePolicy, ImageSource, read_source, resolve_format
+from raysl.data.source import DecodePolicy, ImageSource, check_source, read_source
 from raysl.eval.models import WEIGHTS_TAG, log_weights
 from raysl.eval.splits import LabeledSplit
 from raysl.eval.suite import (
@@ -123,7 +124,7 @@ def check_data_paths(cfg: Config) -> None:
         if cfg.eval.query.is_set:
             sources.append(("eval.query", cfg.eval.query))
     for name, source in sources:
-        resolve_format(source, name)
+        check_source(source, name)
 
 
 def pretrain(cfg: Config, log: Callable[[str], None] = print,
@@ -206,18 +207,30 @@ class _Run:
 
 
 def _read_training_data(run: _Run) -> ImageSource:
-    cfg, client, result = run.cfg, run.client, run.result
-    run_id = result.mlflow_run_id
+    cfg, result = run.cfg, run.result
     source = read_source(cfg.data.source, cfg.data.channels, cfg.data.effective_decode_size,
-                         cfg.train.seed, "data.source", DecodePolicy.of(cfg.data))
-    result.data, result.skipped = source.description, source.skipped
-    result.skipped_examples = source.skipped_examples
+                         cfg.train.seed, "data.source", DecodePolicy.of(cfg.data),
+                         cache=cfg.data.cache, resources=run.plan.augment_resources(),
+                         decode_cpus=cfg.data.augment_cpus)
+    result.data = source.description
+    run.log(f"[raysl] data: {source.description}; {source.cache_reason}")
+    for note in source.notes:
+        run.log(f"[raysl] data: {note}")
+    if source.cache != "none":  # a stream counts its bad files as it decodes them
+        _record_bad_files(run, source)
+    return source
+
+
+def _record_bad_files(run: _Run, source: ImageSource) -> None:
+    """Bad files skipped, per reason: in the summary, as metrics and as data/skipped.txt."""
+    result, run_id = run.result, run.result.mlflow_run_id
+    result.skipped, result.skipped_examples = source.skipped, source.skipped_examples
     metrics = {"data/images": float(source.num_images)}
     metrics.update({f"data/skipped_{reason}": float(n) for reason, n in source.skipped.items()})
     Tracker(result.tracking_uri, run_id, active=True).log_metrics(metrics, step=0)
     if source.skipped_examples:
-        client.log_text(run_id, "\n".join(source.skipped_examples) + "\n", "data/skipped.txt")
-    return source
+        run.client.log_text(run_id, "\n".join(source.skipped_examples) + "\n",
+                            "data/skipped.txt")
 
 
 def _labeled_split(cfg: Config) -> LabeledSplit:
@@ -241,14 +254,25 @@ def _train(run: _Run, source: ImageSource, split: LabeledSplit | None) -> ray.tr
                           f"needs the training data's classes {source.class_names[:10]} to be "
                           f"eval.bank's {split.class_names[:10]}: the probe learns the first and "
                           "is scored on the second")
-    dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources())
+    dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources(),
+                          cfg.train.seed)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, result.tracking_uri,
                             result.mlflow_run_id, result.run_name, len(source.class_names))
     run.log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
     split_ref = ray.put(split) if split is not None and cfg.eval.online else None
     trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks)
-    fit = trainer.fit()
+    try:
+        fit = trainer.fit()
+    except ray.train.TrainingFailedError:
+        reason = source.stream_failure()  # too many bad images in the stream: say that
+        if reason:
+            raise DataError(reason) from None
+        raise
+    if source.cache == "none":
+        source.tally()
+        source.num_images -= sum(source.skipped.values())
+        _record_bad_files(run, source)
     if fit.checkpoint is None:
         raise RuntimeError(f"run {result.run_name} finished without a checkpoint in {run.storage}")
     metrics = fit.metrics or {}

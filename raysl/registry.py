@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 # Kind -> the package that registers its entries (imported on the first lookup of that kind).
-PROVIDERS = {"method": "raysl.methods", "protocol": "raysl.eval.protocols"}
+PROVIDERS = {"method": "raysl.methods", "reader": "raysl.data.readers",
+             "protocol": "raysl.eval.protocols"}
 
 _REGISTRIES: dict[str, dict[str, Any]] = {}
 

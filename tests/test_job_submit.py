@@ -151,6 +151,11 @@ def test_pretrain_job_succeeds_and_registers_the_encoder(pretrain_job, mlflow_se
     assert pretrain_job.returncode == 0, out[-6000:]
     assert "succeeded" in out and "raysl pretrain: summary" in out  # the job's logs, followed
     assert "models:/raysl-simclr-resnet18/1" in out
+    # Quiet by default: raysl's epoch line from the train worker, none of Ray's own chatter.
+    assert "[raysl] epoch 1/" in out
+    for noise in ("TrainingReport(", "Setting up process group", "Execution plan of Dataset",
+                  "RayDeprecationWarning", "core_worker.cc"):
+        assert noise not in out, noise
     client = MlflowClient(mlflow_server)
     (version,) = client.search_model_versions("name='raysl-simclr-resnet18'")
     run = client.get_run(version.run_id)

@@ -36,8 +36,10 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               # sweep definitions, trial resources, results and the champion rule (Tune runs
               # in sweep/tuner.py)
               *[RAYSL / "sweep" / f"{m}.py" for m in ("spec", "plan", "results", "champion")],
-              # decoding, array formats, storage access and augmentation (Ray Data calls them)
-              *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")]]
+              # decoding, array formats, storage access, the readers and augmentation (Ray Data
+              # calls them from data/source.py and data/pipeline.py)
+              *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")],
+              *sorted((RAYSL / "data" / "readers").glob("*.py"))]
 
 
 def _module_name(path: Path) -> str:
@@ -135,7 +137,8 @@ def test_loading_the_model_side_does_not_load_ray():
     code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.protocols, "
             "raysl.eval.online, raysl.eval.plots, "
             "raysl.sweep.spec, raysl.sweep.results, raysl.sweep.champion, raysl.data.decode, "
-            "raysl.data.formats, raysl.data.storage, raysl.data.views, raysl.checkpoint; "
+            "raysl.data.formats, raysl.data.storage, raysl.data.views, raysl.data.readers, "
+            "raysl.checkpoint; "
             "from raysl.config import Config; Config.from_dict({'method': {'name': 'byol'}}); "
             "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from raysl import config as C
 from raysl.config import FASHION_MNIST_DIR
+from raysl.data.formats import DataError
 from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -176,14 +177,16 @@ def _image_folder(root: Path, per_class: int = 24) -> dict[str, int]:
 
 def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: Path, monkeypatch,
                                                                       capsys):
-    # Data: a folder of image files, 4 of them bad (skipped, counted, reported, logged).
+    # Data: a folder of image files, 4 of them bad (skipped, counted, reported, logged), streamed:
+    # decoded again every epoch, the bad ones counted as the stream meets them.
     # DINO: multi-crop views from Ray Data, an EMA teacher, a center kept equal across workers,
     # the last layer frozen in epoch 1, a weight-decay schedule, clipping, 2 micro-batches a step.
     monkeypatch.chdir(tmp_path)
     bad = _image_folder(tmp_path / "images")
     cfg = C.load(CONFIGS / "dino_fmnist.yaml", [
         *_shared(tmp_path, 2, "e2e-dino"), f"data.source.path={tmp_path / 'images'}",
-        "data.source.limit=0", "data.image_size=28", "data.views.local_crops=2",
+        "data.source.limit=0", "data.cache=none", "data.image_size=28",
+        "data.views.local_crops=2",
         "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=32",
         "train.grad_accumulation=2", "optim.weight_decay_schedule=cosine",
         "optim.weight_decay_end=0.01", "optim.clip_grad=3.0", "tracking.registered_model=e2e-dino"])
@@ -212,6 +215,29 @@ def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: P
     assert student.keys() == teacher.keys()
     assert any(not torch.equal(student[k], teacher[k]) for k in student)
     assert result.model is not None and result.model.model_uri == "models:/e2e-dino/1"
+
+
+def test_a_stream_of_mostly_bad_images_stops_training_with_a_data_error(tmp_path: Path,
+                                                                        monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    images = tmp_path / "mostly_bad"
+    images.mkdir()
+    for i in range(40):
+        Image.new("L", (16, 16), color=i).save(images / f"{i}.png")
+    for i in range(40):
+        (images / f"broken{i}.png").write_bytes(b"not an image")
+    cfg = C.load(DEMO_CONFIG, [
+        *_shared(tmp_path, 1, "e2e-bad-stream"), f"data.source.path={images}",
+        "data.source.limit=0", "data.cache=none", "data.batch_size_global=8",
+        "eval.enabled=false", "data.image_size=16"])
+    with pytest.raises(DataError, match=r"data.max_bad_fraction=0.1: 40 of the 80 .*of the "
+                                        r"stream"):
+        pretrain(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    assert run.info.status == "FAILED"
 
 
 def test_online_probe_needs_labels_and_fails_before_training(tmp_path: Path, monkeypatch):

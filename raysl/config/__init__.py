@@ -29,7 +29,7 @@ from raysl.config.model import VIT_HEAD_DIM, VIT_SIZES, Backbone, ModelConfig
 from raysl.config.optim import OptimConfig, OptimizerName
 from raysl.config.presets import VIEW_PRESETS
 from raysl.config.run import Config, load
-from raysl.config.source import FASHION_MNIST_DIR, SourceConfig, SourceFormat
+from raysl.config.source import FASHION_MNIST_DIR, SourceConfig
 from raysl.config.tracking import TrackingConfig
 from raysl.config.train import Precision, TrainConfig
 from raysl.config.views import Pretext, ViewConfig
@@ -38,6 +38,6 @@ __all__ = [
     "DEFAULT_METHOD", "FASHION_MNIST_DIR", "VIEW_PRESETS", "VIT_HEAD_DIM",
     "VIT_SIZES", "Backbone", "Config", "ConfigError", "DataConfig", "EvalConfig", "MethodConfig",
     "ModelConfig", "OptimConfig", "OptimizerName", "Precision", "Pretext",
-    "SourceConfig", "SourceFormat", "TrackingConfig", "TrainConfig", "ViewConfig", "check",
+    "SourceConfig", "TrackingConfig", "TrainConfig", "ViewConfig", "check",
     "flatten", "from_mapping", "load", "merge_override", "method_spec", "parse_override", "plain",
 ]

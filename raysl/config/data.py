@@ -22,6 +22,11 @@ class DataConfig:
     batch_size_global: int = 256  # images per optimizer step across ALL workers
     preset: str = ""  # augmentation recipe (VIEW_PRESETS); empty = the method's own
     views: ViewConfig = field(default_factory=ViewConfig)  # the preset, with any overrides
+    # Decoded images kept in the object store ("memory": decoded once, the whole set held) or
+    # decoded again every epoch as a bounded stream ("none": for sets larger than the store);
+    # "auto" keeps them when they fit 40% of the cluster's object store. Array formats (IDX,
+    # npz, npy, CIFAR) are read whole either way.
+    cache: Literal["auto", "memory", "none"] = "auto"
     augment_batch_size: int = 64  # images per Ray Data map_batches call on the CPU workers
     augment_cpus: float = 0.5  # logical CPUs each augmentation task reserves
     shuffle_buffer: int = 1024  # local shuffle buffer (rows) on each train worker; 0 = off

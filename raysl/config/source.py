@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from raysl import registry
 from raysl.config.errors import check
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
-
-SourceFormat = Literal["auto", "folder", "files", "parquet", "idx", "npz", "npy", "cifar",
-                       "generated"]
-
 
 @dataclass(frozen=True)
 class SourceConfig:
     """Where images (and optional labels) come from: a local path or an object-store URI.
 
-    ``path`` may be ``s3://``, ``gs://`` or ``abfs://`` (pyarrow filesystems). Formats:
+    ``path`` may be ``s3://``, ``gs://`` or ``abfs://`` (pyarrow filesystems), and for shards a
+    brace pattern such as ``s3://bucket/train-{000000..000999}.tar``. Formats (the registered
+    readers, ``raysl readers``):
 
     - ``folder``: a directory tree of image files (JPEG, PNG, WebP, BMP, TIFF, GIF); class
       sub-folders become labels when every file sits in one.
@@ -26,15 +24,17 @@ class SourceConfig:
       to the list.
     - ``parquet``: a ``.parquet`` file or a directory of them with an encoded-image column
       (bytes, or a struct with ``bytes`` as Hugging Face datasets write).
+    - ``tar``: WebDataset-style tar shards (a directory, a brace pattern or one ``.tar``); each
+      sample is an image and an optional ``.cls``/``.json`` label (``raysl shards`` writes them).
     - ``idx`` (MNIST, Fashion-MNIST), ``npz``, ``npy``, ``cifar`` (torchvision's
       ``cifar-10-batches-py`` / ``cifar-100-python`` folders, read from disk, never downloaded).
     - ``generated``: a small labeled shapes dataset (no files).
 
     ``auto`` picks the format from the path: its extension, IDX or CIFAR files in a directory,
-    parquet files in a directory, otherwise a folder of images.
+    parquet or tar files in a directory, otherwise a folder of images.
     """
 
-    format: SourceFormat = "auto"
+    format: str = "auto"  # or a registered reader
     path: str = FASHION_MNIST_DIR
     split: str = "train"  # IDX: "train" or "t10k"/"test"; CIFAR: "train" or "test"
     limit: int = 0  # use at most this many images (a seeded random subset); 0 = all
@@ -43,6 +43,9 @@ class SourceConfig:
     label_column: str = ""  # parquet and file lists: the label column; empty = "label" if any
 
     def __post_init__(self) -> None:
+        readers = registry.names("reader")
+        check(self.format == "auto" or self.format in readers, "format", self.format,
+              f"must be 'auto' or one of {readers}")
         check(self.limit >= 0, "limit", self.limit, "must be >= 0 (0 = all images)")
         check(not self.endpoint or "://" in self.endpoint, "endpoint", self.endpoint,
               "a URL with its scheme, e.g. http://127.0.0.1:9000")

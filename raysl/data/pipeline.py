@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ray.data
+from ray.data import RandomSeedConfig
 
 from raysl.config import DataConfig
-from raysl.data.readers import ImageSource
+from raysl.data.source import ImageSource
 from raysl.data.views import augment_batch
 
 
 def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
-                resources: dict[str, float] | None = None) -> ray.data.Dataset:
+                resources: dict[str, float] | None = None, seed: int = 0) -> ray.data.Dataset:
     """Augmented views of ``source``, re-drawn every epoch.
 
-    Block order is shuffled on every pass (cheap); the train workers add a local shuffle buffer.
+    Held sources (arrays, ``data.cache: memory``) shuffle their block order on every pass
+    (cheap, seeded per pass); a streamed source reads its units in a new seeded order every
+    epoch instead (a block shuffle would wait for the whole epoch to be decoded). The train
+    workers add a local shuffle buffer.
     Augmentation runs in Ray Data tasks (``data.augment_cpus`` each, up to ``max_tasks`` at once)
     on whichever nodes have CPU, or only where ``resources`` (custom resources, e.g. a data-node
     marker) are, so views arrive as uint8 (B, C, S, S) tensors ready for the model.
@@ -27,11 +31,10 @@ def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
     """
     # The transform reads only "image" (+ "label") and emits only the views: no select_columns()
     # before it, which would be one more operator competing for the few CPUs beside training.
-    return (source.dataset
-            .randomize_block_order()
-            .map_batches(augment_batch,  # type: ignore[arg-type]  # Ray's stub: one argument
-                         fn_kwargs={"cfg": cfg},
-                         batch_size=cfg.augment_batch_size, batch_format="numpy",
-                         compute=ray.data.TaskPoolStrategy(size=max_tasks),
-                         num_cpus=cfg.augment_cpus, resources=resources or None,
-                         udf_modifying_row_count=False))
+    dataset = source.dataset
+    if source.cache != "none":
+        dataset = dataset.randomize_block_order(seed=RandomSeedConfig(seed))
+    return dataset.map_batches(augment_batch,  # type: ignore[arg-type]  # Ray's stub: one argument
+        fn_kwargs={"cfg": cfg}, batch_size=cfg.augment_batch_size, batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=max_tasks), num_cpus=cfg.augment_cpus,
+        resources=resources or None, udf_modifying_row_count=False)

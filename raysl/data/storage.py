@@ -13,14 +13,19 @@ without any, each node uses the AWS SDK's default chain (instance roles, profile
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import posixpath
+import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 _CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+LISTING_THREADS = 32  # object stores: prefixes listed at once (each listing is paged requests)
+_BRACES = re.compile(r"\{([^{}]*)\}")
 
 
 def is_uri(path: str) -> bool:
@@ -93,20 +98,59 @@ class Store:
         """Every regular file below the directory ``root``, recursively, as paths/URIs like it.
 
         Hidden files and folders (``.name``) are left out; so are FIFOs, sockets and devices,
-        which would block or fail a reader.
+        which would block or fail a reader. In an object store, the first-level prefixes are
+        listed in parallel (:data:`LISTING_THREADS` at once): a million keys under a thousand
+        class prefixes take seconds, not the minutes of one paged listing.
         """
         fs, inner = self.resolve(root)
-        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
         prefix = root.rstrip("/")
+        if not is_uri(root):
+            return sorted(self._files_below(fs, inner, prefix))
+        top = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
+        files = [i for i in top if i.type == pafs.FileType.File]
+        dirs = [i.path for i in top if i.type == pafs.FileType.Directory
+                and not posixpath.basename(i.path.rstrip("/")).startswith(".")]
+        out = list(self._files_below(fs, inner, prefix, files))
+        with ThreadPoolExecutor(LISTING_THREADS) as pool:
+            for part in pool.map(lambda d: list(self._files_below(fs, d, prefix, base=inner)),
+                                 dirs):
+                out += part
+        return sorted(out)
+
+    @staticmethod
+    def _files_below(fs: pafs.FileSystem, inner: str, prefix: str,
+                     infos: list[pafs.FileInfo] | None = None, base: str = "") -> list[str]:
+        """Visible regular files of ``infos`` (default: all below ``inner``) as ``prefix/rel``."""
+        if infos is None:
+            infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        base = base or inner
         out = []
         for info in infos:
             if info.type != pafs.FileType.File:
                 continue
-            rel = info.path[len(inner):].lstrip("/")
+            rel = info.path[len(base):].lstrip("/")
             if any(part.startswith(".") for part in rel.split("/")):
                 continue
             out.append(f"{prefix}/{rel}")
-        return sorted(out)
+        return out
+
+    def size(self, path: str) -> int:
+        """Bytes of the file at ``path``."""
+        fs, inner = self.resolve(path)
+        size: int = fs.get_file_info(inner).size
+        return size
+
+    def open_input(self, path: str) -> pafs.NativeFile:
+        """A readable stream of the file at ``path`` (sequential: fine for object stores)."""
+        fs, inner = self.resolve(path)
+        return fs.open_input_stream(inner)
+
+    def open_output(self, path: str) -> pafs.NativeFile:
+        """A writable stream to ``path``; local parent directories are created."""
+        fs, inner = self.resolve(path)
+        if not is_uri(path):
+            os.makedirs(os.path.dirname(inner), exist_ok=True)
+        return fs.open_output_stream(inner)
 
     def join(self, base: str, rel: str) -> str:
         """``rel`` relative to the directory ``base`` (URIs and absolute paths kept as they are)."""
@@ -133,3 +177,33 @@ def _s3(endpoint: str, credentials: tuple[str, ...], region: str) -> pafs.FileSy
         kwargs.update(access_key=credentials[0], secret_key=credentials[1],
                       session_token=credentials[2] or None)
     return pafs.S3FileSystem(**kwargs)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """WebDataset's shard patterns: ``s-{000..002}.tar`` -> ``s-000.tar``, ``s-001.tar``, ...
+
+    ``{a..b}`` is an inclusive integer range, zero-padded to the width of ``a``; ``{x,y}`` is a
+    list. Several groups multiply out, in order.
+
+    Raises:
+        ValueError: a range whose end is before its start.
+    """
+    parts = _BRACES.split(pattern)  # text, group, text, group, ..., text
+    choices: list[list[str]] = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            choices.append([part])
+            continue
+        lo, dots, hi = part.partition("..")
+        if dots and lo.isdigit() and hi.isdigit():
+            if int(hi) < int(lo):
+                raise ValueError(f"{pattern}: range {{{part}}} ends before it starts")
+            choices.append([str(n).zfill(len(lo)) for n in range(int(lo), int(hi) + 1)])
+        else:
+            choices.append(part.split(","))
+    return ["".join(c) for c in itertools.product(*choices)]
+
+
+def has_braces(path: str) -> bool:
+    """Whether ``path`` is a brace pattern of several files."""
+    return bool(_BRACES.search(path))

@@ -16,7 +16,7 @@ import ray.data
 import torch
 from torch import Tensor, nn
 
-from raysl.data.readers import arrays_to_dataset
+from raysl.data.source import arrays_to_dataset
 from raysl.eval.features import resized
 
 _ROWS_PER_BLOCK = 1024

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from raysl import registry
 from raysl.config import Config, EvalConfig
-from raysl.data.readers import (
+from raysl.data.source import (
     DEFAULT_POLICY,
     DataError,
     DecodePolicy,

@@ -6,6 +6,7 @@ point trains the same way.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raysl.config import Config, ConfigError
+from raysl.console import WorkerLineFilter, verbose
 from raysl.train.loop import LoopSettings, train_loop_per_worker
 
 # Node-type markers (custom resources) of cluster.yaml's node types. A node has 1 of its marker;
@@ -186,19 +188,72 @@ def connect(address: str = "") -> None:
     """Use the running Ray (tests), the cluster at ``address``/``$RAY_ADDRESS``, or start one.
 
     Under ``ray job submit`` the job supervisor sets ``RAY_ADDRESS``, so the job joins the cluster
-    it was submitted to; run directly, raysl starts a local in-process cluster.
+    it was submitted to; run directly, raysl starts a local in-process cluster. Unless
+    ``--verbose`` (:func:`raysl.console.verbose`), the terminal shows raysl's own lines and the
+    warnings that matter; Ray's logs stay in the session's log files.
     """
     # Per process (a sweep trial is its own process): our epoch lines instead of Ray Data's bars.
     ray.data.DataContext.get_current().enable_progress_bars = False
     if ray.is_initialized():
         return
+    quiet = not verbose()
+    if quiet:
+        _quiet_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS", "")
+    level = logging.WARNING if quiet else logging.INFO
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
     else:
         # The dashboard also serves the state API that Train's placement-group cleaner polls;
         # without it the cleaner logs a warning every few seconds for the whole run.
-        ray.init(address="local", include_dashboard=True, log_to_driver=True)
+        ray.init(address="local", include_dashboard=True, log_to_driver=True,
+                 logging_level=level)
+    if quiet:
+        _filter_worker_lines()
+
+
+# Warnings Ray logs on the driver that say nothing about the run.
+_BENIGN = ("Token authentication is enabled", "Progress bars disabled")
+
+
+def _quiet_driver_logs() -> None:
+    """Ray's and MLflow's INFO lines, and two benign notices, off the driver's terminal.
+
+    Filters go on the handlers: a logger's own filters do not see its children's records.
+    """
+    for name in ("ray", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.StreamHandler) or isinstance(
+                    handler, logging.FileHandler):
+                continue  # the session's log files keep everything
+            handler.addFilter(lambda record: not record.getMessage().startswith(_BENIGN))
+            handler.setLevel(logging.WARNING)
+
+
+def _filter_worker_lines() -> None:
+    """Pass what Ray forwards from worker processes through :class:`WorkerLineFilter`.
+
+    Ray has no public hook for this: ``log_to_driver=False`` would also drop raysl's own epoch
+    lines, which rank 0 prints on its worker. So the driver's forwarding handler (the pinned
+    Ray 2.60's ``ray_print_logs``) is replaced by one that filters first; if Ray's internals
+    move, the default handler stays and the terminal is merely verbose.
+    """
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    keep = WorkerLineFilter()
+
+    def forward(data: dict[str, Any]) -> None:
+        lines = [line for line in data.get("lines", []) if keep.keep(line)]
+        if lines:
+            ray_worker.print_to_stdstream({**data, "lines": lines}, ignore_prefix=True)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", forward)
 
 
 def node_resources() -> list[Node]:
@@ -248,6 +303,9 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
             name=settings.run_name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # (Train V2's RunConfig; mypy resolves the name to the V1 class)
+            logging_config=ray.train.LoggingConfig(  # type: ignore[call-arg]
+                log_level="INFO" if verbose() else "WARNING"),
             callbacks=list(callbacks)),  # type: ignore[arg-type]  # UserCallback is one
         datasets={"train": dataset},
     )

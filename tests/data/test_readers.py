@@ -13,7 +13,7 @@ from PIL import Image
 
 from raysl.config import SourceConfig
 from raysl.data.formats import parse_idx
-from raysl.data.readers import DataError, DecodePolicy, read_source, to_channels, to_numpy
+from raysl.data.source import DataError, DecodePolicy, read_source, to_channels, to_numpy
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -7,7 +7,7 @@ import torch
 from raysl import config as C
 from raysl.config import ModelConfig
 from raysl.data import generated
-from raysl.data.readers import DataError
+from raysl.data.formats import DataError
 from raysl.eval import extract
 from raysl.eval.extract import extract_features
 from raysl.eval.features import encoder_features

@@ -1,0 +1,232 @@
+"""The reader interface: a source listed once in, a description of what to read out. No Ray here.
+
+A reader is registered by name (``data.source.format``) and turns a :class:`Target` (the path,
+listed once) into either
+
+- :class:`Arrays`: already-decoded pixels read whole (IDX, .npz, .npy, CIFAR, generated), or
+- :class:`Encoded`: encoded images in :class:`Unit` s, each one read task's share (a chunk of
+  image files, or one shard). :meth:`Reader.read_unit` yields a unit's images as bytes; the Ray
+  side (:mod:`raysl.data.source`) decodes them, streaming or once, and counts the bad ones.
+
+``format: auto`` asks every reader, in ``detect_order``, whether the target is its kind.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from raysl.config import SourceConfig
+from raysl.data.formats import Arrays, DataError
+from raysl.data.storage import Store, expand_braces, has_braces
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+FILES_PER_UNIT = 256  # image-file sources: one read task per this many files
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a source's path names, listed once; every reader detects and reads from this.
+
+    Attributes:
+        path: the path or URI as written (a brace pattern is kept as it is).
+        kind: ``"file"``, ``"dir"`` or ``"pattern"`` (a brace pattern of files).
+        files: ``dir``: every visible regular file below it, recursively, sorted; ``pattern``:
+            the files it expands to; ``file``: the file itself.
+    """
+
+    path: str
+    kind: str
+    files: tuple[str, ...]
+
+    @property
+    def suffix(self) -> str:
+        """Lower-case extension of the path (of the pattern's files for a pattern)."""
+        name = self.files[0] if self.kind == "pattern" and self.files else self.path
+        return posixpath.splitext(name.rstrip("/"))[1].lower()
+
+    @property
+    def top_names(self) -> list[str]:
+        """Names directly in the directory (files and sub-folders), sorted."""
+        root = self.path.rstrip("/") + "/"
+        return sorted({f[len(root):].split("/")[0] for f in self.files if f.startswith(root)})
+
+    @property
+    def name(self) -> str:
+        """The last part of the path, for descriptions."""
+        return posixpath.basename(self.path.rstrip("/")) or self.path
+
+
+def list_target(path: str, store: Store, field_name: str) -> Target:
+    """List ``path`` once: a file, a directory (recursively) or a brace pattern of files.
+
+    Raises:
+        DataError: it does not exist, cannot be reached, or is neither a file nor a directory.
+    """
+    where = f"{field_name}.path={path!r}"
+    try:
+        if has_braces(path):
+            try:
+                files = expand_braces(path)
+            except ValueError as e:
+                raise DataError(f"{where}: {e}") from None
+            missing = [f for f in files if store.kind(f) != "file"]
+            if missing:
+                raise DataError(f"{where}: {len(missing)} of the {len(files)} files of the "
+                                f"pattern do not exist, e.g. {missing[0]}")
+            return Target(path, "pattern", tuple(files))
+        kind = store.kind(path)
+        if kind == "missing":
+            raise DataError(f"{where}: does not exist")
+        if kind == "other":
+            raise DataError(f"{where}: is neither a regular file nor a directory")
+        return Target(path, kind, tuple(store.list_files(path)) if kind == "dir" else (path,))
+    except OSError as e:  # unreachable endpoint, no credentials, no such bucket
+        raise DataError(f"{where}: cannot be reached ({e})") from None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One read task's share of an encoded source.
+
+    Either image files read one by one (``paths``, with ``labels`` when labeled), or one shard
+    (a tar or parquet file) read from the start, of which ``take`` images are kept.
+    """
+
+    items: int  # images it yields (before bad ones are dropped)
+    paths: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+    shard: str = ""
+    take: int = 0  # shards: keep only the first `take` images (0 = all), for data.source.limit
+
+
+@dataclass
+class Encoded:
+    """An encoded-image source, ready to be read unit by unit.
+
+    Attributes:
+        units: in a seeded random order (so every block mixes classes and folders).
+        class_names: label index -> name; empty when unlabeled.
+        description: one line; ``{n}`` stands for the number of images.
+        reader: the reader that reads the units (configured by its ``open``; it travels to
+            the read tasks).
+        notes: things worth a line in the log (e.g. shards without an index were counted).
+    """
+
+    units: list[Unit]
+    class_names: list[str]
+    description: str
+    reader: Reader
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_items(self) -> int:
+        """Images listed (before bad ones are dropped)."""
+        return sum(u.items for u in self.units)
+
+
+# What read_unit yields per image: (name, encoded bytes or the reason it could not be read,
+# label index or None). Names are file paths or ``shard/key`` for shard members.
+Item = tuple[str, bytes | str, int | None]
+
+
+class Reader(ABC):
+    """A registered source format (``data.source.format``)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `raysl readers`
+    reads: ClassVar[str] = "any"  # "file", "dir" or "any": what kind of path it takes
+    detect_order: ClassVar[int] = 50  # `auto` asks readers in this order (the folder last)
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, target: Target, store: Store) -> bool:
+        """Whether ``target`` is this reader's kind of data (``format: auto``)."""
+
+    @abstractmethod
+    def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
+             field_name: str) -> Arrays | Encoded:
+        """What to read: arrays read whole, or the units of an encoded source.
+
+        ``seed`` orders the rows (and draws the subset when ``cfg.limit`` is set).
+
+        Raises:
+            DataError: naming ``field_name``'s path and what is wrong with it.
+        """
+
+    def read_unit(self, unit: Unit, store: Store, class_names: Sequence[str]) -> Iterator[Item]:
+        """The images of one unit, in order (encoded readers only)."""
+        raise NotImplementedError(f"{self.name} reads arrays, not units")
+
+
+def read_paths(unit: Unit, store: Store) -> Iterator[Item]:
+    """Image files one by one; an I/O error becomes the reason the image is skipped."""
+    labels: Sequence[int | None] = unit.labels or [None] * len(unit.paths)
+    for path, label in zip(unit.paths, labels, strict=True):
+        try:
+            yield path, store.read(path), label
+        except FileNotFoundError:
+            yield path, "missing", label
+        except OSError:
+            yield path, "unreadable", label
+
+
+def file_units(paths: Sequence[str], labels: np.ndarray | None, classes: list[str],
+               description: str, reader: Reader, seed: int, limit: int) -> Encoded:
+    """Image files in a seeded random order (``limit`` of them if set), in units of 256."""
+    order = np.random.default_rng(seed).permutation(len(paths))[: limit or None]
+    units = []
+    for i in range(0, len(order), FILES_PER_UNIT):
+        idx = order[i:i + FILES_PER_UNIT]
+        units.append(Unit(len(idx), tuple(str(paths[j]) for j in idx),
+                          tuple(int(labels[j]) for j in idx) if labels is not None else ()))
+    return Encoded(units, classes, description, reader)
+
+
+def shard_units(shards: Sequence[str], counts: Sequence[int], seed: int, limit: int
+                ) -> list[Unit]:
+    """One unit per shard, in a seeded random order.
+
+    With ``limit``, the first shards of that order up to ``limit`` images (the last one cut).
+    """
+    order = np.random.default_rng(seed).permutation(len(shards))
+    units, total = [], 0
+    for i in order:
+        if limit and total >= limit:
+            break
+        take = min(counts[i], limit - total) if limit else 0
+        units.append(Unit(take or counts[i], shard=shards[i], take=take))
+        total += take or counts[i]
+    return units
+
+
+def labels_of(values: Sequence[Any], where: str) -> tuple[np.ndarray, list[str]]:
+    """Integer labels as they are; class names -> indices of their sorted order.
+
+    Raises:
+        DataError: a negative integer label.
+    """
+    text = [str(v).strip() for v in values]
+    if all(t.lstrip("-").isdigit() for t in text):
+        ints = np.array([int(t) for t in text], np.int64)
+        if ints.size and ints.min() < 0:
+            raise DataError(f"{where}: labels must be >= 0, found {ints.min()}")
+        return ints, [str(i) for i in range(int(ints.max()) + 1)] if ints.size else []
+    classes = sorted(set(text))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[t] for t in text], np.int64), classes
+
+
+def label_index(value: Any, class_names: Sequence[str]) -> int:
+    """One label as an index of ``class_names`` (integers are taken as they are)."""
+    if isinstance(value, int | np.integer):
+        return int(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return list(class_names).index(text)

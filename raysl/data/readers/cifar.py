@@ -1,0 +1,33 @@
+"""CIFAR-10/100 as torchvision stores them (``cifar-10-batches-py``, ``cifar-100-python``)."""
+
+from __future__ import annotations
+
+from raysl.config import SourceConfig
+from raysl.data.formats import Arrays, DataError, cifar_folder, load_cifar
+from raysl.data.readers.base import Reader, Target
+from raysl.data.storage import Store
+from raysl.registry import register
+
+
+@register("reader", "cifar")
+class CIFAR(Reader):
+    """The python batches, read from disk (never downloaded), with an arrays-only unpickler."""
+
+    name = "cifar"
+    summary = "CIFAR-10/100 python batches (torchvision's folders); split train or test"
+    reads = "dir"
+    detect_order = 10
+
+    @classmethod
+    def detect(cls, target: Target, store: Store) -> bool:
+        """The folder, or a directory right above it."""
+        return target.kind == "dir" and cifar_folder(list(target.files), target.path) is not None
+
+    def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
+             field_name: str) -> Arrays:
+        """The split's batches, read whole."""
+        found = cifar_folder(list(target.files), target.path)
+        if found is None:
+            raise DataError(f"{field_name}.path={cfg.path!r}: no cifar-10-batches-py or "
+                            "cifar-100-python folder (torchvision's layout) there")
+        return load_cifar(store, *found, cfg.split, field_name)

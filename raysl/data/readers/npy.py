@@ -1,0 +1,29 @@
+"""A ``.npy`` array of unlabeled images."""
+
+from __future__ import annotations
+
+from raysl.config import SourceConfig
+from raysl.data.formats import Arrays, load_npy
+from raysl.data.readers.base import Reader, Target
+from raysl.data.storage import Store
+from raysl.registry import register
+
+
+@register("reader", "npy")
+class NPY(Reader):
+    """uint8 images (N, H, W[, C]), no labels."""
+
+    name = "npy"
+    summary = "a .npy of uint8 images (N, H, W[, C]), unlabeled"
+    reads = "file"
+    detect_order = 10
+
+    @classmethod
+    def detect(cls, target: Target, store: Store) -> bool:
+        """A ``.npy`` file."""
+        return target.kind == "file" and target.suffix == ".npy"
+
+    def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
+             field_name: str) -> Arrays:
+        """The array, read whole."""
+        return load_npy(store, cfg.path)

@@ -1,0 +1,29 @@
+"""A ``.npz`` archive: images under a usual key (``images``, ``x``...) and optional labels."""
+
+from __future__ import annotations
+
+from raysl.config import SourceConfig
+from raysl.data.formats import Arrays, load_npz
+from raysl.data.readers.base import Reader, Target
+from raysl.data.storage import Store
+from raysl.registry import register
+
+
+@register("reader", "npz")
+class NPZ(Reader):
+    """uint8 images (N, H, W[, C]) and integer labels (N,) in one archive."""
+
+    name = "npz"
+    summary = "a .npz of uint8 images (images/x/data...) and optional labels (labels/y...)"
+    reads = "file"
+    detect_order = 10
+
+    @classmethod
+    def detect(cls, target: Target, store: Store) -> bool:
+        """A ``.npz`` file."""
+        return target.kind == "file" and target.suffix == ".npz"
+
+    def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
+             field_name: str) -> Arrays:
+        """The arrays, read whole."""
+        return load_npz(store, cfg.path)
