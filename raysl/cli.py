@@ -233,10 +233,18 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from raysl.pretrain import pretrain  # heavy imports (Ray, MLflow) only when training
 
-    result = pretrain(cfg)
+    result = pretrain(cfg, launched_at=_process_start())
     print(result.summary())
     return 0
 
+
+
+def _process_start() -> float:
+    """When this process started (``time.time()`` scale): the command's start-up counts."""
+    import psutil  # type: ignore[import-untyped]  # a Ray dependency, without type stubs
+
+    started: float = psutil.Process(os.getpid()).create_time()
+    return started
 
 
 def _shards(args: argparse.Namespace) -> int:

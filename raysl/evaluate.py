@@ -27,8 +27,9 @@ from raysl.config import (
 )
 from raysl.console import banner
 from raysl.data.source import DecodePolicy, check_source, detect_format
+from raysl.eval.data import load_eval_data
 from raysl.eval.models import LoadedModel, load_model
-from raysl.eval.suite import EvalReport, evaluate_encoders, load_labeled_split, with_baseline
+from raysl.eval.suite import EvalReport, evaluate_encoders, with_baseline
 from raysl.tracking.mlflow import (
     ensure_experiment,
     log_params_once,
@@ -140,7 +141,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     connect(pre_cfg.train.address)
     log(f"[raysl] evaluating {loaded.description}: {', '.join(cfg.eval.protocols)}")
     torch.set_num_threads(os.cpu_count() or 1)
-    split = load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
+    split = load_eval_data(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
                                cfg.train.seed, DecodePolicy.of(cfg.data))
     report = evaluate_encoders(with_baseline(cfg, loaded.encoder), split, cfg.eval,
                                cfg.data.image_size, cfg.train.seed, log)

@@ -22,15 +22,14 @@ from raysl.console import banner
 from raysl.data.formats import DataError
 from raysl.data.pipeline import view_stream
 from raysl.data.source import DecodePolicy, ImageSource, check_source, read_source
+from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.models import WEIGHTS_TAG, log_weights
-from raysl.eval.splits import LabeledSplit
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
     TRAINED,
     EvalReport,
     evaluate_encoders,
-    load_labeled_split,
     with_baseline,
 )
 from raysl.nn.backbones import Encoder, build_encoder
@@ -129,7 +128,8 @@ def check_data_paths(cfg: Config) -> None:
 
 def pretrain(cfg: Config, log: Callable[[str], None] = print,
              train_callbacks: Sequence[ray.train.UserCallback] = (),
-             run_tags: dict[str, str] | None = None) -> PretrainResult:
+             run_tags: dict[str, str] | None = None, launched_at: float = 0.0
+             ) -> PretrainResult:
     """Run pretraining as ``cfg`` says, evaluate, register; see :class:`PretrainResult`.
 
     Args:
@@ -138,12 +138,15 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
         train_callbacks: Ray Train callbacks; a sweep trial passes the one that forwards every
             epoch's report to Tune.
         run_tags: extra tags of the MLflow run (a sweep trial: its parent run and trial id).
+        launched_at: when the command started (``time.time()``), for the start-up time
+            logged at the first step; 0 = now.
 
     Raises:
         ConfigError: a setting that cannot work (e.g. more workers than the cluster holds).
         DataError: missing or unusable data.
         ray.train.TrainingFailedError: training failed (the MLflow run is marked FAILED).
     """
+    launched_at = launched_at or time.time()
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     connect(cfg.train.address)
     nodes = node_resources()
@@ -169,10 +172,10 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     client.log_text(run_id, cfg.to_yaml(), "config.yaml")
     log(f"[raysl] run {run_name}: MLflow run {run_id} at {uri}")
     log(f"[raysl] resources: {plan.describe(cfg)}")
-    run = _Run(cfg, plan, storage, client, result, log, train_callbacks)
+    run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at)
     try:
         source = _read_training_data(run)
-        split = _labeled_split(cfg) if cfg.eval.enabled or cfg.eval.online else None
+        split = _eval_data(cfg) if cfg.eval.enabled or cfg.eval.online else None
         checkpoint = _train(run, source, split)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
@@ -204,6 +207,7 @@ class _Run:
     result: PretrainResult  # filled in step by step; holds the run's name, id and store
     log: Callable[[str], None]
     callbacks: Sequence[ray.train.UserCallback] = ()
+    launched_at: float = 0.0
 
 
 def _read_training_data(run: _Run) -> ImageSource:
@@ -233,12 +237,12 @@ def _record_bad_files(run: _Run, source: ImageSource) -> None:
                             "data/skipped.txt")
 
 
-def _labeled_split(cfg: Config) -> LabeledSplit:
-    return load_labeled_split(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
+def _eval_data(cfg: Config) -> EvalData:
+    return load_eval_data(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
                               cfg.train.seed, DecodePolicy.of(cfg.data))
 
 
-def _train(run: _Run, source: ImageSource, split: LabeledSplit | None) -> ray.train.Checkpoint:
+def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.Checkpoint:
     cfg, plan, result = run.cfg, run.plan, run.result
     images_per_worker = source.num_images // cfg.train.num_workers
     steps_per_epoch = images_per_worker // cfg.batch_size_per_worker
@@ -257,10 +261,13 @@ def _train(run: _Run, source: ImageSource, split: LabeledSplit | None) -> ray.tr
     dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources(),
                           cfg.train.seed)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, result.tracking_uri,
-                            result.mlflow_run_id, result.run_name, len(source.class_names))
+                            result.mlflow_run_id, result.run_name, len(source.class_names),
+                            run.launched_at)
     run.log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
-    split_ref = ray.put(split) if split is not None and cfg.eval.online else None
+    # Online evaluation runs on rank 0, in memory: a seeded subset of the split, as arrays.
+    split_ref = (ray.put(split.split(cfg.eval.online_limit, cfg.train.seed))
+                 if split is not None and cfg.eval.online else None)
     trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks)
     try:
         fit = trainer.fit()
@@ -297,7 +304,7 @@ def _online_summary(client: MlflowClient, run_id: str) -> dict[str, float]:
     return out
 
 
-def _evaluate(run: _Run, encoder: Encoder, split: LabeledSplit) -> None:
+def _evaluate(run: _Run, encoder: Encoder, split: EvalData) -> None:
     cfg, result, log = run.cfg, run.result, run.log
     torch.set_num_threads(os.cpu_count() or 1)
     log(f"[raysl] evaluation ({', '.join(cfg.eval.protocols)}) on {split.description}")

@@ -26,7 +26,14 @@ class EvalConfig:
     protocols: tuple[str, ...] = ("knn", "linear")
     baselines: bool = True  # also report random-init encoder and raw pixels on the same split
     batch_size: int = 512  # images per feature-extraction batch
-    feature_actors: int = 0  # Ray Data inference actors; 0 = one per GPU, else per 2 CPUs (<= 4)
+    feature_actors: int = 0  # feature-extraction tasks at once; 0 = one per GPU, else per CPU
+    # The linear probe gathers the bank's features on the driver up to this size (its exact,
+    # stratified search); a larger bank is streamed from the object store, every setting trained
+    # in the same passes. kNN always runs block by block where the features are.
+    gather_gb: float = 2.0
+    # Online kNN during pretraining runs on rank 0 on at most this many bank images and as many
+    # queries (seeded subsets of the eval split, held in memory).
+    online_limit: int = 10000
     # kNN (Wu et al. 2018). 0 = auto: 200 as in the common CIFAR protocol for banks of up to
     # 100,000 images, 20 above (DINO's ImageNet protocol).
     knn_k: int = 0
@@ -61,6 +68,8 @@ class EvalConfig:
         check(0 < self.holdout < 1, "holdout", self.holdout, "is a fraction in (0, 1)")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.feature_actors >= 0, "feature_actors", self.feature_actors, ">= 0 (0 = auto)")
+        check(self.gather_gb >= 0, "gather_gb", self.gather_gb, ">= 0 (0 = always stream)")
+        check(self.online_limit >= 1, "online_limit", self.online_limit, ">= 1")
         known = registry.names("protocol")
         for i, name in enumerate(self.protocols):
             check(name in known, f"protocols[{i}]", name, f"must be one of {known}")
@@ -97,6 +106,11 @@ class EvalConfig:
         if not self.finetune_epochs:
             return 60 if self.finetune_fractions[i] <= 0.01 else 30
         return self.finetune_epochs[i if len(self.finetune_epochs) > 1 else 0]
+
+    @property
+    def gather_bytes(self) -> int:
+        """``gather_gb`` in bytes."""
+        return int(self.gather_gb * 2**30)
 
     def knn_k_for(self, bank_size: int) -> int:
         """Neighbours used for a bank of ``bank_size`` images (``knn_k``, or the auto rule)."""

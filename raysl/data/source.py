@@ -40,7 +40,7 @@ from raysl.data.ledger import (
     DecodePolicy,
     check_bad_files,
 )
-from raysl.data.readers.base import Encoded, Reader, Target, Unit, list_target
+from raysl.data.readers.base import Encoded, Reader, Target, list_target
 from raysl.data.storage import Store, has_braces
 
 __all__ = ["DEFAULT_POLICY", "DataError", "DecodePolicy", "ImageSource", "arrays_to_dataset",
@@ -60,8 +60,9 @@ class ImageSource:
     """A readable image collection.
 
     Attributes:
-        dataset: Ray Dataset with columns ``image`` (H, W, C) uint8, ``label`` if labeled, and
-            ``path`` for encoded images.
+        dataset: Ray Dataset with columns ``image`` (H, W, C) uint8, ``label`` if labeled,
+            ``index`` (a row's fixed position in the source's seeded order) and ``path`` for
+            encoded images.
         num_images: rows per pass; streaming, the images listed (bad ones are only found, and
             dropped, as the stream decodes them).
         class_names: label index -> name; empty when unlabeled.
@@ -240,6 +241,8 @@ class UnitSource(Datasource):
         self.policy, self.ledger, self.seed, self.root = policy, ledger, seed, root
         self.shuffle = shuffle
         self.executions = 0
+        # Row indices: unit i's items are offsets[i], offsets[i] + 1, ... (bad ones skip theirs).
+        self.offsets = np.concatenate([[0], np.cumsum([u.items for u in encoded.units])])
 
     def estimate_inmemory_data_size(self) -> int:
         """Bytes of all decoded images."""
@@ -253,7 +256,7 @@ class UnitSource(Datasource):
         order = (np.random.default_rng([self.seed, execution]).permutation(len(units))
                  if self.shuffle else np.arange(len(units)))
         row_bytes = self.size ** 2 * self.channels
-        return [ReadTask(functools.partial(_read_unit, self, units[i], execution),
+        return [ReadTask(functools.partial(_read_unit, self, int(i), execution),
                          BlockMetadata(num_rows=units[i].items,
                                        size_bytes=units[i].items * row_bytes,
                                        exec_stats=None, input_files=None),
@@ -261,12 +264,14 @@ class UnitSource(Datasource):
                 for i in order]
 
 
-def _read_unit(src: UnitSource, unit: Unit, execution: int) -> Iterator[pa.Table]:
+def _read_unit(src: UnitSource, position: int, execution: int) -> Iterator[pa.Table]:
     """Decoded blocks of one unit; its skipped images go to the ledger (which may stop it)."""
+    unit, first = src.encoded.units[position], int(src.offsets[position])
     labeled = bool(src.encoded.class_names)
     images: list[np.ndarray] = []
     labels: list[int] = []
     paths: list[str] = []
+    index: list[int] = []
     skipped: Counter[str] = Counter()
     examples: list[str] = []
     seen = 0
@@ -284,22 +289,24 @@ def _read_unit(src: UnitSource, unit: Unit, execution: int) -> Iterator[pa.Table
             continue
         labels.append(label if label is not None else 0)
         paths.append(name)
+        index.append(first + seen - 1)
         if len(images) == _DECODED_BLOCK_ROWS:
-            yield _block(images, labels, paths, labeled)
-            images, labels, paths = [], [], []
+            yield _block(images, labels, paths, index, labeled)
+            images, labels, paths, index = [], [], [], []
     if images:
-        yield _block(images, labels, paths, labeled)
+        yield _block(images, labels, paths, index, labeled)
     verdict = ray.get(src.ledger.report.remote(execution, seen, dict(skipped), examples[:10]))
     if verdict:
         raise DataError(verdict)
 
 
-def _block(images: list[np.ndarray], labels: list[int], paths: list[str], labeled: bool
-           ) -> pa.Table:
+def _block(images: list[np.ndarray], labels: list[int], paths: list[str], index: list[int],
+           labeled: bool) -> pa.Table:
     cols: dict[str, Any] = {"image": ArrowTensorArray.from_numpy(np.stack(images))}
     if labeled:
         cols["label"] = pa.array(labels, pa.int64())
     cols["path"] = pa.array(paths, pa.string())
+    cols["index"] = pa.array(index, pa.int64())
     return pa.table(cols)
 
 
@@ -319,7 +326,7 @@ def _from_arrays(arrays: Arrays, cfg: SourceConfig, channels: int, seed: int) ->
     if cfg.limit and cfg.limit < len(images) and cfg.format != "generated":
         description += f", {cfg.limit} drawn with seed {seed}"
     images, labels = images[order], (labels[order] if labels is not None else None)
-    return ImageSource(arrays_to_dataset(images, labels), len(images),
+    return ImageSource(arrays_to_dataset(images, labels, with_index=True), len(images),
                        arrays.class_names if labels is not None else [], description,
                        cache_reason="arrays, read whole")
 

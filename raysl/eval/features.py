@@ -1,4 +1,4 @@
-"""Features of labeled images: from a frozen encoder, or raw pixels (the baseline)."""
+"""Frozen-encoder features in this process (online evaluation), and the resize both paths use."""
 
 from __future__ import annotations
 
@@ -32,13 +32,3 @@ def encoder_features(encoder: nn.Module, images: np.ndarray, image_size: int,
            for i in range(0, len(images), batch_size)]
     encoder.train(was_training)
     return torch.cat(out)
-
-
-def pixel_features(images: np.ndarray, image_size: int) -> Tensor:
-    """Raw-pixel baseline: images resized to ``image_size`` and flattened, values in [0, 1].
-
-    Returns:
-        (N, C * S * S) float32.
-    """
-    return torch.cat([resized(images[i:i + 4096], image_size).flatten(1)
-                      for i in range(0, len(images), 4096)])

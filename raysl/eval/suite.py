@@ -13,22 +13,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
+import ray.data
 import torch
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
 from raysl import registry
 from raysl.config import Config, EvalConfig
-from raysl.data.source import (
-    DEFAULT_POLICY,
-    DataError,
-    DecodePolicy,
-    read_source,
-    to_numpy,
-)
 from raysl.eval import plots
-from raysl.eval.extract import extract_features
-from raysl.eval.features import pixel_features
+from raysl.eval.data import EvalData
+from raysl.eval.extract import DatasetBank, dataset_features, dataset_pixels, gather
 from raysl.eval.protocols.base import (
     EvalProtocol,
     FeatureProtocol,
@@ -37,7 +31,7 @@ from raysl.eval.protocols.base import (
     ImageProtocol,
     Scores,
 )
-from raysl.eval.splits import LabeledSplit, stratified_holdout
+from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import build_method
 from raysl.nn.backbones import Encoder
 from raysl.tracking.mlflow import Tracker, log_blobs
@@ -46,55 +40,6 @@ TRAINED, RANDOM_INIT, PIXELS = "trained", "random_init", "raw_pixels"
 MODEL_LABELS = {TRAINED: "trained encoder", RANDOM_INIT: "same encoder, random init",
                 PIXELS: "raw pixels"}
 PIXEL_SIDE = 32  # the raw-pixel baseline sees images at most this large (224 px would be 150k-D)
-
-
-def load_labeled_split(cfg: EvalConfig, channels: int, decode_size: int, seed: int,
-                       policy: DecodePolicy = DEFAULT_POLICY) -> LabeledSplit:
-    """Read ``cfg.bank`` and ``cfg.query`` (or hold out ``cfg.holdout`` of the bank)."""
-    bank_src = read_source(cfg.bank, channels, decode_size, seed, "eval.bank", policy)
-    bank_x, bank_y = to_numpy(bank_src)
-    if bank_y is None:
-        raise DataError(f"eval.bank.path={cfg.bank.path!r}: has no labels; evaluation needs a "
-                        "labeled set (class sub-folders, IDX labels or an npz 'labels' array)")
-    if cfg.query.is_set:
-        query_src = read_source(cfg.query, channels, decode_size, seed, "eval.query", policy)
-        query_x, query_y = to_numpy(query_src)
-        if query_y is None:
-            raise DataError(f"eval.query.path={cfg.query.path!r}: has no labels")
-        query_y = _bank_indices(query_y, query_src.class_names, bank_src.class_names,
-                                cfg.query.path)
-        desc = f"bank: {bank_src.description}; queries: {query_src.description}"
-    else:
-        keep, held = stratified_holdout(bank_y, cfg.holdout, seed)
-        query_x, query_y, bank_x, bank_y = bank_x[held], bank_y[held], bank_x[keep], bank_y[keep]
-        desc = f"{bank_src.description}, {cfg.holdout:.0%} held out as queries (stratified)"
-    num_classes = int(max(bank_y.max(), query_y.max())) + 1
-    return LabeledSplit(bank_x, bank_y, query_x, query_y, num_classes, desc,
-                        list(bank_src.class_names))
-
-
-def _bank_indices(labels: np.ndarray, names: list[str], bank_names: list[str], path: str
-                  ) -> np.ndarray:
-    """Query labels as indices of the bank's classes, matched by name (folders may differ).
-
-    Sources without class names (IDX, npz: names are "0", "1"...) keep their integer labels.
-    """
-    if names == bank_names or _index_names(names) or _index_names(bank_names):
-        if bank_names and labels.size and labels.max() >= len(bank_names):
-            raise DataError(f"eval.query.path={path!r}: label {labels.max()} but eval.bank has "
-                            f"{len(bank_names)} classes")
-        return labels
-    index = {n: i for i, n in enumerate(bank_names)}
-    unknown = sorted(set(names) - set(index))
-    if unknown:
-        raise DataError(f"eval.query.path={path!r}: classes {unknown[:5]} are not classes of "
-                        f"eval.bank ({bank_names[:10]}...)")
-    remapped: np.ndarray = np.array([index[n] for n in names], np.int64)[labels]
-    return remapped
-
-
-def _index_names(names: list[str]) -> bool:
-    return names == [str(i) for i in range(len(names))]
 
 
 @dataclass
@@ -164,7 +109,7 @@ def with_baseline(cfg: Config, trained: Encoder) -> dict[str, Encoder]:
     return encoders
 
 
-def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: EvalConfig,
+def evaluate_encoders(encoders: dict[str, Encoder], data: EvalData, cfg: EvalConfig,
                       image_size: int, seed: int = 0,
                       log: Callable[[str], None] = print) -> EvalReport:
     """Run every protocol of ``cfg.protocols`` for each encoder (and raw pixels as a baseline).
@@ -172,31 +117,26 @@ def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: Ev
     Args:
         encoders: name -> frozen encoder; ``trained`` gets the figures, ``random_init`` is the
             baseline (for the image protocols: training from scratch).
-        split: the labeled bank and queries.
+        data: the labeled bank and queries.
         cfg: protocols and their settings.
         image_size: side the encoders take.
         seed: seeds label subsets, probe initialisation and fine-tuning.
         log: progress lines.
     """
-    report = EvalReport(split.description)
+    report = EvalReport(data.description)
     protocols = [registry.get("protocol", name)() for name in cfg.protocols]
     on_features = [p for p in protocols if isinstance(p, FeatureProtocol)]
     features: dict[str, Features] = {}
     if on_features or cfg.plots:
         for name, encoder in encoders.items():
             log(f"[raysl] extracting features: {MODEL_LABELS.get(name, name)}")
-            both = extract_features(encoder, np.concatenate([split.bank_images,
-                                                             split.query_images]),
-                                    image_size, cfg.batch_size, cfg.feature_actors)
-            features[name] = _features(split, both[:len(split.bank_labels)],
-                                       both[len(split.bank_labels):])
+            features[name] = _features(
+                data, lambda ds, e=encoder: dataset_features(  # type: ignore[misc]
+                    e, ds, image_size, cfg.batch_size, cfg.feature_actors))
     frozen = dict(features)
     if cfg.baselines and on_features:
         side = min(image_size, PIXEL_SIDE)
-        bank = pixel_features(split.bank_images, side)
-        mean = bank.mean(dim=0)  # centred, so the cosine kNN does not compare mean brightness
-        frozen[PIXELS] = _features(split, bank - mean,
-                                   pixel_features(split.query_images, side) - mean)
+        frozen[PIXELS] = _features(data, lambda ds: dataset_pixels(ds, side), centred=True)
     predictions: dict[str, tuple[int, Tensor]] = {}  # model -> (rank, predictions)
     for protocol in on_features:
         for name, f in frozen.items():
@@ -209,18 +149,29 @@ def evaluate_encoders(encoders: dict[str, Encoder], split: LabeledSplit, cfg: Ev
                 predictions[name] = (protocol.prediction_rank, scores.predictions)
     for protocol in protocols:
         if isinstance(protocol, ImageProtocol):
-            _run_on_images(protocol, encoders, split, cfg, seed, report, log)
+            _run_on_images(protocol, encoders, data, cfg, seed, report, log)
     if cfg.plots and TRAINED in features:
         chosen = predictions.get(TRAINED)
         how = next((p.title for p in on_features if chosen and p.prediction_rank == chosen[0]), "")
-        _figures(features[TRAINED].queries, chosen[1] if chosen else None, how, split, cfg, seed,
+        _figures(features[TRAINED].queries, chosen[1] if chosen else None, how, data, cfg, seed,
                  report)
     return report
 
 
-def _features(split: LabeledSplit, bank: Tensor, queries: Tensor) -> Features:
-    return Features(bank, torch.from_numpy(split.bank_labels), queries,
-                    torch.from_numpy(split.query_labels), split.num_classes)
+def _features(data: EvalData, extract: Callable[[ray.data.Dataset], ray.data.Dataset],
+              centred: bool = False) -> Features:
+    """One model's features: the bank's stay in the object store, the queries' come here.
+
+    ``centred`` subtracts the bank's mean (raw pixels: the cosine kNN should not compare mean
+    brightness).
+    """
+    bank = DatasetBank.of(extract(data.bank))
+    queries, _ = gather(extract(data.queries))
+    if centred:
+        total = sum(bank.map_blocks(lambda x, y, i: x.double().sum(0)), torch.zeros(bank.dim))
+        mean = (total / bank.num_rows).float()
+        bank, queries = DatasetBank(bank.features, bank.dim, mean), queries - mean
+    return Features(bank, queries, torch.from_numpy(data.query_labels), data.num_classes)
 
 
 def _add(report: EvalReport, protocol: EvalProtocol, model: str, scores: Scores) -> None:
@@ -230,22 +181,26 @@ def _add(report: EvalReport, protocol: EvalProtocol, model: str, scores: Scores)
                      for note in scores.notes]
 
 
-def _run_on_images(protocol: ImageProtocol, encoders: dict[str, Encoder], split: LabeledSplit,
+def _run_on_images(protocol: ImageProtocol, encoders: dict[str, Encoder], data: EvalData,
                    cfg: EvalConfig, seed: int, report: EvalReport,
                    log: Callable[[str], None]) -> None:
-    """Every job of ``protocol`` for every encoder, as Ray tasks (a GPU each if any)."""
+    """Every job of ``protocol`` for every encoder, as Ray tasks (a GPU each if any).
+
+    A job's label subset and the queries come to the driver as arrays (fine-tuning holds them
+    in memory): size ``eval.finetune_fractions`` to what a task can hold.
+    """
     gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0  # type: ignore[no-untyped-call]
     task = ray.remote(num_cpus=1, num_gpus=gpus)(_image_task)
-    query_x, query_y = ray.put(split.query_images), ray.put(split.query_labels)
+    query_x, query_y = ray.put(data.query_images()), ray.put(data.query_labels)
     encoder_refs = {name: ray.put(enc) for name, enc in encoders.items()}  # tasks get copies
     pending = {}
-    for job in protocol.jobs(cfg, split.bank_labels, seed):
-        train_x = ray.put(split.bank_images[job.train_indices])
-        train_y = ray.put(split.bank_labels[job.train_indices])
+    for job in protocol.jobs(cfg, data.bank_labels, seed):
+        train_x = ray.put(data.bank_images(job.train_indices))
+        train_y = ray.put(data.bank_labels[job.train_indices])
         log(f"[raysl] {job.description}")
         for name, encoder_ref in encoder_refs.items():
             pending[(name, job.key)] = task.remote(protocol, encoder_ref, train_x, train_y,
-                                                   query_x, query_y, split.num_classes, job,
+                                                   query_x, query_y, data.num_classes, job,
                                                    name != TRAINED)
     for (name, _), result_ref in pending.items():
         _add(report, protocol, name, ray.get(result_ref))
@@ -260,7 +215,7 @@ def _image_task(protocol: ImageProtocol, encoder: Encoder, images: np.ndarray,
 
 
 def _figures(query_features: Tensor, predictions: Tensor | None, how: str,
-             split: LabeledSplit, cfg: EvalConfig, seed: int, report: EvalReport) -> None:
+             split: EvalData, cfg: EvalConfig, seed: int, report: EvalReport) -> None:
     names = [split.name_of(c) for c in range(split.num_classes)]
     report.figures["eval/embedding.png"] = plots.embedding_png(
         query_features.numpy(), split.query_labels, names, "trained encoder", cfg.plot_points,

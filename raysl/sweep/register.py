@@ -13,6 +13,7 @@ import ray.train
 from mlflow.tracking import MlflowClient
 
 from raysl.config import Config, EvalConfig
+from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.models import (
     WEIGHTS_TAG,
     ModelNotFoundError,
@@ -20,12 +21,10 @@ from raysl.eval.models import (
     log_weights,
     logged_weights,
 )
-from raysl.eval.splits import LabeledSplit
 from raysl.eval.suite import (
     TRAINED,
     EvalReport,
     evaluate_encoders,
-    load_labeled_split,
     with_baseline,
 )
 from raysl.nn.backbones import Encoder
@@ -55,7 +54,7 @@ def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
     loaded = load_model(f"runs:/{best.run_id}", uri)
     eval_cfg = _champion_eval(base.eval, champion.metric)
     log(f"[raysl] evaluating the best trial {best.trial_id} ({', '.join(eval_cfg.protocols)})")
-    split = load_labeled_split(eval_cfg, base.data.channels, base.data.effective_decode_size,
+    split = load_eval_data(eval_cfg, base.data.channels, base.data.effective_decode_size,
                                base.train.seed)
     trial_cfg = dataclasses.replace(loaded.config, eval=eval_cfg)
     report = evaluate_encoders(with_baseline(trial_cfg, loaded.encoder), split, eval_cfg,
@@ -101,7 +100,7 @@ def _champion_eval(cfg: EvalConfig, metric: str) -> EvalConfig:
     return dataclasses.replace(cfg, enabled=True, protocols=protocols)
 
 
-def _scorer(name: str, version: str, ours: float, split: LabeledSplit, eval_cfg: EvalConfig,
+def _scorer(name: str, version: str, ours: float, split: EvalData, eval_cfg: EvalConfig,
             metric: str, uri: str, base: Config) -> Callable[[str], float]:
     """Scores registry URIs on the sweep's split: the challenger's score is already known."""
     protocol = CHAMPION_METRICS[metric]

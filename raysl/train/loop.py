@@ -44,6 +44,7 @@ class LoopSettings:
     mlflow_run_id: str
     run_name: str
     num_classes: int = 0  # labels of the training data, for the online probe (0 = unlabeled)
+    launched_at: float = 0.0  # wall-clock time the command started (time.time()); 0 = unknown
 
 
 @dataclass
@@ -186,6 +187,8 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
         for k, v in result.logs.items():
             stats.extras.setdefault(k, []).append(v)
         stats.last = result
+        if len(stats.losses) == 1 and epoch == w.start_epoch:
+            _first_step(w)
         w.step += 1
         if time.perf_counter() - last_print > PROGRESS_EVERY_S:
             last_print = time.perf_counter()
@@ -197,6 +200,15 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
                            "images")
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _first_step(w: Worker) -> None:
+    """Log how long the command took to reach its first optimizer step (start-up cost)."""
+    if not w.settings.launched_at:
+        return
+    seconds = time.time() - w.settings.launched_at
+    w.say(f"[raysl] first step {seconds:.1f}s after the command started")
+    w.tracker.log_metrics({"time/first_step_s": seconds}, step=w.start_epoch)
 
 
 def epoch_metrics(w: Worker, epoch: int, stats: EpochStats) -> dict[str, float]:

@@ -105,7 +105,7 @@ def test_folder_reader_labels_and_skips_bad_files(tmp_path: Path, rng):
     assert "dog/notes.png: not_an_image" in src.skipped_examples
     x, y = to_numpy(src)
     assert x.shape == (8, 32, 32, 3) and sorted(y.tolist()) == [0] * 4 + [1] * 4
-    assert set(src.dataset.columns()) == {"image", "label", "path"}
+    assert set(src.dataset.columns()) == {"image", "label", "path", "index"}
     gray = read_source(SourceConfig(path=str(tmp_path / "cat")), 1, decode_size=16,
                        policy=LENIENT)
     assert not gray.labeled and to_numpy(gray)[0].shape[1:] == (16, 16, 1)

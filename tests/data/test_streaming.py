@@ -16,7 +16,7 @@ from PIL import Image
 from raysl.config import SourceConfig
 from raysl.data import source as source_mod
 from raysl.data.ledger import DecodePolicy
-from raysl.data.readers.base import list_target
+from raysl.data.readers.base import Unit, list_target
 from raysl.data.shards import write_shards
 from raysl.data.source import DataError, read_source, to_numpy
 from raysl.data.storage import Store
@@ -71,21 +71,18 @@ def test_each_epoch_reads_the_units_in_its_own_seeded_order(tmp_path: Path):
 
     target = list_target(cfg.path, store, "data.source")
     encoded = pick_reader(cfg, target, store, "data.source").open(cfg, target, store, 0, "x")
-    many = [source_mod.Unit(1, (p,)) for u in encoded.units for p in u.paths]
+    many = [Unit(1, (p,)) for u in encoded.units for p in u.paths]
     encoded.units = many
 
     def orders(seed: int) -> list[list[int]]:
+        """The unit read by each task, in task order, for two executions (epochs)."""
         src = UnitSource(encoded, store, 1, 8, LENIENT, None, seed, cfg.path, shuffle=True)
-        return [[t.metadata.num_rows for t in src.get_read_tasks(1)] and
-                [many.index(_unit_of(t)) for t in src.get_read_tasks(1)] for _ in range(2)]
+        # Each task is functools.partial(_read_unit, source, unit position, execution).
+        return [[t.read_fn.args[1] for t in src.get_read_tasks(1)] for _ in range(2)]
 
     one, again = orders(1), orders(1)
     assert one == again  # seeded
     assert one[0] != one[1] and sorted(one[0]) == sorted(one[1]) == list(range(8))
-
-
-def _unit_of(task) -> object:
-    return task.read_fn.args[1]  # functools.partial(_read_unit, source, unit, execution)
 
 
 def test_two_workers_split_the_stream_each_image_once(tmp_path: Path):

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import ray
+import ray.data
 import torch
 
 from raysl import config as C
@@ -9,17 +11,12 @@ from raysl.config import ModelConfig
 from raysl.data import generated
 from raysl.data.formats import DataError
 from raysl.eval import extract
+from raysl.eval.data import EvalData, _bank_indices
 from raysl.eval.extract import extract_features
 from raysl.eval.features import encoder_features
 from raysl.eval.models import ModelNotFoundError, load_model
 from raysl.eval.splits import LabeledSplit
-from raysl.eval.suite import (
-    PIXELS,
-    RANDOM_INIT,
-    TRAINED,
-    _bank_indices,
-    evaluate_encoders,
-)
+from raysl.eval.suite import PIXELS, RANDOM_INIT, TRAINED, evaluate_encoders
 from raysl.nn.backbones import build_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -42,9 +39,9 @@ def test_ray_data_features_match_in_process_features_in_order(monkeypatch):
     encoder = _encoder(0).train()
     # Blocks come back in a shuffled order: only the index column can put rows back in place.
     original = extract._dataset
-    monkeypatch.setattr(extract, "_dataset", lambda images, actors:
-                        original(images, actors).randomize_block_order(seed=7))
-    ray_feats = extract_features(encoder, split.bank_images, 32, batch_size=50, actors=2)
+    monkeypatch.setattr(extract, "_dataset", lambda images, tasks:
+                        original(images, tasks).randomize_block_order(seed=7))
+    ray_feats = extract_features(encoder, split.bank_images, 32, batch_size=50, tasks=2)
     assert encoder.training  # the caller's module is left as it was
     local = encoder_features(encoder, split.bank_images, 32)
     torch.testing.assert_close(ray_feats, local, rtol=1e-4, atol=1e-5)
@@ -70,8 +67,8 @@ def test_every_protocol_with_baselines_and_figures():
                         "eval.finetune_fractions=[0.1]", "eval.finetune_epochs=1",
                         "eval.finetune_min_steps=4", "eval.finetune_batch_size=16",
                         "eval.plot_points=50"]).eval
-    report = evaluate_encoders({TRAINED: _encoder(0), RANDOM_INIT: _encoder(1)}, split, cfg, 32,
-                               log=lambda _: None)
+    report = evaluate_encoders({TRAINED: _encoder(0), RANDOM_INIT: _encoder(1)},
+                               EvalData.of(split), cfg, 32, log=lambda _: None)
     assert set(report.results) == {TRAINED, RANDOM_INIT, PIXELS}
     assert set(report.results[TRAINED]) == {"knn_top1", "knn_top5", "linear_top1",
                                             "linear_top5", "finetune_10pct_top1",
@@ -115,3 +112,30 @@ def test_evaluate_only_takes_eval_and_tracking_settings():
     with pytest.raises(C.ConfigError, match="protocols"):
         evaluation_config(C.Config(), None, "knn,probe", [])
     assert np.isfinite(cfg.eval.knn_temperature)
+
+
+def test_the_bank_in_the_object_store_scores_as_the_one_in_memory():
+    from raysl.eval.extract import DatasetBank
+    from raysl.eval.protocols.base import InMemoryBank
+    from raysl.eval.protocols.knn import bank_votes
+    from raysl.eval.protocols.linear import bank_linear_probe, linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 12, generator=g) * 3
+    y = torch.arange(3000) % 4
+    x = centres[y] + torch.randn(3000, 12, generator=g)
+    rows = ray.data.from_items([{"features": x[i].numpy(), "label": int(y[i]), "index": i}
+                                for i in range(3000)], override_num_blocks=6).materialize()
+    bank = DatasetBank.of(rows)
+    queries, query_y = x[:200] + 0.5 * torch.randn(200, 12, generator=g), y[:200]
+    # kNN over the distributed blocks is exactly the in-memory search.
+    torch.testing.assert_close(bank_votes(bank, queries, 4, k=50),
+                               bank_votes(InMemoryBank(x, y), queries, 4, k=50))
+    gathered_x, gathered_y = bank.gather()
+    assert torch.equal(gathered_x, x) and torch.equal(gathered_y, y)
+    # The streamed probe (nothing gathered) learns what the in-memory one learns.
+    streamed = bank_linear_probe(bank, queries, query_y, 4, (0.3, 0.03), (3, 6), 128, 0.1, 0,
+                                 gather_bytes=0)
+    in_memory = linear_probe(x, y, queries, query_y, 4, (0.3, 0.03), (3, 6), 128, 0.1, 0)
+    assert len(streamed.search) == 4 and streamed.top1 > 0.9
+    assert abs(streamed.top1 - in_memory.top1) < 0.05

@@ -15,8 +15,9 @@ A protocol reports metrics named ``<protocol>_...`` in [0, 1]. Pure torch: no Ra
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -27,13 +28,69 @@ from raysl.config import EvalConfig
 from raysl.eval.splits import LabeledSplit
 from raysl.nn.backbones import Encoder
 
+T = TypeVar("T")
+
+
+class Bank(ABC):
+    """The labeled bank's features: in memory, or blocks spread over a cluster's object store.
+
+    Protocols reach them only through these methods, so the same protocol code scores a bank of
+    a thousand images on a laptop and of a million on a cluster.
+    """
+
+    num_rows: int
+    dim: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the features as float32."""
+        return self.num_rows * self.dim * 4
+
+    @abstractmethod
+    def map_blocks(self, fn: Callable[[Tensor, Tensor, Tensor], T]) -> Iterator[T]:
+        """``fn(features (n, D), labels (n,), row ids (n,))`` on every block, where it lives."""
+
+    @abstractmethod
+    def batches(self, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Shuffled mini-batches ``(features, labels, row ids)`` of one pass (seeded)."""
+
+    @abstractmethod
+    def gather(self) -> tuple[Tensor, Tensor]:
+        """All features (N, D) and labels (N,) in this process, in row-id order."""
+
+
+class InMemoryBank(Bank):
+    """A bank held as two tensors."""
+
+    def __init__(self, features: Tensor, labels: Tensor, block_rows: int = 65536) -> None:
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(f"bank has {features.shape[0]} rows but {labels.shape[0]} labels")
+        self.features, self.labels, self.block_rows = features, labels, block_rows
+        self.num_rows, self.dim = features.shape
+
+    def map_blocks(self, fn: Callable[[Tensor, Tensor, Tensor], T]) -> Iterator[T]:
+        """``fn`` on consecutive blocks of ``block_rows``."""
+        for i in range(0, self.num_rows, self.block_rows):
+            end = min(i + self.block_rows, self.num_rows)
+            yield fn(self.features[i:end], self.labels[i:end], torch.arange(i, end))
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """A seeded permutation, cut into batches."""
+        order = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(seed))
+        for i in range(0, self.num_rows, batch_size):
+            idx = order[i:i + batch_size]
+            yield self.features[idx], self.labels[idx], idx
+
+    def gather(self) -> tuple[Tensor, Tensor]:
+        """The tensors themselves."""
+        return self.features, self.labels
+
 
 @dataclass(frozen=True)
 class Features:
-    """Frozen features of one model on a labeled split."""
+    """Frozen features of one model on a labeled split: the bank, and the queries in memory."""
 
-    bank: Tensor  # (N, D)
-    bank_labels: Tensor  # (N,) int64
+    bank: Bank
     queries: Tensor  # (M, D)
     query_labels: Tensor  # (M,) int64
     num_classes: int

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl.config import EvalConfig
-from raysl.eval.protocols.base import FeatureProtocol, Features, Scores, topk_accuracy
+from raysl.eval.protocols.base import Bank, FeatureProtocol, Features, Scores, topk_accuracy
 from raysl.eval.splits import stratified_holdout
 from raysl.registry import register
 from raysl.schedules import cosine, set_lr
@@ -115,6 +115,111 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
                              best_lr, best_epochs, logits.argmax(1), search)
 
 
+def bank_linear_probe(bank: Bank, test_x: Tensor, test_y: Tensor, num_classes: int,
+                      lrs: tuple[float, ...], epochs: tuple[int, ...], batch_size: int = 256,
+                      val_fraction: float = 0.1, seed: int = 0, gather_bytes: int = 2**31
+                      ) -> LinearProbeResult:
+    """:func:`linear_probe` on a bank: gathered here when at most ``gather_bytes``, else streamed.
+
+    Streamed (:func:`streamed_probe`), the same search runs in passes over the bank's blocks:
+    every (lr, epochs) setting trains in the same pass, and the validation rows are drawn by row
+    id instead of stratified per class.
+    """
+    if bank.nbytes <= gather_bytes:
+        x, y = bank.gather()
+        return linear_probe(x, y, test_x, test_y, num_classes, lrs, epochs, batch_size,
+                            val_fraction, seed)
+    return streamed_probe(bank, test_x, test_y, num_classes, lrs, epochs, batch_size,
+                          val_fraction, seed)
+
+
+def is_validation(ids: Tensor, fraction: float, seed: int) -> Tensor:
+    """(n,) bool: a fixed pseudo-random ``fraction`` of row ids (Knuth's multiplicative hash)."""
+    return ((ids.long() * 2654435761 + 97 * seed) % 2**32) < fraction * 2**32
+
+
+def streamed_probe(bank: Bank, test_x: Tensor, test_y: Tensor, num_classes: int,
+                   lrs: tuple[float, ...], epochs: tuple[int, ...], batch_size: int = 256,
+                   val_fraction: float = 0.1, seed: int = 0) -> LinearProbeResult:
+    """The linear probe's search and retraining in passes over a bank too large to gather.
+
+    One pass computes the standardisation; then every (lr, epochs) setting trains at once on
+    the non-validation rows (one pass per epoch, each setting on its own cosine schedule), one
+    pass scores them on the validation rows, and the best is retrained on all rows.
+    """
+    mean, std, n_train = _moments(bank, val_fraction, seed)
+    settings = [(lr, e) for lr in lrs for e in epochs]
+    probes = _train_streamed(bank, mean, std, num_classes, settings, n_train, batch_size,
+                             seed, holdout=val_fraction)
+    correct = torch.zeros(len(settings))
+    seen = 0
+    with torch.no_grad():
+        for x, y, ids in bank.batches(4096, seed):
+            val = is_validation(ids, val_fraction, seed)
+            seen += int(val.sum())
+            for i, probe in enumerate(probes):
+                correct[i] += (probe(x[val].float()).argmax(1) == y[val]).sum()
+    search = [(lr, e, float(c) / max(1, seen)) for (lr, e), c in zip(settings, correct,
+                                                                        strict=True)]
+    best_lr, best_epochs, _ = max(search, key=lambda r: (r[2], -r[1]))
+    probe = _train_streamed(bank, mean, std, num_classes, [(best_lr, best_epochs)],
+                            bank.num_rows, batch_size, seed, holdout=0.0)[0]
+    with torch.no_grad():
+        logits = probe(test_x.float())
+    return LinearProbeResult(topk_accuracy(logits, test_y, 1), topk_accuracy(logits, test_y, 5),
+                             best_lr, best_epochs, logits.argmax(1), search)
+
+
+def _moments(bank: Bank, val_fraction: float, seed: int) -> tuple[Tensor, Tensor, int]:
+    """Mean and (unbiased) std of all rows, and the number of training (non-validation) rows."""
+
+    def block(x: Tensor, y: Tensor, ids: Tensor) -> tuple[Tensor, Tensor, int, int]:
+        x = x.double()
+        return x.sum(0), (x * x).sum(0), len(x), int(is_validation(ids, val_fraction, seed).sum())
+
+    total, squares, n, n_val = torch.zeros(bank.dim, dtype=torch.float64), None, 0, 0
+    for s, sq, rows, val in bank.map_blocks(block):
+        total, n, n_val = total + s, n + rows, n_val + val
+        squares = sq if squares is None else squares + sq
+    assert squares is not None
+    mean = total / n
+    var = (squares - n * mean * mean) / max(1, n - 1)
+    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-6), n - n_val
+
+
+def _train_streamed(bank: Bank, mean: Tensor, std: Tensor, num_classes: int,
+                    settings: list[tuple[float, int]], rows: int, batch_size: int, seed: int,
+                    holdout: float) -> list[StandardizedLinear]:
+    """Train one probe per (lr, epochs) on the same passes; rows held out (``holdout``) skipped."""
+    torch.manual_seed(seed)
+    probes, opts = [], []
+    for lr, _ in settings:
+        probe = StandardizedLinear(mean, std, num_classes)
+        nn.init.zeros_(probe.fc.weight)
+        nn.init.zeros_(probe.fc.bias)
+        probes.append(probe)
+        opts.append(torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9))
+    steps_per_epoch = math.ceil(rows / batch_size)
+    step = 0
+    for epoch in range(max(e for _, e in settings)):
+        for x, y, ids in bank.batches(batch_size, seed + epoch):
+            if holdout:
+                keep = ~is_validation(ids, holdout, seed)
+                x, y = x[keep], y[keep]
+            if not len(x):
+                continue
+            for (lr, n_epochs), probe, opt in zip(settings, probes, opts, strict=True):
+                if epoch >= n_epochs:
+                    continue
+                set_lr(opt, cosine(min(1.0, step / (n_epochs * steps_per_epoch)), lr, 0.0))
+                loss = F.cross_entropy(probe(x.float()), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+            step += 1
+    return [p.eval() for p in probes]
+
+
 @register("protocol", "linear")
 class Linear(FeatureProtocol):
     """Linear probe top-1 and top-5, its lr and epochs chosen on a validation split of the bank."""
@@ -127,9 +232,9 @@ class Linear(FeatureProtocol):
     def score(self, features: Features, cfg: EvalConfig, seed: int) -> Scores:
         """``linear_top1`` and ``linear_top5``; a note says which setting won."""
         f = features
-        lin = linear_probe(f.bank, f.bank_labels, f.queries, f.query_labels, f.num_classes,
-                           cfg.linear_lrs, cfg.linear_epochs, cfg.linear_batch_size,
-                           cfg.linear_val_fraction, seed)
+        lin = bank_linear_probe(f.bank, f.queries, f.query_labels, f.num_classes,
+                                cfg.linear_lrs, cfg.linear_epochs, cfg.linear_batch_size,
+                                cfg.linear_val_fraction, seed, cfg.gather_bytes)
         note = (f"lr {lin.lr:g}, {lin.epochs} epochs (best validation top-1 of "
                 f"{len(lin.search)} settings)")
         return Scores({"linear_top1": lin.top1, "linear_top5": lin.top5}, lin.predictions, [note])

@@ -7,7 +7,13 @@ import torch
 from raysl import config as C
 from raysl import registry
 from raysl.config import ModelConfig
-from raysl.eval.protocols.base import FeatureProtocol, Features, ImageProtocol, cheapest_first
+from raysl.eval.protocols.base import (
+    FeatureProtocol,
+    Features,
+    ImageProtocol,
+    InMemoryBank,
+    cheapest_first,
+)
 from raysl.eval.splits import LabeledSplit
 from raysl.nn.backbones import build_encoder
 
@@ -28,7 +34,7 @@ def _separable_features(seed: int) -> Features:
 
     bank, bank_y = draw(90)
     queries, query_y = draw(30)
-    return Features(bank, bank_y, queries, query_y, 3)
+    return Features(InMemoryBank(bank, bank_y, block_rows=32), queries, query_y, 3)
 
 
 def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

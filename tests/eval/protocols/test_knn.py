@@ -53,3 +53,27 @@ def test_votes_rank_the_classes_by_weighted_neighbours():
     assert votes.shape == (1, 4)
     assert votes[0].argsort(descending=True)[:3].tolist() == [0, 1, 2]
     assert votes[0, 3] == 0  # not among the 3 nearest: no vote
+
+
+def test_block_by_block_search_is_exactly_the_in_memory_one():
+    from raysl.eval.protocols.base import InMemoryBank
+    from raysl.eval.protocols.knn import bank_votes, block_topk, merge_topk
+
+    g = torch.Generator().manual_seed(3)
+    bank, labels = torch.randn(500, 16, generator=g), torch.randint(0, 7, (500,), generator=g)
+    queries = torch.randn(60, 16, generator=g)
+    sims, neighbours = block_topk(bank, labels, queries, k=40)
+    whole = knn_votes(bank, labels, queries, 7, k=40, temperature=0.07)
+    for rows in (500, 64, 23, 7):  # blocks larger and smaller than k
+        top = None
+        for i in range(0, 500, rows):
+            block = block_topk(bank[i:i + rows], labels[i:i + rows], queries, k=40)
+            top = block if top is None else merge_topk(top, block, 40)
+        # The same neighbours; their similarities equal up to the matmul's float rounding.
+        assert torch.equal(top[1], neighbours)
+        torch.testing.assert_close(top[0], sims, rtol=1e-6, atol=1e-6)
+        blocked = bank_votes(InMemoryBank(bank, labels, block_rows=rows), queries, 7, k=40,
+                             temperature=0.07)
+        assert torch.equal(blocked.argmax(1), whole.argmax(1))
+        # The votes sum the same weights in another order: equal up to float rounding.
+        torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=0)
