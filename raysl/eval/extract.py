@@ -190,4 +190,5 @@ def _tensors(batch: dict[str, np.ndarray], shift: Tensor | None) -> tuple[Tensor
     x = torch.from_numpy(np.array(batch["features"], copy=True))
     if shift is not None:
         x -= shift
-    return x, torch.from_numpy(batch["label"]), torch.from_numpy(batch["index"])
+    # Copies: Ray hands out read-only views of its object store, which torch warns about.
+    return x, torch.from_numpy(np.array(batch["label"])), torch.from_numpy(np.array(batch["index"]))

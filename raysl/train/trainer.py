@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,6 +224,8 @@ def _quiet_driver_logs() -> None:
     """
     for name in ("ray", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Data's note that a small dataset has fewer blocks than tasks allowed: nothing to do.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     for name in ("ray", "ray.data"):
         for handler in logging.getLogger(name).handlers:
             if not isinstance(handler, logging.StreamHandler) or isinstance(
