@@ -39,6 +39,7 @@ from raysl.data.source import arrays_to_dataset, to_channels
 from raysl.eval.extract import dataset_features, gather
 from raysl.eval.features import encoder_features
 from raysl.nn.backbones import build_encoder
+from raysl.train.trainer import quiet_driver_logs
 
 
 def images(n: int) -> tuple[np.ndarray, str]:
@@ -80,9 +81,8 @@ def main() -> None:
     encoder = build_encoder(ModelConfig(width=16, small_stem=True), 1, 28).eval()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING)
+    quiet_driver_logs()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    for handler in logging.getLogger("ray.data").handlers:  # Ray Data's INFO lines: not here
-        handler.setLevel(logging.WARNING)
     dataset = arrays_to_dataset(x, None, with_index=True).materialize()
 
     def plain() -> torch.Tensor:

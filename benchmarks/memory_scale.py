@@ -9,7 +9,8 @@ Three measurements, in one invocation (the same machine, the same installed rays
    images need ``--images`` x 160 x 160 x 3 bytes (1.54 GB for 20,000), pretrained for one epoch
    with ``data.cache=none`` on a local Ray whose object store has ``--store-mb`` MB (300).
    Every second: the object store's bytes in use, spilled and restored (Ray's memory summary),
-   and the resident memory of the driver and of every Ray worker process.
+   and the memory of the driver and of every Ray worker process (PSS: shared pages split
+   between the processes that map them, so per-process figures add up).
 3. **Streaming vs cached throughput** at 28 px (the demo's size): the same Fashion-MNIST images
    (or generated shapes) as PNG tar shards, pretrained with ``data.cache=memory`` and with
    ``none`` in turns (memory, none, memory, none, ...), each run two epochs; the second epoch's
@@ -42,19 +43,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import ray
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_throughput import smooth_images  # noqa: E402  (a sibling benchmark's image maker)
-from extraction_speed import cpu_model  # noqa: E402
+from data_throughput import smooth_images
+from extraction_speed import cpu_model
 
-from raysl import config as C  # noqa: E402
-from raysl.config import FASHION_MNIST_DIR  # noqa: E402
-from raysl.data import generated  # noqa: E402
-from raysl.data.formats import parse_idx  # noqa: E402
-from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT  # noqa: E402
+from raysl import config as C
+from raysl.config import FASHION_MNIST_DIR
+from raysl.data import generated
+from raysl.data.formats import parse_idx
+from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
+from raysl.train.trainer import quiet_driver_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 1000  # images per generated shard
@@ -154,11 +155,11 @@ def first_step_seconds(tmp: Path, tree: Path) -> float:
     """``raysl pretrain`` in a fresh process on the tree; its logged start-up time."""
     from mlflow.tracking import MlflowClient
 
+    settings = [*base_overrides(tmp, "listing"), f"data.source.path={tree}", "data.cache=none",
+                "data.image_size=8", "data.decode_size=8", "data.channels=1", "train.epochs=1",
+                "data.source.limit=2048"]
     cmd = [str(Path(sys.executable).parent / "raysl"), "pretrain",
-           *[f"--set={s}" for s in base_overrides(tmp, "listing") + [
-               f"data.source.path={tree}", "data.cache=none", "data.image_size=8",
-               "data.decode_size=8", "data.channels=1", "train.epochs=1",
-               "data.source.limit=2048"]]]
+           *[f"--set={s}" for s in settings]]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    cwd=tmp, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -176,6 +177,7 @@ class Sampler:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _sample(self) -> None:
+        import psutil  # Ray's vendored copy, on the path once ray is imported
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
         state = get_state_from_address(ray.get_runtime_context().gcs_address)
@@ -185,14 +187,14 @@ class Sampler:
             self._peak("object_store_bytes", stats.object_store_bytes_used)
             self._peak("spilled_bytes", stats.spilled_bytes_total)
             self._peak("restored_bytes", stats.restored_bytes_total)
-            self._peak("driver_rss", me.memory_info().rss)
+            self._peak("driver_pss", _pss(me))
             workers = [p for p in me.children(recursive=True) if _is_worker(p)]
-            rss = {p.pid: _rss(p) for p in workers}
-            train = [rss[p.pid] for p in workers if "RayTrainWorker" in _cmd(p)]
-            self._peak("train_worker_rss", max(train, default=0))
-            self._peak("other_worker_rss", max((v for p in workers for v in [rss[p.pid]]
+            pss = {p.pid: _pss(p) for p in workers}
+            train = [pss[p.pid] for p in workers if "RayTrainWorker" in _cmd(p)]
+            self._peak("train_worker_pss", max(train, default=0))
+            self._peak("other_worker_pss", max((pss[p.pid] for p in workers
                                                 if "RayTrainWorker" not in _cmd(p)), default=0))
-            self._peak("all_ray_workers_rss", sum(rss.values()))
+            self._peak("all_ray_workers_pss", sum(pss.values()))
             self.samples += 1
 
     def _peak(self, key: str, value: float) -> None:
@@ -208,21 +210,26 @@ class Sampler:
         self._thread.join(timeout=10)
 
 
-def _cmd(p: psutil.Process) -> str:
+def _cmd(p: Any) -> str:
     try:
         return " ".join(p.cmdline())
-    except psutil.Error:
+    except Exception:  # the process ended between listing and asking
         return ""
 
 
-def _is_worker(p: psutil.Process) -> bool:
+def _is_worker(p: Any) -> bool:
     return _cmd(p).startswith("ray::")
 
 
-def _rss(p: psutil.Process) -> int:
+def _pss(p: Any) -> int:
+    """Proportional set size of a process, 0 if it is gone.
+
+    Shared pages (the object store's, mapped by every worker) are split between the processes
+    that map them, so the sum over processes is the real total.
+    """
     try:
-        return int(p.memory_info().rss)
-    except psutil.Error:
+        return int(p.memory_full_info().pss)
+    except Exception:  # the process ended between listing and asking
         return 0
 
 
@@ -265,6 +272,7 @@ def main() -> None:
     large_jpeg_shards(tmp / "large", args.images)
     ray.init(num_cpus=2, object_store_memory=args.store_mb * 2**20, include_dashboard=False,
              log_to_driver=False, logging_level=logging.WARNING)
+    quiet_driver_logs()
     ray.data.DataContext.get_current().enable_progress_bars = False
     t0 = time.perf_counter()
     with Sampler() as sampler:
@@ -274,8 +282,8 @@ def main() -> None:
     out["large"] = {"images": args.images, "decoded_gb": args.images * 160 * 160 * 3 / 1e9,
                     "seconds": time.perf_counter() - t0, "img_per_s": rates.get("epoch_1"),
                     **sampler.peaks, "samples": sampler.samples}
-    for key in ("object_store_bytes", "spilled_bytes", "restored_bytes", "driver_rss",
-                "train_worker_rss", "other_worker_rss", "all_ray_workers_rss"):
+    for key in ("object_store_bytes", "spilled_bytes", "restored_bytes", "driver_pss",
+                "train_worker_pss", "other_worker_pss", "all_ray_workers_pss"):
         print(f"      peak {key:<22} {sampler.peaks.get(key, 0) / 2**20:9.1f} MiB")
     print(f"      {rates.get('epoch_1', 0):.0f} img/s", flush=True)
 

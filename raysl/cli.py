@@ -241,7 +241,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _process_start() -> float:
     """When this process started (``time.time()`` scale): the command's start-up counts."""
-    import psutil  # type: ignore[import-untyped]  # a Ray dependency, without type stubs
+    import psutil  # type: ignore[import-untyped]  # Ray's vendored copy, without type stubs
+    import ray  # noqa: F401  (puts its vendored psutil on the path)
 
     started: float = psutil.Process(os.getpid()).create_time()
     return started

@@ -199,7 +199,7 @@ def connect(address: str = "") -> None:
         return
     quiet = not verbose()
     if quiet:
-        _quiet_driver_logs()
+        quiet_driver_logs()
     address = address or os.environ.get("RAY_ADDRESS", "")
     level = logging.WARNING if quiet else logging.INFO
     if address:
@@ -217,7 +217,7 @@ def connect(address: str = "") -> None:
 _BENIGN = ("Token authentication is enabled", "Progress bars disabled")
 
 
-def _quiet_driver_logs() -> None:
+def quiet_driver_logs() -> None:
     """Ray's and MLflow's INFO lines, and two benign notices, off the driver's terminal.
 
     Filters go on the handlers: a logger's own filters do not see its children's records.
