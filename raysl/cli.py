@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="Ray's own log lines on the terminal too (they are always in the "
                         "Ray session's log files)")
 
+    def add_model(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", metavar="MODEL", help="models:/NAME/VERSION, "
+                        "models:/NAME@ALIAS, runs:/ID or a checkpoint directory")
+
+    def add_tracking_uri(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tracking-uri", default="", help="the MLflow store (default: "
+                        "$MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
     add_config_args(sub.add_parser("pretrain", help="pretrain an encoder, evaluate, register"))
     add_config_args(sub.add_parser("demo", help="the README demo (SimCLR on Fashion-MNIST)"))
     add_config_args(sub.add_parser("config", help="print the effective config as YAML"))
@@ -116,6 +124,40 @@ def _parser() -> argparse.ArgumentParser:
                     "random subset); 0 = all")
     sh.add_argument("--seed", type=int, default=0, help="seeds the order of the images")
     add_verbose(sh)
+    em = sub.add_parser("embed", help="embed a dataset with a registered encoder into parquet")
+    add_model(em)
+    em.add_argument("--data", required=True, metavar="SOURCE", help="any source raysl reads "
+                    "(folder, file list, parquet, shards, IDX, npz...), local or s3://, gs://")
+    em.add_argument("--out", required=True, metavar="OUT", help="a .parquet file, or a folder "
+                    "of part files (local or an object store)")
+    em.add_argument("--data-format", default="auto", metavar="NAME", help="the source's reader")
+    em.add_argument("--split", default="train", help="IDX/CIFAR: which split")
+    em.add_argument("--batch-size", type=int, default=512, help="images per encoder call "
+                    "(default 512)")
+    add_tracking_uri(em)
+    add_verbose(em)
+    nb = sub.add_parser("neighbours", help="the nearest rows of `raysl embed` output to images")
+    nb.add_argument("embeddings", metavar="EMBEDDINGS", help="the parquet file or folder")
+    nb.add_argument("images", metavar="IMAGE", nargs="+", help="query image files")
+    nb.add_argument("--model", required=True, metavar="MODEL", help="the encoder that made "
+                    "the embeddings")
+    nb.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    add_tracking_uri(nb)
+    ex = sub.add_parser("export", help="export an encoder as TorchScript or ONNX, checked "
+                        "against the original")
+    add_model(ex)
+    ex.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    ex.add_argument("--out", required=True, metavar="FILE", help="e.g. encoder.onnx")
+    ex.add_argument("--log", action="store_true", help="also log it to the version's run and "
+                    "tag the version with it (registry URIs)")
+    add_tracking_uri(ex)
+    add_verbose(ex)
+    rg = sub.add_parser("register", help="register an encoder again, in the safe pyfunc format "
+                        "(for versions made before it, which load by unpickling)")
+    add_model(rg)
+    rg.add_argument("--name", default="", help="registered model name (default: the "
+                    "version's own name)")
+    add_tracking_uri(rg)
     tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, register the best")
     tu.add_argument("--sweep", required=True, metavar="FILE",
                     help="sweep definition, e.g. tuning/simclr_temperature.yaml")
@@ -210,6 +252,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "shards":
         return _shards(args)
+    if args.command in ("embed", "neighbours", "export", "register"):
+        from raysl.serving import commands  # MLflow, torch; Ray for embed and export
+
+        return commands.run(args)
     if args.command == "tune":
         from raysl.sweep.run import run_sweep  # heavy imports (Ray Tune, MLflow)
 
@@ -241,7 +287,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _process_start() -> float:
     """When this process started (``time.time()`` scale): the command's start-up counts."""
-    import psutil  # type: ignore[import-untyped]  # Ray's vendored copy, without type stubs
+    import psutil  # Ray's vendored copy
     import ray  # noqa: F401  (puts its vendored psutil on the path)
 
     started: float = psutil.Process(os.getpid()).create_time()

@@ -26,7 +26,7 @@ from raysl.config import (
     parse_override,
 )
 from raysl.console import banner
-from raysl.data.source import DecodePolicy, check_source, detect_format
+from raysl.data.source import check_source, detect_format
 from raysl.eval.data import load_eval_data
 from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import EvalReport, evaluate_encoders, with_baseline
@@ -133,7 +133,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     uri = resolve_tracking_uri(pre_cfg.tracking)
     loaded = load_model(spec, uri)
     cfg = evaluation_config(loaded.config, data, protocols, overrides)
-    check_source(cfg.eval.bank, "eval.bank")
+    check_source(cfg.eval_bank, "eval.bank" if cfg.eval.bank.is_set else "data.source")
     if cfg.eval.query.is_set:
         check_source(cfg.eval.query, "eval.query")
     # Not the pretraining run's cluster: the one this job runs on (RAY_ADDRESS), else a local
@@ -141,8 +141,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     connect(pre_cfg.train.address)
     log(f"[raysl] evaluating {loaded.description}: {', '.join(cfg.eval.protocols)}")
     torch.set_num_threads(os.cpu_count() or 1)
-    split = load_eval_data(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
-                               cfg.train.seed, DecodePolicy.of(cfg.data))
+    split = load_eval_data(cfg)
     report = evaluate_encoders(with_baseline(cfg, loaded.encoder), split, cfg.eval,
                                cfg.data.image_size, cfg.train.seed, log)
     run_id = _log_run(cfg, loaded, spec, report, uri)

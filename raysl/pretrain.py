@@ -41,7 +41,13 @@ from raysl.tracking.mlflow import (
     resolve_tracking_uri,
     ui_command,
 )
-from raysl.tracking.registry import RegisteredEncoder, log_and_register, version_description
+from raysl.tracking.registry import (
+    RegisteredEncoder,
+    lineage_tags,
+    log_and_register,
+    run_lineage_tags,
+    version_description,
+)
 from raysl.train.loop import LoopSettings
 from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (
@@ -80,6 +86,7 @@ class PretrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    data_fingerprint: str = ""  # which images trained it (ImageSource.fingerprint)
 
     def summary(self) -> str:
         """The human-readable summary printed at the end of a run."""
@@ -119,9 +126,9 @@ def check_data_paths(cfg: Config) -> None:
     """Raise ``DataError`` naming the field if any configured data path does not exist."""
     sources = [("data.source", cfg.data.source)]
     if cfg.eval.enabled or cfg.eval.online:
-        sources.append(("eval.bank", cfg.eval.bank))
-        if cfg.eval.query.is_set:
-            sources.append(("eval.query", cfg.eval.query))
+        sources += [(f"eval.{name}", src) for name, src in (("bank", cfg.eval.bank),
+                                                             ("query", cfg.eval.query))
+                    if src.is_set]
     for name, source in sources:
         check_source(source, name)
 
@@ -175,7 +182,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at)
     try:
         source = _read_training_data(run)
-        split = _eval_data(cfg) if cfg.eval.enabled or cfg.eval.online else None
+        split = _eval_data(run, source) if cfg.eval.enabled or cfg.eval.online else None
         checkpoint = _train(run, source, split)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
@@ -216,7 +223,9 @@ def _read_training_data(run: _Run) -> ImageSource:
                          cfg.train.seed, "data.source", DecodePolicy.of(cfg.data),
                          cache=cfg.data.cache, resources=run.plan.augment_resources(),
                          decode_cpus=cfg.data.augment_cpus)
-    result.data = source.description
+    result.data, result.data_fingerprint = source.description, source.fingerprint
+    Tracker(result.tracking_uri, result.mlflow_run_id, active=True).set_tags(
+        run_lineage_tags(source.fingerprint))
     run.log(f"[raysl] data: {source.description}; {source.cache_reason}")
     for note in source.notes:
         run.log(f"[raysl] data: {note}")
@@ -237,9 +246,26 @@ def _record_bad_files(run: _Run, source: ImageSource) -> None:
                             "data/skipped.txt")
 
 
-def _eval_data(cfg: Config) -> EvalData:
-    return load_eval_data(cfg.eval, cfg.data.channels, cfg.data.effective_decode_size,
-                              cfg.train.seed, DecodePolicy.of(cfg.data))
+def _eval_data(run: _Run, source: ImageSource) -> EvalData | None:
+    """The labeled split: ``eval.bank`` (and ``eval.query``), or drawn from the training data.
+
+    Training data without labels and no ``eval.bank`` named: evaluation is skipped with a line
+    saying how to name one (an error if online evaluation was asked for).
+
+    Raises:
+        ConfigError: online evaluation on unlabeled training data with no ``eval.bank``.
+    """
+    cfg = run.cfg
+    if not cfg.eval.bank.is_set and not source.labeled:
+        why = (f"the training data ({source.description}) has no labels; name a labeled split "
+               "with --set eval.bank.path=PATH (and eval.query.path=PATH for separate queries)")
+        if cfg.eval.online:
+            raise ConfigError("eval.bank.path", cfg.eval.bank.path,
+                              f"must name labeled data for online evaluation: {why}")
+        run.log(f"[raysl] evaluation skipped: {why}")
+        run.result.warnings.append(f"not evaluated: {why}")
+        return None
+    return load_eval_data(cfg, training=None if cfg.eval.bank.is_set else source)
 
 
 def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.Checkpoint:
@@ -328,9 +354,10 @@ def _register(run: _Run, encoder: Encoder) -> RegisteredEncoder | None:
     if lin is not None:
         knn += f"Linear probe top-1 {100 * lin:.2f}%. "
     description = version_description(cfg, encoder, run_id, knn, data=result.data)
-    tags = {"method": cfg.method.name, "run_name": result.run_name, "dataset": result.data}
+    tags = {"run_name": result.run_name, "dataset": result.data,
+            **lineage_tags(cfg, encoder, run.client.get_run(run_id).data.tags)}
     if result.report is not None:
         tags.update(result.report.tags())
     tags[WEIGHTS_TAG] = result.weights_artifact
-    return log_and_register(encoder, run_id, uri, cfg.registered_model_name, description,
+    return log_and_register(encoder, cfg, run_id, uri, cfg.registered_model_name, description,
                             tags)

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("tracking",),
     ("eval",),
-    ("train",),
+    ("serving", "train"),  # consumers' side (the pyfunc model, embedding, exports); training
     ("pretrain", "evaluate"),  # jobs: one run, one evaluation
     ("sweep",),  # a sweep's trials are pretraining jobs
     ("cli",),
@@ -39,7 +39,9 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               # decoding, array formats, storage access, the readers and augmentation (Ray Data
               # calls them from data/source.py and data/pipeline.py)
               *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")],
-              *sorted((RAYSL / "data" / "readers").glob("*.py"))]
+              *sorted((RAYSL / "data" / "readers").glob("*.py")),
+              RAYSL / "serving" / "pyfunc.py",
+              RAYSL / "serving" / "model_code.py"]  # what a consumer's server loads
 
 
 def _module_name(path: Path) -> str:
@@ -51,15 +53,22 @@ MODULES = {_module_name(p): p for p in sorted(RAYSL.rglob("*.py"))}
 
 
 def _imported_modules(path: Path) -> set[str]:
-    """Every module ``path`` imports; ``from pkg import name`` counts ``pkg.name`` if a module."""
+    """Every module ``path`` imports.
+
+    ``from pkg import name`` counts ``pkg.name`` when that is a module, and ``pkg`` itself only
+    when some name is not (``from raysl import registry`` depends on the registry, not on
+    ``raysl/__init__.py``).
+    """
     mods = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             mods |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            mods.add(node.module)
-            mods |= {f"{node.module}.{a.name}" for a in node.names
-                     if f"{node.module}.{a.name}" in MODULES}
+            submodules = {f"{node.module}.{a.name}" for a in node.names
+                          if f"{node.module}.{a.name}" in MODULES}
+            mods |= submodules
+            if len(submodules) < len(node.names):  # names defined in the module itself
+                mods.add(node.module)
     return mods
 
 

@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
-import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import raysl
 from raysl import config as C
 from raysl.config import FASHION_MNIST_DIR
 from raysl.data.formats import DataError
@@ -96,22 +95,30 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert result.online["best"] == max(m.value for m in online)
     assert "online kNN     final" in result.summary() and "linear_top1" in result.summary()
 
-    # The registered model: description carries the kNN result; it loads and embeds images.
+    # The registered model: description carries the kNN result, tags its lineage; it loads
+    # (weights-only) and embeds images.
     assert result.model is not None and result.model.model_uri == "models:/e2e-encoder/1"
     version = client.get_model_version("e2e-encoder", "1")
     assert "kNN top-1" in version.description and "random init" in version.description
-    mlflow.set_tracking_uri(result.tracking_uri)
-    encoder = mlflow.pytorch.load_model(result.model.model_uri)
+    for tag in ("raysl.commit", "data.fingerprint", "config.sha256", "input.channels",
+                "input.size", "input.normalisation", "output.dim", "method"):
+        assert version.tags.get(tag), tag
+    assert version.tags["data.fingerprint"].startswith("sha256:")
+    assert version.tags["input.channels"] == "1" and version.tags["output.dim"] == "64"
+    encoder = raysl.load_encoder(result.model.model_uri, result.tracking_uri)
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
     with torch.no_grad():
-        feats = encoder.eval()(images)
+        feats = encoder(images)
     assert feats.shape == (5, 64) and torch.isfinite(feats).all()
 
-    # Nothing but the URI, in a fresh process.
-    code = ("import mlflow.pytorch, torch; m = mlflow.pytorch.load_model('models:/e2e-encoder/1');"
-            "print(tuple(m.eval()(torch.rand(2, 1, 28, 28)).shape))")
+    # Nothing but the URI, in a fresh process that refuses to unpickle anything.
+    code = ("import mlflow.pyfunc, numpy as np, pandas as pd; "
+            "m = mlflow.pyfunc.load_model('models:/e2e-encoder/1'); "
+            "x = np.zeros((28, 28, 1), np.uint8).tolist(); "
+            "print(m.predict(pd.DataFrame({'pixels': [x, x]})).shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri},
+                         env={**os.environ, "MLFLOW_TRACKING_URI": result.tracking_uri,
+                              "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
                          cwd="/")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(2, 64)")
@@ -186,6 +193,7 @@ def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: P
     cfg = C.load(CONFIGS / "dino_fmnist.yaml", [
         *_shared(tmp_path, 2, "e2e-dino"), f"data.source.path={tmp_path / 'images'}",
         "data.source.limit=0", "data.cache=none", "data.image_size=28",
+        "eval.bank.path=''", "eval.bank.format=auto", "eval.query.path=''",  # its own hold-out
         "data.views.local_crops=2",
         "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=32",
         "train.grad_accumulation=2", "optim.weight_decay_schedule=cosine",
@@ -204,6 +212,9 @@ def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: P
                 "eval/knn_top1"):
         assert key in metrics, key
     assert np.isfinite(result.final_loss)
+    # No eval split named: the training folder's labels, 20% held out as queries, stratified.
+    assert result.eval_data == ("the training data, 192 images of " + result.data
+                                + ", 20% held out as queries (stratified)")
 
     # The checkpoint holds the whole method (teacher and center too); the EMA teacher moved away
     # from its initial copy of the student, and the center left zero.
@@ -217,8 +228,10 @@ def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: P
     assert result.model is not None and result.model.model_uri == "models:/e2e-dino/1"
 
 
-def test_a_stream_of_mostly_bad_images_stops_training_with_a_data_error(tmp_path: Path,
-                                                                        monkeypatch):
+def test_unlabeled_data_skips_evaluation_and_a_mostly_bad_stream_stops_training(
+        tmp_path: Path, monkeypatch, capsys):
+    # A flat folder has no labels and no eval split is named: evaluation is skipped, said in one
+    # line before training, rather than scored on some other dataset.
     from PIL import Image
 
     monkeypatch.chdir(tmp_path)
@@ -231,10 +244,14 @@ def test_a_stream_of_mostly_bad_images_stops_training_with_a_data_error(tmp_path
     cfg = C.load(DEMO_CONFIG, [
         *_shared(tmp_path, 1, "e2e-bad-stream"), f"data.source.path={images}",
         "data.source.limit=0", "data.cache=none", "data.batch_size_global=8",
-        "eval.enabled=false", "data.image_size=16"])
+        "eval.bank.path=''", "eval.bank.format=auto", "eval.query.path=''",
+        "data.image_size=16"])
     with pytest.raises(DataError, match=r"data.max_bad_fraction=0.1: 40 of the 80 .*of the "
                                         r"stream"):
         pretrain(cfg)
+    skipped = [line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("[raysl] evaluation skipped")]
+    assert len(skipped) == 1 and "--set eval.bank.path=PATH" in skipped[0], skipped
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
     assert run.info.status == "FAILED"

@@ -19,9 +19,14 @@ class EvalConfig:
     """
 
     enabled: bool = True
-    bank: SourceConfig = field(default_factory=lambda: SourceConfig(split="train", limit=10000))
-    query: SourceConfig = field(default_factory=lambda: SourceConfig(split="t10k"))
-    holdout: float = 0.2  # used when query.path is empty: this fraction of the bank, stratified
+    # The labeled bank; its path empty = the training data itself (labels needed: without them,
+    # evaluation is skipped with a line saying how to name a labeled split). `limit` images of
+    # it, a seeded subset (0 = all).
+    bank: SourceConfig = field(
+        default_factory=lambda: SourceConfig(path="", split="train", limit=10000))
+    # The queries scored; its path empty = `holdout` of the bank, stratified.
+    query: SourceConfig = field(default_factory=lambda: SourceConfig(path="", split="t10k"))
+    holdout: float = 0.2
     # Run after pretraining, by registered name (`raysl protocols`); "finetune" too.
     protocols: tuple[str, ...] = ("knn", "linear")
     baselines: bool = True  # also report random-init encoder and raw pixels on the same split

@@ -25,6 +25,7 @@ from raysl.config.method import DEFAULT_METHOD, MethodConfig
 from raysl.config.model import ModelConfig
 from raysl.config.optim import OptimConfig
 from raysl.config.presets import VIEW_PRESETS
+from raysl.config.source import SourceConfig
 from raysl.config.tracking import TrackingConfig
 from raysl.config.train import TrainConfig
 
@@ -57,10 +58,9 @@ class Config:
 
     def __post_init__(self) -> None:
         """Checks across sections that need no method (those that do: ``SSLMethod.validate``)."""
-        for name, src in (("data.source", self.data.source), ("eval.bank", self.eval.bank)):
-            if not src.is_set:
-                raise ConfigError(f"{name}.path", src.path,
-                                  "must name a file or directory unless format is 'generated'")
+        if not self.data.source.is_set:
+            raise ConfigError("data.source.path", self.data.source.path,
+                              "must name a file or directory unless format is 'generated'")
         b, w, a = self.data.batch_size_global, self.train.num_workers, self.train.grad_accumulation
         if b % (w * a):
             raise ConfigError("data.batch_size_global", b,
@@ -93,6 +93,11 @@ class Config:
         """
         local = [self.data.effective_local_size] * self.data.views.local_crops
         return [self.data.image_size] * self.data.views.global_views + local
+
+    @property
+    def eval_bank(self) -> SourceConfig:
+        """The labeled bank: ``eval.bank``, or, its path empty, the training data."""
+        return self.eval.bank if self.eval.bank.is_set else self.data.source
 
     @property
     def registered_model_name(self) -> str:

@@ -82,6 +82,29 @@ def decode_image(data: bytes, channels: int, size: int, max_pixels: int = 100_00
     return _resize_center(img, size).reshape(size, size, channels)
 
 
+def square_pixels(pixels: np.ndarray, channels: int, size: int, min_side: int = 8
+                  ) -> np.ndarray:
+    """A decoded image (H, W) or (H, W, C) of 0-255 values -> (size, size, channels) uint8.
+
+    The same as :func:`decode_image` does after decoding: colour converted, shorter side resized
+    to ``size``, the centre kept.
+
+    Raises:
+        BadImage: not an image array ("not_an_image"), or a side shorter than ``min_side``.
+    """
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
+        raise BadImage("not_an_image")
+    if not np.issubdtype(pixels.dtype, np.integer) or pixels.size == 0 or \
+            pixels.min() < 0 or pixels.max() > 255:
+        raise BadImage("not_an_image")
+    if min(pixels.shape[:2]) < min_side:
+        raise BadImage("too_small")
+    img = Image.fromarray(pixels.astype(np.uint8)).convert("RGB" if channels == 3 else "L")
+    return _resize_center(img, size).reshape(size, size, channels)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and float grayscale -> 8-bit ``L`` by range, not by clipping (PIL's convert clips).
 

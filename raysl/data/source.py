@@ -17,6 +17,7 @@ picked by name or detected (:mod:`raysl.data.readers`), then read by Ray:
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class ImageSource:
         skipped_examples: a few offending paths with their reason.
         notes: lines worth logging (e.g. shards counted for want of an index).
         ledger: the bad-file ledger of an encoded source.
+        fingerprint: identifies the images selected (reader, files or shards and their
+            counts, or the arrays' bytes; the subset and order drawn): a model's lineage.
     """
 
     dataset: ray.data.Dataset
@@ -85,6 +88,7 @@ class ImageSource:
     skipped_examples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     ledger: Any = None
+    fingerprint: str = ""
 
     @property
     def labeled(self) -> bool:
@@ -137,7 +141,8 @@ def read_source(cfg: SourceConfig, channels: int, decode_size: int, seed: int = 
                         shuffle=mode == "none")
     dataset = ray.data.read_datasource(source, num_cpus=decode_cpus, resources=resources or None)
     out = ImageSource(dataset, opened.num_items, opened.class_names, "", mode, reason,
-                      notes=list(opened.notes), ledger=ledger)
+                      notes=list(opened.notes), ledger=ledger,
+                      fingerprint=_fingerprint(reader.name, cfg, opened))
     if mode == "memory":
         out.dataset = dataset.materialize()
         out.tally()
@@ -207,6 +212,16 @@ def detect_format(cfg: SourceConfig, field_name: str) -> str:
         return cfg.format
     store = Store.from_env(cfg.endpoint)
     return pick_reader(cfg, list_target(cfg.path, store, field_name), store, field_name).name
+
+
+def _fingerprint(reader: str, cfg: SourceConfig, encoded: Encoded) -> str:
+    """A short hash of what an encoded source selects: its files or shards, in their order."""
+    digest = hashlib.sha256(f"{reader}|{cfg.split}|{cfg.limit}".encode())
+    for unit in encoded.units:
+        digest.update(f"{unit.shard}:{unit.take}:{unit.items}|".encode())
+        digest.update("\n".join(unit.paths).encode())
+    digest.update("\n".join(encoded.class_names).encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 def _cache_mode(cache: str, decoded_bytes: int) -> tuple[str, str]:
@@ -326,9 +341,13 @@ def _from_arrays(arrays: Arrays, cfg: SourceConfig, channels: int, seed: int) ->
     if cfg.limit and cfg.limit < len(images) and cfg.format != "generated":
         description += f", {cfg.limit} drawn with seed {seed}"
     images, labels = images[order], (labels[order] if labels is not None else None)
+    digest = hashlib.sha256(images.tobytes())
+    if labels is not None:
+        digest.update(labels.tobytes())
     return ImageSource(arrays_to_dataset(images, labels, with_index=True), len(images),
                        arrays.class_names if labels is not None else [], description,
-                       cache_reason="arrays, read whole")
+                       cache_reason="arrays, read whole",
+                       fingerprint=f"sha256:{digest.hexdigest()[:16]}")
 
 
 def arrays_to_dataset(images: np.ndarray, labels: np.ndarray | None,

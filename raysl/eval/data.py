@@ -15,8 +15,8 @@ import numpy as np
 import ray
 import ray.data
 
-from raysl.config import EvalConfig
-from raysl.data.ledger import DEFAULT_POLICY, DecodePolicy
+from raysl.config import Config
+from raysl.data.ledger import DecodePolicy
 from raysl.data.source import DataError, ImageSource, arrays_to_dataset, read_source
 from raysl.eval.splits import LabeledSplit, stratified_holdout
 
@@ -76,39 +76,66 @@ class EvalData:
                             self.description, list(self.class_names))
 
 
-def load_eval_data(cfg: EvalConfig, channels: int, decode_size: int, seed: int,
-                   policy: DecodePolicy = DEFAULT_POLICY) -> EvalData:
-    """Read ``cfg.bank`` and ``cfg.query`` (or hold out ``cfg.holdout`` of the bank).
+def load_eval_data(run_cfg: Config, training: ImageSource | None = None) -> EvalData:
+    """Read ``eval.bank`` and ``eval.query`` (or hold out ``eval.holdout`` of the bank).
+
+    Args:
+        run_cfg: the run's config: its ``eval`` section, and the channels, decode size, seed and
+            bad-file policy of its ``data`` and ``train`` sections.
+        training: the training data already opened, for a bank drawn from it (``eval.bank.path``
+            empty: ``eval.bank.limit`` of its rows, a seeded subset); read here if not given.
 
     Raises:
         DataError: a source without labels, or query classes the bank does not have.
     """
-    bank = read_source(cfg.bank, channels, decode_size, seed, "eval.bank", policy, cache="auto")
-    bank_index, bank_labels = _labels(bank, "eval.bank", cfg.bank.path)
+    cfg, data, seed = run_cfg.eval, run_cfg.data, run_cfg.train.seed
+    channels, decode_size, policy = data.channels, data.effective_decode_size, \
+        DecodePolicy.of(data)
+    if not cfg.bank.is_set and training is None:
+        training = read_source(data.source, channels, decode_size, seed, "data.source", policy,
+                               cache="auto")
+    if training is None:
+        bank = read_source(cfg.bank, channels, decode_size, seed, "eval.bank", policy,
+                           cache="auto")
+        bank_index, bank_labels = _labels(bank, "eval.bank", cfg.bank.path)
+        bank_ds, bank_desc = bank.dataset, bank.description
+    else:
+        bank = training
+        bank_index, bank_labels = _labels(bank, "eval.bank", "", training=True)
+        if cfg.bank.limit and cfg.bank.limit < len(bank_index):
+            chosen = np.sort(np.random.default_rng(seed).permutation(len(bank_index))
+                             [: cfg.bank.limit])
+            bank_index, bank_labels = bank_index[chosen], bank_labels[chosen]
+        bank_ds = _only(bank.dataset, bank_index)
+        bank_desc = f"the training data, {len(bank_index)} images of {bank.description}"
     if cfg.query.is_set:
         query = read_source(cfg.query, channels, decode_size, seed, "eval.query", policy,
                             cache="auto")
         query_index, query_labels = _labels(query, "eval.query", cfg.query.path)
         query_labels = _bank_indices(query_labels, query.class_names, bank.class_names,
                                      cfg.query.path)
-        bank_ds, query_ds = bank.dataset, query.dataset
-        desc = f"bank: {bank.description}; queries: {query.description}"
+        query_ds = query.dataset
+        desc = f"bank: {bank_desc}; queries: {query.description}"
     else:
         keep, held = stratified_holdout(bank_labels, cfg.holdout, seed)
         query_index, query_labels = bank_index[held], bank_labels[held]
         bank_index, bank_labels = bank_index[keep], bank_labels[keep]
-        bank_ds, query_ds = _only(bank.dataset, bank_index), _only(bank.dataset, query_index)
-        desc = f"{bank.description}, {cfg.holdout:.0%} held out as queries (stratified)"
+        bank_ds, query_ds = _only(bank_ds, bank_index), _only(bank_ds, query_index)
+        desc = f"{bank_desc}, {cfg.holdout:.0%} held out as queries (stratified)"
     num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
     return EvalData(bank_ds, query_ds, bank_index, bank_labels, query_index, query_labels,
                     num_classes, desc, list(bank.class_names))
 
 
-def _labels(source: ImageSource, field_name: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+def _labels(source: ImageSource, field_name: str, path: str, training: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, labels)`` of every row, sorted by index (the only per-row data gathered)."""
     if not source.labeled:
-        raise DataError(f"{field_name}.path={path!r}: has no labels; evaluation needs a labeled "
-                        "set (class sub-folders, IDX labels or an npz 'labels' array)")
+        where = (f"{field_name}.path is empty and the training data ({source.description})"
+                 if training else f"{field_name}.path={path!r}")
+        raise DataError(f"{where}: has no labels; evaluation needs a labeled set (class "
+                        "sub-folders, IDX labels or an npz 'labels' array): name one with "
+                        "--set eval.bank.path=PATH")
     index, labels = [], []
     for batch in source.dataset.select_columns(["index", "label"]).iter_batches(
             batch_size=None, batch_format="numpy"):

@@ -44,8 +44,8 @@ def extraction_resources() -> tuple[int, float, int]:
 
 
 def _encode(batch: dict[str, np.ndarray], encoder: dict[str, Any], image_size: int,
-            threads: int) -> dict[str, np.ndarray]:
-    """A batch of images -> their features, with the rows' labels and indices."""
+            threads: int, keep: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """A batch of images -> their features, with the rows' labels, indices and ``keep``."""
     token = encoder["token"]
     if token not in _ENCODERS:  # a worker process builds each encoder once
         torch.set_num_threads(threads)
@@ -59,8 +59,9 @@ def _encode(batch: dict[str, np.ndarray], encoder: dict[str, Any], image_size: i
         x = resized(batch["image"], image_size).to(device, non_blocking=True)
         features = model(x).float().cpu().numpy()
     out = {"features": features, "index": batch["index"]}
-    if "label" in batch:
-        out["label"] = batch["label"]
+    for column in ("label", *keep):
+        if column in batch:
+            out[column] = batch[column]
     return out
 
 
@@ -74,8 +75,9 @@ def _pixels(batch: dict[str, np.ndarray], side: int) -> dict[str, np.ndarray]:
 
 
 def dataset_features(encoder: nn.Module, images: ray.data.Dataset, image_size: int,
-                     batch_size: int = 512, tasks: int = 0) -> ray.data.Dataset:
-    """The encoder's features of ``images`` (``image``, ``index``, ``label``), materialized.
+                     batch_size: int = 512, tasks: int = 0, keep: tuple[str, ...] = (),
+                     materialize: bool = True) -> ray.data.Dataset:
+    """The encoder's features of ``images`` (``image``, ``index``, ``label``).
 
     Args:
         encoder: frozen encoder (put in eval mode: BatchNorm running statistics); the caller's
@@ -84,6 +86,9 @@ def dataset_features(encoder: nn.Module, images: ray.data.Dataset, image_size: i
         image_size: images are resized to this side (the encoder's pretraining size).
         batch_size: images per forward pass.
         tasks: feature tasks at once; 0 = :func:`extraction_resources`.
+        keep: other columns passed through (e.g. ``path``).
+        materialize: keep the features in the object store (evaluation reads them several
+            times), or return the lazy stream (embedding writes them once).
     """
     gpus, cpus, concurrency = extraction_resources()
     weights = {"ref": ray.put(copy.deepcopy(encoder).cpu()), "token": uuid.uuid4().hex}
@@ -91,11 +96,11 @@ def dataset_features(encoder: nn.Module, images: ray.data.Dataset, image_size: i
     out: ray.data.Dataset = images.map_batches(
         _encode,  # type: ignore[arg-type]  # Ray's stub: a one-argument callable
         fn_kwargs={"encoder": weights, "image_size": image_size,
-                            "threads": int(cpus)},
+                            "threads": int(cpus), "keep": keep},
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=tasks or concurrency), num_cpus=cpus,
-        **kwargs).materialize()
-    return out
+        **kwargs)
+    return out.materialize() if materialize else out
 
 
 def dataset_pixels(images: ray.data.Dataset, side: int) -> ray.data.Dataset:

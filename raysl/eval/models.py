@@ -17,8 +17,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raysl.checkpoint import ENCODER_FILE, CheckpointError, load_strict, read_state
-from raysl.config import Config
+from raysl.config import Config, TrackingConfig
 from raysl.nn.backbones import Encoder, build_encoder
+from raysl.tracking.mlflow import resolve_tracking_uri
 
 # Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
 # directory per finished training (a resumed run adds one), and tags the registered version with
@@ -67,6 +68,24 @@ def load_model(spec: str, tracking_uri: str) -> LoadedModel:
     raise ModelNotFoundError(
         f"MODEL={spec!r}: not a checkpoint directory, an MLflow run id (runs:/ID) or a registry "
         "URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+
+
+def load_encoder(uri: str, tracking_uri: str = "") -> Encoder:
+    """The encoder at ``uri`` as a torch module in eval mode, ready to embed or fine-tune.
+
+    Safe by construction: the architecture is rebuilt from the saved config and the weights are
+    read with ``weights_only=True``, whatever format the version was registered in.
+
+    Args:
+        uri: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID`` or a
+            checkpoint directory.
+        tracking_uri: the MLflow store; empty = ``$MLFLOW_TRACKING_URI``, else ./mlflow.db.
+
+    Raises:
+        ModelNotFoundError: naming what was looked for and where.
+    """
+    store = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri))
+    return load_model(uri, store).encoder.eval()
 
 
 def _latest_checkpoint(path: Path) -> Path:

@@ -33,7 +33,12 @@ from raysl.sweep.champion import NotComparable, crown
 from raysl.sweep.outcome import SweepResult
 from raysl.sweep.runs import SWEEP_TAG, TRIAL_TAG
 from raysl.sweep.spec import CHAMPION_METRICS, Sweep
-from raysl.tracking.registry import RegisteredEncoder, log_and_register, version_description
+from raysl.tracking.registry import (
+    RegisteredEncoder,
+    lineage_tags,
+    log_and_register,
+    version_description,
+)
 
 
 def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
@@ -54,9 +59,8 @@ def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
     loaded = load_model(f"runs:/{best.run_id}", uri)
     eval_cfg = _champion_eval(base.eval, champion.metric)
     log(f"[raysl] evaluating the best trial {best.trial_id} ({', '.join(eval_cfg.protocols)})")
-    split = load_eval_data(eval_cfg, base.data.channels, base.data.effective_decode_size,
-                               base.train.seed)
     trial_cfg = dataclasses.replace(loaded.config, eval=eval_cfg)
+    split = load_eval_data(dataclasses.replace(base, eval=eval_cfg))
     report = evaluate_encoders(with_baseline(trial_cfg, loaded.encoder), split, eval_cfg,
                                loaded.encoder.image_size, base.train.seed, log)
     result.report = report
@@ -66,10 +70,12 @@ def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
     version = str(earlier[0].version) if earlier else ""  # an interrupted end of this sweep
     if not version:
         tags = {**report.tags(), WEIGHTS_TAG: logged_weights(client, best.run_id),
+                **lineage_tags(loaded.config, loaded.encoder,
+                               client.get_run(best.run_id).data.tags),
                 SWEEP_TAG: sweep.name,
                 "raysl.sweep_run": result.parent_run_id, TRIAL_TAG: best.trial_id,
                 "method": base.method.name, "eval.data": split.description[:5000]}
-        registered = log_and_register(loaded.encoder, best.run_id, uri, name,
+        registered = log_and_register(loaded.encoder, loaded.config, best.run_id, uri, name,
                                       _description(sweep, best, loaded.encoder, report),
                                       tags)
         assert registered is not None

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import torch
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
+from raysl.checkpoint import ENCODER_FILE
 from raysl.config import Config
 from raysl.nn.backbones import Encoder, encoder_info
 
 RAYSL_PACKAGE = Path(__file__).resolve().parents[1]
+# On a training run: the source commit and version of raysl, and which images trained it.
+RUN_COMMIT_TAG, RUN_VERSION_TAG = "raysl.commit", "raysl.version"
+RUN_FINGERPRINT_TAG = "raysl.data_fingerprint"
+# The model's code: a path, not an import (the serving layer sits above this one).
+MODEL_CODE = RAYSL_PACKAGE / "serving" / "model_code.py"
 
 
 @dataclass(frozen=True)
@@ -47,28 +60,101 @@ def version_description(cfg: Config, encoder: Encoder, run_id: str, results: str
             f"features. MLflow run {run_id}.")
 
 
-def log_and_register(encoder: Encoder, run_id: str, uri: str, model_name: str | None,
-                     description: str, tags: dict[str, str]) -> RegisteredEncoder | None:
-    """Log ``encoder`` to the run and register it as a new version of ``model_name``.
+def run_lineage_tags(data_fingerprint: str) -> dict[str, str]:
+    """Tags a training run carries so that whoever registers it later knows its code and data."""
+    return {RUN_COMMIT_TAG: source_commit(), RUN_VERSION_TAG: _version(),
+            RUN_FINGERPRINT_TAG: data_fingerprint}
 
-    The model is saved in MLflow's pickle format so that ``mlflow.pytorch.load_model`` returns the
-    :class:`Encoder` module itself (fine-tunable), not a traced inference graph; raysl's own code
-    is shipped with it (``code_paths``), so consumers need torch and torchvision but not raysl.
+
+def lineage_tags(cfg: Config, encoder: Encoder, run_tags: dict[str, str]) -> dict[str, str]:
+    """What a consumer needs to know about a version: code, data, settings, inputs and outputs.
+
+    Tags ``raysl.commit`` (the git commit of raysl's source that trained it, ``-dirty`` with
+    local changes), ``raysl.version``, ``data.source`` and ``data.fingerprint`` (which images, see
+    ``ImageSource.fingerprint``), ``config.sha256`` (of the effective config, logged as
+    ``config.yaml``), ``method``, ``input.*`` (channels, size, value range, normalisation) and
+    ``output.dim``.
+
+    Args:
+        cfg: the pretraining config.
+        encoder: the registered encoder (its input and output sizes, its normalisation).
+        run_tags: the training run's tags (``run_lineage_tags``); a run made before them gives
+            "unknown" for the commit, version and fingerprint.
+    """
+    info = encoder_info(encoder)
+    mean = [round(float(v), 4) for v in encoder.mean.flatten()]
+    std = [round(float(v), 4) for v in encoder.std.flatten()]
+    return {"raysl.commit": run_tags.get(RUN_COMMIT_TAG, "unknown"),
+            "raysl.version": run_tags.get(RUN_VERSION_TAG, "unknown"),
+            "data.source": cfg.data.source.path or cfg.data.source.format,
+            "data.fingerprint": run_tags.get(RUN_FINGERPRINT_TAG, "unknown"),
+            "config.sha256": hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:16],
+            "method": cfg.method.name, "backbone": cfg.model.backbone,
+            "input.channels": str(info["in_channels"]), "input.size": str(info["image_size"]),
+            "input.range": "float in [0, 1] or uint8 in [0, 255], (B, C, H, W)",
+            "input.normalisation": f"inside the model: (x - {mean}) / {std}",
+            "output.dim": str(info["num_features"])}
+
+
+def source_commit() -> str:
+    """The git commit of raysl's source (``-dirty`` if it has local changes), or "unknown"."""
+    try:
+        sha = subprocess.run(["git", "-C", str(RAYSL_PACKAGE), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(RAYSL_PACKAGE), "status", "--porcelain",
+                                "--", "."], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("raysl")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def input_signature(encoder: Encoder) -> ModelSignature:
+    """Images in (a base64-encoded file, or a uint8 (H, W, C) array), a D-float embedding out.
+
+    ``image`` is base64 text, decoded by the model itself, so a row that is not an image is
+    refused naming its index and the reason. Both columns are optional; a request uses one.
+    """
+    inputs = Schema([ColSpec(DataType.string, "image", required=False),
+                     ColSpec(Array(Array(Array(DataType.long))), "pixels", required=False)])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, encoder.num_features))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_and_register(encoder: Encoder, cfg: Config, run_id: str, uri: str,
+                     model_name: str | None, description: str, tags: dict[str, str]
+                     ) -> RegisteredEncoder | None:
+    """Log ``encoder`` to the run as a pyfunc model and register it as a version of ``model_name``.
+
+    The model is raysl's code (``raysl/serving/model_code.py``, the package shipped beside it),
+    the weights as a state dict and the pretraining config: loading it rebuilds the encoder and
+    reads the weights with ``weights_only=True``; no model object is pickled.
 
     Returns:
         The registered version, or ``None`` if ``model_name`` is None (logged only).
     """
     mlflow.set_tracking_uri(uri)
-    example = np.random.default_rng(0).random(
-        (2, encoder.in_channels, encoder.image_size, encoder.image_size), dtype=np.float32)
-    encoder = encoder.cpu().eval()
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            encoder, name="encoder", registered_model_name=model_name,
-            serialization_format="pickle", code_paths=[str(RAYSL_PACKAGE)],
-            input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision", "numpy"],
-        )
+    size = max(8, cfg.data.min_image_side)
+    example = pd.DataFrame({"pixels": [np.zeros((size, size, cfg.data.channels), np.uint8)
+                                       .tolist()]})
+    with tempfile.TemporaryDirectory() as d:
+        weights, config = Path(d) / ENCODER_FILE, Path(d) / "config.yaml"
+        torch.save(encoder.cpu().state_dict(), weights)
+        config.write_text(cfg.to_yaml())
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="encoder", python_model=str(MODEL_CODE),
+                artifacts={"weights": str(weights), "config": str(config)},
+                code_paths=[str(RAYSL_PACKAGE)], signature=input_signature(encoder),
+                input_example=example, registered_model_name=model_name,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision",
+                                  "numpy", "pandas", "pillow", "pyyaml", "pyarrow"])
     if model_name is None:
         return None
     version = str(info.registered_model_version)

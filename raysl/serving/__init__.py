@@ -1,0 +1,1 @@
+"""Consumers' side: the registered pyfunc model, batch embedding, neighbours and exports."""
