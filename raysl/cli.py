@@ -19,6 +19,7 @@ from raysl.console import VERBOSE_ENV
 from raysl.data.formats import DataError
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.sweep.spec import Sweep, load_sweep
+from raysl.tracking.auth import DEFAULT_ENV_FILE, write_credentials, write_server_config
 
 # Tiny, fast settings for --smoke-test: generated data, 2 workers, a few steps (Ray's examples
 # convention; CI runs every entry point this way).
@@ -158,6 +159,14 @@ def _parser() -> argparse.ArgumentParser:
     rg.add_argument("--name", default="", help="registered model name (default: the "
                     "version's own name)")
     add_tracking_uri(rg)
+    cr = sub.add_parser("credentials", help="create the MLflow server credentials a cluster "
+                        "uses (~/.raysl/mlflow.env), or the server's auth config from them")
+    cr.add_argument("--file", default=str(DEFAULT_ENV_FILE), help="the credentials file")
+    cr.add_argument("--force", action="store_true", help="replace existing credentials")
+    cr.add_argument("--server-config", metavar="INI", help="write the basic-auth app's config "
+                    "(the head runs this before `mlflow server --app-name basic-auth`)")
+    cr.add_argument("--auth-db", default="sqlite:////home/ray/mlflow/auth.db",
+                    help="the auth app's user database, with --server-config")
     tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, register the best")
     tu.add_argument("--sweep", required=True, metavar="FILE",
                     help="sweep definition, e.g. tuning/simclr_temperature.yaml")
@@ -252,6 +261,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "shards":
         return _shards(args)
+    if args.command == "credentials":
+        return _credentials(args)
     if args.command in ("embed", "neighbours", "export", "register"):
         from raysl.serving import commands  # MLflow, torch; Ray for embed and export
 
@@ -283,6 +294,18 @@ def _run(args: argparse.Namespace) -> int:
     print(result.summary())
     return 0
 
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    if args.server_config:
+        ini = write_server_config(Path(args.file), Path(args.server_config), args.auth_db)
+        print(f"[raysl] wrote {ini} (mode 0600) from {args.file}")
+        return 0
+    path, created = write_credentials(Path(args.file), force=args.force)
+    print(f"[raysl] {'created' if created else 'kept the existing'} {path} (mode 0600): the "
+          "cluster files ship it to every node; consumers load it with "
+          f"`set -a; . {path}; set +a`")
+    return 0
 
 
 def _process_start() -> float:

@@ -160,6 +160,20 @@ def test_ray_starts_from_the_venv_with_the_dashboard_and_one_auth_mode(config: d
                for remote, local in config["file_mounts"].items())
 
 
+def test_the_tracking_server_requires_the_shipped_login(config: dict[str, Any]):
+    prepared = ray_up_checks(config)
+    head, workers = prepared["head_start_ray_commands"], prepared["worker_start_ray_commands"]
+    server = next(c for c in head if "mlflow server" in c)
+    assert "--app-name basic-auth" in server and "MLFLOW_AUTH_CONFIG_PATH=" in server
+    assert "raysl credentials --file" in server and "--server-config" in server
+    # Every Ray process (drivers, train workers) gets the login from the environment.
+    for start in (next(c for c in head if "ray start" in c),
+                  next(c for c in workers if "ray start" in c)):
+        assert re.search(r"set -a && \. \S+/\.raysl/mlflow\.env && set \+a", start), start
+    assert any(local == "~/.raysl/mlflow.env" and remote.endswith("/.raysl/mlflow.env")
+               for remote, local in config["file_mounts"].items())
+
+
 def test_the_container_runs_the_ray_and_python_raysl_pins(config: dict[str, Any]):
     if "docker" not in config:
         return

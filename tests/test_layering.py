@@ -40,8 +40,8 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               # calls them from data/source.py and data/pipeline.py)
               *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "views")],
               *sorted((RAYSL / "data" / "readers").glob("*.py")),
-              RAYSL / "serving" / "pyfunc.py",
-              RAYSL / "serving" / "model_code.py"]  # what a consumer's server loads
+              RAYSL / "serving" / "pyfunc.py", RAYSL / "serving" / "model_code.py",
+              RAYSL / "tracking" / "auth.py"]  # what a consumer's server and login load
 
 
 def _module_name(path: Path) -> str:
