@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from raysl.config import ModelConfig
+from raysl import config as C
 from raysl.nn.backbones import build_encoder
 from raysl.sweep.champion import NotComparable, alias_version, crown
 from raysl.tracking.registry import log_and_register
@@ -24,8 +24,10 @@ def registry(tmp_path: Path) -> tuple[MlflowClient, str]:
 def _register(client: MlflowClient, uri: str) -> str:
     """A new version of NAME: a tiny real encoder logged from its own run."""
     run_id = client.create_run(client.get_experiment_by_name("c").experiment_id).info.run_id
-    encoder = build_encoder(ModelConfig(width=4, small_stem=True), 1, 16)
-    registered = log_and_register(encoder, run_id, uri, NAME, "test", {})
+    cfg = C.load(None, ["data.source.format=generated", "data.image_size=16", "data.channels=1",
+                        "model.width=4", "model.small_stem=true"])
+    encoder = build_encoder(cfg.model, 1, 16)
+    registered = log_and_register(encoder, cfg, run_id, uri, NAME, "test", {})
     assert registered is not None
     return registered.version
 
