@@ -17,6 +17,7 @@ from raysl import registry
 from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
 from raysl.console import VERBOSE_ENV
 from raysl.data.formats import DataError
+from raysl.eval.monitors import RepresentationCollapsed
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.sweep.spec import Sweep, load_sweep
 from raysl.tracking.auth import DEFAULT_ENV_FILE, write_credentials, write_server_config
@@ -222,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"raysl: error: {e}", file=sys.stderr)
         return 2
+    except RepresentationCollapsed as e:
+        print(f"raysl: training stopped: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -98,3 +98,24 @@ def gather_no_grad(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
+    """Concatenation of every rank's ``x`` when ranks hold different numbers of rows.
+
+    Args:
+        x: (sizes[rank], ...) on this rank.
+        sizes: rows of each rank, known to all of them.
+
+    Returns:
+        (sum(sizes), ...) ordered by rank, on every rank.
+    """
+    if not is_distributed():
+        return x
+    most = max(sizes)
+    padded = x.new_zeros((most, *x.shape[1:]))
+    padded[:len(x)] = x
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])

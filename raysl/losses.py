@@ -96,17 +96,18 @@ def moco_v3_contrastive(q: Tensor, k: Tensor, temperature: float) -> Tensor:
     return 2 * temperature * F.cross_entropy(logits, targets)
 
 
-def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
+def negative_cosine(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
     """SimSiam's D(p, z) with stop-gradient on z (Chen & He 2020, arXiv:2011.10566, Alg. 1).
 
     Args:
         p: (B, D) predictor outputs.
         z: (B, D) projections of the other view (gradient stopped).
+        stop_gradient: False = the paper's ablation (fig. 2), which collapses.
 
     Returns:
         Scalar in [-1, 1]: minus the mean cosine similarity.
     """
-    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+    return -F.cosine_similarity(p, z.detach() if stop_gradient else z, dim=1).mean()
 
 
 def byol_regression(p: Tensor, z: Tensor) -> Tensor:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import ray
 import ray.train
 import torch
 from mlflow.tracking import MlflowClient
@@ -21,9 +23,16 @@ from raysl.config import Config, ConfigError
 from raysl.console import banner
 from raysl.data.formats import DataError
 from raysl.data.pipeline import view_stream
-from raysl.data.source import DecodePolicy, ImageSource, check_source, read_source
+from raysl.data.source import (
+    DecodePolicy,
+    ImageSource,
+    check_source,
+    first_images,
+    read_source,
+)
 from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.models import WEIGHTS_TAG, log_weights
+from raysl.eval.monitors import RepresentationCollapsed
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
@@ -60,6 +69,10 @@ from raysl.train.trainer import (
 )
 
 ONLINE_KNN = "eval/online_knn_top1"
+CHAMPION_ALIAS = "champion"  # what consumers load (models:/NAME@champion); sweeps move it
+MONITOR_NAMES = {"eval/rankme": "RankMe", "eval/lidar": "LiDAR",
+                 "eval/rankme_projector": "projector RankMe",
+                 "eval/lidar_projector": "projector LiDAR"}
 
 
 @dataclass
@@ -83,6 +96,8 @@ class PretrainResult:
     online: dict[str, float] = field(default_factory=dict)  # final / best online kNN and epoch
     weights_artifact: str = ""  # artifact directory of the encoder's weights in the MLflow run
     model: RegisteredEncoder | None = None
+    alias: str = ""  # the alias this run set (the model's first version becomes its champion)
+    monitors: dict[str, float] = field(default_factory=dict)  # label-free, at the last epoch
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -105,12 +120,19 @@ class PretrainResult:
             lines.append(f"online kNN     final {100 * o['final']:.2f}% (epoch "
                          f"{o['final_epoch']:.0f}), best {100 * o['best']:.2f}% (epoch "
                          f"{o['best_epoch']:.0f})")
+        if self.monitors:
+            lines.append("monitors       " + ", ".join(
+                f"{MONITOR_NAMES[k]} {v:.1f}" for k, v in self.monitors.items()
+                if k in MONITOR_NAMES) + " at the last epoch (label-free: eval/rankme, "
+                "eval/lidar)")
         if self.report is not None:
             lines.append(f"evaluation     (kNN k={self.knn_k}, T={self.knn_temperature:g}) on "
                          f"{self.eval_data}")
             lines += ["  " + row for row in self.report.table().splitlines()]
         lines += [f"MLflow run     {self.mlflow_run_id}  (experiment '{self.experiment}')",
-                  f"model          {self.model.model_uri if self.model else '(not registered)'}",
+                  f"model          {self.model.model_uri if self.model else '(not registered)'}"
+                  + (f"  (alias {self.alias}: its first version; sweeps move it on merit)"
+                     if self.alias else ""),
                   f"checkpoint     {self.checkpoint_path}",
                   f"open the UI    {ui_command(self.tracking_uri)}"]
         lines += [f"warning        {w}" for w in self.warnings]
@@ -196,11 +218,26 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
             _evaluate(run, encoder, split)
         if cfg.tracking.register:
             result.model = _register(run, encoder)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
+    except BaseException as e:
+        _mark_failed(client, run_id, e, log)
         raise
     client.set_terminated(run_id, "FINISHED")
     return result
+
+
+def _mark_failed(client: MlflowClient, run_id: str, error: BaseException,
+                 log: Callable[[str], None]) -> None:
+    """FAILED in MLflow, with the reason as the ``raysl.failure`` tag.
+
+    A tracking server that fails too must not hide the error that ended the run.
+    """
+    reason = str(error).strip().splitlines()
+    try:
+        client.set_tag(run_id, "raysl.failure",
+                       f"{type(error).__name__}: {reason[-1] if reason else ''}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception as tracking_error:  # the run's own error is re-raised by the caller
+        log(f"[raysl] could not mark MLflow run {run_id} FAILED: {tracking_error}")
 
 
 @dataclass
@@ -294,13 +331,17 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     # Online evaluation runs on rank 0, in memory: a seeded subset of the split, as arrays.
     split_ref = (ray.put(split.split(cfg.eval.online_limit, cfg.train.seed))
                  if split is not None and cfg.eval.online else None)
-    trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks)
+    trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks,
+                            _monitor_sample(run, source))
     try:
         fit = trainer.fit()
-    except ray.train.TrainingFailedError:
+    except ray.train.TrainingFailedError as e:
         reason = source.stream_failure()  # too many bad images in the stream: say that
         if reason:
             raise DataError(reason) from None
+        collapsed = _worker_error(e, RepresentationCollapsed)
+        if collapsed:
+            raise RepresentationCollapsed(collapsed) from None
         raise
     if source.cache == "none":
         source.tally()
@@ -311,9 +352,34 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     metrics = fit.metrics or {}
     result.final_loss = float(metrics.get("train/loss", float("nan")))
     result.images_per_s = float(metrics.get("train/images_per_s", 0.0))
+    result.monitors = {k: float(v) for k, v in metrics.items() if k in MONITOR_NAMES}
     result.checkpoint_path = fit.checkpoint.path
     checkpoint: ray.train.Checkpoint = fit.checkpoint
     return checkpoint
+
+
+def _monitor_sample(run: _Run, source: ImageSource) -> ray.ObjectRef[np.ndarray] | None:
+    """The label-free monitors' fixed sample of training images, in the object store."""
+    cfg = run.cfg
+    if not cfg.eval.monitor_every:
+        return None
+    images = first_images(source, min(cfg.eval.monitor_samples, source.num_images))
+    with torch.device("meta"):  # only its size is needed
+        dims = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size).num_features
+    few = (f" (fewer than the encoder's {dims} dimensions: RankMe is at most {len(images)}; "
+           "raise eval.monitor_samples)" if len(images) < dims else "")
+    run.log(f"[raysl] monitors: RankMe and LiDAR of {len(images)} training images x "
+            f"{cfg.eval.monitor_views} views every {cfg.eval.monitor_every} epoch(s){few}")
+    return ray.put(images)
+
+
+def _worker_error(error: ray.train.TrainingFailedError, kind: type[Exception]) -> str:
+    """The message of a ``kind`` error raised on a train worker, or ""."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        for exc in (failure, getattr(failure, "cause", None), failure.__cause__):
+            if isinstance(exc, kind):
+                return str(exc)
+    return ""
 
 
 def _online_summary(client: MlflowClient, run_id: str) -> dict[str, float]:
@@ -359,5 +425,13 @@ def _register(run: _Run, encoder: Encoder) -> RegisteredEncoder | None:
     if result.report is not None:
         tags.update(result.report.tags())
     tags[WEIGHTS_TAG] = result.weights_artifact
-    return log_and_register(encoder, cfg, run_id, uri, cfg.registered_model_name, description,
-                            tags)
+    registered = log_and_register(encoder, cfg, run_id, uri, cfg.registered_model_name,
+                                  description, tags)
+    if registered is not None and CHAMPION_ALIAS not in run.client.get_registered_model(
+            registered.name).aliases:
+        # The first version is the champion until a sweep crowns a better one on the same
+        # evaluation, so models:/NAME@champion loads from the first run on.
+        run.client.set_registered_model_alias(registered.name, CHAMPION_ALIAS,
+                                              registered.version)
+        result.alias = CHAMPION_ALIAS
+    return registered

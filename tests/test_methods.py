@@ -13,6 +13,7 @@ import torch
 from raysl import config as C
 from raysl import methods, registry
 from raysl.config import ConfigError
+from raysl.eval.online import LabelFreeMonitor
 from raysl.methods.base import Progress, build_method
 from raysl.train.optim import build_optimizer
 from raysl.train.step import train_step
@@ -78,6 +79,19 @@ def test_ema_copies_mirror_online_modules(name):
     # Every momentum parameter shadows an online one of the same shape (nothing else is frozen).
     for n in frozen:
         assert any(n.split(".", 1)[1] == o.split(".", 1)[1] for o in online), n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_is_monitored_on_its_encoder_and_projector(name):
+    """The label-free monitors of every method: its exported encoder and projector, and a hint."""
+    cfg = tiny_config(name, extra=("eval.monitor_views=2", "eval.batch_size=5"))
+    method = build_method(cfg)
+    assert len(method.collapse_hint) > 20, name
+    images = torch.randint(0, 256, (6, 40, 40, 3), dtype=torch.uint8).numpy()
+    values, _ = LabelFreeMonitor(images, cfg, 0, 1).measure(method, torch.device("cpu"))
+    assert 1 <= values["eval/rankme"] <= 6 and 1 <= values["eval/lidar"] <= 6
+    # Every method of the zoo has a projection head (DINO: its MLP up to the bottleneck).
+    assert 1 <= values["eval/rankme_projector"] <= 6, name
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -15,6 +15,7 @@ import raysl
 from raysl import config as C
 from raysl.config import FASHION_MNIST_DIR
 from raysl.data.formats import DataError
+from raysl.eval.monitors import RepresentationCollapsed
 from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -94,10 +95,20 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert result.online["final_epoch"] == 3 and 1 <= result.online["best_epoch"] <= 3
     assert result.online["best"] == max(m.value for m in online)
     assert "online kNN     final" in result.summary() and "linear_top1" in result.summary()
+    # The label-free monitors every epoch, on the encoder (64-d) and SimCLR's projector (128-d).
+    for key, dims in (("eval/rankme", 64), ("eval/lidar", 64), ("eval/rankme_projector", 128),
+                      ("eval/lidar_projector", 128)):
+        history = client.get_metric_history(result.mlflow_run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3], key
+        assert all(1 <= m.value <= dims for m in history), (key, history)
+    assert "monitors       RankMe" in result.summary()
 
     # The registered model: description carries the kNN result, tags its lineage; it loads
     # (weights-only) and embeds images.
     assert result.model is not None and result.model.model_uri == "models:/e2e-encoder/1"
+    # The first version is the champion, so models:/NAME@champion loads from the first run on.
+    assert result.alias == "champion" and "alias champion" in result.summary()
+    assert str(client.get_model_version_by_alias("e2e-encoder", "champion").version) == "1"
     version = client.get_model_version("e2e-encoder", "1")
     assert "kNN top-1" in version.description and "random init" in version.description
     for tag in ("raysl.commit", "data.fingerprint", "config.sha256", "input.channels",
@@ -130,6 +141,8 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # epoch 4 only was trained
     assert json.loads((Path(again.checkpoint_path) / "state.json").read_text())["epoch"] == 3
     assert again.model is not None and again.model.version == "2"
+    assert not again.alias  # only merit moves it (a sweep's champion decision)
+    assert str(client.get_model_version_by_alias("e2e-encoder", "champion").version) == "1"
     assert np.isfinite(again.final_loss)
 
     # `raysl evaluate` with nothing but the registry URI, in a fresh process (its own Ray).
@@ -277,3 +290,26 @@ def test_online_probe_needs_labels_and_fails_before_training(tmp_path: Path, mon
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert not (tmp_path / "ray_results" / "e2e-probe").exists()  # no training started
+
+
+def test_a_collapsing_run_is_stopped_with_the_reason_in_mlflow(tmp_path: Path, monkeypatch):
+    # SimSiam without its stop-gradient (the paper's fig. 2 ablation) collapses within a few dozen
+    # steps; the monitors see it, and train.stop_on_collapse ends the run FAILED, saying why.
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(CONFIGS / "simsiam_fmnist.yaml", [
+        *_shared(tmp_path, 6, "e2e-collapse"), "data.source.limit=768",
+        "method.stop_gradient=false", "method.proj_hidden_dim=256", "method.proj_output_dim=256",
+        "method.pred_hidden_dim=64", "optim.base_lr=0.5", "train.stop_on_collapse=true",
+        "eval.enabled=false", "tracking.registered_model=''"])
+    with pytest.raises(RepresentationCollapsed, match=r"collapse of the (encoder|projector)'s "
+                       r"embeddings \(RankMe .*For simsiam this usually means a missing "
+                       r"stop-gradient.*train.stop_on_collapse"):
+        pretrain(cfg)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["raysl.failure"].startswith("RepresentationCollapsed: epoch ")
+    projector = client.get_metric_history(run.info.run_id, "eval/rankme_projector")
+    encoder = client.get_metric_history(run.info.run_id, "eval/rankme")
+    assert 1 <= len(projector) < 6  # stopped early, at the epoch the monitor saw it
+    assert projector[-1].value < 0.02 * 256 or encoder[-1].value < 0.02 * 64

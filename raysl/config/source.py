@@ -41,6 +41,9 @@ class SourceConfig:
     endpoint: str = ""  # S3-compatible endpoint, e.g. http://minio:9000; empty = AWS_ENDPOINT_URL
     image_column: str = ""  # parquet: the encoded-image column; empty = image/img/bytes/...
     label_column: str = ""  # parquet and file lists: the label column; empty = "label" if any
+    # false = use the images as if they had no labels (label-free sweeps and monitors, or a
+    # check of what happens on unlabeled data); evaluation then needs an eval.bank with labels.
+    labels: bool = True
 
     def __post_init__(self) -> None:
         readers = registry.names("reader")

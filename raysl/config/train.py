@@ -34,6 +34,9 @@ class TrainConfig:
     storage_path: str = ""  # checkpoints; empty = ./ray_results; shared storage on multi-node
     max_failures: int = 0  # worker-group restarts from the last checkpoint before giving up
     keep_checkpoints: int = 2
+    # End the run (FAILED in MLflow, with the reason) when the label-free monitors see the
+    # representation collapse after warm-up (eval.monitor_every); off = a warning line only.
+    stop_on_collapse: bool = False
     address: str = ""  # Ray cluster to use; empty = RAY_ADDRESS if set, else start a local one
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ picked by name or detected (:mod:`raysl.data.readers`), then read by Ray:
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 from collections import Counter
@@ -74,6 +75,7 @@ class ImageSource:
         skipped_examples: a few offending paths with their reason.
         notes: lines worth logging (e.g. shards counted for want of an index).
         ledger: the bad-file ledger of an encoded source.
+        units: the datasource of an encoded source, to read parts of it again.
         fingerprint: identifies the images selected (reader, files or shards and their
             counts, or the arrays' bytes; the subset and order drawn): a model's lineage.
     """
@@ -89,6 +91,7 @@ class ImageSource:
     notes: list[str] = field(default_factory=list)
     ledger: Any = None
     fingerprint: str = ""
+    units: UnitSource | None = None  # the encoded source's read tasks (None for arrays)
 
     @property
     def labeled(self) -> bool:
@@ -127,6 +130,19 @@ def read_source(cfg: SourceConfig, channels: int, decode_size: int, seed: int = 
     Raises:
         DataError: missing path, unknown layout, no images, too many bad files.
     """
+    source = _read(cfg, channels, decode_size, seed, field_name, policy, cache, resources,
+                   decode_cpus)
+    if not cfg.labels and source.labeled:
+        source.dataset = source.dataset.drop_columns(["label"])
+        source.class_names = []
+        source.description += f" (labels not used: {field_name}.labels=false)"
+    return source
+
+
+def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_name: str,
+          policy: DecodePolicy, cache: str, resources: dict[str, float] | None,
+          decode_cpus: float) -> ImageSource:
+    """:func:`read_source`, labels included."""
     store = Store.from_env(cfg.endpoint)
     target = Target("", "none", ()) if cfg.format == "generated" else \
         list_target(cfg.path, store, field_name)
@@ -142,7 +158,7 @@ def read_source(cfg: SourceConfig, channels: int, decode_size: int, seed: int = 
     dataset = ray.data.read_datasource(source, num_cpus=decode_cpus, resources=resources or None)
     out = ImageSource(dataset, opened.num_items, opened.class_names, "", mode, reason,
                       notes=list(opened.notes), ledger=ledger,
-                      fingerprint=_fingerprint(reader.name, cfg, opened))
+                      fingerprint=_fingerprint(reader.name, cfg, opened), units=source)
     if mode == "memory":
         out.dataset = dataset.materialize()
         out.tally()
@@ -310,9 +326,38 @@ def _read_unit(src: UnitSource, position: int, execution: int) -> Iterator[pa.Ta
             images, labels, paths, index = [], [], [], []
     if images:
         yield _block(images, labels, paths, index, labeled)
+    if src.ledger is None:  # a read of a few images beside training (first_images)
+        return
     verdict = ray.get(src.ledger.report.remote(execution, seen, dict(skipped), examples[:10]))
     if verdict:
         raise DataError(verdict)
+
+
+def first_images(source: ImageSource, n: int) -> np.ndarray:
+    """The first ``n`` images of ``source`` in its seeded order: (n, H, W, C) uint8.
+
+    The same images for the same source and seed, in every run (the label-free monitors' fixed
+    sample). A cached or array source is cut at ``n`` rows; a streamed one is read on its own,
+    its units in their listed order, until ``n`` images are decoded: only its first units, bad
+    files skipped without being counted (the training stream counts them) and no epoch of the
+    training stream used up.
+    """
+    dataset = source.dataset
+    if source.cache == "none" and source.units is not None:
+        units = copy.copy(source.units)
+        units.ledger, units.shuffle, units.executions = None, False, 0
+        dataset = ray.data.read_datasource(units)
+    else:  # a copy with its own context: preserving order must not slow training down
+        dataset = ray.data.Dataset.copy(dataset, _deep_copy=True)
+    dataset.context.execution_options.preserve_order = True
+    images, index = [], []
+    for batch in dataset.select_columns(["image", "index"]).limit(n).iter_batches(
+            batch_size=None, batch_format="numpy"):
+        images.append(batch["image"])
+        index.append(batch["index"])
+    if not images:
+        raise DataError(f"no images to sample from {source.description}")
+    return np.concatenate(images)[np.argsort(np.concatenate(index), kind="stable")]
 
 
 def _block(images: list[np.ndarray], labels: list[int], paths: list[str], index: list[int],

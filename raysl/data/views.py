@@ -345,6 +345,46 @@ def make_views(x: Tensor, cfg: DataConfig, gen: torch.Generator) -> list[Tensor]
     return views
 
 
+MONITOR_CHUNK = 128  # images whose monitor views come from one seeded generator
+
+
+def monitor_views(images: np.ndarray, cfg: DataConfig, views: int, seed: int, start: int,
+                  stop: int) -> Tensor:
+    """Fixed augmented views of ``images[start:stop]``, the same whichever rows are asked for.
+
+    The label-free monitors embed every image of a fixed sample through ``views`` global views
+    (view i with the blur and solarize probabilities of global view i mod ``global_views``), the
+    same views every epoch, so their values move only with the model. The views of image j
+    depend only on ``seed`` and j (a generator per chunk of ``MONITOR_CHUNK`` images), so
+    workers that each make their own rows get the views one process would make for all.
+
+    Args:
+        images: (N, H, W, C) uint8, the whole sample.
+        cfg: the run's view settings.
+        views: q, views per image.
+        seed: seeds every chunk's generator.
+        start: the first row wanted.
+        stop: one past the last row wanted.
+
+    Returns:
+        (stop - start, q, C, S, S) uint8.
+    """
+    v, out = cfg.views, []
+    if start >= stop:
+        return torch.empty(0, views, images.shape[-1], cfg.image_size, cfg.image_size,
+                           dtype=torch.uint8)
+    for chunk in range(start // MONITOR_CHUNK, (stop - 1) // MONITOR_CHUNK + 1):
+        lo = chunk * MONITOR_CHUNK
+        x = torch.from_numpy(np.array(images[lo:lo + MONITOR_CHUNK])).permute(0, 3, 1, 2)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
+        made = torch.stack([augment(x, v, cfg.image_size, gen,
+                                    blur_p=v.blur_p[i % v.global_views],
+                                    solarize_p=v.solarize_p[i % v.global_views])
+                            for i in range(views)], dim=1)  # (chunk, q, C, S, S)
+        out.append(made[max(start - lo, 0):stop - lo])
+    return torch.cat(out)
+
+
 def rotate90(x: Tensor, k: Tensor) -> Tensor:
     """Rotate each image by its own number of quarter turns, counter-clockwise.
 

@@ -1,4 +1,8 @@
-"""Online evaluation during pretraining: a stop-gradient linear probe and periodic kNN.
+"""Online evaluation during pretraining: label-free monitors, a stop-gradient probe, periodic kNN.
+
+The label-free monitors (RankMe, LiDAR) need no labels: every worker embeds its share of a fixed
+sample of training images through fixed augmentations, and the embeddings of all workers are
+measured together, so the values do not depend on the number of workers.
 
 The probe (as solo-learn's and lightly's online classifiers) reads the online encoder's features
 of view 0 from the same forward pass the SSL loss uses, through a forward hook, detached: it
@@ -7,15 +11,20 @@ never changes the SSL gradients, and it costs one linear layer. Pure torch, no R
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl import distributed
 from raysl.config import Config
+from raysl.data.views import monitor_views
 from raysl.eval.features import encoder_features
+from raysl.eval.monitors import Collapse, detect_collapse, embedding_std, lidar, rankme
 from raysl.eval.protocols.knn import knn_top1
 from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import SSLMethod
@@ -125,3 +134,89 @@ def online_metrics(method: SSLMethod, split: LabeledSplit, cfg: Config,
             queries = encoder_features(method.encoder, split.query_images, size, bs, device)
         out["eval/online_probe_top1"] = float((probe.predict(queries) == query_y).float().mean())
     return out
+
+
+# LiDAR inverts a D x D scatter matrix on every worker: beyond this many dimensions (Barlow
+# Twins' and VICReg's 8192-d projectors) it would take longer than the epoch it measures.
+LIDAR_MAX_DIM = 2048
+
+
+class LabelFreeMonitor:
+    """RankMe and LiDAR of the exported encoder (and projector) on a fixed sample, no labels.
+
+    Args:
+        images: (N, H, W, C) uint8, the whole sample (every worker gets the same).
+        cfg: the run's config (view settings, ``eval.monitor_*``, seed).
+        rank, world: this worker and the number of workers; worker r embeds the r-th of
+            ``world`` near-equal contiguous parts of the sample.
+    """
+
+    def __init__(self, images: np.ndarray, cfg: Config, rank: int, world: int) -> None:
+        self.sizes = [len(part) for part in np.array_split(np.arange(len(images)), world)]
+        start = sum(self.sizes[:rank])
+        self.views = monitor_views(images, cfg.data, cfg.eval.monitor_views, cfg.train.seed,
+                                   start, start + self.sizes[rank])  # (n_r, q, C, S, S)
+        self.batch_size = cfg.eval.batch_size
+        self.rank_fraction = cfg.eval.collapse_rank_fraction
+
+    @property
+    def samples(self) -> int:
+        """N, images in the whole sample."""
+        return sum(self.sizes)
+
+    @torch.no_grad()
+    def measure(self, method: SSLMethod, device: torch.device
+                ) -> tuple[dict[str, float], list[Collapse]]:
+        """The monitors' values (the same on every worker) and any collapse they show.
+
+        Returns:
+            ``{"eval/rankme", "eval/lidar", "eval/embedding_std"}``, the same with a
+            ``_projector`` suffix for a method with a projector (LiDAR up to
+            ``LIDAR_MAX_DIM`` dimensions), and the collapses seen (empty when healthy).
+        """
+        return self.measure_encoder(method.exported_encoder(), method.exported_projector(),
+                                    device)
+
+    @torch.no_grad()
+    def measure_encoder(self, encoder: nn.Module, projector: nn.Module | None,
+                        device: torch.device) -> tuple[dict[str, float], list[Collapse]]:
+        """:meth:`measure` of an encoder (and projector) outside a method (a registered one)."""
+        features, projections = [], []
+        flat = self.views.flatten(0, 1)  # (n_r * q, C, S, S), image-major
+        with _eval_mode(encoder, projector):
+            for i in range(0, len(flat), self.batch_size):
+                h = encoder(flat[i:i + self.batch_size].to(device)).float()
+                features.append(h)
+                if projector is not None:
+                    projections.append(projector(h).float())
+        n_r, q = self.views.shape[:2]
+        out: dict[str, float] = {}
+        collapses: list[Collapse] = []
+        for suffix, where, parts in (("", "encoder", features),
+                                     ("_projector", "projector", projections)):
+            if not parts and suffix:
+                continue
+            e = distributed.gather_rows(torch.cat(parts).reshape(n_r, q, -1), self.sizes).cpu()
+            z = e[:, 0]  # one view of each image: RankMe's (N, D) embedding matrix
+            out[f"eval/rankme{suffix}"] = rank = rankme(z)
+            out[f"eval/embedding_std{suffix}"] = embedding_std(z)
+            if e.shape[-1] <= LIDAR_MAX_DIM:
+                out[f"eval/lidar{suffix}"] = lidar(e)
+            collapse = detect_collapse(where, z, rank, self.rank_fraction)
+            if collapse is not None:
+                collapses.append(collapse)
+        return out, collapses
+
+
+@contextmanager
+def _eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """``modules`` in eval mode (BatchNorm's running statistics), restored afterwards."""
+    present = [m for m in modules if m is not None]
+    was = [m.training for m in present]
+    for m in present:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(present, was, strict=True):
+            m.train(training)

@@ -50,6 +50,7 @@ class BarlowTwins(SSLMethod):
     Config = BarlowTwinsConfig
     summary = "non-contrastive: cross-correlation -> identity (global-batch statistics)"
     paper = "Zbontar et al. 2021, arXiv:2103.03230"
+    collapse_hint = "a learning rate too high, or lambda_offdiag too small to decorrelate"
     default_preset = "byol"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:

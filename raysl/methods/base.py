@@ -61,6 +61,9 @@ class SSLMethod(nn.Module, ABC):
     # global views (MAE and the pretext tasks: 1) and the pretext target column it reads.
     global_views: ClassVar[int] = 2
     pretext: ClassVar[Pretext] = "none"
+    # What usually makes this method's representation collapse: printed with the collapse
+    # warning of the label-free monitors (eval/monitors.py).
+    collapse_hint: ClassVar[str] = "a learning rate too high or too strong a weight decay"
 
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
@@ -99,6 +102,14 @@ class SSLMethod(nn.Module, ABC):
     def exported_encoder(self) -> nn.Module:
         """The encoder that is checkpointed as ``encoder.pt`` and registered (the online one)."""
         return self.encoder
+
+    def exported_projector(self) -> nn.Module | None:
+        """The projection head on top of :meth:`exported_encoder`, monitored beside it (or None).
+
+        The ``projector`` attribute by default, which most methods name theirs.
+        """
+        head = getattr(self, "projector", None)
+        return head if isinstance(head, nn.Module) else None
 
     def fixed_lr_parameters(self) -> list[nn.Parameter]:
         """Parameters whose learning rate stays at its peak (no warm-up, no decay)."""

@@ -55,6 +55,8 @@ class BYOL(SSLMethod):
     Config = BYOLConfig
     summary = "non-contrastive: online predictor regresses an EMA target (momentum schedule)"
     paper = "Grill et al. 2020, arXiv:2006.07733"
+    collapse_hint = ("a target momentum too low, or a learning rate too high; BYOL needs its "
+                     "predictor")
     default_preset = "byol"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:

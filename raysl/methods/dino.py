@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +90,8 @@ class DINO(SSLMethod):
     Config = DINOConfig
     summary = "self-distillation: EMA teacher, centering + sharpening, multi-crop, ViT or ResNet"
     paper = "Caron et al. 2021, arXiv:2104.14294"
+    collapse_hint = ("a teacher temperature too high or a center momentum too high (uniform "
+                     "collapse), or too low (one dimension dominates)")
     default_preset = "dino"
     multicrop = True
 
@@ -122,6 +125,11 @@ class DINO(SSLMethod):
     def exported_encoder(self) -> nn.Module:
         """The teacher's backbone (the paper evaluates the teacher), or the student's."""
         return self.teacher_encoder if self.cfg.export_teacher else self.encoder
+
+    def exported_projector(self) -> nn.Module:
+        """The MLP of the exported network's head, up to its bottleneck (before the prototypes)."""
+        head = self.teacher_head if self.cfg.export_teacher else self.head
+        return cast(DINOHead, head).mlp
 
     def on_after_backward(self, progress: Progress) -> None:
         """Cancel the last layer's gradients during the first ``freeze_last_layer_epochs``."""

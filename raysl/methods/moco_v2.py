@@ -70,6 +70,8 @@ class MoCoV2(SSLMethod):
     Config = MoCoV2Config
     summary = "contrastive: momentum key encoder + queue of negatives (split-BN shuffle)"
     paper = "Chen et al. 2020, arXiv:2003.04297"
+    collapse_hint = ("a learning rate too high, or a key encoder that moves too fast (momentum too "
+                     "low)")
     default_preset = "moco_v2"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:

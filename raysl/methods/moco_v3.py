@@ -52,6 +52,7 @@ class MoCoV3(SSLMethod):
     Config = MoCoV3Config
     summary = "contrastive: predictor vs momentum encoder, symmetric, no queue"
     paper = "Chen, Xie, He 2021, arXiv:2104.02057"
+    collapse_hint = "a learning rate too high (the paper's ViT instability), or a momentum too low"
     default_preset = "byol"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:

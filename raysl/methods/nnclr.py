@@ -59,6 +59,7 @@ class NNCLR(SSLMethod):
     Config = NNCLRConfig
     summary = "contrastive: nearest neighbour from a support set of past embeddings as positive"
     paper = "Dwibedi et al. 2021, arXiv:2104.14548"
+    collapse_hint = "a learning rate too high, or a temperature far from 0.1"
     default_preset = "byol"
 
     support: Tensor

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from raysl.config import MethodConfig, check
 from raysl.losses import nt_xent
@@ -44,6 +44,7 @@ class SimCLR(SSLMethod):
     Config = SimCLRConfig
     summary = "contrastive: NT-Xent between two views, negatives gathered from all workers"
     paper = "Chen et al. 2020, arXiv:2002.05709"
+    collapse_hint = "a temperature far from the 0.1-0.5 that works, or a learning rate too high"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:
         super().__init__(encoder)
@@ -52,6 +53,10 @@ class SimCLR(SSLMethod):
         hidden = cfg.proj_hidden_dim or encoder.num_features
         self.projection = SimCLRProjectionHead(encoder.num_features, hidden, cfg.proj_output_dim,
                                                cfg.proj_layers)
+
+    def exported_projector(self) -> nn.Module:
+        """The projection head g(.)."""
+        return self.projection
 
     def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
         """NT-Xent of the two views; both go through the encoder in one batch (as SimCLR does)."""

@@ -27,6 +27,9 @@ class SimSiamConfig(MethodConfig):
     # --fix-pred-lr, in its recommended command; "the predictor adapts to the latest
     # representations", paper section 4.4).
     fix_pred_lr: bool = True
+    # False = the paper's ablation without the stop-gradient (fig. 2): the representation
+    # collapses to a constant within an epoch. For studying collapse, not for training.
+    stop_gradient: bool = True
 
     def __post_init__(self) -> None:
         for name in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
@@ -48,6 +51,8 @@ class SimSiam(SSLMethod):
     Config = SimSiamConfig
     summary = "non-contrastive: predictor + stop-gradient, no momentum encoder"
     paper = "Chen & He 2020, arXiv:2011.10566"
+    collapse_hint = ("a missing stop-gradient or predictor, or a learning rate too high (the paper "
+                     "keeps the predictor's lr fixed)")
     default_preset = "moco_v2"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:
@@ -67,5 +72,6 @@ class SimSiam(SSLMethod):
         """Symmetrised negative cosine with stop-gradient on the projections (Algorithm 1)."""
         z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         p0, p1 = self.predictor(z0), self.predictor(z1)
-        loss = 0.5 * (negative_cosine(p0, z1) + negative_cosine(p1, z0))
+        stop = self.cfg.stop_gradient
+        loss = 0.5 * (negative_cosine(p0, z1, stop) + negative_cosine(p1, z0, stop))
         return LossOutput(loss, {"collapse/std": output_std(z0)})

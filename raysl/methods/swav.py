@@ -66,6 +66,9 @@ class SwAV(SSLMethod):
     Config = SwAVConfig
     summary = "clustering: swapped prediction of Sinkhorn codes, multi-crop, optional queue"
     paper = "Caron et al. 2020, arXiv:2006.09882"
+    collapse_hint = ("prototypes updated from the first step (freeze_prototypes_epochs), an "
+                     "epsilon too large for Sinkhorn-Knopp, or batches too small without the "
+                     "queue")
     default_preset = "swav"
     multicrop = True
 

@@ -48,6 +48,8 @@ class VICReg(SSLMethod):
     Config = VICRegConfig
     summary = "non-contrastive: variance + invariance + covariance (global-batch statistics)"
     paper = "Bardes, Ponce, LeCun 2021, arXiv:2105.04906"
+    collapse_hint = ("a variance term (std_coeff) too weak against the invariance term "
+                     "(sim_coeff), or a learning rate too high")
     default_preset = "byol"
 
     def __init__(self, encoder: Encoder, cfg: MethodConfig) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from raysl.sweep.spec import metric_text
+
 
 class NotComparable(Exception):
     """The current champion cannot be scored on this evaluation (e.g. other image channels)."""
@@ -62,7 +64,7 @@ def crown(client: MlflowClient, name: str, alias: str, challenger_version: str, 
     """
     incumbent = alias_version(client, name, alias)
     challenger_score = score(f"models:/{name}/{challenger_version}")
-    ours = f"{metric} {100 * challenger_score:.2f}%"
+    ours = f"{metric} {metric_text(metric, challenger_score)}"
     if not incumbent:
         client.set_registered_model_alias(name, alias, challenger_version)
         return ChampionDecision(True, alias, challenger_version, challenger_version,
@@ -76,7 +78,7 @@ def crown(client: MlflowClient, name: str, alias: str, challenger_version: str, 
         return ChampionDecision(False, alias, incumbent, challenger_version, challenger_score,
                                 incumbent, None, f"version {incumbent} cannot be evaluated the "
                                 f"same way ({e}); move the alias by hand if you mean to")
-    theirs = f"{100 * incumbent_score:.2f}% of version {incumbent}"
+    theirs = f"{metric_text(metric, incumbent_score)} of version {incumbent}"
     if challenger_score > incumbent_score:
         client.set_registered_model_alias(name, alias, challenger_version)
         return ChampionDecision(True, alias, challenger_version, challenger_version,

@@ -11,7 +11,7 @@ from raysl.console import banner
 from raysl.eval.suite import EvalReport
 from raysl.sweep import results as res
 from raysl.sweep.champion import ChampionDecision
-from raysl.sweep.spec import Sweep
+from raysl.sweep.spec import Sweep, metric_text
 from raysl.tracking.mlflow import Tracker, log_blobs, ui_command
 from raysl.tracking.registry import RegisteredEncoder
 
@@ -65,7 +65,7 @@ def summary_text(sweep: Sweep, result: SweepResult) -> str:
     else:
         b = result.best
         lines.append(f"best           trial {b.trial_id}: {b.params_text()}; {s.metric} "
-                     f"{100 * b.metric:.2f}% (MLflow run {b.run_id})")
+                     f"{metric_text(s.metric, b.metric)} (MLflow run {b.run_id})")
     if result.report is not None:
         lines.append(f"evaluation     of the best trial on {result.report.split}")
         lines += ["  " + row for row in result.report.table().splitlines()]

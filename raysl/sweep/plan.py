@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from raysl.config import ConfigError
-from raysl.sweep.spec import Sweep
+from raysl.sweep.spec import Sweep, is_label_free
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,14 @@ def trial_overrides(sweep: Sweep, plan: TrialPlan, storage: str, uri: str) -> di
     are judged online, every epoch, so the online metric is on; the full evaluation and the
     registration happen once, for the best trial, at the end.
     """
-    base = sweep.base
+    base, label_free = sweep.base, is_label_free(sweep.settings.metric)
     out: dict[str, Any] = {
         "train.cpus_per_worker": plan.cpus_per_worker, "train.storage_path": storage,
         "tracking.tracking_uri": uri, "tracking.register": False, "eval.enabled": False,
-        "eval.online_knn_every": 1,
+        # The sweep's metric every epoch: the online kNN needs labels, the monitors do not (on
+        # unlabeled data, the base keeps online kNN off and the sweep ranks on a monitor).
+        "eval.online_knn_every": base.eval.online_knn_every if label_free else 1,
+        "eval.monitor_every": 1 if label_free else base.eval.monitor_every,
         "eval.online_probe": base.eval.online_probe
         or sweep.settings.metric == "eval/online_probe_top1",
     }

@@ -9,6 +9,7 @@ import ray.tune
 from ray.tune.experiment import Trial
 
 from raysl.sweep import results as res
+from raysl.sweep.spec import metric_text
 
 PROGRESS_EVERY_S = 30.0
 
@@ -51,7 +52,7 @@ class ProgressTable(ray.tune.Callback):
         row = self._row(trial)
         row.status = res.ended_status(row.epochs, self.epochs)  # Tune has not marked it yet
         print(f"[raysl] trial {trial.trial_id} {row.status} at epoch {row.epochs}: "
-              f"{self.metric} {100 * row.metric:.2f}%", flush=True)
+              f"{self.metric} {metric_text(self.metric, row.metric)}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial,
                        **info: Any) -> None:

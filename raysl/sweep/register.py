@@ -10,17 +10,22 @@ import dataclasses
 from collections.abc import Callable
 
 import ray.train
+import torch
 from mlflow.tracking import MlflowClient
 
 from raysl.config import Config, EvalConfig
+from raysl.data.ledger import DecodePolicy
+from raysl.data.source import first_images, read_source
 from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.models import (
     WEIGHTS_TAG,
+    LoadedModel,
     ModelNotFoundError,
     load_model,
     log_weights,
     logged_weights,
 )
+from raysl.eval.online import LabelFreeMonitor
 from raysl.eval.suite import (
     TRAINED,
     EvalReport,
@@ -32,7 +37,13 @@ from raysl.sweep import results as res
 from raysl.sweep.champion import NotComparable, crown
 from raysl.sweep.outcome import SweepResult
 from raysl.sweep.runs import SWEEP_TAG, TRIAL_TAG
-from raysl.sweep.spec import CHAMPION_METRICS, Sweep
+from raysl.sweep.spec import (
+    CHAMPION_METRICS,
+    LABEL_FREE_CHAMPION_METRICS,
+    Sweep,
+    is_label_free,
+    metric_text,
+)
 from raysl.tracking.registry import (
     RegisteredEncoder,
     lineage_tags,
@@ -57,6 +68,9 @@ def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
         with _checkpoint(best.checkpoint, result.storage).as_directory() as d:
             log_weights(client, best.run_id, d)
     loaded = load_model(f"runs:/{best.run_id}", uri)
+    if is_label_free(champion.metric):
+        _crown_label_free(sweep, result, client, loaded, log)
+        return
     eval_cfg = _champion_eval(base.eval, champion.metric)
     log(f"[raysl] evaluating the best trial {best.trial_id} ({', '.join(eval_cfg.protocols)})")
     trial_cfg = dataclasses.replace(loaded.config, eval=eval_cfg)
@@ -65,26 +79,111 @@ def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
                                loaded.encoder.image_size, base.train.seed, log)
     result.report = report
     report.log_to(client, best.run_id, step=base.train.epochs)
+    version = _register_best(sweep, result, client, loaded,
+                             {**report.tags(), "eval.data": split.description[:5000]},
+                             _description(sweep, best, loaded.encoder, report))
+    ours = report.results[TRAINED][champion.metric]
+    score = _scorer(base.registered_model_name, version, ours, split, eval_cfg,
+                    champion.metric, uri, base)
+    _crown(sweep, result, client, version, score, log)
+
+
+def _register_best(sweep: Sweep, result: SweepResult, client: MlflowClient, loaded: LoadedModel,
+                   evaluation: dict[str, str], description: str) -> str:
+    """Register the best trial's encoder (once: a resumed end finds its version) -> version."""
+    best, base, uri = result.best, sweep.base, result.tracking_uri
+    assert best is not None
     name = base.registered_model_name
     earlier = client.search_model_versions(f"name='{name}' and run_id='{best.run_id}'")
     version = str(earlier[0].version) if earlier else ""  # an interrupted end of this sweep
     if not version:
-        tags = {**report.tags(), WEIGHTS_TAG: logged_weights(client, best.run_id),
+        tags = {**evaluation, WEIGHTS_TAG: logged_weights(client, best.run_id),
                 **lineage_tags(loaded.config, loaded.encoder,
                                client.get_run(best.run_id).data.tags),
                 SWEEP_TAG: sweep.name,
                 "raysl.sweep_run": result.parent_run_id, TRIAL_TAG: best.trial_id,
-                "method": base.method.name, "eval.data": split.description[:5000]}
+                "method": base.method.name}
         registered = log_and_register(loaded.encoder, loaded.config, best.run_id, uri, name,
-                                      _description(sweep, best, loaded.encoder, report),
-                                      tags)
+                                      description, tags)
         assert registered is not None
         version = registered.version
     result.model = RegisteredEncoder(name, version, f"models:/{name}/{version}")
-    ours = report.results[TRAINED][champion.metric]
-    score = _scorer(name, version, ours, split, eval_cfg, champion.metric, uri, base)
+    return version
+
+
+def _crown(sweep: Sweep, result: SweepResult, client: MlflowClient, version: str,
+           score: Callable[[str], float], log: Callable[[str], None]) -> None:
+    """Move the alias to ``version`` if it beats the current holder on ``score``."""
+    name, champion = sweep.base.registered_model_name, sweep.settings.champion
     result.decision = crown(client, name, champion.alias, version, champion.metric, score)
     log(f"[raysl] {result.decision.summary(name, champion.metric)}")
+
+
+def _crown_label_free(sweep: Sweep, result: SweepResult, client: MlflowClient,
+                      loaded: LoadedModel, log: Callable[[str], None]) -> None:
+    """Register the best trial and crown it on a label-free monitor of the training sample.
+
+    Incumbent and challenger are measured now, on the same images and views. RankMe and LiDAR
+    rank encoders of one method and architecture (their scale depends on both), so an incumbent
+    of another method, backbone or input cannot be compared and keeps the alias.
+    """
+    best, base, metric = result.best, sweep.base, sweep.settings.champion.metric
+    assert best is not None
+    measure, sample = _label_free_measure(base, metric)
+    ours = measure(loaded.encoder)
+    log(f"[raysl] the best trial {best.trial_id}: {metric} {ours:.1f} on {sample}")
+    description = version_description(
+        base, loaded.encoder, best.run_id,
+        f"{sweep.settings.metric} {metric_text(sweep.settings.metric, best.metric)} during "
+        f"training; {metric} {ours:.1f} on {sample}. ",
+        context=f"Best trial ({best.trial_id}: {best.params_text()}) of sweep {sweep.name}: ")
+    version = _register_best(sweep, result, client, loaded,
+                             {f"eval.{metric}": f"{ours:.2f}", "eval.data": sample[:5000]},
+                             description)
+    name, uri = base.registered_model_name, result.tracking_uri
+
+    def score(model_uri: str) -> float:
+        if model_uri == f"models:/{name}/{version}":
+            return ours
+        try:
+            other = load_model(model_uri, uri)
+        except ModelNotFoundError as e:
+            raise NotComparable(str(e)) from None
+        ours_is, theirs_is = _identity(loaded), _identity(other)
+        if ours_is != theirs_is:
+            raise NotComparable(f"{metric} compares encoders of one method and architecture; it "
+                                f"is {theirs_is}, this sweep's is {ours_is}")
+        return measure(other.encoder)
+
+    _crown(sweep, result, client, version, score, log)
+
+
+def _identity(model: LoadedModel) -> str:
+    """What must match for two encoders' RankMe or LiDAR to compare: method, network, input."""
+    cfg, encoder = model.config, model.encoder
+    return (f"{cfg.method.name} {cfg.model.backbone} width {cfg.model.effective_width}, "
+            f"{encoder.in_channels}-channel {encoder.image_size} px")
+
+
+def _label_free_measure(base: Config, metric: str) -> tuple[Callable[[Encoder], float], str]:
+    """``encoder -> metric`` on the monitors' sample of the sweep's training data, and its text.
+
+    The sample and views are those every trial measured during training (same source, seed and
+    settings), read here once.
+    """
+    cfg = base.data
+    source = read_source(cfg.source, cfg.channels, cfg.effective_decode_size, base.train.seed,
+                         "data.source", DecodePolicy.of(cfg), cache=cfg.cache)
+    images = first_images(source, min(base.eval.monitor_samples, source.num_images))
+    monitor = LabelFreeMonitor(images, base, 0, 1)
+    key = LABEL_FREE_CHAMPION_METRICS[metric]
+
+    def measure(encoder: Encoder) -> float:
+        values, _ = monitor.measure_encoder(encoder, None, torch.device("cpu"))
+        return values[key]
+
+    return measure, (f"{len(images)} training images x {base.eval.monitor_views} views of "
+                     f"{source.description} (no labels)")
 
 
 def _checkpoint(path: str, storage: str) -> ray.train.Checkpoint:
@@ -135,6 +234,7 @@ def _description(sweep: Sweep, best: res.TrialRow, encoder: Encoder, report: Eva
     results = "; ".join(f"{k} {100 * v:.2f}%" for k, v in report.results[TRAINED].items())
     return version_description(
         sweep.base, encoder, best.run_id,
-        f"{sweep.settings.metric} {100 * best.metric:.2f}% during training; on {report.split}: "
+        f"{sweep.settings.metric} {metric_text(sweep.settings.metric, best.metric)} during "
+        f"training; on {report.split}: "
         f"{results}. ", context=f"Best trial ({best.trial_id}: {best.params_text()}) of sweep "
                                 f"{sweep.name}: ")

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from raysl.sweep.spec import SearchDim
+from raysl.sweep.spec import SearchDim, metric_scale, metric_text
 
 COMPLETED, STOPPED, ERROR, RUNNING = "completed", "stopped early", "error", "running"
 
@@ -70,10 +70,6 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%" if math.isfinite(value) else "-"
-
-
 def _columns(head: list[str], body: list[list[str]], rule: bool = True) -> list[str]:
     """Left-aligned columns as wide as their widest cell (with a rule under the head)."""
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
@@ -93,7 +89,7 @@ def table(rows: list[TrialRow], fields: list[str], metric: str, best_id: str = "
         status = r.status + (f": {r.error}" if r.error else "")
         body.append([r.trial_id + mark, *(fmt(r.params.get(f, "")) for f in fields),
                      f"{r.batch_global}/{r.batch_per_worker}", f"{r.peak_lr:.4g}",
-                     str(r.epochs), _pct(r.metric), status[:60]])
+                     str(r.epochs), metric_text(metric, r.metric), status[:60]])
     lines = _columns(head, body)
     if best_id:
         lines.append("* best completed trial")
@@ -104,7 +100,7 @@ def progress_table(rows: list[TrialRow], fields: list[str], metric: str) -> str:
     """The live table while a sweep runs: trial, status, parameters, epoch, metric (indented)."""
     head = ["trial", "status", *fields, "epoch", metric]
     body = [[r.trial_id, r.status, *(fmt(r.params.get(f)) for f in fields), str(r.epochs),
-             _pct(r.metric)] for r in sorted(rows, key=lambda r: r.trial_id)]
+             metric_text(metric, r.metric)] for r in sorted(rows, key=lambda r: r.trial_id)]
     return "\n".join("  " + line for line in _columns(head, body, rule=False))
 
 
@@ -137,7 +133,7 @@ def plot_params(rows: list[TrialRow], space: tuple[SearchDim, ...], metric: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(space)
+    n, scale = len(space), metric_scale(metric)
     cols = min(n, 3)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols,
                              3.4 * ((n + cols - 1) // cols)), squeeze=False)
@@ -151,20 +147,20 @@ def plot_params(rows: list[TrialRow], space: tuple[SearchDim, ...], metric: str,
                 continue
             xs = [r.params[dim.field] if numeric else labels.index(fmt(r.params[dim.field]))
                   for r in pts]
-            ax.scatter(xs, [100 * r.metric for r in pts], marker=marker, color=colour,
+            ax.scatter(xs, [scale * r.metric for r in pts], marker=marker, color=colour,
                        label=status, s=40)
         best = [r for r in rows if r.trial_id == best_id]
         if best:
             x = best[0].params[dim.field] if numeric else labels.index(
                 fmt(best[0].params[dim.field]))
-            ax.scatter([x], [100 * best[0].metric], marker="*", s=220, color="gold",
+            ax.scatter([x], [scale * best[0].metric], marker="*", s=220, color="gold",
                        edgecolors="black", label="best", zorder=3)
         if dim.log_scale and numeric:
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel(dim.field)
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(_axis_label(metric))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
@@ -172,6 +168,10 @@ def plot_params(rows: list[TrialRow], space: tuple[SearchDim, ...], metric: str,
     fig.suptitle(f"{metric} at each trial's last epoch")
     fig.tight_layout()
     return _png(fig)
+
+
+def _axis_label(metric: str) -> str:
+    return f"{metric} (%)" if metric_scale(metric) == 100 else metric
 
 
 def plot_curves(rows: list[TrialRow], metric: str, best_id: str = "") -> bytes:
@@ -188,10 +188,10 @@ def plot_curves(rows: list[TrialRow], metric: str, best_id: str = "") -> bytes:
         epochs, values = zip(*r.history, strict=True)
         style = "-" if r.status == COMPLETED else "--"
         width = 2.5 if r.trial_id == best_id else 1.2
-        ax.plot(epochs, [100 * v for v in values], style, marker=".", lw=width,
+        ax.plot(epochs, [metric_scale(metric) * v for v in values], style, marker=".", lw=width,
                 label=f"{r.trial_id} ({r.status})")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(_axis_label(metric))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Online evaluation per trial (dashed: stopped early or failed)")

@@ -45,17 +45,39 @@ SearchKind = Literal["grid", "choice", "uniform", "loguniform", "randint"]
 SEARCH_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
 
-# Metrics comparable across trials: accuracies of the online evaluation, measured every epoch on
-# the same held-out split. SSL losses are not comparable: NT-Xent at temperature 0.1 and at 0.5,
-# or with 256 and with 4096 negatives, lives on different scales.
-ONLINE_METRICS = ("eval/online_knn_top1", "eval/online_probe_top1")
-# What the sweep's best encoder and the current champion are compared on (the evaluation suite).
+# Metrics comparable across trials, measured every epoch: accuracies of the online evaluation on
+# the same held-out split, or, with no labels, the label-free monitors on the same fixed sample
+# of training images (eval/monitors.py). SSL losses are not comparable: NT-Xent at temperature
+# 0.1 and at 0.5, or with 256 and with 4096 negatives, lives on different scales.
+LABEL_FREE_METRICS = ("eval/rankme", "eval/lidar")
+ONLINE_METRICS = ("eval/online_knn_top1", "eval/online_probe_top1", *LABEL_FREE_METRICS)
+# What the sweep's best encoder and the current champion are compared on: an accuracy of the
+# evaluation suite (its protocol), or a label-free monitor on the sweep's training sample.
 CHAMPION_METRICS = {"knn_top1": "knn", "knn_top5": "knn", "linear_top1": "linear",
                     "linear_top5": "linear"}
+LABEL_FREE_CHAMPION_METRICS = {"rankme": "eval/rankme", "lidar": "eval/lidar"}
+
+
+def is_label_free(metric: str) -> bool:
+    """Whether ``metric`` (online or champion) is a label-free monitor, not an accuracy."""
+    return metric in LABEL_FREE_METRICS or metric in LABEL_FREE_CHAMPION_METRICS
+
+
+def metric_scale(metric: str) -> float:
+    """100 for accuracies (shown in %), 1 for the monitors (effective ranks)."""
+    return 1.0 if is_label_free(metric) else 100.0
+
+
+def metric_text(metric: str, value: float | None) -> str:
+    """``81.20%`` for an accuracy, ``31.9`` for an effective rank, ``-`` for none/NaN."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.1f}" if is_label_free(metric) else f"{100 * value:.2f}%"
 
 # Set by the sweep for every trial, so they cannot be swept or overridden per trial.
 SWEEP_OWNED = ("train.run_name", "train.storage_path", "tracking.", "eval.enabled",
-               "eval.online_knn_every", "eval.online_probe", "method.name", "train.address",
+               "eval.online_knn_every", "eval.online_probe", "eval.monitor_every",
+               "method.name", "train.address",
                # One schedule and one resource plan per sweep: ASHA's epochs and the trials'
                # CPU/GPU budget are computed once, and every trial is judged on the same data.
                "train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
@@ -127,13 +149,16 @@ class ChampionConfig:
 
     register: bool = True  # register the best trial's encoder (tracking.registered_model)
     alias: str = "champion"
-    # Compared between the best trial and the current champion, both evaluated now on the
-    # base config's eval split: knn_top1, knn_top5, linear_top1 or linear_top5.
+    # Compared between the best trial and the current champion, both evaluated now: on the base
+    # config's eval split (knn_top1, knn_top5, linear_top1, linear_top5), or without labels on
+    # the training data's monitor sample (rankme, lidar; higher is better).
     metric: str = "knn_top1"
 
     def __post_init__(self) -> None:
-        check(self.metric in CHAMPION_METRICS, "metric", self.metric,
-              f"one of {list(CHAMPION_METRICS)} (the evaluation suite's accuracies)")
+        known = [*CHAMPION_METRICS, *LABEL_FREE_CHAMPION_METRICS]
+        check(self.metric in known, "metric", self.metric,
+              f"one of {known} (the evaluation suite's accuracies, which need a labeled split, "
+              "or a label-free monitor on the training images)")
         check(bool(self.alias) and all(c.isalnum() or c in "-_" for c in self.alias)
               and self.alias != "latest" and not re.fullmatch(r"[vV]\d+", self.alias), "alias",
               self.alias, "letters, digits, '-' and '_'; not 'latest' or v<number> (MLflow "
@@ -161,9 +186,9 @@ class SweepSettings:
         check(all(c.isalnum() or c in "-_.{}" for c in self.name), "name", self.name,
               "letters, digits, '-', '_' and '.'")
         check(self.metric in ONLINE_METRICS, "metric", self.metric,
-              f"one of {list(ONLINE_METRICS)}: early stopping needs an accuracy that compares "
-              "across trials, measured every epoch; SSL losses do not compare across "
-              "temperatures or batch sizes")
+              f"one of {list(ONLINE_METRICS)}: early stopping needs an accuracy (or, without "
+              "labels, a label-free monitor) that compares across trials, measured every epoch; "
+              "SSL losses do not compare across temperatures or batch sizes")
         check(self.num_samples >= 1, "num_samples", self.num_samples, ">= 1")
         check(self.max_concurrent_trials >= 0, "max_concurrent_trials",
               self.max_concurrent_trials, ">= 0 (0 = as many as fit)")

@@ -2,11 +2,13 @@
 
 It reads as its steps: :func:`set_up` (model, optimizer, the last checkpoint), then per epoch
 :func:`train_epoch` (the optimizer steps over this worker's shard), :func:`epoch_metrics` (what
-the epoch measured, plus online evaluation) and :func:`report` (log, checkpoint, tell Ray).
+the epoch measured, plus online evaluation), :func:`report` (log, checkpoint, tell Ray) and
+:func:`react_to_collapse` (warn, or stop, when the label-free monitors saw a collapse).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,11 +21,12 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from raysl import distributed
+from raysl import distributed, registry
 from raysl.checkpoint import restore, save_checkpoint
 from raysl.config import Config
 from raysl.console import duration, say
-from raysl.eval.online import OnlineProbe, online_metrics
+from raysl.eval.monitors import Collapse, RepresentationCollapsed
+from raysl.eval.online import LabelFreeMonitor, OnlineProbe, online_metrics
 from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import Progress, SSLMethod, build_method
 from raysl.schedules import set_lr, warmup_cosine
@@ -65,6 +68,8 @@ class Worker:
     tracker: Tracker
     probe: OnlineProbe | None
     split_ref: ray.ObjectRef[LabeledSplit] | None  # the labeled split of online evaluation
+    monitor: LabelFreeMonitor | None = None  # RankMe / LiDAR on a fixed sample (no labels)
+    collapse_warned: bool = False
     start_epoch: int = 0
     step: int = 0  # optimizer steps done, over all epochs
     split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
@@ -108,18 +113,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     Args:
         loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__,
-            "eval_split": ObjectRef of a LabeledSplit or None}`` (the split for online kNN).
+            "eval_split": ObjectRef of a LabeledSplit or None, "monitor_sample": ObjectRef of
+            (N, H, W, C) uint8 images or None}`` (online kNN's split, the monitors' sample).
     """
     w = set_up(Config.from_dict(loop_config["config"]), LoopSettings(**loop_config["settings"]),
-               loop_config.get("eval_split"))
+               loop_config.get("eval_split"), loop_config.get("monitor_sample"))
     shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
     for epoch in range(w.start_epoch, w.cfg.train.epochs):
         stats = train_epoch(w, epoch, shard)
-        report(w, epoch, epoch_metrics(w, epoch, stats))
+        metrics, collapses = epoch_metrics(w, epoch, stats)
+        report(w, epoch, metrics)
+        react_to_collapse(w, epoch, collapses)
 
 
-def set_up(cfg: Config, s: LoopSettings,
-           split_ref: ray.ObjectRef[LabeledSplit] | None) -> Worker:
+def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] | None,
+           monitor_ref: ray.ObjectRef[Any] | None = None) -> Worker:
     """The model (DDP-wrapped on its device), optimizer, and state of the last checkpoint if any."""
     torch.set_num_threads(s.threads_per_worker)
     torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts)
@@ -149,6 +157,8 @@ def set_up(cfg: Config, s: LoopSettings,
     w = Worker(cfg, s, rank, world, device, layout, method, model, optimizer, amp,
                torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
                Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0), probe, split_ref)
+    if monitor_ref is not None:
+        w.monitor = LabelFreeMonitor(ray.get(monitor_ref), cfg, rank, world)
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
             state = restore(d, method, optimizer)
@@ -211,8 +221,13 @@ def _first_step(w: Worker) -> None:
     w.tracker.log_metrics({"time/first_step_s": seconds}, step=w.start_epoch)
 
 
-def epoch_metrics(w: Worker, epoch: int, stats: EpochStats) -> dict[str, float]:
-    """The epoch's metrics (rank 0's), with online kNN / probe accuracy when due."""
+def epoch_metrics(w: Worker, epoch: int, stats: EpochStats
+                  ) -> tuple[dict[str, float], list[Collapse]]:
+    """The epoch's metrics (rank 0's), with monitors and online kNN / probe accuracy when due.
+
+    Returns:
+        The metrics, and the collapses the label-free monitors saw (the same on every rank).
+    """
     cfg = w.cfg
     metrics = {"train/loss": sum(stats.losses) / len(stats.losses), "train/lr": stats.lr,
                "train/images_per_s": len(stats.losses) * w.batch_global / stats.seconds,
@@ -225,12 +240,22 @@ def epoch_metrics(w: Worker, epoch: int, stats: EpochStats) -> dict[str, float]:
         metrics["train/weight_decay"] = cfg.optim.weight_decay_at(fraction)
     if cfg.optim.clip_grad > 0 and stats.last is not None:
         metrics["train/grad_norm"] = stats.last.grad_norm
-    every, last = cfg.eval.online_knn_every, epoch + 1 == cfg.train.epochs
-    knn_due = bool(every) and ((epoch + 1) % every == 0 or last)
+    last = epoch + 1 == cfg.train.epochs
+    collapses: list[Collapse] = []
+    if w.monitor is not None and _due(epoch, cfg.eval.monitor_every, last):
+        started = time.perf_counter()
+        values, collapses = w.monitor.measure(w.method, w.device)
+        metrics.update({**values, "time/monitors_s": time.perf_counter() - started})
+    knn_due = _due(epoch, cfg.eval.online_knn_every, last)
     if w.rank == 0 and w.split_ref is not None and (knn_due or (w.probe is not None and last)):
         w.split = w.split or ray.get(w.split_ref)
         metrics.update(online_metrics(w.method, w.split, cfg, w.probe, w.device, knn_due))
-    return metrics
+    return metrics, collapses
+
+
+def _due(epoch: int, every: int, last: bool) -> bool:
+    """Whether something run every ``every`` epochs (and at the last; 0 = never) is due."""
+    return bool(every) and ((epoch + 1) % every == 0 or last)
 
 
 def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
@@ -242,6 +267,10 @@ def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
     eta = (time.perf_counter() - w.started) / (epoch + 1 - w.start_epoch) * (epochs - epoch - 1)
     knn = (f"  online kNN {100 * metrics['eval/online_knn_top1']:.2f}%"
            if "eval/online_knn_top1" in metrics else "")
+    if "eval/rankme" in metrics:
+        knn += f"  RankMe {metrics['eval/rankme']:.1f}"
+    if "eval/lidar" in metrics:
+        knn += f"  LiDAR {metrics['eval/lidar']:.1f}"
     w.say(f"[raysl] epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.4f}  "
           f"lr {metrics['train/lr']:.4g}  {metrics['train/images_per_s']:.0f} img/s  "
           f"data wait {100 * metrics['train/data_wait_fraction']:.0f}%{knn}  "
@@ -286,3 +315,24 @@ def _timed(items: Iterable[T], stats: EpochStats,
             return
         stats.data_wait_s += clock() - t0
         yield item
+
+
+def react_to_collapse(w: Worker, epoch: int, collapses: list[Collapse]) -> None:
+    """Warn once (and tag the MLflow run) about a collapse seen after warm-up; or stop the run.
+
+    Raises:
+        RepresentationCollapsed: on every rank at once (the monitors' values are gathered, so
+            every rank sees the same collapse), with ``train.stop_on_collapse``.
+    """
+    cfg = w.cfg
+    if not collapses or epoch + 1 < max(1, math.ceil(cfg.optim.warmup_epochs)):
+        return  # during warm-up a representation may still be finding its feet
+    method = registry.get("method", cfg.method.name)
+    message = (f"epoch {epoch + 1}: {'; '.join(c.describe() for c in collapses)}. For "
+               f"{cfg.method.name} this usually means {method.collapse_hint}")
+    if cfg.train.stop_on_collapse:
+        raise RepresentationCollapsed(f"{message} (stopped: train.stop_on_collapse)")
+    if not w.collapse_warned:
+        w.collapse_warned = True
+        w.say(f"[raysl] WARNING: {message}; train.stop_on_collapse=true ends such runs early")
+        w.tracker.set_tags({"raysl.collapse": message})

@@ -224,6 +224,8 @@ def quiet_driver_logs() -> None:
     """
     for name in ("ray", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's "Downloading artifacts" bars, each time a model or config is read back.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Ray Data's note that a small dataset has fewer blocks than tasks allowed: nothing to do.
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     for name in ("ray", "ray.data"):
@@ -286,19 +288,21 @@ def torch_backend(cfg: Config) -> str:
 def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   settings: LoopSettings, storage_path: str,
                   eval_split: ray.ObjectRef[Any] | None = None,
-                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
+                  callbacks: Sequence[ray.train.UserCallback] = (),
+                  monitor_sample: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` for one pretraining run.
 
     Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
     checkpoint (Ray Train V2 restores the run's state from ``storage_path/run_name``).
     ``eval_split`` is the labeled split (in the object store) for online kNN evaluation.
     ``callbacks`` are Ray Train callbacks, e.g. the one forwarding each report to a Tune trial.
+    ``monitor_sample`` holds the images of the label-free monitors (``eval.monitor_every``).
     """
     return TorchTrainer(
         train_loop_per_worker,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
         train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings),
-                           "eval_split": eval_split},
+                           "eval_split": eval_split, "monitor_sample": monitor_sample},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
                                                use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=plan.worker_resources()),

@@ -327,3 +327,38 @@ def test_per_parameter_clipping_bounds_each_tensor():
 def test_gpu_workers_talk_nccl_and_cpu_workers_gloo():
     assert torch_backend(C.load(None, ["train.use_gpu=true"])) == "nccl"
     assert torch_backend(C.load(None, [])) == "gloo"
+
+
+def test_a_collapse_after_warm_up_warns_once_and_tags_the_run(tmp_path):
+    """The warning path of the label-free monitors (the stop path: test_pretrain_e2e)."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from raysl.eval.monitors import Collapse, RepresentationCollapsed
+    from raysl.tracking.mlflow import Tracker
+    from raysl.train.loop import react_to_collapse
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("c")).info.run_id
+    cfg = C.load(None, [*TINY, "method.name=byol", "optim.warmup_epochs=2"])
+    lines: list[str] = []
+    w = SimpleNamespace(cfg=cfg, collapse_warned=False, say=lines.append,
+                        tracker=Tracker(uri, run_id, active=True))
+    seen = [Collapse("complete", "encoder", 1.0, 64, 0.001)]
+    react_to_collapse(w, 0, seen)  # epoch 1 of a 2-epoch warm-up: not judged yet
+    assert lines == []
+    react_to_collapse(w, 1, [])
+    react_to_collapse(w, 1, seen)
+    react_to_collapse(w, 2, seen)
+    assert len(lines) == 1, lines  # one line, not one per epoch
+    assert lines[0].startswith("[raysl] WARNING: epoch 2: complete collapse of the encoder's "
+                               "embeddings (RankMe 1.0 of 64, std 0.001). For byol this usually "
+                               "means a target momentum too low")
+    assert "train.stop_on_collapse=true" in lines[0]
+    assert client.get_run(run_id).data.tags["raysl.collapse"].startswith("epoch 2: complete")
+    w.cfg = C.load(None, [*TINY, "method.name=byol", "train.stop_on_collapse=true",
+                          "optim.warmup_epochs=0"])
+    with pytest.raises(RepresentationCollapsed, match=r"stopped: train\.stop_on_collapse"):
+        react_to_collapse(w, 0, seen)
