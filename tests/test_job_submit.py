@@ -175,7 +175,7 @@ def test_evaluate_job_tags_the_registered_model(head, pretrain_job, mlflow_serve
 
 
 def test_tune_job_runs_a_label_free_smoke_sweep(head, mlflow_server):
-    """A sweep on images without labels, as a job: ranked on RankMe, crowned on RankMe.
+    """A sweep on images without labels, as a job: ranked on LiDAR, crowned on LiDAR.
 
     One trial (the smoke default is 2): the job path and the label-free path are what is tested
     here; trials, early stopping and resuming are tests/sweep/test_sweep_e2e.py's.
@@ -187,20 +187,20 @@ def test_tune_job_runs_a_label_free_smoke_sweep(head, mlflow_server):
     out = job.stdout + job.stderr
     assert job.returncode == 0, out[-6000:]
     assert "raysl tune: summary" in out and "label-free-smoke: 1 trial(s)" in out
-    assert "on eval/rankme (max)" in out and "(labels not used: data.source.labels=false)" in out
+    assert "on eval/lidar (max)" in out and "(labels not used: data.source.labels=false)" in out
     client = MlflowClient(mlflow_server)
     experiments = [e.experiment_id for e in client.search_experiments()]
     trials = client.search_runs(experiments, "tags.`raysl.kind` = 'sweep trial'")
     assert len(trials) == 1, [(r.info.run_name, r.info.status) for r in trials]
     trial = trials[0]
     assert "eval/online_knn_top1" not in trial.data.metrics  # nothing needed labels
-    rankme_history = client.get_metric_history(trial.info.run_id, "eval/rankme")
-    assert [m.step for m in rankme_history] == [1, 2]  # every epoch, for ASHA
-    assert all(1 <= m.value <= 256 for m in rankme_history)
+    lidar_history = client.get_metric_history(trial.info.run_id, "eval/lidar")
+    assert [m.step for m in lidar_history] == [1, 2]  # every epoch, for ASHA
+    assert all(1 <= m.value <= 512 for m in lidar_history)
     champion = client.get_model_version_by_alias("raysl-demo-simclr-fmnist-smoke", "champion")
     assert champion.run_id == trial.info.run_id
-    assert float(champion.tags["eval.rankme"]) == pytest.approx(rankme_history[-1].value, rel=1e-3)
-    assert "no labels" in champion.tags["eval.data"] and "rankme" in champion.description
+    assert float(champion.tags["eval.lidar"]) == pytest.approx(lidar_history[-1].value, rel=1e-3)
+    assert "no labels" in champion.tags["eval.data"] and "lidar" in champion.description
 
 
 def test_a_failing_job_is_failed_with_its_error_in_the_logs(head, mlflow_server):

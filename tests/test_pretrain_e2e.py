@@ -34,7 +34,8 @@ def _shared(tmp_path: Path, epochs: int, run_name: str) -> list[str]:
             f"train.epochs={epochs}", "train.num_workers=2", f"train.run_name={run_name}",
             f"train.storage_path={tmp_path / 'ray_results'}", "eval.knn_k=20",
             f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=e2e",
-            "tracking.registered_model=e2e-encoder", "optim.warmup_epochs=0"]
+            "tracking.registered_model=e2e-encoder", "optim.warmup_epochs=0",
+            "eval.monitor_samples=256"]  # >= the 64-d encoder and 128-d SimCLR projector
 
 
 def _config(tmp_path: Path, epochs: int, run_name: str, extra: tuple[str, ...] = ()

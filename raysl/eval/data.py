@@ -197,4 +197,3 @@ def _bank_indices(labels: np.ndarray, names: list[str], bank_names: list[str], p
 
 def _index_names(names: list[str]) -> bool:
     return names == [str(i) for i in range(len(names))]
-

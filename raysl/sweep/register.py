@@ -83,8 +83,8 @@ def crown_best(sweep: Sweep, result: SweepResult, client: MlflowClient,
                              {**report.tags(), "eval.data": split.description[:5000]},
                              _description(sweep, best, loaded.encoder, report))
     ours = report.results[TRAINED][champion.metric]
-    score = _scorer(base.registered_model_name, version, ours, split, eval_cfg,
-                    champion.metric, uri, base)
+    score = _scorer(base.registered_model_name, version, ours, uri,
+                    _accuracy_on(split, eval_cfg, champion.metric, base))
     _crown(sweep, result, client, version, score, log)
 
 
@@ -140,21 +140,14 @@ def _crown_label_free(sweep: Sweep, result: SweepResult, client: MlflowClient,
     version = _register_best(sweep, result, client, loaded,
                              {f"eval.{metric}": f"{ours:.2f}", "eval.data": sample[:5000]},
                              description)
-    name, uri = base.registered_model_name, result.tracking_uri
-
-    def score(model_uri: str) -> float:
-        if model_uri == f"models:/{name}/{version}":
-            return ours
-        try:
-            other = load_model(model_uri, uri)
-        except ModelNotFoundError as e:
-            raise NotComparable(str(e)) from None
+    def incumbent(other: LoadedModel) -> float:
         ours_is, theirs_is = _identity(loaded), _identity(other)
         if ours_is != theirs_is:
             raise NotComparable(f"{metric} compares encoders of one method and architecture; it "
                                 f"is {theirs_is}, this sweep's is {ours_is}")
         return measure(other.encoder)
 
+    score = _scorer(base.registered_model_name, version, ours, result.tracking_uri, incumbent)
     _crown(sweep, result, client, version, score, log)
 
 
@@ -205,13 +198,12 @@ def _champion_eval(cfg: EvalConfig, metric: str) -> EvalConfig:
     return dataclasses.replace(cfg, enabled=True, protocols=protocols)
 
 
-def _scorer(name: str, version: str, ours: float, split: EvalData, eval_cfg: EvalConfig,
-            metric: str, uri: str, base: Config) -> Callable[[str], float]:
-    """Scores registry URIs on the sweep's split: the challenger's score is already known."""
-    protocol = CHAMPION_METRICS[metric]
-    just_metric = dataclasses.replace(eval_cfg, protocols=(protocol,),
-                                      baselines=False, plots=False)
+def _scorer(name: str, version: str, ours: float, uri: str,
+            measure: Callable[[LoadedModel], float]) -> Callable[[str], float]:
+    """Scores registry URIs the same way: the challenger's score is already known.
 
+    ``measure`` scores another version, or raises :class:`NotComparable`.
+    """
     def score(model_uri: str) -> float:
         if model_uri == f"models:/{name}/{version}":
             return ours
@@ -219,6 +211,18 @@ def _scorer(name: str, version: str, ours: float, split: EvalData, eval_cfg: Eva
             other = load_model(model_uri, uri)
         except ModelNotFoundError as e:
             raise NotComparable(str(e)) from None
+        return measure(other)
+
+    return score
+
+
+def _accuracy_on(split: EvalData, eval_cfg: EvalConfig, metric: str, base: Config
+                 ) -> Callable[[LoadedModel], float]:
+    """``metric`` of a model on the sweep's split (its protocol alone, no baselines)."""
+    just_metric = dataclasses.replace(eval_cfg, protocols=(CHAMPION_METRICS[metric],),
+                                      baselines=False, plots=False)
+
+    def measure(other: LoadedModel) -> float:
         channels = other.encoder.in_channels
         if channels != base.data.channels:
             raise NotComparable(f"it takes {channels}-channel images, this sweep's split has "
@@ -227,7 +231,7 @@ def _scorer(name: str, version: str, ours: float, split: EvalData, eval_cfg: Eva
                                    other.encoder.image_size, base.train.seed, lambda _: None)
         return report.results[TRAINED][metric]
 
-    return score
+    return measure
 
 
 def _description(sweep: Sweep, best: res.TrialRow, encoder: Encoder, report: EvalReport) -> str:

@@ -207,3 +207,26 @@ def test_auto_cache_keeps_what_fits_and_streams_what_does_not():
     mode, why = source_mod._cache_mode("auto", int(0.5 * store))
     assert mode == "none" and "decoded every epoch" in why
     assert source_mod._cache_mode("none", 1)[0] == "none"
+
+
+def test_first_images_are_the_same_fixed_sample_cached_or_streamed(tmp_path: Path):
+    """The label-free monitors' sample: the same images whatever the cache mode, every time.
+
+    A streamed source reads it on its own: its bad files are not counted twice and the
+    training stream's epochs (their seeded unit orders) are not used up.
+    """
+    _tree(tmp_path, n=60)
+    cfg = SourceConfig(path=str(tmp_path))
+    cached = read_source(cfg, 3, 12, policy=LENIENT, cache="memory")
+    streamed = read_source(cfg, 3, 12, policy=LENIENT, cache="none")
+    assert streamed.units is not None
+    executions = streamed.units.executions
+    sample = source_mod.first_images(streamed, 20)
+    assert sample.shape == (20, 12, 12, 3)
+    assert np.array_equal(sample, source_mod.first_images(streamed, 20))  # fixed
+    assert np.array_equal(sample, source_mod.first_images(cached, 20))  # whatever the cache
+    assert streamed.units.executions == executions  # the stream's epochs are its own
+    first_epoch, _ = to_numpy(streamed)
+    streamed.tally()
+    assert streamed.skipped == {"not_an_image": 3}  # counted once, by the training stream
+    assert len(first_epoch) == 60

@@ -33,9 +33,14 @@ def _sweep_file(tmp_path: Path) -> Path:
     data = ({"eval.bank.limit": 600, "eval.query.limit": 300} if fmnist else
             {"data.source.format": "generated", "eval.bank.format": "generated",
              "eval.bank.limit": 900, "eval.query.path": "", "data.image_size": 28})
+    # The demo's recipe without the label-free monitors, which this sweep does not rank on (a
+    # sweep owns eval.monitor_every, so it is off in the base): ~15 s less.
+    base = yaml.safe_load((ROOT / "pipelines/configs/demo.yaml").read_text())
+    base["eval"]["monitor_every"] = 0
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {
         "name": "e2e-sweep",
-        "base": str(ROOT / "pipelines/configs/demo.yaml"),
+        "base": str(tmp_path / "base.yaml"),
         "set": {**data, "data.source.limit": 640, "data.batch_size_global": 64,
                 "model.width": 8, "train.epochs": EPOCHS, "train.num_workers": 1,
                 "train.cpus_per_worker": 1, "train.data_cpus": 0.5, "data.augment_cpus": 0.5,
