@@ -32,7 +32,7 @@ from raysl.data.source import (
 )
 from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.models import WEIGHTS_TAG, log_weights
-from raysl.eval.monitors import RepresentationCollapsed
+from raysl.eval.monitors import MONITOR_METRICS, RepresentationCollapsed
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
@@ -70,9 +70,6 @@ from raysl.train.trainer import (
 
 ONLINE_KNN = "eval/online_knn_top1"
 CHAMPION_ALIAS = "champion"  # what consumers load (models:/NAME@champion); sweeps move it
-MONITOR_NAMES = {"eval/rankme": "RankMe", "eval/lidar": "LiDAR",
-                 "eval/rankme_projector": "projector RankMe",
-                 "eval/lidar_projector": "projector LiDAR"}
 
 
 @dataclass
@@ -122,8 +119,8 @@ class PretrainResult:
                          f"{o['best_epoch']:.0f})")
         if self.monitors:
             lines.append("monitors       " + ", ".join(
-                f"{MONITOR_NAMES[k]} {v:.1f}" for k, v in self.monitors.items()
-                if k in MONITOR_NAMES) + " at the last epoch (label-free: eval/rankme, "
+                f"{MONITOR_METRICS[k]} {v:.1f}" for k, v in self.monitors.items()
+                if k in MONITOR_METRICS) + " at the last epoch (label-free: eval/rankme, "
                 "eval/lidar)")
         if self.report is not None:
             lines.append(f"evaluation     (kNN k={self.knn_k}, T={self.knn_temperature:g}) on "
@@ -352,7 +349,7 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     metrics = fit.metrics or {}
     result.final_loss = float(metrics.get("train/loss", float("nan")))
     result.images_per_s = float(metrics.get("train/images_per_s", 0.0))
-    result.monitors = {k: float(v) for k, v in metrics.items() if k in MONITOR_NAMES}
+    result.monitors = {k: float(v) for k, v in metrics.items() if k in MONITOR_METRICS}
     result.checkpoint_path = fit.checkpoint.path
     checkpoint: ray.train.Checkpoint = fit.checkpoint
     return checkpoint

@@ -7,11 +7,18 @@ computed on the embeddings of every worker gathered into one matrix (``eval/onli
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from raysl.methods.base import output_std
+
+# What the monitors log (eval/online.py), with their names for people; sweeps may rank on them.
+MONITOR_METRICS = {"eval/rankme": "RankMe", "eval/lidar": "LiDAR",
+                   "eval/rankme_projector": "projector RankMe",
+                   "eval/lidar_projector": "projector LiDAR"}
 ENTROPY_EPS = 1e-7  # the epsilon both papers add to the normalised spectrum
 LIDAR_DELTA = 1e-4  # LiDAR's ridge on the within-class scatter, so it can be inverted
 
@@ -65,15 +72,13 @@ def lidar(e: Tensor, delta: float = LIDAR_DELTA, eps: float = ENTROPY_EPS) -> fl
     return _effective_rank(torch.linalg.eigvalsh((lda + lda.T) / 2), eps)
 
 
-@torch.no_grad()
 def embedding_std(z: Tensor) -> float:
-    """Mean per-dimension std of the L2-normalised embeddings z: (N, D), times sqrt(D).
+    """SimSiam's collapse monitor (:func:`output_std`) of z: (N, D), times sqrt(D).
 
-    1 when the directions spread evenly over the sphere, 0 when every embedding is the same
-    (SimSiam's collapse monitor, arXiv:2011.10566 fig. 2, scaled so it does not depend on D).
+    1 when the directions spread evenly over the sphere, 0 when every embedding is the same;
+    scaled so that it does not depend on D.
     """
-    unit = torch.nn.functional.normalize(z.detach().double(), dim=1)
-    return float(unit.std(dim=0).mean() * unit.shape[1] ** 0.5)
+    return output_std(z) * math.sqrt(z.shape[1])
 
 
 class RepresentationCollapsed(RuntimeError):

@@ -40,6 +40,7 @@ from raysl.config import (
     merge_override,
     parse_override,
 )
+from raysl.eval.monitors import MONITOR_METRICS
 
 SearchKind = Literal["grid", "choice", "uniform", "loguniform", "randint"]
 SEARCH_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -49,8 +50,7 @@ RANGE_KINDS = ("uniform", "loguniform", "randint")
 # the same held-out split, or, with no labels, the label-free monitors on the same fixed sample
 # of training images (eval/monitors.py). SSL losses are not comparable: NT-Xent at temperature
 # 0.1 and at 0.5, or with 256 and with 4096 negatives, lives on different scales.
-LABEL_FREE_METRICS = ("eval/rankme", "eval/lidar", "eval/rankme_projector",
-                      "eval/lidar_projector")
+LABEL_FREE_METRICS = tuple(MONITOR_METRICS)
 ONLINE_METRICS = ("eval/online_knn_top1", "eval/online_probe_top1", *LABEL_FREE_METRICS)
 # What the sweep's best encoder and the current champion are compared on: an accuracy of the
 # evaluation suite (its protocol), or a label-free monitor on the sweep's training sample.
