@@ -86,7 +86,8 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
-        rates = torch.linspace(0.0, drop_path_rate, depth).tolist()
+        # linspace(0, rate, depth) in plain Python: the module may be built on the meta device.
+        rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(Block(dim, heads, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.num_features = dim
