@@ -117,3 +117,13 @@ def test_eval_lists_and_knn_auto_k():
         with pytest.raises(C.ConfigError) as e:
             C.load(None, [bad])
         assert e.value.field == field, bad
+
+
+def test_a_config_error_survives_pickling_as_ray_sends_it_from_a_worker():
+    import pickle
+
+    error = ConfigError("optim.base_lr", -1.0, "must be > 0", "recipe.yaml")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is ConfigError and str(again) == str(error)
+    assert (again.field, again.value, again.expected, again.source) == (
+        "optim.base_lr", -1.0, "must be > 0", "recipe.yaml")

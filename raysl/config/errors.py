@@ -19,6 +19,14 @@ class ConfigError(ValueError):
         where = f" (from {source})" if source else ""
         super().__init__(f"{field}={value!r}: {expected}{where}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, Any, str, str | None]]:
+        """Pickle by the constructor's arguments.
+
+        A ConfigError raised in a Ray worker then reaches the driver as itself, not as a
+        TypeError from rebuilding it with one argument.
+        """
+        return ConfigError, (self.field, self.value, self.expected, self.source)
+
     def under(self, prefix: str) -> ConfigError:
         """The same error with ``prefix.`` prepended to the field path."""
         return ConfigError(f"{prefix}.{self.field}", self.value, self.expected, self.source)
