@@ -319,3 +319,48 @@ def nnclr_contrastive(nn: Tensor, p: Tensor, temperature: float) -> Tensor:
     logits = nn @ distributed.gather(p).T / temperature  # (B, B*W)
     targets = distributed.rank() * p.shape[0] + torch.arange(p.shape[0], device=p.device)
     return F.cross_entropy(logits, targets)
+
+
+def patchify(x: Tensor, patch: int) -> Tensor:
+    """Images cut into flattened patches, in the ViT's (row-major) patch order.
+
+    Args:
+        x: (B, C, H, W), H and W multiples of ``patch``.
+        patch: side p of the square patches.
+
+    Returns:
+        (B, N, p * p * C), N = (H / p) * (W / p); each patch's pixels row by row, channels last
+        (MAE's ``patchify``).
+    """
+    b, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"patchify: a {h}x{w} image is not a whole number of {patch}px patches")
+    grid = x.reshape(b, c, h // patch, patch, w // patch, patch)
+    return grid.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool) -> Tensor:
+    """MAE's reconstruction loss (He et al. 2021, arXiv:2111.06377, section 3).
+
+    The mean squared error between predicted and true pixels, on the masked patches only.
+
+    With ``norm_pix`` the target of each patch is its pixels standardised by the patch's own
+    mean and (unbiased) variance, the paper's "normalized pixels" that improve representations.
+    Every sample masks the same number of patches, so each rank's mean weighs samples equally
+    and DDP's gradient average equals the global batch's.
+
+    Args:
+        pred: (B, N, P) predicted patches.
+        target: (B, N, P) true patches (:func:`patchify` of the normalised input).
+        mask: (B, N), 1 where a patch was masked (hidden from the encoder), 0 where visible.
+        norm_pix: standardise each target patch.
+
+    Returns:
+        Scalar loss: mean over masked patches of the per-patch mean squared error.
+    """
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6) ** 0.5
+    per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
+    return (per_patch * mask).sum() / mask.sum()

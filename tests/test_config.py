@@ -36,7 +36,7 @@ def test_yaml_and_set_overrides(tmp_path: Path):
     ("data.views.hue=0.9", "data.views.hue", "[0, 0.5]"),
     ("data.views.crop_scale=[0.5]", "data.views.crop_scale", "list of 2"),
     ("data.source.limit=-3", "data.source.limit", ">= 0"),
-    ("method.name=nope", "method.name", "must be one of ['barlow_twins', 'byol', 'dino'"),
+    ("method.name=nope", "method.name", "must be one of ['autoencoder', 'barlow_twins', 'byol'"),
     ("method.temperature=0", "method.temperature", "must be > 0"),
     ("data.batch_size_global=255", "data.batch_size_global", "divisible by train.num_workers"),
     ("train.run_name=a/b", "train.run_name", "letters, digits"),

@@ -13,6 +13,7 @@ import torch
 from raysl import config as C
 from raysl import methods, registry
 from raysl.config import ConfigError
+from raysl.data.views import make_columns
 from raysl.eval.online import LabelFreeMonitor
 from raysl.methods.base import Progress, build_method
 from raysl.train.optim import build_optimizer
@@ -27,8 +28,12 @@ BACKBONES = {
 HEAD_DIM = 32
 
 
-def tiny_config(name: str, backbone: str = "resnet", extra: tuple[str, ...] = ()) -> C.Config:
-    """``name`` at toy size: 32 px RGB, batch 8, every ``*_dim`` of its config shrunk."""
+def tiny_config(name: str, backbone: str = "", extra: tuple[str, ...] = ()) -> C.Config:
+    """``name`` at toy size: 32 px RGB, batch 8, every ``*_dim`` of its config shrunk.
+
+    ``backbone``: a key of BACKBONES; "" = the ResNet, or the ViT for a ViT-only method.
+    """
+    backbone = backbone or ("vit" if registry.get("method", name).vit_only else "resnet")
     base = [*BACKBONES[backbone], "data.image_size=32", "data.batch_size_global=8",
             "train.num_workers=1", f"method.name={name}", *extra]
     cfg = C.load(None, base)
@@ -38,15 +43,30 @@ def tiny_config(name: str, backbone: str = "resnet", extra: tuple[str, ...] = ()
     return C.load(None, base + dims + queue)
 
 
-def tiny_views(cfg: C.Config, b: int = 8, seed: int = 0) -> list[torch.Tensor]:
+def tiny_batch(cfg: C.Config, b: int = 8, seed: int = 0
+               ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Views and targets of ``b`` random images, made by the data path (``make_columns``)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (b, 3, s, s), dtype=torch.uint8, generator=g)
-            for s in cfg.view_sizes]
+    size = cfg.data.image_size + 8
+    images = torch.randint(0, 256, (b, cfg.data.channels, size, size), dtype=torch.uint8,
+                           generator=g)
+    columns = make_columns(images, cfg.data, g)
+    views = [columns.pop(f"view{i}") for i in range(len(cfg.view_sizes))]
+    return views, columns
+
+
+def tiny_views(cfg: C.Config, b: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    return tiny_batch(cfg, b, seed)[0]
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("name", NAMES)
 def test_every_method_trains_one_step(name, backbone):
+    if backbone == "resnet" and registry.get("method", name).vit_only:
+        with pytest.raises(ConfigError) as info:
+            tiny_config(name, backbone)
+        assert info.value.field == "model.backbone" and "a ViT" in str(info.value)
+        return
     cfg = tiny_config(name, backbone)
     torch.manual_seed(0)
     method = build_method(cfg)
@@ -61,7 +81,9 @@ def test_every_method_trains_one_step(name, backbone):
     method.on_after_backward = keep_grads  # type: ignore[method-assign]  # record, not skip
 
     opt = build_optimizer(method, dataclasses.replace(cfg.optim, name="sgd"), lr=0.1)
-    result = train_step(method, [tiny_views(cfg)], opt, Progress(0, 100, 10))
+    views, targets = tiny_batch(cfg)
+    assert set(targets) == set(method.target_columns)  # the data path makes what it reads
+    result = train_step(method, [views], opt, Progress(0, 100, 10), targets=[targets])
 
     assert torch.isfinite(torch.tensor(result.loss))
     assert all(grads[n] is not None for n in online), [n for n in online if grads[n] is None]
@@ -90,8 +112,12 @@ def test_every_method_is_monitored_on_its_encoder_and_projector(name):
     images = torch.randint(0, 256, (6, 40, 40, 3), dtype=torch.uint8).numpy()
     values, _ = LabelFreeMonitor(images, cfg, 0, 1).measure(method, torch.device("cpu"))
     assert 1 <= values["eval/rankme"] <= 6 and 1 <= values["eval/lidar"] <= 6
-    # Every method of the zoo has a projection head (DINO: its MLP up to the bottleneck).
-    assert 1 <= values["eval/rankme_projector"] <= 6, name
+    # Every joint-embedding method has a projection head (DINO: its MLP up to the bottleneck);
+    # the predictive ones (one view) have a classifier or decoder, not monitored.
+    if method.global_views == 2:
+        assert 1 <= values["eval/rankme_projector"] <= 6, name
+    else:
+        assert method.exported_projector() is None and "eval/rankme_projector" not in values
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -102,7 +128,8 @@ def test_every_method_has_a_shipped_config(name):
 
 
 def test_unknown_method_lists_known():
-    with pytest.raises(ConfigError, match=r"method.name.*must be one of \['barlow_twins'"):
+    known = r"method.name.*must be one of \['autoencoder', 'barlow_twins'"
+    with pytest.raises(ConfigError, match=known):
         C.load(None, ["method.name=byoll"])
 
 
@@ -229,8 +256,9 @@ def test_every_method_steps_under_bf16_autocast(name):
     torch.manual_seed(0)
     method = build_method(cfg)
     opt = torch.optim.SGD(method.parameters(), lr=0.01)
-    result = train_step(method, [tiny_views(cfg)], opt, Progress(0, 100, 10),
-                        amp_dtype=torch.bfloat16)
+    views, targets = tiny_batch(cfg)
+    result = train_step(method, [views], opt, Progress(0, 100, 10), amp_dtype=torch.bfloat16,
+                        targets=[targets])
     assert torch.isfinite(torch.tensor(result.loss))
     assert all(p.dtype == torch.float32 for p in method.parameters())
     assert all(b.dtype != torch.bfloat16 for b in method.buffers())

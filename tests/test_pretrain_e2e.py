@@ -314,3 +314,33 @@ def test_a_collapsing_run_is_stopped_with_the_reason_in_mlflow(tmp_path: Path, m
     encoder = client.get_metric_history(run.info.run_id, "eval/rankme")
     assert 1 <= len(projector) < 6  # stopped early, at the epoch the monitor saw it
     assert projector[-1].value < 0.02 * 256 or encoder[-1].value < 0.02 * 64
+
+
+# The predictive family through the whole path, each with what makes it different: a target
+# column carried from Ray Data to the loss (rotation), a ViT masked inside the model (MAE), a
+# decoder that is not exported (autoencoder).
+PREDICTIVE = {
+    "rotation": ("method.head_hidden_dim=0",),
+    "mae": ("model.width=16", "model.depth=2", "method.decoder_dim=16", "method.decoder_depth=1",
+            "method.decoder_heads=2"),
+    "autoencoder": ("method.decoder_width=8",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTIVE))
+def test_predictive_methods_end_to_end_to_a_registered_encoder(name, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(CONFIGS / f"{name}_fmnist.yaml", [
+        *_shared(tmp_path, 1, f"e2e-{name}"), "data.source.limit=256", "train.num_workers=1",
+        "eval.monitor_samples=64", "eval.protocols=knn", "eval.bank.limit=300",
+        "eval.query.limit=150", f"tracking.registered_model=e2e-{name}", *PREDICTIVE[name]])
+    result = pretrain(cfg)
+    metrics = MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id).data.metrics
+    assert np.isfinite(result.final_loss) and 0 < result.knn[TRAINED] <= 1
+    assert "eval/rankme" in metrics and "eval/rankme_projector" not in metrics
+    if name == "rotation":  # the target reached the loss: 4 rotations of 64 images per step
+        assert 0 <= metrics["train/rotation_acc"] <= 1
+    assert result.model is not None
+    encoder = raysl.load_encoder(result.model.model_uri, tracking_uri=result.tracking_uri)
+    assert not any(k.startswith(("decoder", "classifier")) for k in encoder.state_dict())
+    assert encoder(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, encoder.num_features)

@@ -26,6 +26,8 @@ class ModelConfig:
     depth: int = 0  # ViT only: number of blocks; 0 = 12
     patch_size: int = 0  # ViT only: patch side; 0 = 16 (use 4 for 28-32 px images)
     drop_path_rate: float = 0.0  # ViT only: stochastic depth of the last block (DINO ViT-S: 0.1)
+    # ViT only: "learned" position embeddings (DINO, MoCo v3) or fixed 2-D "sincos" (MAE).
+    pos_embed: Literal["learned", "sincos"] = "learned"
 
     def __post_init__(self) -> None:
         if self.is_vit:
@@ -38,12 +40,16 @@ class ModelConfig:
             w = self.effective_width
             check(w % self.heads == 0, "width", self.width,
                   f"a ViT embedding dim divisible by its {self.heads} heads (one per 64)")
+            check(self.pos_embed == "learned" or w % 4 == 0, "width", self.width,
+                  "a multiple of 4 with pos_embed='sincos' (a sin and a cos per row and column)")
         else:
             check(self.width == 0 or (self.width >= 4 and self.width % 4 == 0), "width",
                   self.width, "must be 0 (standard: 64) or a multiple of 4 and >= 4")
             for name in ("depth", "patch_size", "drop_path_rate"):
                 check(getattr(self, name) == 0, name, getattr(self, name),
                       f"is a ViT option; leave it 0 for {self.backbone}")
+            check(self.pos_embed == "learned", "pos_embed", self.pos_embed,
+                  f"is a ViT option; leave it 'learned' for {self.backbone}")
 
     @property
     def is_vit(self) -> bool:

@@ -21,6 +21,8 @@ class OptimConfig:
     momentum: float = 0.9
     warmup_epochs: float = 10.0
     final_lr_ratio: float = 0.0  # lr at the end of the cosine, as a fraction of the peak
+    # AdamW's (beta1, beta2); MAE pretrains with (0.9, 0.95), the usual for ViTs.
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017)
     # Cap LARS's step of a tensor at eta of its norm (solo-learn's clip_lars_lr; with eta 0.02
     # in its small-batch recipes); see raysl/train/optim.py:LARS.
@@ -44,6 +46,8 @@ class OptimConfig:
         check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         check(0 <= self.final_lr_ratio <= 1, "final_lr_ratio", self.final_lr_ratio, "in [0, 1]")
         check(self.lars_eta > 0, "lars_eta", self.lars_eta, "must be > 0")
+        check(all(0 <= b < 1 for b in self.adam_betas), "adam_betas", self.adam_betas,
+              "a pair of decay rates in [0, 1), e.g. [0.9, 0.95]")
         check(self.bias_norm_lr_scale > 0, "bias_norm_lr_scale", self.bias_norm_lr_scale,
               "must be > 0 (1 = the weights' learning rate)")
         check(self.exclude_bias_and_norm or self.bias_norm_lr_scale == 1.0, "bias_norm_lr_scale",

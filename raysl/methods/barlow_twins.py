@@ -8,7 +8,15 @@ from torch import Tensor
 
 from raysl.config import MethodConfig, check
 from raysl.losses import barlow_twins
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_each, full_precision
+from raysl.methods.base import (
+    NO_TARGETS,
+    LossOutput,
+    Progress,
+    SSLMethod,
+    Targets,
+    encode_each,
+    full_precision,
+)
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -60,7 +68,8 @@ class BarlowTwins(SSLMethod):
         self.projector = MLP(mlp_dims(encoder.num_features, cfg.proj_hidden_dim,
                                       cfg.proj_output_dim, cfg.proj_layers))
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """The loss of the paper's Algorithm 1 on the projections of both views."""
         z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         with full_precision(z0):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -14,6 +16,17 @@ from raysl import registry
 from raysl.config import VIEW_PRESETS, ConfigError, MethodConfig, Pretext, check
 from raysl.config import Config as RunConfig
 from raysl.nn.backbones import Encoder, build_encoder
+
+Targets = Mapping[str, Tensor]  # per-sample targets by column name, rows aligned with the views
+NO_TARGETS: Targets = MappingProxyType({})
+
+
+def target(targets: Targets, column: str) -> Tensor:
+    """``targets[column]``, or an error saying the data did not carry it."""
+    if column not in targets:
+        raise KeyError(f"the batch has no {column!r} column (it has {sorted(targets)}); the "
+                       f"method declares it in target_columns and the data must provide it")
+    return targets[column]
 
 
 @dataclass
@@ -61,6 +74,13 @@ class SSLMethod(nn.Module, ABC):
     # global views (MAE and the pretext tasks: 1) and the pretext target column it reads.
     global_views: ClassVar[int] = 2
     pretext: ClassVar[Pretext] = "none"
+    # The data columns beyond the views that ``forward`` reads as ``targets`` (a pretext task's
+    # label, a pseudo-label): the train loop carries exactly these, per sample, to the method.
+    target_columns: ClassVar[tuple[str, ...]] = ()
+    vit_only: ClassVar[bool] = False  # works inside a ViT's tokens (MAE's masking)
+    # Whether the training forward runs the encoder on whole views: the online probe learns
+    # from those features, which must be the exported encoder's (MAE's sees a quarter).
+    encodes_whole_views: ClassVar[bool] = True
     # What usually makes this method's representation collapse: printed with the collapse
     # warning of the label-free monitors (eval/monitors.py).
     collapse_hint: ClassVar[str] = "a learning rate too high or too strong a weight decay"
@@ -82,6 +102,14 @@ class SSLMethod(nn.Module, ABC):
             raise ConfigError("data.views.local_crops", local,
                               f"must be 0: {cfg.method.name} does not use multi-crop (methods "
                               f"that do: {users})")
+        if cls.vit_only and not cfg.model.is_vit:
+            raise ConfigError("model.backbone", cfg.model.backbone,
+                              f"a ViT (vit_tiny, vit_small) for {cfg.method.name}: it works on "
+                              f"the transformer's patch tokens")
+        if cfg.eval.online_probe and not cls.encodes_whole_views:
+            raise ConfigError("eval.online_probe", True,
+                              f"false for {cfg.method.name}: its training forward does not run "
+                              f"the encoder on whole views (eval.online_knn_every does)")
         _check_view_layout(cls, cfg)
         cls.check_config(cfg)
 
@@ -90,13 +118,15 @@ class SSLMethod(nn.Module, ABC):
         """Raise ``ConfigError`` for settings this method cannot work with (across sections)."""
 
     @abstractmethod
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """Loss on a batch of views.
 
         Args:
             views: ``global_views`` global views (B, C, S, S), then any local crops
-                (B, C, s, s); float in [0, 1] or uint8.
+                (B, C, s, s); float in [0, 1] or uint8. A jigsaw view holds tiles instead.
             progress: where training stands, for schedules inside the method.
+            targets: one (B, ...) tensor per name of ``target_columns`` (empty otherwise).
         """
 
     def exported_encoder(self) -> nn.Module:

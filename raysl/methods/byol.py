@@ -11,9 +11,11 @@ from raysl import schedules
 from raysl.config import MethodConfig, check
 from raysl.losses import byol_regression
 from raysl.methods.base import (
+    NO_TARGETS,
     LossOutput,
     Progress,
     SSLMethod,
+    Targets,
     check_momentum,
     encode_each,
     output_std,
@@ -70,7 +72,8 @@ class BYOL(SSLMethod):
         self.target_encoder = frozen_copy(encoder)
         self.target_projector = frozen_copy(self.projector)
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """``L(v, v') + L(v', v)`` with ``L = 2 - 2 cos`` (eq. 2 of the paper)."""
         h0, h1 = encode_each(self.encoder, views[:2])
         p0, p1 = self.predictor(self.projector(h0)), self.predictor(self.projector(h1))

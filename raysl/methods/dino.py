@@ -12,9 +12,11 @@ from raysl import schedules
 from raysl.config import MethodConfig, check
 from raysl.losses import dino, ema_center
 from raysl.methods.base import (
+    NO_TARGETS,
     LossOutput,
     Progress,
     SSLMethod,
+    Targets,
     check_momentum,
     encode_views,
     full_precision,
@@ -108,7 +110,8 @@ class DINO(SSLMethod):
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """Cross-entropy between teacher (global crops) and student (every other crop)."""
         student = head_over_views(self.head, encode_views(self.encoder, views))
         with torch.no_grad():

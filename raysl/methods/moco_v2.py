@@ -13,9 +13,11 @@ from raysl.config import Config as RunConfig
 from raysl.config import ConfigError, MethodConfig, check
 from raysl.losses import info_nce_queue
 from raysl.methods.base import (
+    NO_TARGETS,
     LossOutput,
     Progress,
     SSLMethod,
+    Targets,
     check_momentum,
     enqueue_ring,
     full_precision,
@@ -106,7 +108,8 @@ class MoCoV2(SSLMethod):
                               f"must divide the per-worker micro-batch ({micro}) into chunks of "
                               ">= 2 images (BatchNorm needs 2)")
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """InfoNCE of view-0 queries (and view-1 if symmetric) against the other view's keys."""
         x0, x1 = views[0], views[1]
         queries = [self._query(x0)] + ([self._query(x1)] if self.cfg.symmetric else [])

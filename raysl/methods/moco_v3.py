@@ -10,7 +10,15 @@ from torch import Tensor
 from raysl import schedules
 from raysl.config import MethodConfig, check
 from raysl.losses import moco_v3_contrastive
-from raysl.methods.base import LossOutput, Progress, SSLMethod, check_momentum, encode_each
+from raysl.methods.base import (
+    NO_TARGETS,
+    LossOutput,
+    Progress,
+    SSLMethod,
+    Targets,
+    check_momentum,
+    encode_each,
+)
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import MLP, mlp_dims
@@ -67,7 +75,8 @@ class MoCoV3(SSLMethod):
         self.momentum_encoder = frozen_copy(encoder)
         self.momentum_projector = frozen_copy(self.projector)
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """Symmetrised contrastive loss (Algorithm 1 of the paper)."""
         h0, h1 = encode_each(self.encoder, views[:2])
         q0, q1 = self.predictor(self.projector(h0)), self.predictor(self.projector(h1))

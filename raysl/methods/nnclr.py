@@ -13,9 +13,11 @@ from raysl.config import Config as RunConfig
 from raysl.config import ConfigError, MethodConfig, check
 from raysl.losses import nearest_neighbours, nnclr_contrastive
 from raysl.methods.base import (
+    NO_TARGETS,
     LossOutput,
     Progress,
     SSLMethod,
+    Targets,
     encode_each,
     enqueue_ring,
     full_precision,
@@ -89,7 +91,8 @@ class NNCLR(SSLMethod):
                               f"must be >= the {per_pass} projections enqueued per forward pass "
                               "(micro-batch x workers); the paper uses 98304")
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """``L(NN(z1), p2) / 2 + L(NN(z2), p1) / 2`` (eq. 2, symmetrised)."""
         z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         p0, p1 = self.predictor(z0), self.predictor(z1)

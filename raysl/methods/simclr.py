@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from raysl.config import MethodConfig, check
 from raysl.losses import nt_xent
-from raysl.methods.base import LossOutput, Progress, SSLMethod
+from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import SimCLRProjectionHead
 from raysl.registry import register
@@ -58,7 +58,8 @@ class SimCLR(SSLMethod):
         """The projection head g(.)."""
         return self.projection
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """NT-Xent of the two views; both go through the encoder in one batch (as SimCLR does)."""
         if len(views) != 2:
             raise ValueError(f"SimCLR takes 2 views, got {len(views)}")

@@ -8,7 +8,15 @@ from torch import Tensor, nn
 
 from raysl.config import MethodConfig, check
 from raysl.losses import negative_cosine
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_each, output_std
+from raysl.methods.base import (
+    NO_TARGETS,
+    LossOutput,
+    Progress,
+    SSLMethod,
+    Targets,
+    encode_each,
+    output_std,
+)
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -68,7 +76,8 @@ class SimSiam(SSLMethod):
         """The predictor's, with ``fix_pred_lr``."""
         return list(self.predictor.parameters()) if self.cfg.fix_pred_lr else []
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """Symmetrised negative cosine with stop-gradient on the projections (Algorithm 1)."""
         z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         p0, p1 = self.predictor(z0), self.predictor(z1)

@@ -12,7 +12,15 @@ from raysl import distributed
 from raysl.config import Config as RunConfig
 from raysl.config import ConfigError, MethodConfig, check
 from raysl.losses import sinkhorn_knopp, swapped_prediction
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_views, head_over_views
+from raysl.methods.base import (
+    NO_TARGETS,
+    LossOutput,
+    Progress,
+    SSLMethod,
+    Targets,
+    encode_views,
+    head_over_views,
+)
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -97,7 +105,8 @@ class SwAV(SSLMethod):
                               f"must be 0 (off) or >= the {per_pass} embeddings of one forward "
                               "pass (micro-batch x workers); the paper uses 3840")
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """Swapped prediction over all crops (eq. 1 and the reference training loop)."""
         z = [F.normalize(p, dim=1)
              for p in head_over_views(self.projector, encode_views(self.encoder, views))]

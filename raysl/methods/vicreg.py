@@ -8,7 +8,15 @@ from torch import Tensor
 
 from raysl.config import MethodConfig, check
 from raysl.losses import vicreg
-from raysl.methods.base import LossOutput, Progress, SSLMethod, encode_each, full_precision
+from raysl.methods.base import (
+    NO_TARGETS,
+    LossOutput,
+    Progress,
+    SSLMethod,
+    Targets,
+    encode_each,
+    full_precision,
+)
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
 from raysl.registry import register
@@ -59,7 +67,8 @@ class VICReg(SSLMethod):
         self.projector = MLP(mlp_dims(encoder.num_features, cfg.proj_hidden_dim,
                                       cfg.proj_output_dim, cfg.proj_layers))
 
-    def forward(self, views: list[Tensor], progress: Progress) -> LossOutput:
+    def forward(self, views: list[Tensor], progress: Progress,
+                targets: Targets = NO_TARGETS) -> LossOutput:
         """The weighted VICReg loss (Algorithm 1 of the paper) and its terms."""
         z0, z1 = (self.projector(h) for h in encode_each(self.encoder, views[:2]))
         c = self.cfg

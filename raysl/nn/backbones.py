@@ -97,12 +97,15 @@ class Encoder(nn.Module):
         """Whether the backbone is a Vision Transformer (heads differ: e.g. MoCo v3's depth)."""
         return isinstance(self.backbone, VisionTransformer)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> (B, num_features)."""
+    def normalise(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> the backbone's input."""
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
-        x = (x - self.mean) / self.std
-        out: Tensor = self.backbone(x)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> (B, num_features)."""
+        out: Tensor = self.backbone(self.normalise(x))
         return out
 
 
@@ -112,7 +115,7 @@ def build_encoder(cfg: ModelConfig, in_channels: int, image_size: int) -> Encode
     if cfg.is_vit:
         backbone = VisionTransformer(image_size, cfg.effective_patch_size, in_channels,
                                      cfg.effective_width, cfg.effective_depth, cfg.heads,
-                                     cfg.drop_path_rate)
+                                     cfg.drop_path_rate, cfg.pos_embed)
     else:
         backbone = ResNetBackbone(cfg.backbone, cfg.effective_width, cfg.small_stem, in_channels)
     return Encoder(backbone, backbone.num_features, in_channels, image_size)

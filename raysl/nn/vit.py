@@ -15,6 +15,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def sincos_pos_embed(dim: int, h: int, w: int) -> Tensor:
+    """Fixed 2-D sine-cosine position embeddings, with a zero row for the [CLS] token.
+
+    MAE's (arXiv:2111.06377, after "Attention is all you need"): half the channels encode the
+    patch's row, half its column, each as ``[sin(pos * omega), cos(pos * omega)]`` with
+    ``omega_k = 1 / 10000^(k / (dim / 4))``.
+
+    Returns:
+        (1, 1 + h * w, dim), patches in row-major order (as ``patch_embed`` flattens them).
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a dim divisible by 4, got {dim}")
+    # On the CPU explicitly: a fixed table has values even where the module is built on the
+    # "meta" device to count its parameters.
+    f64, cpu = torch.float64, torch.device("cpu")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=f64, device=cpu) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=f64, device=cpu),
+                                torch.arange(w, dtype=f64, device=cpu), indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:  # (N,) -> (N, dim / 2)
+        angles = pos.flatten()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(rows), encode(cols)], dim=1)  # (h * w, dim)
+    return torch.cat([torch.zeros(1, dim, dtype=f64, device=cpu), table]).float().unsqueeze(0)
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples.
 
@@ -72,12 +99,14 @@ class VisionTransformer(nn.Module):
         heads: attention heads (``dim`` must be divisible by it).
         drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first
             (DINO's ViT-S: 0.1).
+        pos_embed: ``"learned"`` (a trained table, as DINO and MoCo v3) or ``"sincos"`` (fixed
+            2-D sine-cosine, as MAE: a buffer, computed for any grid instead of interpolated).
 
     Output: (B, D) features (``num_features = dim``).
     """
 
     def __init__(self, image_size: int, patch_size: int, in_channels: int, dim: int, depth: int,
-                 heads: int, drop_path_rate: float = 0.0) -> None:
+                 heads: int, drop_path_rate: float = 0.0, pos_embed: str = "learned") -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
@@ -85,13 +114,18 @@ class VisionTransformer(nn.Module):
         self.grid = image_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+        self.fixed_pos_embed = pos_embed == "sincos"
+        self.pos_embed: Tensor
+        if self.fixed_pos_embed:
+            self.register_buffer("pos_embed", sincos_pos_embed(dim, self.grid, self.grid))
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         # linspace(0, rate, depth) in plain Python: the module may be built on the meta device.
         rates = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(Block(dim, heads, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.num_features = dim
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         # As DINO and timm: truncated normal (std 0.02) for the linear maps. The fused q/k/v
         # projection keeps torch's Xavier-uniform, close to MoCo v3's (Xavier per projection):
@@ -110,24 +144,39 @@ class VisionTransformer(nn.Module):
         """
         if h == w == self.grid:
             return self.pos_embed
+        if self.fixed_pos_embed:
+            return sincos_pos_embed(self.pos_embed.shape[-1], h, w).to(self.pos_embed.device)
         cls, patches = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         d = patches.shape[-1]
         table = patches.reshape(1, self.grid, self.grid, d).permute(0, 3, 1, 2)
         table = F.interpolate(table, size=(h, w), mode="bicubic", align_corners=False)
         return torch.cat([cls, table.permute(0, 2, 3, 1).reshape(1, h * w, d)], dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) normalised images -> (B, D) [CLS] features."""
+    def patch_tokens(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) normalised images -> (B, N, D) patch embeddings plus their positions."""
         if min(x.shape[-2:]) < self.patch_size:
             raise ValueError(f"input {tuple(x.shape[-2:])} is smaller than a "
                              f"{self.patch_size}px patch")
         tokens = self.patch_embed(x)  # (B, D, H/p, W/p)
         h, w = tokens.shape[-2:]
-        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, D)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        z = torch.cat([cls, tokens], dim=1) + self.pos_embed_for(h, w)
-        for block in self.blocks:
-            z = block(z)
-        out: Tensor = self.norm(z[:, 0])
+        out: Tensor = tokens.flatten(2).transpose(1, 2) + self.pos_embed_for(h, w)[:, 1:]
         return out
 
+    def transform(self, patches: Tensor, cls_only: bool = False) -> Tensor:
+        """The [CLS] token and ``patches`` (B, n, D) through the blocks and the final norm.
+
+        ``patches`` may be any subset of :meth:`patch_tokens`' (MAE's visible patches).
+
+        Returns:
+            (B, 1 + n, D) tokens, [CLS] first; (B, D) with ``cls_only`` (only it is normed).
+        """
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
+        z = torch.cat([cls, patches], dim=1)
+        for block in self.blocks:
+            z = block(z)
+        out: Tensor = self.norm(z[:, 0] if cls_only else z)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) normalised images -> (B, D) [CLS] features."""
+        return self.transform(self.patch_tokens(x), cls_only=True)

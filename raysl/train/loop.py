@@ -187,10 +187,12 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
         set_lr(w.optimizer, stats.lr)
         progress = Progress(w.step, w.total_steps, w.settings.steps_per_epoch)
         set_weight_decay(w.optimizer, cfg.optim.weight_decay_at(progress.fraction))
-        views = [[mb[f"view{i}"].contiguous(memory_format=w.layout) for i in range(num_views)]
+        views = [[_in_layout(mb[f"view{i}"], w.layout) for i in range(num_views)]
                  for mb in micro_batches]
+        targets = [{c: mb[c] for c in w.method.target_columns} for mb in micro_batches]
         result = train_step(w.model, views, w.optimizer, progress, w.amp, w.scaler,
-                            cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param")
+                            cfg.optim.clip_grad, cfg.optim.clip_mode == "per_param",
+                            targets if w.method.target_columns else ())
         if w.probe is not None:
             result.logs.update(w.probe.step([mb["label"] for mb in micro_batches]))
         stats.losses.append(result.loss)
@@ -210,6 +212,16 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
                            "images")
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _in_layout(view: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """An image batch (B, C, S, S) in the model's memory layout.
+
+    Jigsaw tiles (B, T, C, t, t) are only made contiguous: channels-last is a 4-D layout.
+    """
+    if view.ndim != 4:
+        return view.contiguous()
+    return view.contiguous(memory_format=layout)
 
 
 def _first_step(w: Worker) -> None:

@@ -99,7 +99,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float,
         g.pop("lars_adapt", None)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.adam_betas)
 
 
 def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> None:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from raysl import distributed
 from raysl.config import Precision
-from raysl.methods.base import Progress, SSLMethod
+from raysl.methods.base import NO_TARGETS, Progress, SSLMethod, Targets
 
 
 def unwrap(model: nn.Module) -> SSLMethod:
@@ -62,7 +62,8 @@ class StepResult:
 def train_step(model: nn.Module, micro_batches: Sequence[list[Tensor]],
                optimizer: torch.optim.Optimizer, progress: Progress,
                amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-               clip_grad: float = 0.0, clip_per_param: bool = False) -> StepResult:
+               clip_grad: float = 0.0, clip_per_param: bool = False,
+               targets: Sequence[Targets] = ()) -> StepResult:
     """Forward and backward on each micro-batch, then one update of the weights.
 
     Gradients of the micro-batches are summed (each loss is divided by their number), so the
@@ -81,6 +82,8 @@ def train_step(model: nn.Module, micro_batches: Sequence[list[Tensor]],
         clip_grad: max L2 norm of the gradients; 0 = no clipping.
         clip_per_param: clip each gradient tensor to ``clip_grad`` on its own (DINO's
             reference) instead of their global norm.
+        targets: per micro-batch, the method's ``target_columns`` (B, ...) on the device;
+            empty for methods that read none.
 
     Raises:
         NonFiniteLossError: on every rank at once (the check uses the all-reduced loss, so no rank
@@ -97,7 +100,7 @@ def train_step(model: nn.Module, micro_batches: Sequence[list[Tensor]],
         sync = i == n - 1 or no_sync is None
         with contextlib.nullcontext() if sync else no_sync():
             with _autocast(device_type, amp_dtype):
-                out = model(views, progress)
+                out = model(views, progress, targets[i] if targets else NO_TARGETS)
             loss = distributed.all_reduce_mean(out.loss.detach().float()).item()
             if not math.isfinite(loss):
                 raise NonFiniteLossError(

@@ -164,10 +164,12 @@ def test_drop_path_rate_errors_name_the_field(cfg, field):
     assert info.value.field == field
 
 
-def test_a_vit_builds_on_the_meta_device():
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_a_vit_builds_on_the_meta_device(pos_embed):
     # pretrain sizes the encoder on "meta" for the monitors' line: a ViT with a drop-path
-    # schedule must not need data there (every ViT run failed on it).
-    cfg = ModelConfig(backbone="vit_tiny", width=32, depth=3, patch_size=4, drop_path_rate=0.1)
+    # schedule or fixed positions must not need data there (every ViT run failed on it).
+    cfg = ModelConfig(backbone="vit_tiny", width=32, depth=3, patch_size=4,
+                        drop_path_rate=0.1, pos_embed=pos_embed)
     with torch.device("meta"):
         encoder = build_encoder(cfg, 1, 28)
     assert encoder.num_features == 32
