@@ -5,6 +5,7 @@ from raysl.methods import (  # noqa: F401
     barlow_twins,
     byol,
     dino,
+    jigsaw,
     mae,
     moco_v2,
     moco_v3,

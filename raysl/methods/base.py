@@ -90,6 +90,15 @@ class SSLMethod(nn.Module, ABC):
         self.encoder = encoder
 
     @classmethod
+    def from_config(cls, encoder: Encoder, cfg: RunConfig) -> SSLMethod:
+        """The method around ``encoder``, from the run's config.
+
+        Methods take ``(encoder, cfg.method)``; one that needs more (the jigsaw's tiles and
+        permutations come from ``cfg.data``) overrides this.
+        """
+        return cls(encoder, cfg.method)  # type: ignore[call-arg]
+
+    @classmethod
     def validate(cls, cfg: RunConfig) -> None:
         """Raise ``ConfigError`` unless ``cfg`` suits this method; run by ``Config.from_dict``.
 
@@ -261,6 +270,5 @@ def head_over_views(head: nn.Module, features: list[Tensor]) -> list[Tensor]:
 def build_method(cfg: RunConfig) -> SSLMethod:
     """The registered method of ``cfg.method.name`` with a fresh encoder from ``cfg.model``."""
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
-    method_cls = registry.get("method", cfg.method.name)
-    method: SSLMethod = method_cls(encoder, cfg.method)
+    method: SSLMethod = registry.get("method", cfg.method.name).from_config(encoder, cfg)
     return method

@@ -32,6 +32,18 @@ def test_shipped_simclr_sweep_is_valid():
     assert sweep.settings.scheduler.name == "asha"
 
 
+@pytest.mark.parametrize("path", sorted(p.name for p in TUNING.glob("*.yaml")))
+def test_every_shipped_sweep_loads(path):
+    sweep = load_sweep(TUNING / path, method="simclr" if path == "lr.yaml" else None)
+    assert sweep.fields and sweep.num_trials >= 2
+
+
+def test_a_method_knob_sweeps_like_any_field():
+    sweep = load_sweep(TUNING / "mae_mask_ratio.yaml")
+    assert sweep.base.method.name == "mae" and sweep.fields[0] == "method.mask_ratio"
+    assert sweep.num_trials == 3 * sweep.settings.num_samples
+
+
 @pytest.mark.parametrize("method", registry.names("method"))
 def test_per_method_lr_sweep_is_valid_for_every_method(method):
     sweep = load_sweep(TUNING / "lr.yaml", method=method)
