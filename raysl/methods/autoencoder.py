@@ -117,7 +117,9 @@ class Autoencoder(SSLMethod):
                 targets: Targets = NO_TARGETS) -> LossOutput:
         """Corrupt, encode, decode; MSE against the clean, normalised view."""
         clean = views[0].float() / 255.0 if views[0].dtype == torch.uint8 else views[0]
-        # Corruption is a training device: in eval mode the encoder sees the clean view.
+        # Corruption is a training device: in eval mode the encoder sees the clean view. (So the
+        # online probe, which learns from the training forward, sees corrupted views' features
+        # and reads a little low; the online kNN and every eval protocol see clean images.)
         noisy = (corrupt(clean, self.cfg.corruption, self.cfg.corruption_level)
                  if self.training else clean)
         reconstruction = self.decoder(self.encoder(noisy))

@@ -92,6 +92,22 @@ class Jigsaw(SSLMethod):
         views = cfg.data.views
         return cls(encoder, cfg.method, views.jigsaw_grid ** 2, views.jigsaw_permutations)
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """A ViT trunk must fit a patch in a tile (a ResNet takes any tile size).
+
+        Pixels past the last whole patch of a tile are not seen (the patch convolution's
+        stride), as for any image that is not a multiple of the patch size.
+        """
+        if not cfg.model.is_vit:
+            return
+        tile, patch = cfg.data.jigsaw_tile_size, cfg.model.effective_patch_size
+        grid = cfg.data.views.jigsaw_grid
+        check(tile >= patch, "data.image_size", cfg.data.image_size,
+              f"an image size whose {grid}x{grid} jigsaw tiles ({tile} px) hold at least one "
+              f"model.patch_size={patch} patch (or a smaller patch_size, or a smaller "
+              f"data.views.jigsaw_grid)")
+
     def tile_features(self, tiles: Tensor) -> Tensor:
         """(B, T, C, t, t) tiles -> (B, T * tile_dim), each tile through trunk and fc6."""
         b, t = tiles.shape[:2]

@@ -19,7 +19,12 @@ from raysl.registry import register
 
 @dataclass(frozen=True)
 class MAEConfig(MethodConfig):
-    """MAE hyperparameters (defaults: arXiv:2111.06377, table 1 and appendix A.1)."""
+    """MAE hyperparameters (defaults: arXiv:2111.06377, table 1 and appendix A.1).
+
+    The paper's other settings are not the method's: AdamW with betas (0.9, 0.95)
+    (``optim.adam_betas``) and fixed sin-cos positions (``model.pos_embed: sincos``) are set by
+    ``pipelines/configs/mae_fmnist.yaml``; ``method.name=mae`` alone keeps raysl's defaults.
+    """
 
     name: str = "mae"
     mask_ratio: float = 0.75  # fraction of patches hidden from the encoder, per sample
@@ -86,7 +91,10 @@ class MAEDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pred = nn.Linear(dim, patch_pixels)
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():  # as the encoder (and MAE): Xavier-uniform linear maps
+        # MAE's decoder initialisation: Xavier-uniform linear maps, zero biases. (The encoder
+        # keeps raysl's ViT initialisation, truncated normal 0.02 as DINO and timm, where MAE
+        # uses Xavier-uniform there too.)
+        for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)

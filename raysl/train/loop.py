@@ -32,7 +32,13 @@ from raysl.methods.base import Progress, SSLMethod, build_method
 from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.mlflow import Tracker
 from raysl.train.optim import build_optimizer, set_weight_decay
-from raysl.train.step import StepResult, autocast_dtype, memory_format, train_step
+from raysl.train.step import (
+    StepResult,
+    autocast_dtype,
+    forward_seed,
+    memory_format,
+    train_step,
+)
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 
@@ -164,6 +170,7 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
             state = restore(d, method, optimizer)
         w.start_epoch, w.step = state["epoch"] + 1, state["step"]
         w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1} (step {w.step})")
+    torch.manual_seed(forward_seed(cfg.train.seed, rank, w.step))
     return w
 
 

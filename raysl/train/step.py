@@ -46,6 +46,16 @@ def memory_format(setting: str, device: torch.device, is_vit: bool) -> torch.mem
     return torch.contiguous_format
 
 
+def forward_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a worker's in-model randomness (MAE's masks, corruption, drop path).
+
+    The weights are initialised from ``seed`` on every rank (they must be equal); after that
+    each rank draws its own stream, else sample i of every rank would get the same mask, and a
+    resumed run (``step`` > 0) draws new ones instead of replaying those of step 0.
+    """
+    return (seed * 1_000_003 + rank * 7_919 + step) % 2**63
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops instead of corrupting the weights."""
 

@@ -47,3 +47,13 @@ def test_the_classifier_sees_where_each_tile_is():
     assert not torch.allclose(a, b)
     # Each tile's features depend on that tile alone (eval mode: no batch statistics).
     torch.testing.assert_close(one, method.tile_features(tiles)[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_vit_trunk_needs_tiles_that_hold_a_patch():
+    from raysl import config as C
+    from raysl.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        C.load(None, ["method.name=jigsaw", "model.backbone=vit_tiny", "model.patch_size=16",
+                      "data.image_size=32"])  # 3x3 grid: 9 px tiles
+    assert info.value.field == "data.image_size" and "9 px" in str(info.value)

@@ -21,7 +21,13 @@ from raysl.config import ConfigError
 from raysl.methods.base import Progress, build_method
 from raysl.schedules import set_lr
 from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
-from raysl.train.step import NonFiniteLossError, autocast_dtype, memory_format, train_step
+from raysl.train.step import (
+    NonFiniteLossError,
+    autocast_dtype,
+    forward_seed,
+    memory_format,
+    train_step,
+)
 from raysl.train.trainer import (
     DATA_MARKER,
     MARKER_REQUEST,
@@ -362,3 +368,19 @@ def test_a_collapse_after_warm_up_warns_once_and_tags_the_run(tmp_path):
                           "optim.warmup_epochs=0"])
     with pytest.raises(RepresentationCollapsed, match=r"stopped: train\.stop_on_collapse"):
         react_to_collapse(w, 0, seen)
+
+
+def test_each_rank_and_each_resume_draws_its_own_masks():
+    # The weights start equal on every rank (seeded before); the in-model randomness must not:
+    # with one seed for all, sample i of every rank would get the same MAE mask.
+    from raysl.methods.mae import random_masking
+
+    def masks(rank: int, step: int) -> torch.Tensor:
+        torch.manual_seed(forward_seed(0, rank, step))
+        return random_masking(4, 16, 4, torch.device("cpu"))[1]
+
+    assert torch.equal(masks(0, 0), masks(0, 0))  # reproducible
+    assert not torch.equal(masks(0, 0), masks(1, 0))  # ranks differ
+    assert not torch.equal(masks(0, 0), masks(0, 10))  # a resume does not replay step 0
+    assert len({forward_seed(s, r, t) for s in range(3) for r in range(8) for t in range(50)}) \
+        == 3 * 8 * 50
