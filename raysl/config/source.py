@@ -9,6 +9,10 @@ from raysl.config.errors import check
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
+# Readers that make their images instead of reading a path (raysl/data/readers: reads="none").
+MADE_FORMATS = ("generated", "colour_shapes")
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """Where images (and optional labels) come from: a local path or an object-store URI.
@@ -54,8 +58,13 @@ class SourceConfig:
               "a URL with its scheme, e.g. http://127.0.0.1:9000")
 
     @property
+    def is_made(self) -> bool:
+        """Whether the images are made in memory (generated shapes), not read from a path."""
+        return self.format in MADE_FORMATS
+
+    @property
     def is_set(self) -> bool:
         """Whether this names any data (eval.query may be left empty to hold out from the bank)."""
-        return self.format == "generated" or bool(self.path)
+        return self.is_made or bool(self.path)
 
 

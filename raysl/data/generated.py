@@ -12,6 +12,38 @@ CLASSES = ("disk", "square", "triangle", "plus", "ring", "horizontal bars", "ver
            "diagonal cross")
 
 
+# The hue (in turns of the colour wheel) of each class's foreground in colour_shapes: the colour
+# of a shape can be told from its form, as a colorization model must learn (grass is green).
+CLASS_HUES = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+
+
+def colour_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`shapes` in colour: (N, size, size, 3) uint8 and labels (N,) int64.
+
+    Each foreground takes its class's hue (``CLASS_HUES``, jittered by up to 1/32 of a turn)
+    at a random saturation; the background a random dim colour. The gray levels of
+    :func:`shapes` become the value (brightness), so the luminance still shows the form.
+    """
+    gray, labels = shapes(n, size, seed)
+    rng = np.random.default_rng(seed + 1)
+    value = gray[..., 0].astype(np.float32) / 255.0  # (N, S, S)
+    fg = value >= value.mean(axis=(1, 2), keepdims=True)
+    hue_fg = np.asarray(CLASS_HUES)[labels] + rng.uniform(-1 / 32, 1 / 32, n)
+    hue = np.where(fg, hue_fg[:, None, None], rng.uniform(0, 1, n)[:, None, None])
+    sat = np.where(fg, rng.uniform(0.6, 1.0, n)[:, None, None],
+                   rng.uniform(0.2, 0.6, n)[:, None, None])
+    return (_hsv_to_rgb(hue % 1.0, sat, value) * 255).round().astype(np.uint8), labels
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """HSV in [0, 1] (arrays of one shape) -> RGB (..., 3) in [0, 1] (the closed form)."""
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = (n + 6.0 * h) % 6.0
+        out.append(v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+    return np.stack(out, axis=-1)
+
+
 def shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images (N, size, size, 1) uint8 and labels (N,) int64, balanced over 8 classes."""
     rng = np.random.default_rng(seed)

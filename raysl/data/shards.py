@@ -66,7 +66,7 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
         raise ValueError(f"--shard-size={shard_size}: must be >= 1")
     t0 = time.perf_counter()
     store = Store.from_env(cfg.endpoint)
-    target = (Target("", "none", ()) if cfg.format == "generated"
+    target = (Target("", "none", ()) if cfg.is_made
               else list_target(cfg.path, store, "source"))
     opened = pick_reader(cfg, target, store, "source").open(cfg, target, store, seed, "source")
     jobs = (_array_jobs(opened, cfg.limit, seed, shard_size) if isinstance(opened, Arrays)

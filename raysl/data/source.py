@@ -144,7 +144,7 @@ def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_n
           decode_cpus: float) -> ImageSource:
     """:func:`read_source`, labels included."""
     store = Store.from_env(cfg.endpoint)
-    target = Target("", "none", ()) if cfg.format == "generated" else \
+    target = Target("", "none", ()) if cfg.is_made else \
         list_target(cfg.path, store, field_name)
     reader = pick_reader(cfg, target, store, field_name)
     opened = reader.open(cfg, target, store, seed, field_name)
@@ -200,7 +200,7 @@ def check_source(cfg: SourceConfig, field_name: str) -> None:
     Raises:
         DataError: naming the field.
     """
-    if cfg.format == "generated":
+    if cfg.is_made:
         return
     store = Store.from_env(cfg.endpoint)
     where = f"{field_name}.path={cfg.path!r}"
@@ -383,7 +383,7 @@ def _from_arrays(arrays: Arrays, cfg: SourceConfig, channels: int, seed: int) ->
     images, labels = to_channels(arrays.images, channels), arrays.labels
     order = np.random.default_rng(seed).permutation(len(images))[: cfg.limit or None]
     description = arrays.description
-    if cfg.limit and cfg.limit < len(images) and cfg.format != "generated":
+    if cfg.limit and cfg.limit < len(images) and not cfg.is_made:
         description += f", {cfg.limit} drawn with seed {seed}"
     images, labels = images[order], (labels[order] if labels is not None else None)
     digest = hashlib.sha256(images.tobytes())

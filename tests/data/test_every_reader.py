@@ -14,6 +14,7 @@ from PIL import Image
 
 from raysl import registry
 from raysl.config import SourceConfig
+from raysl.config.source import MADE_FORMATS
 from raysl.data.source import read_source, to_numpy
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -107,28 +108,36 @@ def _generated(root: Path) -> SourceConfig:
     return SourceConfig(format="generated", limit=N)
 
 
+def _colour_shapes(root: Path) -> SourceConfig:
+    return SourceConfig(format="colour_shapes", limit=N)
+
+
 WRITERS: dict[str, tuple[Callable[[Path], SourceConfig], int, bool]] = {
     # reader: (writer, images it reads, labeled)
     "folder": (_folder, N, True), "files": (_files, N, True), "parquet": (_parquet, N, True),
     "tar": (_tar, N, True), "idx": (_idx, N, True), "npz": (_npz, N, True),
     "npy": (_npy, N, False), "cifar": (_cifar, 5 * N, True), "generated": (_generated, N, True),
+    "colour_shapes": (_colour_shapes, N, True),
 }
+MADE = MADE_FORMATS  # no files: named only, never detected
 
 
 def test_every_registered_reader_has_a_writer_here():
     assert set(registry.names("reader")) == set(WRITERS)
+    made = {n for n, r in registry.entries("reader").items() if r.reads == "none"}
+    assert made == set(MADE_FORMATS)  # the config knows which formats read no path
 
 
 @pytest.mark.parametrize("name", registry.names("reader"))
 def test_every_reader_reads_its_format_named_and_detected(tmp_path: Path, name: str):
     write, count, labeled = WRITERS[name]
     cfg = write(tmp_path)
-    for fmt in ({"auto", name} if name != "generated" else {name}):
+    for fmt in ({"auto", name} if name not in MADE else {name}):
         named = SourceConfig(format=fmt, path=cfg.path, limit=cfg.limit)
         src = read_source(named, channels=1, decode_size=16)
         x, y = to_numpy(src)
         assert src.num_images == count == len(x) and x.dtype == np.uint8 and x.shape[-1] == 1
         assert src.labeled == labeled and (y is None) == (not labeled)
-        if labeled and name not in ("cifar", "generated"):
+        if labeled and name not in ("cifar", *MADE):
             assert sorted(y.tolist()) == sorted((np.arange(N) % CLASSES).tolist())
         assert str(count) in src.description

@@ -6,6 +6,7 @@ Ray-free: a reader lists and describes what to read (:mod:`raysl.data.readers.ba
 
 from raysl.data.readers import (  # noqa: F401
     cifar,
+    colour_shapes,
     files,
     folder,
     generated,
