@@ -6,8 +6,9 @@ Trained and random-init encoders are compared side by side on the same split and
     .venv/bin/python benchmarks/methods_knn.py --methods byol dino --epochs 5
     .venv/bin/python benchmarks/methods_knn.py --methods swav --set method.epsilon=0.03
 
-Each method runs its shipped recipe ``pipelines/configs/<method>_fmnist.yaml`` through the same
-code path as ``raysl pretrain`` (Ray Data views, Ray Train workers, MLflow), shrunk to a budget
+Each method runs its shipped recipe ``pipelines/configs/<method>_fmnist.yaml`` (colorization,
+which needs colour: ``colorization_shapes.yaml``) through the same code path as
+``raysl pretrain`` (Ray Data views, Ray Train workers, MLflow), shrunk to a budget
 that fits a CPU: a width-16 ResNet-18, ``--images`` training images, ``--epochs`` epochs, batch
 ``--batch``. The numbers say "this method learns features here", not what it reaches when trained
 for hundreds of epochs. Results go to stdout as a Markdown table and to ``--json``.
@@ -53,9 +54,18 @@ def scaled_method_epochs(recipe: C.Config, epochs: int) -> list[str]:
             if f.name.endswith(("_epochs", "_epoch")) and getattr(recipe.method, f.name)]
 
 
+def recipe_of(method: str) -> Path:
+    """``<method>_fmnist.yaml``, or the method's one other recipe (colorization needs colour)."""
+    fmnist = CONFIGS / f"{method}_fmnist.yaml"
+    if fmnist.exists():
+        return fmnist
+    (recipe,) = sorted(CONFIGS.glob(f"{method}_*.yaml"))
+    return recipe
+
+
 def run(method: str, args: argparse.Namespace) -> dict[str, float | str]:
     """One shrunk run of ``method``; its kNN results and throughput."""
-    recipe = CONFIGS / f"{method}_fmnist.yaml"
+    recipe = recipe_of(method)
     scaled = scaled_method_epochs(C.load(recipe), args.epochs)
     print(f"[bench] {method}: {' '.join(scaled) or 'no epoch-counted method knobs'}",
           file=sys.stderr)

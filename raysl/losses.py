@@ -364,3 +364,23 @@ def masked_patch_mse(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool)
         target = (target - mean) / (var + 1e-6) ** 0.5
     per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
     return (per_patch * mask).sum() / mask.sum()
+
+
+def rebalanced_soft_cross_entropy(logits: Tensor, soft_targets: Tensor, weights: Tensor) -> Tensor:
+    """Colorization's classification loss (Zhang et al. 2016, arXiv:1603.08511, eq. 2).
+
+    ``-v(Z) sum_q Z_q log softmax(logits)_q`` per pixel, where Z is the soft-encoded true colour
+    and v its rarity weight (class rebalancing), averaged over pixels and samples (the paper
+    sums; a mean keeps the scale independent of the image size, and is a mean over samples, so
+    DDP's average is the global batch's).
+
+    Args:
+        logits: (N, Q) scores of the Q colour bins, one row per pixel.
+        soft_targets: (N, Q) rows summing to 1.
+        weights: (N,) rarity weight of each pixel's colour (ones = no rebalancing).
+
+    Returns:
+        Scalar loss.
+    """
+    per_pixel = -(soft_targets * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return (weights * per_pixel).mean()

@@ -318,20 +318,25 @@ def test_a_collapsing_run_is_stopped_with_the_reason_in_mlflow(tmp_path: Path, m
 
 # The predictive family through the whole path, each with what makes it different: a target
 # column carried from Ray Data to the loss (rotation; jigsaw, whose view is a 5-D stack of
-# tiles), a ViT masked inside the model (MAE), a decoder that is not exported (autoencoder).
+# tiles; colorization, on colour data, whose target is an image), a ViT masked inside the model
+# (MAE), a decoder that is not exported (autoencoder).
 PREDICTIVE = {
     "rotation": ("method.head_hidden_dim=0",),
     "mae": ("model.width=16", "model.depth=2", "method.decoder_dim=16", "method.decoder_depth=1",
             "method.decoder_heads=2"),
     "autoencoder": ("method.decoder_width=8",),
     "jigsaw": ("method.tile_dim=32", "method.hidden_dim=64"),  # 5-D tile columns from Ray Data
+    "colorization": ("data.source.path=''", "data.source.format=colour_shapes",  # colour data
+                     "eval.bank.path=''", "eval.bank.format=colour_shapes", "eval.query.path=''",
+                     "data.image_size=32", "method.head_dim=16"),
 }
+RECIPES = {"colorization": "colorization_shapes.yaml"}  # the others: NAME_fmnist.yaml
 
 
 @pytest.mark.parametrize("name", sorted(PREDICTIVE))
 def test_predictive_methods_end_to_end_to_a_registered_encoder(name, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = C.load(CONFIGS / f"{name}_fmnist.yaml", [
+    cfg = C.load(CONFIGS / RECIPES.get(name, f"{name}_fmnist.yaml"), [
         *_shared(tmp_path, 1, f"e2e-{name}"), "data.source.limit=256", "train.num_workers=1",
         "eval.monitor_samples=64", "eval.protocols=knn", "eval.bank.limit=300",
         "eval.query.limit=150", f"tracking.registered_model=e2e-{name}", *PREDICTIVE[name]])
@@ -339,9 +344,13 @@ def test_predictive_methods_end_to_end_to_a_registered_encoder(name, tmp_path: P
     metrics = MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id).data.metrics
     assert np.isfinite(result.final_loss) and 0 < result.knn[TRAINED] <= 1
     assert "eval/rankme" in metrics and "eval/rankme_projector" not in metrics
-    if name in ("rotation", "jigsaw"):  # the target column reached the loss
-        assert 0 <= metrics[f"train/{name}_acc"] <= 1
+    accuracy = {"rotation": "rotation_acc", "jigsaw": "jigsaw_acc",
+                "colorization": "colour_bin_acc"}
+    if name in accuracy:  # the target column reached the loss
+        assert 0 <= metrics[f"train/{accuracy[name]}"] <= 1
     assert result.model is not None
     encoder = raysl.load_encoder(result.model.model_uri, tracking_uri=result.tracking_uri)
-    assert not any(k.startswith(("decoder", "classifier")) for k in encoder.state_dict())
-    assert encoder(torch.zeros(2, 1, 28, 28, dtype=torch.uint8)).shape == (2, encoder.num_features)
+    assert not any(k.startswith(("decoder", "classifier", "head")) for k in encoder.state_dict())
+    images = torch.zeros(2, encoder.in_channels, encoder.image_size, encoder.image_size,
+                         dtype=torch.uint8)
+    assert encoder(images).shape == (2, encoder.num_features)

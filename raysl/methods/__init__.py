@@ -4,6 +4,7 @@ from raysl.methods import (  # noqa: F401
     autoencoder,
     barlow_twins,
     byol,
+    colorization,
     dino,
     jigsaw,
     mae,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,13 @@ class ResNetBackbone(ResNet):  # type: ignore[misc]  # torchvision ships no type
                 nn.init.constant_(m.bias, 0)
 
 
+def resnet_feature_map(net: ResNetBackbone, x: Tensor) -> Tensor:
+    """The last stage's map before pooling: (B, C, H, W) -> (B, num_features, H/s, W/s)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    out: Tensor = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return out
+
+
 class Encoder(nn.Module):
     """Images -> features. This module is what pretraining produces and the registry serves.
 
@@ -107,6 +114,20 @@ class Encoder(nn.Module):
         """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> (B, num_features)."""
         out: Tensor = self.backbone(self.normalise(x))
         return out
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """Spatial features for dense prediction (colorization), before any pooling.
+
+        Returns:
+            (B, num_features, h, w): a ResNet's last stage (stride 8 with the small stem, 32
+            without), or a ViT's patch tokens on their grid.
+        """
+        x = self.normalise(x)
+        if isinstance(self.backbone, VisionTransformer):
+            tokens = self.backbone.transform(self.backbone.patch_tokens(x))[:, 1:]  # (B, N, D)
+            h, w = (side // self.backbone.patch_size for side in x.shape[-2:])
+            return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return resnet_feature_map(cast(ResNetBackbone, self.backbone), x)
 
 
 def build_encoder(cfg: ModelConfig, in_channels: int, image_size: int) -> Encoder:

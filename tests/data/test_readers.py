@@ -313,3 +313,4 @@ def test_channel_conversion():
     rgb[..., 1] = 200
     assert to_channels(rgb, 1)[0, 0, 0, 0] == round(0.587 * 200)
     assert to_channels(np.zeros((1, 2, 2, 4), np.uint8), 3).shape == (1, 2, 2, 3)
+

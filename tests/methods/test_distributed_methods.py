@@ -55,6 +55,9 @@ CONFIGS = {
     # NNCLR's projector and predictor have BatchNorm: eval mode, as SwAV.
     "nnclr": ["method.name=nnclr", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
               "method.pred_hidden_dim=32", f"method.support_size={MOCO_QUEUE}"],
+    # Colorization's head has BatchNorm: only its colour counts (no batch statistics) are
+    # compared here.
+    "colorization": ["method.name=colorization", "method.head_dim=16"],
     "swav_queue": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
                    "method.proj_hidden_dim=32", "method.proj_output_dim=16",
                    "data.views.local_crops=2", f"method.queue_length={SWAV_QUEUE}",
@@ -207,6 +210,23 @@ def _case_swav_queue(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(anchored(loss, e), rows=torch.cat([newest, codes], dim=1))
 
 
+def colour_batch(seed: int) -> tuple[Tensor, Tensor]:
+    """A fixed global batch of colour targets (N, 3, 32, 32) uint8 and their gray views."""
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8, generator=g)
+    gray = (colour.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, True)
+    return gray.round().to(torch.uint8), colour
+
+
+def _case_colorization_counts(e: list[Tensor]) -> gh.Outputs:
+    """same: the colour-bin counts after 2 forwards (batches of seeds 1, 2): global sums."""
+    method = build("colorization")
+    for seed in (1, 2):
+        gray, colour = colour_batch(seed)
+        method([mine(gray)], PROGRESS, {"target": mine(colour)})
+    return gh.Outputs(anchored(torch.zeros(()), e), same=method.bin_counts.clone())
+
+
 def _case_grads(name: str, eval_mode: bool, e: list[Tensor]) -> gh.Outputs:
     """One forward/backward of ``name``; same: the DDP-averaged gradients."""
     method = build(name).train(not eval_mode)
@@ -245,6 +265,7 @@ CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "swav grads": _case_grads_swav,
     "nnclr support": _case_nnclr_support,
     "nnclr grads": _case_grads_nnclr,
+    "colorization counts": _case_colorization_counts,
 }
 GLOO_CASES = {name: gh.Case(fn) for name, fn in CASES.items()}
 
@@ -389,3 +410,23 @@ def test_cases_are_not_trivial(gloo_records):
         assert not torch.allclose(r0["loss"], r1["loss"]), name
     for name in ("moco_v2 grads", "dino grads", "swav grads", "nnclr grads"):
         assert gloo_records[name][0]["same"].abs().max() > 1e-3, name
+
+
+# ---------------------------------------- Colorization ----------------------------------------
+
+
+def test_colorization_counts_every_workers_colours(gloo_records, single_records):
+    # Every rank holds the counts of the whole global batch, as 1 process on all of it; naive
+    # reference: the nearest bin of every pixel of both batches, at a quarter of the view.
+    from raysl.methods.colorization import rgb_to_lab
+
+    _equivalent("colorization counts", gloo_records, single_records)
+    centres = build("colorization").centres
+    expected = torch.zeros(len(centres), dtype=torch.float64)
+    for seed in (1, 2):
+        lab = rgb_to_lab(colour_batch(seed)[1].float() / 255)
+        ab = F.interpolate(lab[:, 1:], size=(8, 8), mode="area").permute(0, 2, 3, 1)
+        for colour in ab.reshape(-1, 2):
+            expected[int(torch.cdist(colour[None], centres).argmin())] += 1
+    for record in gloo_records["colorization counts"]:
+        torch.testing.assert_close(record["same"], expected, rtol=0, atol=0)
