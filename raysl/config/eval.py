@@ -60,6 +60,9 @@ class EvalConfig:
     finetune_lr: float = 0.05  # SGD with Nesterov momentum, per 256 images (linear scaling)
     finetune_batch_size: int = 64
     finetune_weight_decay: float = 0.0
+    # Layer-wise lr decay: depth d of the encoder gets lr x decay^(top - d) (ViT blocks,
+    # ResNet stages; the head is top). 1 = one lr for all; MAE fine-tunes a ViT-B with 0.75.
+    finetune_layer_decay: float = 1.0
     # Online evaluation during pretraining (logged as eval/online_* per epoch).
     online_knn_every: int = 0  # kNN on the held-out split every N epochs (and the last); 0 = off
     online_probe: bool = False  # a stop-gradient linear head on the training features
@@ -113,6 +116,8 @@ class EvalConfig:
               ">= 2 (BatchNorm needs more than one image)")
         check(self.finetune_weight_decay >= 0, "finetune_weight_decay",
               self.finetune_weight_decay, ">= 0")
+        check(0 < self.finetune_layer_decay <= 1, "finetune_layer_decay",
+              self.finetune_layer_decay, "in (0, 1] (1 = no layer-wise decay; MAE: 0.75)")
         check(self.online_knn_every >= 0, "online_knn_every", self.online_knn_every,
               ">= 0 (0 = off)")
         check(self.online_probe_lr > 0, "online_probe_lr", self.online_probe_lr, "must be > 0")

@@ -35,6 +35,7 @@ class FinetuneSettings:
     batch_size: int
     weight_decay: float
     seed: int
+    layer_decay: float = 1.0  # lr of depth d: lr * layer_decay^(deepest - d); 1 = one lr
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,39 @@ class Classifier(nn.Module):
         """(B, C, H, W) float in [0, 1] -> (B, classes)."""
         out: Tensor = self.head(self.encoder(x))
         return out
+
+
+def layer_depth(name: str, encoder: Encoder) -> int:
+    """Depth of an encoder parameter, for layer-wise lr decay (BEiT, MAE's fine-tuning).
+
+    ViT: 0 for the patch embedding, [CLS] token and positions, i + 1 for block i, and
+    ``blocks + 1`` for the final norm. ResNet: 0 for the stem, i for stage ``layer<i>``.
+    """
+    if encoder.is_vit:
+        blocks = len(encoder.backbone.blocks)  # type: ignore[arg-type]
+        if name.startswith("backbone.blocks."):
+            return int(name.split(".")[2]) + 1
+        return blocks + 1 if name.startswith("backbone.norm") else 0
+    for stage in range(1, 5):
+        if name.startswith(f"backbone.layer{stage}."):
+            return stage
+    return 0
+
+
+def decayed_param_groups(model: Classifier, encoder: Encoder, decay: float
+                         ) -> list[dict[str, object]]:
+    """One group per encoder depth with ``lr_scale = decay^(top - depth)``; the head at 1.
+
+    ``top`` is one above the encoder's deepest layer, the head's depth: lower layers, which
+    pretraining made most general, change least (MAE, appendix A.2: decay 0.75 for ViT-B).
+    """
+    by_depth: dict[int, list[nn.Parameter]] = {}
+    for name, p in encoder.named_parameters():
+        by_depth.setdefault(layer_depth(name, encoder), []).append(p)
+    top = max(by_depth) + 1
+    groups: list[dict[str, object]] = [{"params": ps, "lr_scale": decay ** (top - d)}
+                                       for d, ps in sorted(by_depth.items())]
+    return [*groups, {"params": list(model.head.parameters()), "lr_scale": 1.0}]
 
 
 def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:
@@ -101,8 +135,8 @@ def finetune(encoder: Encoder, split: LabeledSplit, s: FinetuneSettings, device:
     steps_per_epoch = max(1, len(x) // batch)
     total = max(s.epochs * steps_per_epoch, s.min_steps)
     lr = s.lr * batch / 256
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                          weight_decay=s.weight_decay)
+    opt = torch.optim.SGD(decayed_param_groups(model, encoder, s.layer_decay), lr=lr,
+                          momentum=0.9, nesterov=True, weight_decay=s.weight_decay)
     step = 0
     while step < total:
         order = torch.randperm(len(x), generator=gen)
@@ -155,7 +189,8 @@ class Finetune(ImageProtocol):
         for i, fraction in enumerate(cfg.finetune_fractions):
             settings = FinetuneSettings(cfg.finetune_epochs_for(i), cfg.finetune_min_steps,
                                         cfg.finetune_lr, cfg.finetune_batch_size,
-                                        cfg.finetune_weight_decay, seed)
+                                        cfg.finetune_weight_decay, seed,
+                                        cfg.finetune_layer_decay)
             idx = label_subset(bank_labels, fraction, seed)
             out.append(ImageJob(fraction_key(fraction), idx, settings,
                                 f"fine-tuning on {fraction:.0%} of the labels ({len(idx)} "

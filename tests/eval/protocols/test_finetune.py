@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from raysl.config import ModelConfig
@@ -39,3 +40,25 @@ def test_finetuning_learns_an_easy_task():
     assert result.top1 > 0.9 and result.top5 == 1.0
     # The whole encoder was trained, not just the head.
     assert any(not torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("backbone", ["vit", "resnet"])
+def test_layer_wise_lr_decay_scales_each_depth(backbone):
+    from raysl.eval.protocols.finetune import Classifier, decayed_param_groups, layer_depth
+
+    model_cfg = (ModelConfig(backbone="vit_tiny", width=32, depth=3, patch_size=4)
+                 if backbone == "vit" else ModelConfig(width=8, small_stem=True))
+    encoder = build_encoder(model_cfg, 1, 28)
+    model = Classifier(encoder, encoder.num_features, 10)
+    groups = decayed_param_groups(model, encoder, 0.5)
+    top = 3 + 1 + 1 if backbone == "vit" else 4 + 1  # blocks + norm, or stages; then the head
+    assert [g["lr_scale"] for g in groups] == [0.5 ** (top - d) for d in range(top)] + [1.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    if backbone == "vit":
+        assert layer_depth("backbone.patch_embed.weight", encoder) == 0
+        assert layer_depth("backbone.blocks.2.mlp.0.weight", encoder) == 3
+        assert layer_depth("backbone.norm.weight", encoder) == 4
+    else:
+        assert layer_depth("backbone.conv1.weight", encoder) == 0
+        assert layer_depth("backbone.layer3.0.conv1.weight", encoder) == 3
+    assert {g["lr_scale"] for g in decayed_param_groups(model, encoder, 1.0)} == {1.0}
