@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+
 from raysl.config import SourceConfig
 from raysl.data import generated
 from raysl.data.formats import Arrays
 from raysl.data.readers.base import Reader, Target
 from raysl.data.storage import Store
 from raysl.registry import register
+
+Maker = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 @register("reader", "generated")
@@ -18,6 +25,8 @@ class Generated(Reader):
     summary = "generated shapes, 8 classes at 32 px (no files; data.source.limit of them)"
     reads = "none"
     detect_order = 1000  # only when named
+    make: ClassVar[Maker] = staticmethod(generated.shapes)
+    what: ClassVar[str] = "generated shapes"
 
     @classmethod
     def detect(cls, target: Target, store: Store) -> bool:
@@ -27,6 +36,7 @@ class Generated(Reader):
     def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
              field_name: str) -> Arrays:
         """The images, drawn now."""
-        images, labels = generated.shapes(n=cfg.limit or 2000, size=32, seed=seed)
+        images, labels = self.make(n=cfg.limit or 2000, size=32, seed=seed)
+        colour = ", RGB" if images.shape[-1] == 3 else ""
         return Arrays(images, labels, list(generated.CLASSES),
-                      f"generated shapes ({len(images)} images, 32x32, 8 classes)")
+                      f"{self.what} ({len(images)} images, 32x32{colour}, 8 classes)")
