@@ -45,7 +45,13 @@ def test_a_method_knob_sweeps_like_any_field():
 
 
 @pytest.mark.parametrize("method", registry.names("method"))
-def test_per_method_lr_sweep_is_valid_for_every_method(method):
+def test_per_method_lr_sweep_is_valid_for_every_method_with_a_fashion_mnist_recipe(method):
+    if not (ROOT / "pipelines/configs" / f"{method}_fmnist.yaml").exists():
+        # Colorization needs colour data, so has no Fashion-MNIST recipe: a clear error.
+        with pytest.raises(ConfigError) as e:
+            load_sweep(TUNING / "lr.yaml", method=method)
+        assert e.value.field == "base" and f"{method}_fmnist.yaml does not exist" in str(e.value)
+        return
     sweep = load_sweep(TUNING / "lr.yaml", method=method)
     assert sweep.name == f"lr-{method}" and sweep.base.method.name == method
     assert "optim.base_lr" in sweep.fields
