@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from raysl.config import MethodConfig, check
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets
-from raysl.nn.backbones import Encoder
+from raysl.nn.backbones import Encoder, unit_float
 from raysl.registry import register
 
 Corruption = Literal["none", "masking", "gaussian"]
@@ -116,7 +116,7 @@ class Autoencoder(SSLMethod):
     def forward(self, views: list[Tensor], progress: Progress,
                 targets: Targets = NO_TARGETS) -> LossOutput:
         """Corrupt, encode, decode; MSE against the clean, normalised view."""
-        clean = views[0].float() / 255.0 if views[0].dtype == torch.uint8 else views[0]
+        clean = unit_float(views[0])
         # Corruption is a training device: in eval mode the encoder sees the clean view. (So the
         # online probe, which learns from the training forward, sees corrupted views' features
         # and reads a little low; the online kNN and every eval protocol see clean images.)

@@ -17,7 +17,7 @@ from raysl import distributed
 from raysl.config import MethodConfig, check
 from raysl.losses import rebalanced_soft_cross_entropy
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets, target
-from raysl.nn.backbones import Encoder
+from raysl.nn.backbones import Encoder, unit_float
 from raysl.registry import register
 
 AB_RANGE = 110.0  # |a|, |b| of sRGB colours stay below this
@@ -178,7 +178,7 @@ class Colorization(SSLMethod):
         scores = self.head(self.encoder.feature_map(gray.expand(-1, channels, -1, -1)))
         scores = F.interpolate(scores, size=(size, size), mode="bilinear", align_corners=False)
         with torch.no_grad():
-            lab = rgb_to_lab(colour.float() / 255.0)
+            lab = rgb_to_lab(unit_float(colour))
             ab = F.interpolate(lab[:, 1:], size=(size, size), mode="area")  # (B, 2, h, w)
             ab = ab.permute(0, 2, 3, 1).reshape(-1, 2)
         pred = scores.float().permute(0, 2, 3, 1).reshape(ab.shape[0], -1)  # (B h w, Q or 2)

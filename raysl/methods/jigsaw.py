@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl.config import Config as RunConfig
 from raysl.config import MethodConfig, check
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets, target
-from raysl.nn.backbones import Encoder
+from raysl.nn.backbones import Encoder, unit_float
 from raysl.registry import register
 
 
@@ -111,8 +110,7 @@ class Jigsaw(SSLMethod):
     def tile_features(self, tiles: Tensor) -> Tensor:
         """(B, T, C, t, t) tiles -> (B, T * tile_dim), each tile through trunk and fc6."""
         b, t = tiles.shape[:2]
-        x = tiles.flatten(0, 1)  # (B * T, C, t, t)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        x = unit_float(tiles.flatten(0, 1))  # (B * T, C, t, t)
         x = standardize_tiles(x) if self.cfg.normalize_tiles else self.encoder.normalise(x)
         features: Tensor = self.tile_head(self.encoder.backbone(x))  # (B * T, tile_dim)
         return features.view(b, t * features.shape[-1])

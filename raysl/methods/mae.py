@@ -153,8 +153,7 @@ class MAE(SSLMethod):
         if not isinstance(vit, VisionTransformer):
             raise TypeError(f"MAE needs a ViT encoder, got {type(vit).__name__}")
         self.cfg = cfg
-        self.patches = vit.grid * vit.grid
-        self.visible = max(1, int(self.patches * (1 - cfg.mask_ratio)))  # MAE's len_keep
+        self.visible = max(1, int(vit.grid**2 * (1 - cfg.mask_ratio)))  # MAE's len_keep
         self.decoder = MAEDecoder(encoder.num_features, cfg.decoder_dim, cfg.decoder_depth,
                                   cfg.decoder_heads, vit.grid,
                                   vit.patch_size ** 2 * encoder.in_channels)

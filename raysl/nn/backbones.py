@@ -68,6 +68,11 @@ class ResNetBackbone(ResNet):  # type: ignore[misc]  # torchvision ships no type
                 nn.init.constant_(m.bias, 0)
 
 
+def unit_float(x: Tensor) -> Tensor:
+    """Images as float in [0, 1]: uint8 [0, 255] is scaled, float is passed through."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
 def resnet_feature_map(net: ResNetBackbone, x: Tensor) -> Tensor:
     """The last stage's map before pooling: (B, C, H, W) -> (B, num_features, H/s, W/s)."""
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
@@ -106,9 +111,7 @@ class Encoder(nn.Module):
 
     def normalise(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> the backbone's input."""
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        return (x - self.mean) / self.std
+        return (unit_float(x) - self.mean) / self.std
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images in [0, 1] (float) or [0, 255] (uint8) -> (B, num_features)."""

@@ -119,7 +119,6 @@ WRITERS: dict[str, tuple[Callable[[Path], SourceConfig], int, bool]] = {
     "npy": (_npy, N, False), "cifar": (_cifar, 5 * N, True), "generated": (_generated, N, True),
     "colour_shapes": (_colour_shapes, N, True),
 }
-MADE = MADE_FORMATS  # no files: named only, never detected
 
 
 def test_every_registered_reader_has_a_writer_here():
@@ -132,12 +131,12 @@ def test_every_registered_reader_has_a_writer_here():
 def test_every_reader_reads_its_format_named_and_detected(tmp_path: Path, name: str):
     write, count, labeled = WRITERS[name]
     cfg = write(tmp_path)
-    for fmt in ({"auto", name} if name not in MADE else {name}):
+    for fmt in ({"auto", name} if name not in MADE_FORMATS else {name}):  # named only
         named = SourceConfig(format=fmt, path=cfg.path, limit=cfg.limit)
         src = read_source(named, channels=1, decode_size=16)
         x, y = to_numpy(src)
         assert src.num_images == count == len(x) and x.dtype == np.uint8 and x.shape[-1] == 1
         assert src.labeled == labeled and (y is None) == (not labeled)
-        if labeled and name not in ("cifar", *MADE):
+        if labeled and name not in ("cifar", *MADE_FORMATS):
             assert sorted(y.tolist()) == sorted((np.arange(N) % CLASSES).tolist())
         assert str(count) in src.description
