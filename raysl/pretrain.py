@@ -18,11 +18,12 @@ import ray.train
 import torch
 from mlflow.tracking import MlflowClient
 
+from raysl import registry
 from raysl.checkpoint import ENCODER_FILE, load_strict
 from raysl.config import Config, ConfigError
 from raysl.console import banner
 from raysl.data.formats import DataError
-from raysl.data.pipeline import view_stream
+from raysl.data.pipeline import view_stream, whole_image_stream
 from raysl.data.source import (
     DecodePolicy,
     ImageSource,
@@ -320,6 +321,10 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
                           "is scored on the second")
     dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources(),
                           cfg.train.seed)
+    method = registry.get("method", cfg.method.name)
+    method.check_training_set(cfg, source.num_images)
+    whole = (whole_image_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources())
+             if method.reads_training_set else None)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, result.tracking_uri,
                             result.mlflow_run_id, result.run_name, len(source.class_names),
                             run.launched_at)
@@ -329,7 +334,7 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     split_ref = (ray.put(split.split(cfg.eval.online_limit, cfg.train.seed))
                  if split is not None and cfg.eval.online else None)
     trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks,
-                            _monitor_sample(run, source))
+                            _monitor_sample(run, source), whole)
     try:
         fit = trainer.fit()
     except ray.train.TrainingFailedError as e:

@@ -13,7 +13,7 @@ RAYSL = Path(__file__).resolve().parents[1] / "raysl"
 
 # Bottom to top. A module may import from its own layer and the ones below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("registry", "schedules", "distributed", "losses", "checkpoint", "config",
+    ("registry", "schedules", "distributed", "losses", "clustering", "checkpoint", "config",
      "console"),  # ground
     ("nn",),
     ("methods",),
@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
 
 MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").glob("*.py")),
               *sorted((RAYSL / "config").glob("*.py")),
-              RAYSL / "losses.py", RAYSL / "schedules.py", RAYSL / "distributed.py",
+              RAYSL / "losses.py", RAYSL / "clustering.py", RAYSL / "schedules.py",
+              RAYSL / "distributed.py",
               RAYSL / "registry.py", RAYSL / "checkpoint.py", RAYSL / "console.py",
               # the evaluation protocols themselves (Ray runs them from eval/extract.py, suite.py)
               *sorted((RAYSL / "eval" / "protocols").glob("*.py")),

@@ -15,7 +15,7 @@ from raysl import methods, registry
 from raysl.config import ConfigError
 from raysl.data.views import make_columns
 from raysl.eval.online import LabelFreeMonitor
-from raysl.methods.base import Progress, build_method
+from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build_method
 from raysl.train.optim import build_optimizer
 from raysl.train.step import train_step
 
@@ -40,7 +40,8 @@ def tiny_config(name: str, backbone: str = "", extra: tuple[str, ...] = ()) -> C
     dims = [f"method.{f.name}={HEAD_DIM}" for f in dataclasses.fields(cfg.method)
             if f.name.endswith("_dim") and getattr(cfg.method, f.name) > HEAD_DIM]
     queue = ["method.queue_size=64"] if hasattr(cfg.method, "queue_size") else []
-    return C.load(None, base + dims + queue)
+    clusters = ["method.num_clusters=4"] if hasattr(cfg.method, "num_clusters") else []
+    return C.load(None, base + dims + queue + clusters)
 
 
 def tiny_batch(cfg: C.Config, b: int = 8, seed: int = 0
@@ -52,7 +53,24 @@ def tiny_batch(cfg: C.Config, b: int = 8, seed: int = 0
                            generator=g)
     columns = make_columns(images, cfg.data, g)
     views = [columns.pop(f"view{i}") for i in range(len(cfg.view_sizes))]
+    columns["index"] = torch.arange(b)  # every source's row index, passed through the views
     return views, columns
+
+
+def start_epoch(method: SSLMethod, cfg: C.Config, b: int = 8, seed: int = 0) -> EpochStart:
+    """The method's start-of-epoch work on ``b`` whole images (DeepCluster clusters them)."""
+    g = torch.Generator().manual_seed(seed)
+    size = cfg.data.image_size
+    images = torch.randint(0, 256, (b, cfg.data.channels, size, size), dtype=torch.uint8,
+                           generator=g)
+    return method.on_epoch_start(EpochData(0, lambda: [{"image": images,
+                                                        "index": torch.arange(b)}], seed))
+
+
+def read_by(method: SSLMethod, targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The target columns ``method`` declares, as the train loop passes them."""
+    assert set(method.target_columns) <= set(targets)  # the data path makes what it reads
+    return {c: targets[c] for c in method.target_columns}
 
 
 def tiny_views(cfg: C.Config, b: int = 8, seed: int = 0) -> list[torch.Tensor]:
@@ -82,8 +100,9 @@ def test_every_method_trains_one_step(name, backbone):
 
     opt = build_optimizer(method, dataclasses.replace(cfg.optim, name="sgd"), lr=0.1)
     views, targets = tiny_batch(cfg)
-    assert set(targets) == set(method.target_columns)  # the data path makes what it reads
-    result = train_step(method, [views], opt, Progress(0, 100, 10), targets=[targets])
+    start_epoch(method, cfg)
+    result = train_step(method, [views], opt, Progress(0, 100, 10),
+                        targets=[read_by(method, targets)])
 
     assert torch.isfinite(torch.tensor(result.loss))
     assert all(grads[n] is not None for n in online), [n for n in online if grads[n] is None]
@@ -112,12 +131,14 @@ def test_every_method_is_monitored_on_its_encoder_and_projector(name):
     images = torch.randint(0, 256, (6, 40, 40, 3), dtype=torch.uint8).numpy()
     values, _ = LabelFreeMonitor(images, cfg, 0, 1).measure(method, torch.device("cpu"))
     assert 1 <= values["eval/rankme"] <= 6 and 1 <= values["eval/lidar"] <= 6
-    # Every joint-embedding method has a projection head (DINO: its MLP up to the bottleneck);
-    # the predictive ones (one view) have a classifier or decoder, not monitored.
-    if method.global_views == 2:
-        assert 1 <= values["eval/rankme_projector"] <= 6, name
+    # Every joint-embedding method has a projection head (DINO: its MLP up to the bottleneck),
+    # and DeepCluster the MLP it clusters; the predictive ones (one view) have a classifier or
+    # decoder, not monitored.
+    head = method.exported_projector()
+    if method.global_views == 2 or head is not None:
+        assert head is not None and 1 <= values["eval/rankme_projector"] <= 6, name
     else:
-        assert method.exported_projector() is None and "eval/rankme_projector" not in values
+        assert "eval/rankme_projector" not in values
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -257,8 +278,9 @@ def test_every_method_steps_under_bf16_autocast(name):
     method = build_method(cfg)
     opt = torch.optim.SGD(method.parameters(), lr=0.01)
     views, targets = tiny_batch(cfg)
+    start_epoch(method, cfg)
     result = train_step(method, [views], opt, Progress(0, 100, 10), amp_dtype=torch.bfloat16,
-                        targets=[targets])
+                        targets=[read_by(method, targets)])
     assert torch.isfinite(torch.tensor(result.loss))
     assert all(p.dtype == torch.float32 for p in method.parameters())
     assert all(b.dtype != torch.bfloat16 for b in method.buffers())

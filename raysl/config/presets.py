@@ -37,6 +37,9 @@ VIEW_PRESETS: dict[str, ViewConfig] = {
     # MAE (arXiv:2111.06377, appendix A.1): one view, RandomResizedCrop (0.2, 1) and a flip, no
     # colour jitter or blur; masking happens in the model. (Bilinear where the paper is bicubic.)
     "mae": ViewConfig(crop_scale=(0.2, 1.0), **_NO_COLOUR, global_views=1),
+    # DeepCluster (arXiv:1807.05520, its main.py): one view, RandomResizedCrop (0.08, 1) and a
+    # flip; the paper's Sobel filter is not applied (see methods/deepcluster.py).
+    "deepcluster": ViewConfig(**_NO_COLOUR, global_views=1),
     # RotNet (Gidaris et al. 2018, arXiv:1803.07728): a 224 crop of the 256 px image, a flip, and
     # 0/90/180/270 degrees drawn per image (the rotation index is the label).
     "rotation": ViewConfig(crop_scale=_crop_of_256(224), crop_ratio=(1.0, 1.0), **_NO_COLOUR,

@@ -7,7 +7,7 @@ from ray.data import RandomSeedConfig
 
 from raysl.config import DataConfig
 from raysl.data.source import ImageSource
-from raysl.data.views import augment_batch
+from raysl.data.views import augment_batch, whole_images
 
 
 def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
@@ -38,3 +38,19 @@ def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
         fn_kwargs={"cfg": cfg}, batch_size=cfg.augment_batch_size, batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=max_tasks), num_cpus=cfg.augment_cpus,
         resources=resources or None, udf_modifying_row_count=False)
+
+
+def whole_image_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
+                       resources: dict[str, float] | None = None) -> ray.data.Dataset:
+    """Every image of ``source`` once, un-augmented, at the view size.
+
+    A method's pass over the whole training set: DeepCluster's features before each
+    clustering. Resized in Ray Data tasks like the views (same CPUs, same node pinning).
+
+    Returns:
+        Dataset with columns ``image`` (C, S, S) uint8, ``index``, and ``label`` when labeled.
+    """
+    return source.dataset.map_batches(whole_images,  # type: ignore[arg-type]  # Ray's stub
+        fn_kwargs={"size": cfg.image_size}, batch_size=cfg.augment_batch_size,
+        batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=max_tasks),
+        num_cpus=cfg.augment_cpus, resources=resources or None, udf_modifying_row_count=False)

@@ -575,9 +575,29 @@ def views_of_batch(batch: dict[str, np.ndarray], cfg: DataConfig, gen: torch.Gen
     # A copy: Ray hands out read-only views of the object store, and torch warns on those.
     x = torch.from_numpy(np.array(batch["image"], copy=True)).permute(0, 3, 1, 2)  # (B,C,H,W)
     out = {k: v.numpy() for k, v in make_columns(x, cfg, gen).items()}
-    if "label" in batch:  # kept for the online probe (eval.online_probe)
-        out["label"] = batch["label"]
-    return out
+    return {**out, **_passed_through(batch)}
+
+
+def _passed_through(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The row's ``label`` (the online probe) and ``index`` (DeepCluster's pseudo-label key)."""
+    return {k: batch[k] for k in ("label", "index") if k in batch}
+
+
+def whole_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Ray Data task function: un-augmented images at the view size, for reading the whole set.
+
+    DeepCluster clusters these (as the paper's feature pass, no random crop or flip): the
+    decoded image resized to ``size`` (bilinear, antialiased), as evaluation sees it.
+
+    Returns:
+        ``{"image": (B, C, S, S) uint8}`` with the batch's ``index`` (and ``label``).
+    """
+    torch.set_num_threads(1)
+    x = torch.from_numpy(np.array(batch["image"], copy=True)).permute(0, 3, 1, 2)  # (B,C,H,W)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    return {"image": x.contiguous().numpy(), **_passed_through(batch)}
 
 
 def augment_batch(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.ndarray]:

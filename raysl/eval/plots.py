@@ -1,4 +1,6 @@
-"""Figures people would rather see than read: embeddings, confusion matrices, per-class tables.
+"""Figures people would rather see than read: embeddings, confusion matrices, histograms.
+
+Per-class tables too; histograms show DeepCluster's cluster sizes.
 
 Figures are returned as PNG bytes (matplotlib's Agg backend, no display needed), so callers can
 log them to MLflow or write them anywhere.
@@ -117,3 +119,26 @@ def per_class_table(matrix: np.ndarray, class_names: list[str]) -> str:
         name = class_names[i] if i < len(class_names) else str(i)
         rows.append(f"| {name} | {100 * acc[i]:.2f}% | {support[i]} |")
     return "\n".join(rows) + "\n"
+
+
+def sizes_png(sizes: np.ndarray, title: str, what: str = "cluster") -> bytes:
+    """Counts per bin (e.g. images per cluster) as bars, largest first, as PNG bytes.
+
+    Sorted, because the names of clusters mean nothing: what matters is how even they are.
+    The dashed line is the size every bin would have if they were all equal.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = np.sort(np.asarray(sizes))[::-1]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar(np.arange(len(ordered)), ordered, width=1.0, color="#4878a8")
+    ax.axhline(ordered.sum() / max(1, len(ordered)), color="black", linestyle="--", linewidth=1,
+               label="all equal")
+    ax.set_xlabel(f"{what}s, largest first ({int((ordered == 0).sum())} empty)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return _png(fig)

@@ -5,6 +5,7 @@ from raysl.methods import (  # noqa: F401
     barlow_twins,
     byol,
     colorization,
+    deepcluster,
     dino,
     jigsaw,
     mae,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar
@@ -35,6 +35,34 @@ class LossOutput:
 
     loss: Tensor  # scalar, differentiable
     logs: dict[str, float] = field(default_factory=dict)  # detached extras, e.g. {"train/acc": .9}
+
+
+@dataclass(frozen=True)
+class EpochData:
+    """What a method that reads the training set before an epoch (DeepCluster) is given.
+
+    Attributes:
+        epoch: the epoch about to start, from 0.
+        images: a new pass over this worker's share of the training images, un-augmented:
+            batches of ``{"image": (B, C, S, S) uint8, "index": (B,) int64}`` (and ``"label"``
+            (B,) when the data has labels), on the model's device.
+        seed: the run's seed (``train.seed``), the same on every worker.
+    """
+
+    epoch: int
+    images: Callable[[], Iterable[Mapping[str, Tensor]]]
+    seed: int = 0
+
+
+@dataclass
+class EpochStart:
+    """What :meth:`SSLMethod.on_epoch_start` did, for the train loop to act on and log."""
+
+    logs: dict[str, float] = field(default_factory=dict)  # e.g. {"cluster/nmi_previous": .6}
+    # Parameters re-initialised: the loop drops their optimizer state (momentum, Adam moments).
+    reset: list[nn.Parameter] = field(default_factory=list)
+    histograms: dict[str, Tensor] = field(default_factory=dict)  # name -> (bins,) counts, plotted
+    summary: str = ""  # one line for the terminal ("" = nothing to say)
 
 
 @dataclass(frozen=True)
@@ -81,6 +109,9 @@ class SSLMethod(nn.Module, ABC):
     # Whether the training forward runs the encoder on whole views: the online probe learns
     # from those features, which must be the exported encoder's (MAE's sees a quarter).
     encodes_whole_views: ClassVar[bool] = True
+    # Whether :meth:`on_epoch_start` reads the whole training set (DeepCluster clusters it):
+    # the trainer then hands the workers a second, un-augmented pass over the images.
+    reads_training_set: ClassVar[bool] = False
     # What usually makes this method's representation collapse: printed with the collapse
     # warning of the label-free monitors (eval/monitors.py).
     collapse_hint: ClassVar[str] = "a learning rate too high or too strong a weight decay"
@@ -126,6 +157,13 @@ class SSLMethod(nn.Module, ABC):
     def check_config(cls, cfg: RunConfig) -> None:
         """Raise ``ConfigError`` for settings this method cannot work with (across sections)."""
 
+    @classmethod
+    def check_training_set(cls, cfg: RunConfig, num_images: int) -> None:
+        """Raise ``ConfigError`` for a training set of ``num_images`` this method cannot use.
+
+        Run by the driver before training (DeepCluster needs at least k images).
+        """
+
     @abstractmethod
     def forward(self, views: list[Tensor], progress: Progress,
                 targets: Targets = NO_TARGETS) -> LossOutput:
@@ -153,6 +191,13 @@ class SSLMethod(nn.Module, ABC):
     def fixed_lr_parameters(self) -> list[nn.Parameter]:
         """Parameters whose learning rate stays at its peak (no warm-up, no decay)."""
         return []
+
+    def on_epoch_start(self, data: EpochData) -> EpochStart:
+        """Called on every worker before each epoch's first step (DeepCluster re-clusters here).
+
+        ``data.images`` may only be iterated by methods with ``reads_training_set``.
+        """
+        return EpochStart()
 
     def on_after_backward(self, progress: Progress) -> None:
         """Called after the backward pass, before clipping and the optimizer step."""

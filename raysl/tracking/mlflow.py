@@ -117,6 +117,11 @@ class Tracker:
         if self.client is not None:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def log_files(self, files: dict[str, bytes | str]) -> None:
+        """Log in-memory files as the run's artifacts (see :func:`log_blobs`)."""
+        if self.client is not None:
+            log_blobs(self.client, self.run_id, files)
+
 
 def log_blobs(client: MlflowClient, run_id: str, files: dict[str, bytes | str]) -> None:
     """Log in-memory files (PNG bytes, text) as artifacts at their paths, e.g. ``eval/a.png``."""

@@ -1,6 +1,7 @@
 """The Ray Train worker function: the only training code that calls ``ray.train``.
 
 It reads as its steps: :func:`set_up` (model, optimizer, the last checkpoint), then per epoch
+:func:`begin_epoch` (the method's own start-of-epoch work: DeepCluster clusters the training set),
 :func:`train_epoch` (the optimizer steps over this worker's shard), :func:`epoch_metrics` (what
 the epoch measured, plus online evaluation), :func:`report` (log, checkpoint, tell Ray) and
 :func:`react_to_collapse` (warn, or stop, when the label-free monitors saw a collapse).
@@ -27,8 +28,9 @@ from raysl.config import Config
 from raysl.console import duration, say
 from raysl.eval.monitors import Collapse, RepresentationCollapsed
 from raysl.eval.online import LabelFreeMonitor, OnlineProbe, online_metrics
+from raysl.eval.plots import sizes_png
 from raysl.eval.splits import LabeledSplit
-from raysl.methods.base import Progress, SSLMethod, build_method
+from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build_method
 from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.mlflow import Tracker
 from raysl.train.optim import build_optimizer, set_weight_decay
@@ -41,6 +43,8 @@ from raysl.train.step import (
 )
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
+# The trainer's dataset of un-augmented training images, for methods with reads_training_set.
+WHOLE_IMAGES = "whole_images"
 
 
 @dataclass(frozen=True)
@@ -125,10 +129,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     w = set_up(Config.from_dict(loop_config["config"]), LoopSettings(**loop_config["settings"]),
                loop_config.get("eval_split"), loop_config.get("monitor_sample"))
     shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
+    whole = ray.train.get_dataset_shard(WHOLE_IMAGES) if w.method.reads_training_set else None
     for epoch in range(w.start_epoch, w.cfg.train.epochs):
+        start = begin_epoch(w, epoch, whole)
         stats = train_epoch(w, epoch, shard)
         metrics, collapses = epoch_metrics(w, epoch, stats)
-        report(w, epoch, metrics)
+        report(w, epoch, {**metrics, **start.logs})
         react_to_collapse(w, epoch, collapses)
 
 
@@ -172,6 +178,38 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
         w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1} (step {w.step})")
     torch.manual_seed(forward_seed(cfg.train.seed, rank, w.step))
     return w
+
+
+def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:
+    """The method's start-of-epoch work (DeepCluster's clustering), then what it asks for.
+
+    Re-initialised parameters lose their optimizer state (a fresh classifier starts without
+    the old one's momentum); histograms are plotted into the MLflow run.
+
+    Args:
+        w: the worker.
+        epoch: the epoch about to start, from 0.
+        whole: this worker's shard of the un-augmented training images, or None.
+    """
+    def images() -> Iterable[dict[str, torch.Tensor]]:
+        if whole is None:
+            raise RuntimeError(f"{type(w.method).__name__} reads the training set but does not "
+                               "declare reads_training_set")
+        batches: Iterable[dict[str, torch.Tensor]] = whole.iter_torch_batches(
+            batch_size=w.cfg.eval.batch_size, device=w.device, prefetch_batches=2)
+        return batches
+
+    start = w.method.on_epoch_start(EpochData(epoch, images, w.cfg.train.seed))
+    for parameter in start.reset:
+        w.optimizer.state.pop(parameter, None)
+    if start.summary:
+        w.say(f"[raysl] epoch {epoch + 1}/{w.cfg.train.epochs}: {start.summary}")
+    if start.histograms and w.rank == 0:
+        w.tracker.log_files({
+            f"clusters/{name}_epoch_{epoch + 1:03d}.png": sizes_png(
+                counts.cpu().numpy(), f"{name.replace('_', ' ')}, epoch {epoch + 1}")
+            for name, counts in start.histograms.items()})
+    return start
 
 
 def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:

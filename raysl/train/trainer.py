@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from raysl.config import Config, ConfigError
 from raysl.console import WorkerLineFilter, verbose
-from raysl.train.loop import LoopSettings, train_loop_per_worker
+from raysl.train.loop import WHOLE_IMAGES, LoopSettings, train_loop_per_worker
 
 # Node-type markers (custom resources) of cluster.yaml's node types. A node has 1 of its marker;
 # a worker or task asks for a sliver of it, which pins it to that node type without limiting how
@@ -289,7 +289,8 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   settings: LoopSettings, storage_path: str,
                   eval_split: ray.ObjectRef[Any] | None = None,
                   callbacks: Sequence[ray.train.UserCallback] = (),
-                  monitor_sample: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
+                  monitor_sample: ray.ObjectRef[Any] | None = None,
+                  whole_images: ray.data.Dataset | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` for one pretraining run.
 
     Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
@@ -297,7 +298,12 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
     ``eval_split`` is the labeled split (in the object store) for online kNN evaluation.
     ``callbacks`` are Ray Train callbacks, e.g. the one forwarding each report to a Tune trial.
     ``monitor_sample`` holds the images of the label-free monitors (``eval.monitor_every``).
+    ``whole_images`` is the un-augmented pass over the training set that a method with
+    ``reads_training_set`` reads before its epochs (split over the workers like the views).
     """
+    datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {"train": dataset}
+    if whole_images is not None:
+        datasets[WHOLE_IMAGES] = whole_images
     return TorchTrainer(
         train_loop_per_worker,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
@@ -314,5 +320,5 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
             logging_config=ray.train.LoggingConfig(  # type: ignore[call-arg]
                 log_level="INFO" if verbose() else "WARNING"),
             callbacks=list(callbacks)),  # type: ignore[arg-type]  # UserCallback is one
-        datasets={"train": dataset},
+        datasets=datasets,
     )

@@ -429,3 +429,24 @@ def test_a_method_declaring_the_layout_takes_the_preset(monkeypatch):
     assert cfg.view_sizes == [64] and cfg.data.views.pretext == "rotation"
     with pytest.raises(ConfigError, match="simclr trains on 1 global view with a rotation"):
         C.load(None, ["data.preset=simclr"])
+
+
+def test_views_carry_each_rows_index_and_label():
+    images = np.random.default_rng(0).integers(0, 256, (4, 30, 30, 1), dtype=np.uint8)
+    batch = {"image": images, "index": np.array([7, 3, 9, 1]), "label": np.array([0, 1, 2, 3])}
+    cfg = C.load(None, ["data.image_size=28", "data.channels=1"]).data
+    out = views_mod.views_of_batch(batch, cfg, torch.Generator().manual_seed(0))
+    assert out["index"].tolist() == [7, 3, 9, 1] and out["label"].tolist() == [0, 1, 2, 3]
+
+
+def test_whole_images_are_resized_not_augmented():
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    out = views_mod.whole_images({"image": images, "index": np.arange(3)}, 16)
+    assert out["image"].shape == (3, 3, 16, 16) and out["image"].dtype == np.uint8
+    assert out["index"].tolist() == [0, 1, 2] and "label" not in out
+    # The whole image resized as evaluation resizes it (eval/features.py), to the nearest level.
+    from raysl.eval.features import resized
+    want = resized(images, 16) * 255
+    assert (torch.from_numpy(out["image"]).float() - want).abs().max() <= 0.5 + 1e-3
+    same = views_mod.whole_images({"image": images, "index": np.arange(3)}, 32)["image"]
+    assert np.array_equal(same, images.transpose(0, 3, 1, 2))  # at the view size: untouched

@@ -46,3 +46,8 @@ def test_confusion_matrix_counts_and_table():
     rows = table.strip().splitlines()[2:]
     assert rows[0].startswith("| cat | 50.00%") and rows[-1].startswith("| owl | 100.00%")
     _is_png(plots.confusion_png(m, ["cat", "dog", "owl"], "test"))
+
+
+def test_sizes_plot_is_a_png_even_with_empty_bins():
+    png = plots.sizes_png(np.array([5, 0, 12, 3]), "cluster sizes, epoch 1")
+    assert Image.open(io.BytesIO(png)).format == "PNG"

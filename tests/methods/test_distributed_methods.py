@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from raysl import config as C
 from raysl import distributed
+from raysl.clustering import kmeans, pca_whiten
 from raysl.losses import sinkhorn_knopp
-from raysl.methods.base import Progress, SSLMethod, build_method
+from raysl.methods.base import EpochData, Progress, SSLMethod, build_method
 
 N = gh.WORLD * gh.B_PER_RANK  # the global batch: rank r gets samples r*B .. (r+1)*B - 1
 PROGRESS = Progress(0, 100, 10)
@@ -58,6 +59,8 @@ CONFIGS = {
     # Colorization's head has BatchNorm: only its colour counts (no batch statistics) are
     # compared here.
     "colorization": ["method.name=colorization", "method.head_dim=16"],
+    "deepcluster": ["method.name=deepcluster", "method.head_dim=16", "method.pca_dim=8",
+                    "method.num_clusters=3"],
     "swav_queue": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
                    "method.proj_hidden_dim=32", "method.proj_output_dim=16",
                    "data.views.local_crops=2", f"method.queue_length={SWAV_QUEUE}",
@@ -227,6 +230,42 @@ def _case_colorization_counts(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(anchored(torch.zeros(()), e), same=method.bin_counts.clone())
 
 
+def uneven_share(n: int) -> Tensor:
+    """This rank's row indices of ``n``: rank 0 every third row, rank 1 the others (unequal,
+    interleaved shares, as a stream may hand out); all rows without a process group."""
+    rows = torch.arange(n)
+    if not distributed.is_distributed():
+        return rows
+    first = rows % 3 == 0
+    return rows[first] if distributed.rank() == 0 else rows[~first]
+
+
+def _case_kmeans(e: list[Tensor]) -> gh.Outputs:
+    """same: PCA-whitening + k-means of 60 fixed points spread unevenly over the ranks."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(60, 12, generator=g) @ torch.randn(12, 12, generator=g)
+    rows = uneven_share(60)
+    result = kmeans(pca_whiten(features[rows], 6), rows, 5, iters=10, seed=3)
+    return gh.Outputs(anchored(torch.zeros(()), e), same=torch.cat([
+        result.assignment.double(), result.centroids.double().flatten(),
+        result.sizes.double(), torch.tensor([result.reseeded, result.inertia],
+                                            dtype=torch.float64)]))
+
+
+def _case_deepcluster_epoch(e: list[Tensor]) -> gh.Outputs:
+    """same: DeepCluster's re-assignment of 30 images (features, clusters, new classifier)."""
+    method = build("deepcluster")
+    images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(4))
+    rows = uneven_share(30)
+    start = method.on_epoch_start(EpochData(0, lambda: [{"image": images[rows], "index": rows,
+                                                         "label": rows % 4}], seed=2))
+    return gh.Outputs(anchored(torch.zeros(()), e), same=torch.cat([
+        method.assignment.double(), method.cluster_weights.double(),
+        method.classifier.weight.detach().double().flatten(),
+        torch.tensor([start.logs["cluster/nmi_labels"]], dtype=torch.float64)]))
+
+
 def _case_grads(name: str, eval_mode: bool, e: list[Tensor]) -> gh.Outputs:
     """One forward/backward of ``name``; same: the DDP-averaged gradients."""
     method = build(name).train(not eval_mode)
@@ -266,6 +305,8 @@ CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "nnclr support": _case_nnclr_support,
     "nnclr grads": _case_grads_nnclr,
     "colorization counts": _case_colorization_counts,
+    "kmeans": _case_kmeans,
+    "deepcluster epoch": _case_deepcluster_epoch,
 }
 GLOO_CASES = {name: gh.Case(fn) for name, fn in CASES.items()}
 
@@ -430,3 +471,21 @@ def test_colorization_counts_every_workers_colours(gloo_records, single_records)
             expected[int(torch.cdist(colour[None], centres).argmin())] += 1
     for record in gloo_records["colorization counts"]:
         torch.testing.assert_close(record["same"], expected, rtol=0, atol=0)
+
+
+# ---------------------------------------- DeepCluster -----------------------------------------
+
+
+def test_kmeans_across_workers_equals_one_process_on_all_features(gloo_records, single_records):
+    # PCA statistics and every k-means update all-reduced, the initial centroids and re-seeding
+    # drawn by index: the assignment is the single process's, row for row.
+    _equivalent("kmeans", gloo_records, single_records)
+    assignment = single_records["kmeans"]["same"][:60]
+    assert (assignment >= 0).all() and len(assignment.unique()) == 5  # 5 clusters, all used
+
+
+def test_deepcluster_reassignment_across_workers_equals_one_process(gloo_records,
+                                                                    single_records):
+    _equivalent("deepcluster epoch", gloo_records, single_records)
+    assignment = single_records["deepcluster epoch"]["same"][:30]
+    assert (assignment >= 0).all() and len(assignment.unique()) > 1
