@@ -6,7 +6,7 @@ import ray.data
 from ray.data import RandomSeedConfig
 
 from raysl.config import DataConfig
-from raysl.data.source import ImageSource
+from raysl.data.source import ImageSource, uncounted_read
 from raysl.data.views import augment_batch, whole_images
 
 
@@ -50,7 +50,9 @@ def whole_image_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
     Returns:
         Dataset with columns ``image`` (C, S, S) uint8, ``index``, and ``label`` when labeled.
     """
-    return source.dataset.map_batches(whole_images,  # type: ignore[arg-type]  # Ray's stub
+    # A streamed source is decoded once more for this pass, its bad files counted only once.
+    dataset = uncounted_read(source, cfg.augment_cpus, resources)
+    return dataset.map_batches(whole_images,  # type: ignore[arg-type]  # Ray's stub
         fn_kwargs={"size": cfg.image_size}, batch_size=cfg.augment_batch_size,
         batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=max_tasks),
         num_cpus=cfg.augment_cpus, resources=resources or None, udf_modifying_row_count=False)

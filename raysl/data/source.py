@@ -333,6 +333,24 @@ def _read_unit(src: UnitSource, position: int, execution: int) -> Iterator[pa.Ta
         raise DataError(verdict)
 
 
+def uncounted_read(source: ImageSource, num_cpus: float = 1.0,
+                   resources: dict[str, float] | None = None) -> ray.data.Dataset:
+    """A second read of a source beside its training stream, which alone counts bad files.
+
+    A streamed source decodes its units again in their listed order, skipping bad files
+    without reporting them to the ledger: the training stream reports the same files, and two
+    reports would double the counts (and the images subtracted from the total). Other sources
+    are read from the object store, which holds no bad files.
+    """
+    if source.cache != "none" or source.units is None:
+        return source.dataset
+    units = copy.copy(source.units)
+    units.ledger, units.shuffle, units.executions = None, False, 0
+    dataset: ray.data.Dataset = ray.data.read_datasource(units, num_cpus=num_cpus,
+                                                         resources=resources or None)
+    return dataset
+
+
 def first_images(source: ImageSource, n: int) -> np.ndarray:
     """The first ``n`` images of ``source`` in its seeded order: (n, H, W, C) uint8.
 
@@ -342,13 +360,10 @@ def first_images(source: ImageSource, n: int) -> np.ndarray:
     files skipped without being counted (the training stream counts them) and no epoch of the
     training stream used up.
     """
-    dataset = source.dataset
     if source.cache == "none" and source.units is not None:
-        units = copy.copy(source.units)
-        units.ledger, units.shuffle, units.executions = None, False, 0
-        dataset = ray.data.read_datasource(units)
+        dataset = uncounted_read(source)
     else:  # a copy with its own context: preserving order must not slow training down
-        dataset = ray.data.Dataset.copy(dataset, _deep_copy=True)
+        dataset = ray.data.Dataset.copy(source.dataset, _deep_copy=True)
     dataset.context.execution_options.preserve_order = True
     images, index = [], []
     for batch in dataset.select_columns(["image", "index"]).limit(n).iter_batches(

@@ -230,3 +230,20 @@ def test_first_images_are_the_same_fixed_sample_cached_or_streamed(tmp_path: Pat
     streamed.tally()
     assert streamed.skipped == {"not_an_image": 3}  # counted once, by the training stream
     assert len(first_epoch) == 60
+
+
+def test_a_whole_image_pass_beside_the_stream_counts_no_bad_file_twice(tmp_path: Path):
+    """DeepCluster's pass over the training set decodes a streamed source again: every good
+    image once, with its index and label, and the bad files stay counted once."""
+    from raysl import config as C
+    from raysl.data.pipeline import whole_image_stream
+
+    _tree(tmp_path)  # 40 images and 3 bad files
+    src = read_source(SourceConfig(path=str(tmp_path)), 3, 12, policy=LENIENT, cache="none")
+    to_numpy(src)  # the training stream's epoch: it counts the bad files
+    data = C.load(None, ["data.image_size=16", "data.channels=3"]).data
+    rows = whole_image_stream(src, data, max_tasks=1).take_all()
+    assert len(rows) == 40 and len({int(r["index"]) for r in rows}) == 40
+    assert rows[0]["image"].shape == (3, 16, 16) and {int(r["label"]) for r in rows} == {0, 1}
+    src.tally()
+    assert src.skipped == {"not_an_image": 3}
