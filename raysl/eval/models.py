@@ -16,7 +16,13 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from raysl.checkpoint import ENCODER_FILE, CheckpointError, load_strict, read_state
+from raysl.checkpoint import (
+    ENCODER_FILE,
+    STATE_FILE,
+    CheckpointError,
+    load_strict,
+    read_state,
+)
 from raysl.config import Config, TrackingConfig
 from raysl.nn.backbones import Encoder, build_encoder
 from raysl.tracking.mlflow import resolve_tracking_uri
@@ -89,12 +95,18 @@ def load_encoder(uri: str, tracking_uri: str = "") -> Encoder:
 
 
 def _latest_checkpoint(path: Path) -> Path:
+    """``path`` itself if it holds an encoder, else its last complete ``checkpoint_*``.
+
+    A checkpoint is complete once its ``state.json`` is written (the last file, atomically):
+    one whose writing was interrupted is passed over for the one before it.
+    """
     if (path / ENCODER_FILE).exists():
         return path
-    found = sorted(p for p in path.glob("checkpoint_*") if (p / ENCODER_FILE).exists())
+    found = sorted(p for p in path.glob("checkpoint_*")
+                   if (p / ENCODER_FILE).exists() and (p / STATE_FILE).exists())
     if not found:
         raise ModelNotFoundError(f"MODEL={str(path)!r}: no {ENCODER_FILE} there, and no "
-                                 "checkpoint_* directories with one (a Ray run directory)")
+                                 "complete checkpoint_* directories (a Ray run directory)")
     return found[-1]  # Ray names checkpoints by time: the last sorts last
 
 

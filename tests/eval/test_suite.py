@@ -98,6 +98,28 @@ def test_unknown_models_get_a_clear_error(tmp_path):
             load_model(spec, uri)
 
 
+def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_in_use(tmp_path):
+    """A run directory whose newest checkpoint was cut off mid-write (no state.json, the file
+    written last) is evaluated from the complete one before it."""
+    from raysl.checkpoint import save_checkpoint
+    from raysl.methods.base import build_method
+
+    cfg = C.load(None, ["model.width=8", "model.small_stem=true", "data.image_size=16"])
+    method = build_method(cfg)
+    opt = torch.optim.SGD(method.parameters(), lr=0.1)
+    for epoch in (0, 1):
+        save_checkpoint(tmp_path / f"checkpoint_2026-12-04_10-00-0{epoch}", method,
+                        method.encoder, opt, {"epoch": epoch, "step": epoch,
+                                              "config": cfg.to_dict()})
+    interrupted = tmp_path / "checkpoint_2026-12-04_10-00-02"
+    interrupted.mkdir()
+    (interrupted / "encoder.pt").write_bytes(b"half a file")  # killed before state.json
+    model = load_model(str(tmp_path), "")
+    assert "checkpoint_2026-12-04_10-00-01" in model.description
+    with pytest.raises(ModelNotFoundError, match=r"no state\.json; not a complete raysl"):
+        load_model(str(interrupted), "")  # named directly: refused, not half-read
+
+
 def test_evaluate_only_takes_eval_and_tracking_settings():
     from raysl.evaluate import evaluation_config
 
