@@ -1,8 +1,10 @@
 """Checkpoints: a directory of named files, written atomically, loaded strictly.
 
 Files: ``encoder.pt`` (what the registry serves), ``method.pt`` (encoder + heads and any EMA
-target), ``optimizer.pt``, ``state.json`` (epoch, step, the effective config, run info). Tensors
-are loaded with ``weights_only=True``: a checkpoint can never run code.
+target), ``optimizer.pt``, ``state.json`` (epoch, step, the effective config, run info), and any
+extra training state by name (``probe.pt``: the online probe and its optimizer; ``scaler.pt``:
+fp16's GradScaler). Tensors are loaded with ``weights_only=True``: a checkpoint can never run
+code.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +42,20 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def save_checkpoint(directory: str | os.PathLike[str], method: nn.Module, encoder: nn.Module,
-                    optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Write the four checkpoint files into ``directory`` (created if needed)."""
+                    optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                    extras: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Write the checkpoint files into ``directory`` (created if needed).
+
+    ``extras``: more training state by name, each a state dict (tensors, numbers, strings and
+    containers of them) written as ``<name>.pt``.
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _atomic_write(d / ENCODER_FILE, lambda f: torch.save(encoder.state_dict(), f))
     _atomic_write(d / METHOD_FILE, lambda f: torch.save(method.state_dict(), f))
     _atomic_write(d / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
+    for name, extra in (extras or {}).items():
+        _atomic_write(d / f"{name}.pt", lambda f, extra=extra: torch.save(dict(extra), f))
     # state.json last: its presence marks a complete checkpoint.
     _atomic_write(d / STATE_FILE, lambda f: f.write(json.dumps(state, indent=2).encode()))
 
@@ -74,6 +84,12 @@ def load_strict(module: nn.Module, path: str | os.PathLike[str]) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:  # torch lists the missing/unexpected keys and shape mismatches
         raise CheckpointError(f"{path} does not match {type(module).__name__}: {e}") from None
+
+
+def load_extra(directory: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The extra state ``name`` saved with the checkpoint, or None if it has none."""
+    path = Path(directory) / f"{name}.pt"
+    return load_tensors(path) if path.exists() else None
 
 
 def restore(directory: str | os.PathLike[str], method: nn.Module,

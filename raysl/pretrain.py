@@ -59,6 +59,7 @@ from raysl.tracking.registry import (
     version_description,
 )
 from raysl.train.loop import LoopSettings
+from raysl.train.permanent import clear_note, note_path
 from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (
     ResourcePlan,
@@ -325,9 +326,11 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     method.check_training_set(cfg, source.num_images)
     whole = (whole_image_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources())
              if method.reads_training_set else None)
+    note = note_path(run.storage, result.run_name)
+    clear_note(note)  # this command may have fixed what stopped an earlier one
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, result.tracking_uri,
                             result.mlflow_run_id, result.run_name, len(source.class_names),
-                            run.launched_at)
+                            run.launched_at, note)
     run.log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
     # Online evaluation runs on rank 0, in memory: a seeded subset of the split, as arrays.

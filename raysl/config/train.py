@@ -32,7 +32,11 @@ class TrainConfig:
     seed: int = 0
     run_name: str = ""  # same name again = resume that run; empty = a new unique name
     storage_path: str = ""  # checkpoints; empty = ./ray_results; shared storage on multi-node
-    max_failures: int = 0  # worker-group restarts from the last checkpoint before giving up
+    # Worker-group restarts from the last checkpoint before the run fails: a killed worker or a
+    # lost node costs at most the work since that checkpoint, not the run. 2 rides out a
+    # preempted node and a second fault; errors a restart cannot fix (config, data, a collapse
+    # with stop_on_collapse) are not retried (train/permanent.py). -1 = forever; 0 = never.
+    max_failures: int = 2
     keep_checkpoints: int = 2
     # End the run (FAILED in MLflow, with the reason) when the label-free monitors see the
     # representation collapse after warm-up (eval.monitor_every); off = a warning line only.

@@ -57,6 +57,15 @@ class OnlineProbe(nn.Module):
                        method.register_forward_hook(self._stop),
                        encoder.register_forward_hook(self._capture)]
 
+    def training_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the head's weights and its optimizer's momentum."""
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state` (a resumed run's probe goes on learning)."""
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
     def _start(self, *_: Any) -> None:
         self._capturing = True
         self._captured.append([])

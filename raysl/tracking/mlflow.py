@@ -9,8 +9,11 @@ restarts workers or the user restarts the job.
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +124,100 @@ class Tracker:
         """Log in-memory files as the run's artifacts (see :func:`log_blobs`)."""
         if self.client is not None:
             log_blobs(self.client, self.run_id, files)
+
+
+class BufferedTracker(Tracker):
+    """A :class:`Tracker` whose calls return at once; a thread sends them, in order, retrying.
+
+    Training must not stop because the tracking server does: each call is queued with its
+    timestamp and a background thread sends the queue in order, retrying a failed send (after
+    MLflow's own retries) every ``retry_s`` up to ``max_retry_s`` apart, for as long as it
+    takes. A retried send is the same request, so a send that reached the server before its
+    answer was lost is not stored twice (MLflow ignores a metric logged again with the same
+    key, value, timestamp and step). :meth:`flush` waits for the queue to drain.
+
+    Args:
+        uri: tracking URI.
+        run_id: run created by the driver.
+        active: true on rank 0 only (others queue nothing).
+        retry_s: first pause after a failed send; doubled after each failure.
+        max_retry_s: longest pause between retries.
+        warn: where to say that the server is unreachable (once per outage) and back.
+    """
+
+    def __init__(self, uri: str, run_id: str, active: bool, retry_s: float = 1.0,
+                 max_retry_s: float = 30.0, warn: Callable[[str], None] | None = None) -> None:
+        super().__init__(uri, run_id, active)
+        self.retry_s, self.max_retry_s = retry_s, max_retry_s
+        self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.failed_sends = 0  # sends that failed and were retried, over the whole run
+        self._queue: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._thread = threading.Thread(target=self._send_forever, daemon=True,
+                                        name="raysl-tracker")
+        if self.client is not None:
+            self._thread.start()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queue ``{"train/loss": 4.1, ...}`` at ``step``, stamped now."""
+        if self.client is None:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._put(lambda c: c.log_batch(self.run_id, metrics=batch))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Queue run tags."""
+        if self.client is not None:
+            batch = [RunTag(k, v) for k, v in tags.items()]
+            self._put(lambda c: c.log_batch(self.run_id, tags=batch))
+
+    def log_files(self, files: dict[str, bytes | str]) -> None:
+        """Queue in-memory files for the run's artifacts."""
+        if self.client is not None:
+            self._put(lambda c: log_blobs(c, self.run_id, dict(files)))
+
+    @property
+    def pending(self) -> int:
+        """Calls queued or being sent."""
+        return self._queue.unfinished_tasks
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for every queued call to reach the server.
+
+        Returns:
+            The calls still unsent (0 when all were sent).
+        """
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.pending
+
+    def _put(self, send: Callable[[MlflowClient], object]) -> None:
+        client = self.client
+        assert client is not None
+        self._queue.put(lambda: send(client))
+
+    def _send_forever(self) -> None:
+        while True:
+            send = self._queue.get()
+            pause, down_since = self.retry_s, 0.0
+            while True:
+                try:
+                    send()
+                    break
+                except Exception as e:  # whatever the client raises when the server is away
+                    self.failed_sends += 1
+                    if not down_since:
+                        down_since = time.monotonic()
+                        self.warn(f"[raysl] WARNING: the tracking server is unreachable "
+                                  f"({type(e).__name__}); training goes on and its metrics "
+                                  f"are kept until it is back ({self.pending} waiting)")
+                    time.sleep(pause)
+                    pause = min(2 * pause, self.max_retry_s)
+            if down_since:
+                self.warn(f"[raysl] the tracking server is back after "
+                          f"{time.monotonic() - down_since:.0f}s; sending what was kept")
+            self._queue.task_done()
 
 
 def log_blobs(client: MlflowClient, run_id: str, files: dict[str, bytes | str]) -> None:

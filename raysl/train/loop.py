@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from raysl import distributed, registry
-from raysl.checkpoint import restore, save_checkpoint
+from raysl.checkpoint import load_extra, restore, save_checkpoint
 from raysl.config import Config
 from raysl.console import duration, say
 from raysl.eval.monitors import Collapse, RepresentationCollapsed
@@ -32,8 +32,9 @@ from raysl.eval.plots import sizes_png
 from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build_method
 from raysl.schedules import set_lr, warmup_cosine
-from raysl.tracking.mlflow import Tracker
+from raysl.tracking.mlflow import BufferedTracker
 from raysl.train.optim import build_optimizer, set_weight_decay
+from raysl.train.permanent import PERMANENT_ERRORS, leave_note, raise_noted
 from raysl.train.step import (
     StepResult,
     autocast_dtype,
@@ -45,6 +46,7 @@ from raysl.train.step import (
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 # The trainer's dataset of un-augmented training images, for methods with reads_training_set.
 WHOLE_IMAGES = "whole_images"
+ERROR_FLUSH_S = 30.0  # a failing worker's wait for its buffered metrics (the run is ending)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class LoopSettings:
     run_name: str
     num_classes: int = 0  # labels of the training data, for the online probe (0 = unlabeled)
     launched_at: float = 0.0  # wall-clock time the command started (time.time()); 0 = unknown
+    # Where a worker notes an error no restart can fix (train/permanent.py); "" = nowhere.
+    permanent_note: str = ""
 
 
 @dataclass
@@ -75,7 +79,7 @@ class Worker:
     optimizer: torch.optim.Optimizer
     amp: torch.dtype | None
     scaler: torch.amp.GradScaler | None
-    tracker: Tracker
+    tracker: BufferedTracker  # never blocks training: a thread sends, retrying outages
     probe: OnlineProbe | None
     split_ref: ray.ObjectRef[LabeledSplit] | None  # the labeled split of online evaluation
     monitor: LabelFreeMonitor | None = None  # RankMe / LiDAR on a fixed sample (no labels)
@@ -126,16 +130,45 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "eval_split": ObjectRef of a LabeledSplit or None, "monitor_sample": ObjectRef of
             (N, H, W, C) uint8 images or None}`` (online kNN's split, the monitors' sample).
     """
-    w = set_up(Config.from_dict(loop_config["config"]), LoopSettings(**loop_config["settings"]),
+    settings = LoopSettings(**loop_config["settings"])
+    if settings.permanent_note:
+        raise_noted(settings.permanent_note)  # an earlier attempt hit it: no point retrying
+    try:
+        _train(loop_config, settings)
+    except PERMANENT_ERRORS as error:
+        if settings.permanent_note:
+            leave_note(settings.permanent_note, error)
+        raise
+
+
+def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
+    """:func:`train_loop_per_worker` itself."""
+    w = set_up(Config.from_dict(loop_config["config"]), settings,
                loop_config.get("eval_split"), loop_config.get("monitor_sample"))
     shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
     whole = ray.train.get_dataset_shard(WHOLE_IMAGES) if w.method.reads_training_set else None
-    for epoch in range(w.start_epoch, w.cfg.train.epochs):
-        start = begin_epoch(w, epoch, whole)
-        stats = train_epoch(w, epoch, shard)
-        metrics, collapses = epoch_metrics(w, epoch, stats)
-        report(w, epoch, {**metrics, **start.logs})
-        react_to_collapse(w, epoch, collapses)
+    finished = False
+    try:
+        for epoch in range(w.start_epoch, w.cfg.train.epochs):
+            start = begin_epoch(w, epoch, whole)
+            stats = train_epoch(w, epoch, shard)
+            metrics, collapses = epoch_metrics(w, epoch, stats)
+            report(w, epoch, {**metrics, **start.logs})
+            react_to_collapse(w, epoch, collapses)
+        finished = True
+    finally:
+        flush_tracking(w, w.cfg.tracking.flush_timeout_s if finished else ERROR_FLUSH_S)
+
+
+def flush_tracking(w: Worker, timeout: float) -> None:
+    """Wait (up to ``timeout`` s) for the buffered metrics to reach the tracking server."""
+    if not w.tracker.pending:
+        return
+    w.say(f"[raysl] sending {w.tracker.pending} buffered tracking call(s) before finishing")
+    unsent = w.tracker.flush(timeout)
+    if unsent:
+        w.say(f"[raysl] WARNING: the tracking server took none of the last {unsent} call(s) "
+              f"in {timeout:.0f}s (tracking.flush_timeout_s); their metrics are lost")
 
 
 def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] | None,
@@ -168,16 +201,35 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
                             cfg.eval.online_probe_lr).to(device)
     w = Worker(cfg, s, rank, world, device, layout, method, model, optimizer, amp,
                torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
-               Tracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0), probe, split_ref)
+               BufferedTracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0, warn=say),
+               probe, split_ref)
     if monitor_ref is not None:
         w.monitor = LabelFreeMonitor(ray.get(monitor_ref), cfg, rank, world)
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as d:
             state = restore(d, method, optimizer)
+            _restore_extras(d, w)
         w.start_epoch, w.step = state["epoch"] + 1, state["step"]
         w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1} (step {w.step})")
-    torch.manual_seed(forward_seed(cfg.train.seed, rank, w.step))
     return w
+
+
+def _extras(w: Worker) -> dict[str, dict[str, Any]]:
+    """Training state beyond the model and optimizer that a checkpoint keeps (by file name)."""
+    extras: dict[str, dict[str, Any]] = {}
+    if w.probe is not None:
+        extras["probe"] = w.probe.training_state()
+    if w.scaler is not None:
+        extras["scaler"] = w.scaler.state_dict()
+    return extras
+
+
+def _restore_extras(directory: str, w: Worker) -> None:
+    """Load what :func:`_extras` saved, where this run has it (a checkpoint may predate it)."""
+    if w.probe is not None and (probe := load_extra(directory, "probe")) is not None:
+        w.probe.load_training_state(probe)
+    if w.scaler is not None and (scaler := load_extra(directory, "scaler")) is not None:
+        w.scaler.load_state_dict(scaler)
 
 
 def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:
@@ -199,6 +251,10 @@ def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:
             batch_size=w.cfg.eval.batch_size, device=w.device, prefetch_batches=2)
         return batches
 
+    # The in-model randomness (masks, corruption, drop path) of an epoch depends only on the
+    # seed, the rank and the step it starts at: a resumed run draws what an uninterrupted one
+    # would have drawn.
+    torch.manual_seed(forward_seed(w.cfg.train.seed, w.rank, w.step))
     start = w.method.on_epoch_start(EpochData(epoch, images, w.cfg.train.seed))
     for parameter in start.reset:
         w.optimizer.state.pop(parameter, None)
@@ -339,7 +395,8 @@ def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
             state = {"epoch": epoch, "step": w.step, "config": w.cfg.to_dict(),
                      "run_name": w.settings.run_name, "mlflow_run_id": w.settings.mlflow_run_id,
                      "world_size": distributed.world_size()}
-            save_checkpoint(d, w.method, w.method.exported_encoder(), w.optimizer, state)
+            save_checkpoint(d, w.method, w.method.exported_encoder(), w.optimizer, state,
+                            _extras(w))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -384,3 +384,37 @@ def test_each_rank_and_each_resume_draws_its_own_masks():
     assert not torch.equal(masks(0, 0), masks(0, 10))  # a resume does not replay step 0
     assert len({forward_seed(s, r, t) for s in range(3) for r in range(8) for t in range(50)}) \
         == 3 * 8 * 50
+
+
+def test_probe_and_grad_scaler_state_come_back_exactly(tmp_path: Path):
+    """A resumed run's online probe goes on from its weights and momentum, and fp16's loss
+    scale from its value and growth tracker: every tensor equal to the saved one."""
+    from raysl.checkpoint import load_extra
+    from raysl.eval.online import OnlineProbe
+
+    cfg, method = _method()
+    opt = build_optimizer(method, cfg.optim, lr=0.1)
+    probe = OnlineProbe(method, method.encoder, method.encoder.num_features, 3, 0.1)
+    train_step(method, [_views()], opt, Progress(0, 1, 1))
+    probe.step([torch.arange(len(_views())) % 3])  # one probe step: momentum buffers exist
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    save_checkpoint(tmp_path, method, method.encoder, opt, {"epoch": 0},
+                    {"probe": probe.training_state(), "scaler": scaler.state_dict()})
+    assert {"probe.pt", "scaler.pt"} <= {p.name for p in tmp_path.iterdir()}
+
+    _, fresh = _method()
+    fresh_probe = OnlineProbe(fresh, fresh.encoder, fresh.encoder.num_features, 3, 0.1)
+    saved = load_extra(tmp_path, "probe")
+    assert saved is not None
+    fresh_probe.load_training_state(saved)
+    for a, b in zip(probe.head.state_dict().values(), fresh_probe.head.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    momentum = [s["momentum_buffer"] for s in probe.optimizer.state_dict()["state"].values()]
+    restored = [s["momentum_buffer"]
+                for s in fresh_probe.optimizer.state_dict()["state"].values()]
+    assert momentum and all(torch.equal(a, b) for a, b in zip(momentum, restored, strict=True))
+    fresh_scaler = torch.amp.GradScaler("cpu")
+    fresh_scaler.load_state_dict(load_extra(tmp_path, "scaler") or {})
+    assert fresh_scaler.get_scale() == 1024.0 and fresh_scaler.get_growth_interval() == 7
+    assert load_extra(tmp_path, "absent") is None

@@ -1,0 +1,112 @@
+"""Fault injection on real processes: a train worker SIGKILLed mid-epoch, with the defaults.
+
+The run is DeepCluster's, so the same run also shows the clustering family end to end: two
+workers embed their shares of the whole training set from Ray Data, cluster them together,
+train on the pseudo-labels their rows' indices look up, and a restarted worker group trains on
+the assignment the checkpoint kept. Bounded in time: every wait has a deadline.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
+
+import raysl
+from raysl import config as C
+from raysl.pretrain import TRAINED, pretrain
+from tests.test_pretrain_e2e import CONFIGS, _shared
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+DEADLINE_S = 300.0
+IMAGES = 8000
+
+
+def _train_worker_pids() -> list[int]:
+    """The processes of the live Ray Train workers (Ray's state API, as an operator sees them)."""
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                         detail=True, limit=100, raise_on_missing_output=False)
+    return sorted(a.pid for a in actors if a.pid)
+
+
+def _committed_epoch(run_dir: Path) -> int:
+    """The epoch of the run's last checkpoint that Ray Train committed (0 if none yet)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _kill_a_worker_once_epoch_1_is_committed(run_dir: Path, killed: dict[str, object]) -> None:
+    """SIGKILL one train worker as soon as Ray Train has committed epoch 1's checkpoint."""
+    start = time.monotonic()
+    while time.monotonic() - start < DEADLINE_S:
+        if _committed_epoch(run_dir) >= 1:
+            pids = _train_worker_pids()
+            killed.update(committed=_committed_epoch(run_dir), workers=len(pids),
+                          at=time.monotonic() - start)
+            if pids:
+                os.kill(pids[-1], signal.SIGKILL)
+                killed["pid"] = pids[-1]
+            return
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_costs_part_of_an_epoch_and_deepcluster_keeps_its_clusters(
+        tmp_path: Path, monkeypatch):
+    """DeepCluster (clusters every 2 epochs), 2 workers, 2 epochs; a worker SIGKILLed in epoch
+    2. With the default train.max_failures, Ray Train restarts the group from epoch 1's
+    checkpoint: epoch 2 trains again, on the assignment of epoch 1 read back from the
+    checkpoint (not due to re-cluster), and the run finishes and registers its encoder."""
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(CONFIGS / "deepcluster_fmnist.yaml", [
+        *_shared(tmp_path, 2, "e2e-kill"), f"data.source.limit={IMAGES}",
+        "eval.protocols=knn", "eval.monitor_every=0", "method.num_clusters=10",
+        "method.head_dim=32", "method.pca_dim=16", "method.recluster_every=2",
+        "tracking.registered_model=e2e-deepcluster"])
+    assert cfg.train.max_failures >= 1  # the default rides out a lost worker
+    killed: dict[str, object] = {}
+    killer = threading.Thread(target=_kill_a_worker_once_epoch_1_is_committed,
+                              args=(tmp_path / "ray_results" / "e2e-kill", killed), daemon=True)
+    killer.start()
+    result = pretrain(cfg)
+    killer.join(timeout=5)
+    assert killed.get("pid") and killed["workers"] == 2, f"no worker was killed: {killed}"
+    assert killed["committed"] == 1, f"killed too late to test a resume: {killed}"
+
+    client = MlflowClient(result.tracking_uri)
+    run_id = result.mlflow_run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    def steps(key: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(run_id, key))
+    # Each epoch's metrics once; the restarted group's first step was at epoch index 1.
+    assert steps("train/loss") == [1, 2]
+    assert steps("time/first_step_s") == [0, 1], f"not resumed at epoch 2: {killed}"
+    # One clustering (epoch 1) of every image, by both workers together; epoch 2 trained on
+    # it after the restart (a missing assignment would have failed the forward).
+    assert [m.value for m in client.get_metric_history(run_id, "cluster/images")] == [IMAGES]
+    assert steps("train/cluster_acc") == [1, 2]
+    labels = client.get_metric_history(run_id, "cluster/nmi_labels")
+    assert len(labels) == 1 and 0 < labels[0].value <= 1  # Fashion-MNIST's classes
+    plots = [f.path for f in client.list_artifacts(run_id, "clusters")]
+    assert plots == ["clusters/cluster_sizes_epoch_001.png"]
+
+    # What the fault cost (RELIABILITY.md): from the kill to the restarted group's first step.
+    first_steps = {m.step: m.value for m in client.get_metric_history(run_id,
+                                                                       "time/first_step_s")}
+    print(f"\n[faults] killed at {killed['at']:.1f}s; restarted group's first step at "
+          f"{first_steps[1]:.1f}s (first run's {first_steps[0]:.1f}s); epoch 1 took "
+          f"{client.get_metric_history(run_id, 'train/epoch_s')[0].value:.1f}s")
+
+    assert np.isfinite(result.final_loss) and 0 < result.knn[TRAINED] <= 1
+    assert result.model is not None
+    encoder = raysl.load_encoder(result.model.model_uri, tracking_uri=result.tracking_uri)
+    assert not any(k.startswith(("projector", "classifier")) for k in encoder.state_dict())

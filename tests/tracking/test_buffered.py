@@ -1,0 +1,93 @@
+"""Training's tracker outlasts a tracking-server outage: a real ``mlflow server``, SIGKILLed.
+
+MLflow's own HTTP retries are turned off here (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``), so the
+outage is longer than the client's retry window by construction: what brings the metrics
+through is raysl's buffer alone.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raysl.tracking.mlflow import BufferedTracker
+from tests.processes import free_port, start_server, wait_for_url
+
+BIN = Path(sys.executable).parent
+
+
+def _server(root: Path, port: int, log: str) -> subprocess.Popen[bytes]:
+    """``mlflow server`` in a process group of its own (the CLI, its uvicorn worker...)."""
+    proc = start_server(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")], root / log,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    wait_for_url(f"http://127.0.0.1:{port}/health", "mlflow server", proc, root / log)
+    return proc
+
+
+def _kill(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """``sig`` to the whole server: killing the CLI alone leaves its uvicorn worker serving."""
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=60)
+
+
+def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path: Path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _server(tmp_path, port, "server-1.log")
+    try:
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("outage")).info.run_id
+        lines: list[str] = []
+        tracker = BufferedTracker(uri, run_id, active=True, retry_s=0.2, max_retry_s=1.0,
+                                  warn=lines.append)
+        tracker.log_metrics({"train/loss": 4.0}, step=1)
+        assert tracker.flush(60) == 0  # the server is up: sent
+    finally:
+        _kill(server, signal.SIGKILL)  # no goodbye to the client
+
+    # Down: every call returns at once and waits in the buffer, in order.
+    tracker.log_metrics({"train/loss": 3.0}, step=2)
+    tracker.set_tags({"raysl.note": "logged during the outage"})
+    tracker.log_metrics({"train/loss": 2.0, "train/lr": 0.1}, step=3)
+    deadline = time.monotonic() + 60
+    while tracker.failed_sends < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tracker.failed_sends >= 2 and tracker.pending == 3
+    assert tracker.flush(0.5) == 3  # still down: nothing sent, nothing dropped
+    assert any("unreachable" in line for line in lines)
+
+    server = _server(tmp_path, port, "server-2.log")  # back, same store
+    try:
+        assert tracker.flush(120) == 0
+        history = client.get_metric_history(run_id, "train/loss")
+        assert sorted((m.step, m.value) for m in history) == [(1, 4.0), (2, 3.0), (3, 2.0)]
+        assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == [3]
+        assert client.get_run(run_id).data.tags["raysl.note"] == "logged during the outage"
+        assert any("is back after" in line for line in lines)
+    finally:
+        _kill(server, signal.SIGTERM)
+
+
+def test_an_inactive_tracker_queues_nothing():
+    tracker = BufferedTracker("http://127.0.0.1:9", "run", active=False)  # rank > 0
+    tracker.log_metrics({"train/loss": 1.0}, step=1)
+    assert tracker.pending == 0 and tracker.flush(0) == 0
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.2])
+def test_flush_gives_up_after_its_timeout_and_says_how_many_wait(timeout: float):
+    tracker = BufferedTracker(f"http://127.0.0.1:{free_port()}", "run", active=True,
+                              retry_s=0.05, warn=lambda line: None)  # nothing listens there
+    tracker.log_metrics({"train/loss": 1.0}, step=1)
+    assert tracker.flush(timeout) == 1
