@@ -3,13 +3,19 @@
 Each loader takes a :class:`~raysl.data.storage.Store` and a path (local or URI) and returns
 :class:`Arrays`. These files hold already-decoded pixels, so a bad one is a :class:`DataError`
 naming the file and what was expected, not a skipped image.
+
+A file's header says how big its array is; nothing is allocated on its word alone. A gzipped
+IDX file is decompressed only up to the size its header gives, a ``.npy`` array (alone or in
+an ``.npz``) must fit in the bytes that follow its header, and an array a CIFAR pickle builds
+must fit in the pickle: a small hostile file cannot make raysl allocate gigabytes.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,20 +72,65 @@ def load_idx(store: Store, root: str, files: list[str], split: str, field_name: 
     return Arrays(images, labels, classes, f"{kind} {split} ({len(images)} images, {root})")
 
 
+# The largest array a header may announce: far above any image set, far below what a
+# corrupted or hostile 32-bit size field can claim (2^32 per dimension).
+MAX_ARRAY_BYTES = 2**40
+
+
 def parse_idx(data: bytes, name: str) -> np.ndarray:
-    """IDX bytes (optionally gzipped) of unsigned bytes -> an array of the header's shape."""
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{name}: not an IDX file of unsigned bytes (magic {data[:4]!r})")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
-    if len(data) - offset != expected:
-        raise DataError(f"{name}: header says {dims} ({expected} bytes), file has "
-                        f"{len(data) - offset}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    """IDX bytes (optionally gzipped) of unsigned bytes -> an array of the header's shape.
+
+    Gzipped data is decompressed in steps: the magic number, the dimensions, then at most one
+    byte more than they announce (to tell a file with extra data), never the whole stream
+    first.
+    """
+    read = _gunzip_reader(data, name) if data[:2] == b"\x1f\x8b" else _plain_reader(data)
+    head = read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+        raise DataError(f"{name}: not an IDX file of unsigned bytes (magic {head[:4]!r})")
+    ndim = head[3]
+    raw_dims = read(4 * ndim)
+    dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+    expected = _product(dims)
+    if expected > MAX_ARRAY_BYTES:
+        raise DataError(f"{name}: header says {dims} ({expected} bytes), more than the "
+                        f"{MAX_ARRAY_BYTES} bytes an image file may hold")
+    body = read(expected + 1)
+    if len(body) != expected:
+        has = f"{len(body)}" if len(body) <= expected else "more"
+        raise DataError(f"{name}: header says {dims} ({expected} bytes), file has {has}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _product(dims: list[int] | tuple[int, ...]) -> int:
+    """The number of elements of a shape, as a Python int (no overflow)."""
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _plain_reader(data: bytes) -> Any:
+    """``read(n)``: the next ``n`` bytes of ``data`` (fewer at its end)."""
+    stream = io.BytesIO(data)
+    return stream.read
+
+
+def _gunzip_reader(data: bytes, name: str) -> Any:
+    """``read(n)``: the next ``n`` decompressed bytes of the gzip stream ``data``, at most."""
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    pending = [data]
+
+    def read(n: int) -> bytes:
+        if n <= 0:
+            return b""  # zlib reads a max_length of 0 as "no limit"
+        try:
+            out = inflate.decompress(pending[0], n)
+        except zlib.error as e:
+            raise DataError(f"{name}: not a valid gzip file ({e})") from None
+        pending[0] = inflate.unconsumed_tail
+        return out
+    return read
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +143,9 @@ _NPZ_LABEL_KEYS = ("labels", "label", "y", "y_train", "targets")
 
 def load_npz(store: Store, path: str) -> Arrays:
     """Images under one of the usual keys (``images``, ``x``, ...) and optional labels."""
-    with np.load(io.BytesIO(store.read(path)), allow_pickle=False) as z:
+    data = store.read(path)
+    _check_npz_headers(data, path)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
         keys = list(z.keys())
         img_key = next((k for k in _NPZ_IMAGE_KEYS if k in z), None)
         if img_key is None:
@@ -114,9 +167,43 @@ def load_npz(store: Store, path: str) -> Arrays:
 
 def load_npy(store: Store, path: str) -> Arrays:
     """One unlabeled image array (N, H, W) or (N, H, W, C)."""
-    images = np.load(io.BytesIO(store.read(path)), allow_pickle=False)
+    data = store.read(path)
+    _check_npy_header(io.BytesIO(data), len(data), path)
+    images = np.load(io.BytesIO(data), allow_pickle=False)
     _check_images(images, path)
     return Arrays(images, None, [], f"{_base(path)} ({len(images)} images)")
+
+
+def _check_npy_header(stream: Any, size: int, name: str) -> None:
+    """Raise unless the ``.npy`` array in ``stream`` (``size`` bytes) fits in them.
+
+    NumPy allocates the whole array its header describes before reading the data, so a
+    100-byte file announcing a terabyte would be a terabyte of allocation.
+    """
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(stream)
+        shape, _, dtype = (fmt.read_array_header_1_0(stream) if version == (1, 0)
+                           else fmt.read_array_header_2_0(stream))
+    except (ValueError, OSError) as e:
+        raise DataError(f"{name}: not a .npy array ({e})") from None
+    needed = _product(shape) * dtype.itemsize
+    has = size - stream.tell()
+    if needed > has:
+        raise DataError(f"{name}: header says {dtype} {tuple(shape)} ({needed} bytes), the "
+                        f"file holds {has}")
+
+
+def _check_npz_headers(data: bytes, name: str) -> None:
+    """:func:`_check_npy_header` for every array of an ``.npz`` (against its stored size)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{name}: not an .npz archive ({e})") from None
+    with archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size, f"{name}[{info.filename!r}]")
 
 
 def _check_images(images: np.ndarray, name: str) -> None:
@@ -163,10 +250,19 @@ def load_cifar(store: Store, folder: str, layout: str, split: str, field_name: s
         try:
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels.append(np.asarray(batch[label_key], dtype=np.int64))
-        except (KeyError, ValueError) as e:
-            raise DataError(f"{folder}/{name}: not a {layout} batch ({e})") from None
-    classes = [n.decode() for n in _unpickle(store, f"{folder}/{meta}").get(names_key, [])]
+            labels.append(np.asarray(batch[label_key], dtype=np.int64).reshape(-1))
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{folder}/{name}: not a {layout} batch ({type(e).__name__}: "
+                            f"{e})") from None
+        if len(labels[-1]) != len(images[-1]):
+            raise DataError(f"{folder}/{name}: {len(labels[-1])} labels for "
+                            f"{len(images[-1])} images")
+    try:
+        classes = [n.decode() for n in
+                   _unpickle(store, f"{folder}/{meta}").get(names_key, [])]
+    except (AttributeError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"{folder}/{meta}: class names are not a list of byte strings "
+                        f"({e})") from None
     x, y = np.concatenate(images), np.concatenate(labels)
     return Arrays(x, y, classes or [str(i) for i in range(int(y.max()) + 1)],
                   f"{layout.split('-')[0].upper()}-{layout.split('-')[1]} {split} "
@@ -184,11 +280,32 @@ _PICKLE_ALLOWED = frozenset({
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Builds only :data:`_PICKLE_ALLOWED`, and no array larger than the pickle itself.
+
+    A pickled array is made empty by ``_reconstruct(ndarray, shape, dtype)`` and then given its
+    data, which is in the pickle: a ``shape`` beyond the pickle's size only allocates.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.limit = len(data)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return self._bounded(found)
+        return found
+
+    def _bounded(self, reconstruct: Any) -> Any:
+        def build(cls: Any, shape: Any, dtype: Any) -> Any:
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            if _product(dims) * np.dtype(dtype).itemsize > self.limit:
+                raise pickle.UnpicklingError(f"an array of shape {dims} is larger than the "
+                                             f"{self.limit}-byte file")
+            return reconstruct(cls, shape, dtype)
+        return build
 
 
 def _unpickle(store: Store, path: str) -> dict[bytes, Any]:
@@ -197,7 +314,7 @@ def _unpickle(store: Store, path: str) -> dict[bytes, Any]:
     except FileNotFoundError:
         raise DataError(f"{path}: missing from the CIFAR folder") from None
     try:
-        out = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+        out = _ArraysOnlyUnpickler(data).load()
     except Exception as e:
         raise DataError(f"{path}: not a CIFAR python batch ({e})") from None
     if not isinstance(out, dict):
