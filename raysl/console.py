@@ -10,6 +10,8 @@ import os
 import re
 import sys
 
+from raysl.config.redact import redact
+
 BANNER_SIDE = 30  # '=' characters each side of a summary's title
 
 
@@ -34,8 +36,9 @@ def say(line: str) -> None:
     Not ``print()``: Ray Train V2 patches print on workers to tee to the stream *and* log
     through the root logger, so every printed line reached the driver twice
     (ray/train/v2/_internal/logging/patch_print.py). One write to the stream gives one line.
+    Credentials in URIs are hidden (``config.redact``).
     """
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(redact(line) + "\n")
     sys.stderr.flush()
 
 

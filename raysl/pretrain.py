@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from raysl import registry
 from raysl.checkpoint import ENCODER_FILE, load_strict
 from raysl.config import Config, ConfigError
+from raysl.config.redact import redact
 from raysl.console import banner
 from raysl.data.formats import DataError
 from raysl.data.pipeline import view_stream, whole_image_stream
@@ -198,7 +199,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
         result.warnings.append(f"resumed with changed settings {changed}; MLflow keeps the "
                                "first values as params, config.yaml has the new ones")
     client.log_text(run_id, cfg.to_yaml(), "config.yaml")
-    log(f"[raysl] run {run_name}: MLflow run {run_id} at {uri}")
+    log(f"[raysl] run {run_name}: MLflow run {run_id} at {redact(uri)}")
     log(f"[raysl] resources: {plan.describe(cfg)}")
     run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at)
     try:

@@ -130,12 +130,35 @@ def _runtime_env(head: Head, uri: str) -> dict[str, object]:
     return {"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": head.gcs}}
 
 
+# Secrets planted in the pretrain job: a password inside the tracking URI (as for an MLflow
+# server behind basic auth; this test server ignores it) and credentials in the job's
+# environment. None may reach a log, param, tag, artifact or checkpoint file.
+URI_PASSWORD = "planted-uri-pw-7c1d"
+ENV_SECRETS = {"AWS_SECRET_ACCESS_KEY": "planted-aws-key-51f0",
+               "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-pw-9a2e",
+               "MLFLOW_TRACKING_USERNAME": "raysl-user"}
+
+
+def _with_password(uri: str) -> str:
+    """``http://127.0.0.1:P`` -> ``http://raysl-user:<URI_PASSWORD>@127.0.0.1:P``."""
+    return uri.replace("http://", f"http://raysl-user:{URI_PASSWORD}@", 1)
+
+
 @pytest.fixture(scope="module")
-def pretrain_job(head: Head, mlflow_server: str) -> subprocess.CompletedProcess[str]:
+def job_storage() -> Iterator[Path]:
     storage = Path(tempfile.mkdtemp(prefix="raysl-jobs-"))
+    yield storage
+    shutil.rmtree(storage, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pretrain_job(head: Head, mlflow_server: str, job_storage: Path
+                 ) -> subprocess.CompletedProcess[str]:
+    runtime_env = _runtime_env(head, _with_password(mlflow_server))
+    runtime_env["env_vars"] = {**runtime_env["env_vars"], **ENV_SECRETS}  # type: ignore[dict-item]
     return head.submit("python", "pipelines/pretrain.py", "--smoke-test",
-                       "--set", f"train.storage_path={storage}", "--set", "eval.enabled=false",
-                       runtime_env=_runtime_env(head, mlflow_server))
+                       "--set", f"train.storage_path={job_storage}", "--set",
+                       "eval.enabled=false", runtime_env=runtime_env)
 
 
 def test_the_head_refuses_clients_without_its_token(head: Head):
@@ -161,6 +184,37 @@ def test_pretrain_job_succeeds_and_registers_the_encoder(pretrain_job, mlflow_se
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert "train/loss" in run.data.metrics and run.data.params["method.name"] == "simclr"
+
+
+def _secrets_in(text: str) -> list[str]:
+    return [s for s in (URI_PASSWORD, *ENV_SECRETS.values()) if s != "raysl-user" and s in text]
+
+
+def test_no_planted_secret_reaches_a_log_param_tag_artifact_or_checkpoint(
+        pretrain_job, mlflow_server, job_storage: Path, tmp_path: Path):
+    assert pretrain_job.returncode == 0
+    # The job's logs: raysl's lines and summary (the MLflow URI is shown as http://***@...).
+    out = pretrain_job.stdout + pretrain_job.stderr
+    assert not _secrets_in(out), _secrets_in(out)
+    assert "http://***@127.0.0.1" in out
+    client = MlflowClient(mlflow_server)
+    (version,) = client.search_model_versions("name='raysl-simclr-resnet18'")
+    run = client.get_run(version.run_id)
+    # Params, tags, metric names, the registered version's tags and description.
+    seen = [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(run.data.metrics),
+            json.dumps(client.get_model_version(version.name, version.version).tags),
+            version.description or "", version.source or ""]
+    # Every artifact of the run, downloaded (config.yaml, the model's files, eval figures...).
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    files = [p for p in local.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" for p in files)
+    # Every file the run left in its storage (checkpoints' state.json, Ray Train's own files).
+    files += [p for p in job_storage.rglob("*") if p.is_file()]
+    assert any(p.name == "state.json" for p in files)
+    for path in files:
+        seen.append(f"{path}: " + path.read_bytes().decode("latin-1"))
+    leaks = [(text[:200], _secrets_in(text)) for text in seen if _secrets_in(text)]
+    assert not leaks, leaks
 
 
 def test_evaluate_job_tags_the_registered_model(head, pretrain_job, mlflow_server):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from raysl.config.redact import redact
+
 
 class ConfigError(ValueError):
     """A config value a user wrote is not acceptable.
@@ -17,7 +19,7 @@ class ConfigError(ValueError):
     def __init__(self, field: str, value: Any, expected: str, source: str | None = None) -> None:
         self.field, self.value, self.expected, self.source = field, value, expected, source
         where = f" (from {source})" if source else ""
-        super().__init__(f"{field}={value!r}: {expected}{where}")
+        super().__init__(redact(f"{field}={value!r}: {expected}{where}"))
 
     def __reduce__(self) -> tuple[type[ConfigError], tuple[str, Any, str, str | None]]:
         """Pickle by the constructor's arguments.

@@ -25,6 +25,7 @@ from raysl.config.method import DEFAULT_METHOD, MethodConfig
 from raysl.config.model import ModelConfig
 from raysl.config.optim import OptimConfig
 from raysl.config.presets import VIEW_PRESETS
+from raysl.config.redact import redact_values
 from raysl.config.source import SourceConfig
 from raysl.config.tracking import TrackingConfig
 from raysl.config.train import TrainConfig
@@ -123,13 +124,18 @@ class Config:
         out: dict[str, Any] = plain(dataclasses.asdict(self))
         return out
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with credentials in URIs hidden: what is shown or stored."""
+        out: dict[str, Any] = redact_values(self.to_dict())
+        return out
+
     def to_yaml(self) -> str:
-        """The effective config as YAML (logged to MLflow, saved in checkpoints)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The effective config as YAML, credentials hidden (logged, saved in checkpoints)."""
+        return yaml.safe_dump(self.public_dict(), sort_keys=False)
 
     def flat(self) -> dict[str, Any]:
-        """``{"optim.base_lr": 0.3, ...}`` for MLflow params."""
-        return dict(flatten(self.to_dict()))
+        """``{"optim.base_lr": 0.3, ...}`` for MLflow params, credentials hidden."""
+        return dict(flatten(self.public_dict()))
 
 
 def _with_view_preset(raw: Mapping[str, Any]) -> Mapping[str, Any]:

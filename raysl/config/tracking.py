@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raysl.config.errors import check
 
@@ -11,7 +11,9 @@ from raysl.config.errors import check
 class TrackingConfig:
     """MLflow tracking and model registry."""
 
-    tracking_uri: str = ""  # empty = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    # empty = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db. Not in repr: it may hold
+    # user:password (config.redact hides it wherever it is shown).
+    tracking_uri: str = field(default="", repr=False)
     experiment: str = "raysl"
     registered_model: str = ""  # empty = raysl-<method>-<backbone>
     register: bool = True

@@ -257,7 +257,7 @@ class Sweep:
         """The sweep as YAML: logged to the parent run, and hashed to detect a changed file."""
         return yaml.safe_dump({"settings": dataclasses.asdict(self.settings),
                                "space": {d.field: {d.kind: list(d.values)} for d in self.space},
-                               "base": self.base.to_dict()}, sort_keys=False)
+                               "base": self.base.public_dict()}, sort_keys=False)
 
     def fingerprint(self) -> str:
         """Short hash of :meth:`definition`: a restored sweep must match the one that started."""

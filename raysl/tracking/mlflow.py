@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from raysl.config import TrackingConfig
+from raysl.config.redact import redact
 
 RUN_NAME_TAG = "raysl.run_name"
 
@@ -29,7 +30,10 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
     """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
 
     Relative sqlite paths are made absolute: Ray workers run in other working directories.
+    It also stops MLflow from printing "View run ... at <URI>" when a run ends: that line
+    would show a password in the URI; raysl prints its own, redacted.
     """
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         return f"sqlite:///{Path('mlflow.db').resolve()}"
@@ -40,9 +44,9 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
 
 
 def ui_command(uri: str) -> str:
-    """The shell command that opens the MLflow UI on this tracking store."""
+    """The shell command that opens the MLflow UI on this tracking store (no credentials)."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
+        return f"open {redact(uri)}"
     beside = Path(sys.executable).parent / "mlflow"  # the venv's mlflow, which PATH may lack
     mlflow_cmd = "mlflow"
     if beside.exists():
