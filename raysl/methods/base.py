@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from raysl import registry
+from raysl import distributed, registry
 from raysl.config import VIEW_PRESETS, ConfigError, MethodConfig, Pretext, check
 from raysl.config import Config as RunConfig
 from raysl.nn.backbones import Encoder, build_encoder
@@ -199,6 +199,18 @@ class SSLMethod(nn.Module, ABC):
         """
         return EpochStart()
 
+    def worker_state(self) -> dict[str, Tensor]:
+        """State that differs between workers by design (SwAV's queue), by name; {} if none.
+
+        ``method.pt`` is written by rank 0, so this is gathered from every rank into the
+        checkpoint (:func:`gather_worker_state`) and each rank of a resumed run takes its own
+        back (:func:`take_worker_state`). Every rank returns the same names and shapes.
+        """
+        return {}
+
+    def load_worker_state(self, state: Mapping[str, Tensor]) -> None:
+        """Take back what :meth:`worker_state` returned on this rank."""
+
     def on_after_backward(self, progress: Progress) -> None:
         """Called after the backward pass, before clipping and the optimizer step."""
 
@@ -310,6 +322,39 @@ def head_over_views(head: nn.Module, features: list[Tensor]) -> list[Tensor]:
     """
     out: Tensor = head(torch.cat(features))
     return list(out.chunk(len(features)))
+
+
+WORLD_KEY = "world"  # the number of workers a gathered worker state came from
+
+
+@torch.no_grad()
+def gather_worker_state(method: SSLMethod) -> dict[str, Tensor]:
+    """Every rank's :meth:`~SSLMethod.worker_state`, stacked: (world, ...) per name, on CPU.
+
+    A collective: every rank calls it. {} for methods without per-worker state.
+    """
+    state = method.worker_state()
+    if not state:
+        return {}
+    out = {name: distributed.gather_no_grad(t.detach().unsqueeze(0)).cpu()
+           for name, t in sorted(state.items())}
+    out[WORLD_KEY] = torch.tensor(distributed.world_size())
+    return out
+
+
+def take_worker_state(method: SSLMethod, gathered: Mapping[str, Tensor], rank: int,
+                      world: int) -> bool:
+    """Give ``method`` rank ``rank``'s share of :func:`gather_worker_state`'s result.
+
+    Returns:
+        False (nothing taken) when the state was gathered from another number of workers: a
+        rank's share then has no counterpart (SwAV's queue is rebuilt as training goes on).
+    """
+    if int(gathered[WORLD_KEY]) != world:
+        return False
+    mine = {name: t[rank] for name, t in gathered.items() if name != WORLD_KEY}
+    method.load_worker_state(mine)
+    return True
 
 
 def build_method(cfg: RunConfig) -> SSLMethod:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -64,8 +65,9 @@ class SwAV(SSLMethod):
     Codes come from the two global crops only (Sinkhorn-Knopp with sums over every worker); every
     crop, local ones included, predicts the codes of the other global crops. Prototypes are kept
     on the unit sphere and frozen for ``freeze_prototypes_epochs``. The optional queue is per
-    worker (``queue_length / world size`` rows each, as the reference) and is not checkpointed:
-    after a resume it refills before it is used again.
+    worker (``queue_length / world size`` rows each, as the reference), and checkpointed per
+    worker as the reference does (``queue<rank>.pth`` there, :meth:`worker_state` here): a
+    resumed run of the same size goes on with every worker's own queue.
 
     - [0]: Caron et al., Unsupervised Learning of Visual Features by Contrasting Cluster
       Assignments, 2020, https://arxiv.org/abs/2006.09882
@@ -135,6 +137,18 @@ class SwAV(SSLMethod):
             self.queue[crop, b:] = self.queue[crop, :-b].clone()
             self.queue[crop, :b] = zi.detach().to(self.queue.dtype)
         self.queued += z[0].shape[0]
+
+    def worker_state(self) -> dict[str, Tensor]:
+        """This worker's queue and how many embeddings it has taken (none without a queue)."""
+        if self.queue.shape[1] == 0:
+            return {}
+        return {"queue": self.queue, "queued": torch.tensor(self.queued,
+                                                            device=self.queue.device)}
+
+    def load_worker_state(self, state: Mapping[str, Tensor]) -> None:
+        """Continue with the queue this worker had."""
+        self.queue.copy_(state["queue"].to(self.queue.device, self.queue.dtype))
+        self.queued = int(state["queued"])
 
     def on_after_backward(self, progress: Progress) -> None:
         """No prototype update during the first ``freeze_prototypes_epochs``."""

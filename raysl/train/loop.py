@@ -30,7 +30,16 @@ from raysl.eval.monitors import Collapse, RepresentationCollapsed
 from raysl.eval.online import LabelFreeMonitor, OnlineProbe, online_metrics
 from raysl.eval.plots import sizes_png
 from raysl.eval.splits import LabeledSplit
-from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build_method
+from raysl.methods.base import (
+    WORLD_KEY,
+    EpochData,
+    EpochStart,
+    Progress,
+    SSLMethod,
+    build_method,
+    gather_worker_state,
+    take_worker_state,
+)
 from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.mlflow import BufferedTracker
 from raysl.train.optim import build_optimizer, set_weight_decay
@@ -46,6 +55,7 @@ from raysl.train.step import (
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 # The trainer's dataset of un-augmented training images, for methods with reads_training_set.
 WHOLE_IMAGES = "whole_images"
+WORKERS_FILE = "workers"  # checkpoint extra: every worker's own state (SwAV's queues)
 ERROR_FLUSH_S = 30.0  # a failing worker's wait for its buffered metrics (the run is ending)
 
 
@@ -211,6 +221,10 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
             _restore_extras(d, w)
         w.start_epoch, w.step = state["epoch"] + 1, state["step"]
         w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1} (step {w.step})")
+        if state.get("world_size", world) != world:
+            w.say(f"[raysl] the checkpoint's run had {state['world_size']} worker(s), this one "
+                  f"has {world}: data.batch_size_global, and so the learning-rate schedule, "
+                  f"stay the same ({cfg.batch_size_per_worker} images per worker now)")
     return w
 
 
@@ -225,11 +239,17 @@ def _extras(w: Worker) -> dict[str, dict[str, Any]]:
 
 
 def _restore_extras(directory: str, w: Worker) -> None:
-    """Load what :func:`_extras` saved, where this run has it (a checkpoint may predate it)."""
+    """Load what :func:`_extras` and the workers' own state saved, where this run has it."""
     if w.probe is not None and (probe := load_extra(directory, "probe")) is not None:
         w.probe.load_training_state(probe)
     if w.scaler is not None and (scaler := load_extra(directory, "scaler")) is not None:
         w.scaler.load_state_dict(scaler)
+    workers = load_extra(directory, WORKERS_FILE)
+    if workers and not take_worker_state(w.method, workers, w.rank, w.world):
+        names = ", ".join(sorted(k for k in workers if k != WORLD_KEY))
+        w.say(f"[raysl] the checkpoint's per-worker state ({names}) came "
+              f"from {int(workers[WORLD_KEY])} worker(s), this run has {w.world}: not "
+              f"restored, {w.cfg.method.name} rebuilds it as it trains")
 
 
 def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:
@@ -389,14 +409,15 @@ def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
           f"data wait {100 * metrics['train/data_wait_fraction']:.0f}%{knn}  "
           f"ETA {duration(eta)}")
     w.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+    workers = gather_worker_state(w.method)  # a collective: SwAV's per-worker queues
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if w.rank == 0:
-            state = {"epoch": epoch, "step": w.step, "config": w.cfg.to_dict(),
+            state = {"epoch": epoch, "step": w.step, "config": w.cfg.public_dict(),
                      "run_name": w.settings.run_name, "mlflow_run_id": w.settings.mlflow_run_id,
                      "world_size": distributed.world_size()}
             save_checkpoint(d, w.method, w.method.exported_encoder(), w.optimizer, state,
-                            _extras(w))
+                            {**_extras(w), **({WORKERS_FILE: workers} if workers else {})})
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -32,7 +32,14 @@ from raysl import config as C
 from raysl import distributed
 from raysl.clustering import kmeans, pca_whiten
 from raysl.losses import sinkhorn_knopp
-from raysl.methods.base import EpochData, Progress, SSLMethod, build_method
+from raysl.methods.base import (
+    EpochData,
+    Progress,
+    SSLMethod,
+    build_method,
+    gather_worker_state,
+    take_worker_state,
+)
 
 N = gh.WORLD * gh.B_PER_RANK  # the global batch: rank r gets samples r*B .. (r+1)*B - 1
 PROGRESS = Progress(0, 100, 10)
@@ -188,6 +195,24 @@ def _case_swav_codes(e: list[Tensor]) -> gh.Outputs:
                       same=distributed.all_reduce_sum(rows.sum(dim=0)))
 
 
+def _case_swav_worker_state(e: list[Tensor]) -> gh.Outputs:
+    """A checkpoint's per-worker state: every rank's queue gathered, then each rank of a fresh
+    SwAV of the same world takes its own back.
+
+    same: [taken, largest difference to the queue the rank had, counters equal] (1, 0, 1).
+    """
+    method = build("swav_queue").eval()
+    for seed in (1, 2):
+        method(my_views("swav_queue", seed), PROGRESS)
+    gathered = gather_worker_state(method)
+    assert gathered["queue"].shape[0] == distributed.world_size()
+    fresh = build("swav_queue")
+    taken = take_worker_state(fresh, gathered, distributed.rank(), distributed.world_size())
+    diff = float((fresh.queue - method.queue).abs().max())
+    return gh.Outputs(anchored(torch.zeros(()), e), same=torch.tensor(
+        [float(taken), diff, float(fresh.queued == method.queued > 0)], dtype=torch.float64))
+
+
 def _case_swav_queue_rows(e: list[Tensor]) -> gh.Outputs:
     """same: the queue's shape (crops, rows per worker, D) — differs by design, checked apart."""
     method = build("swav_queue")
@@ -306,6 +331,7 @@ CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "nnclr grads": _case_grads_nnclr,
     "colorization counts": _case_colorization_counts,
     "kmeans": _case_kmeans,
+    "swav worker state": _case_swav_worker_state,
     "deepcluster epoch": _case_deepcluster_epoch,
 }
 GLOO_CASES = {name: gh.Case(fn) for name, fn in CASES.items()}
@@ -489,3 +515,18 @@ def test_deepcluster_reassignment_across_workers_equals_one_process(gloo_records
     _equivalent("deepcluster epoch", gloo_records, single_records)
     assignment = single_records["deepcluster epoch"]["same"][:30]
     assert (assignment >= 0).all() and len(assignment.unique()) > 1
+
+
+def test_swav_queues_are_checkpointed_per_worker_and_taken_back(gloo_records, single_records):
+    # The reference saves queue<rank>.pth per worker; a resumed run of the same size goes on
+    # with every worker's own queue, not rank 0's everywhere.
+    _equivalent("swav worker state", gloo_records, single_records)
+    assert single_records["swav worker state"]["same"].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_worker_state_from_another_world_size_is_not_taken():
+    method = build("swav_queue")
+    gathered = {"queue": torch.zeros(2, *method.queue.shape), "queued": torch.tensor([8, 8]),
+                "world": torch.tensor(2)}
+    assert not take_worker_state(method, gathered, 0, 1)
+    assert build("moco_v2").worker_state() == {}  # a global queue: nothing per worker
