@@ -231,13 +231,14 @@ def _mark_failed(client: MlflowClient, run_id: str, error: BaseException,
 
     A tracking server that fails too must not hide the error that ended the run.
     """
-    reason = str(error).strip().splitlines()
+    reason = redact(str(error)).strip().splitlines()  # an MLflow error names its URL
     try:
         client.set_tag(run_id, "raysl.failure",
                        f"{type(error).__name__}: {reason[-1] if reason else ''}"[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception as tracking_error:  # the run's own error is re-raised by the caller
-        log(f"[raysl] could not mark MLflow run {run_id} FAILED: {tracking_error}")
+        log(f"[raysl] could not mark MLflow run {run_id} FAILED: "
+            f"{redact(str(tracking_error))}")
 
 
 @dataclass
