@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 
 from raysl.config.redact import redact
 
@@ -28,6 +29,13 @@ def duration(seconds: float) -> str:
     if h:
         return f"{h}h{m:02d}m"
     return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def redacting(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log``, with the credentials of every URI in a line hidden first."""
+    def hidden(line: str) -> None:
+        log(redact(line))
+    return hidden
 
 
 def say(line: str) -> None:

@@ -25,7 +25,7 @@ from raysl.config import (
     merge_override,
     parse_override,
 )
-from raysl.console import banner
+from raysl.console import banner, redacting
 from raysl.data.source import check_source, detect_format
 from raysl.eval.data import load_eval_data
 from raysl.eval.models import LoadedModel, load_model
@@ -122,6 +122,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
         ModelNotFoundError: ``spec`` names nothing loadable.
         ConfigError, DataError: bad settings or data, before any work starts.
     """
+    log = redacting(log)  # a data path or URI in a line may carry a password
     overrides = overrides or []
     check_overrides(overrides)  # before any loading: a typo fails at once
     # The settings needed before the model's own config is known: its store and the cluster.

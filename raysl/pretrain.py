@@ -22,7 +22,7 @@ from raysl import registry
 from raysl.checkpoint import ENCODER_FILE, load_strict
 from raysl.config import Config, ConfigError
 from raysl.config.redact import redact
-from raysl.console import banner
+from raysl.console import banner, redacting
 from raysl.data.formats import DataError
 from raysl.data.pipeline import view_stream, whole_image_stream
 from raysl.data.source import (
@@ -60,7 +60,7 @@ from raysl.tracking.registry import (
     version_description,
 )
 from raysl.train.loop import LoopSettings
-from raysl.train.permanent import clear_note, note_path
+from raysl.train.permanent import PERMANENT_ERRORS, clear_note, note_path, raise_noted
 from raysl.train.shared_storage import check_shared, check_tracking_shared
 from raysl.train.trainer import (
     ResourcePlan,
@@ -176,6 +176,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
         ray.train.TrainingFailedError: training failed (the MLflow run is marked FAILED).
     """
     launched_at = launched_at or time.time()
+    log = redacting(log)  # a data path or URI in a line may carry a password
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     connect(cfg.train.address)
     nodes = node_resources()
@@ -349,6 +350,10 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
         collapsed = _worker_error(e, RepresentationCollapsed)
         if collapsed:
             raise RepresentationCollapsed(collapsed) from None
+        try:  # a config, data or checkpoint error a worker noted: itself, not a traceback
+            raise_noted(note)
+        except PERMANENT_ERRORS as noted:
+            raise noted from None
         raise
     if source.cache == "none":
         source.tally()

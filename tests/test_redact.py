@@ -12,6 +12,7 @@ SECRET = "s3cr3t-pw"
     (f"http://alice:{SECRET}@mlflow.internal:5000", "http://***@mlflow.internal:5000"),
     (f"https://token:{SECRET}@host/api?x=1", "https://***@host/api?x=1"),
     (f"s3://AKIAEXAMPLE:{SECRET}@bucket/images/", "s3://***@bucket/images/"),
+    (f"http://bob:p@{SECRET}@host/x@2x.png", "http://***@host/x@2x.png"),  # '@' in a password
     (f"MLflow run 1f2e at http://u:{SECRET}@h:1 (retrying)",
      "MLflow run 1f2e at http://***@h:1 (retrying)"),
 ])

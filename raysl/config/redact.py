@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# scheme://userinfo@ : the userinfo (no '/', '@' or whitespace in it) is what is hidden.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# scheme://userinfo@ : everything up to the last '@' before the path (a password may hold '@',
+# and HTTP clients split the authority at its last '@') is what is hidden.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]+@")
 HIDDEN = "***"
 
 

@@ -12,10 +12,12 @@ must fit in the pickle: a small hostile file cannot make raysl allocate gigabyte
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,7 +147,7 @@ def load_npz(store: Store, path: str) -> Arrays:
     """Images under one of the usual keys (``images``, ``x``, ...) and optional labels."""
     data = store.read(path)
     _check_npz_headers(data, path)
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+    with _as_data_error(path), np.load(io.BytesIO(data), allow_pickle=False) as z:
         keys = list(z.keys())
         img_key = next((k for k in _NPZ_IMAGE_KEYS if k in z), None)
         if img_key is None:
@@ -169,9 +171,21 @@ def load_npy(store: Store, path: str) -> Arrays:
     """One unlabeled image array (N, H, W) or (N, H, W, C)."""
     data = store.read(path)
     _check_npy_header(io.BytesIO(data), len(data), path)
-    images = np.load(io.BytesIO(data), allow_pickle=False)
+    with _as_data_error(path):
+        images = np.load(io.BytesIO(data), allow_pickle=False)
     _check_images(images, path)
     return Arrays(images, None, [], f"{_base(path)} ({len(images)} images)")
+
+
+@contextlib.contextmanager
+def _as_data_error(name: str) -> Iterator[None]:
+    """NumPy's errors on a damaged array file, as a DataError naming the file."""
+    try:
+        yield
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{name}: not a readable array file ({type(e).__name__}: {e})") from None
 
 
 def _check_npy_header(stream: Any, size: int, name: str) -> None:
@@ -195,15 +209,27 @@ def _check_npy_header(stream: Any, size: int, name: str) -> None:
 
 
 def _check_npz_headers(data: bytes, name: str) -> None:
-    """:func:`_check_npy_header` for every array of an ``.npz`` (against its stored size)."""
+    """:func:`_check_npy_header` for every array of an ``.npz``, against the bytes it holds.
+
+    The sizes a zip's directory gives are the archive's word: each member is inflated (1 MiB
+    at a time, then dropped) to count the bytes it really holds before NumPy allocates.
+    """
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{name}: not an .npz archive ({e})") from None
-    with archive:
-        for info in archive.infolist():
-            with archive.open(info) as member:
-                _check_npy_header(member, info.file_size, f"{name}[{info.filename!r}]")
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                member_name = f"{name}[{info.filename!r}]"
+                with archive.open(info) as member:
+                    _check_npy_header(member, info.file_size, member_name)
+                    needed = info.file_size - member.tell()
+                    while needed > 0 and (chunk := member.read(min(needed, 2**20))):
+                        needed -= len(chunk)
+                if needed > 0:
+                    raise DataError(f"{member_name}: holds {needed} bytes fewer than its "
+                                    "header and the archive announce")
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
+            zlib.error) as e:
+        raise DataError(f"{name}: not a readable .npz archive ({type(e).__name__}: "
+                        f"{e})") from None
 
 
 def _check_images(images: np.ndarray, name: str) -> None:
@@ -293,6 +319,10 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) == ("numpy", "ndarray"):
+            # A token, not the class: called directly, ndarray(shape, dtype) would allocate
+            # any shape; only the bounded _reconstruct below turns the token into ndarrays.
+            return _NdarrayToken
         found = super().find_class(module, name)
         if name == "_reconstruct":
             return self._bounded(found)
@@ -300,12 +330,21 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
     def _bounded(self, reconstruct: Any) -> Any:
         def build(cls: Any, shape: Any, dtype: Any) -> Any:
+            if cls is not _NdarrayToken:
+                raise pickle.UnpicklingError(f"_reconstruct of {cls!r}, not of numpy.ndarray")
             dims = (shape,) if isinstance(shape, int) else tuple(shape)
             if _product(dims) * np.dtype(dtype).itemsize > self.limit:
                 raise pickle.UnpicklingError(f"an array of shape {dims} is larger than the "
                                              f"{self.limit}-byte file")
-            return reconstruct(cls, shape, dtype)
+            return reconstruct(np.ndarray, shape, dtype)
         return build
+
+
+class _NdarrayToken:
+    """What the CIFAR unpickler hands out for ``numpy.ndarray`` (calling it builds nothing)."""
+
+    def __init__(self, *_: Any) -> None:
+        raise pickle.UnpicklingError("numpy.ndarray may only be rebuilt by _reconstruct")
 
 
 def _unpickle(store: Store, path: str) -> dict[bytes, Any]:

@@ -34,6 +34,7 @@ from ray.data.extensions import ArrowTensorArray
 
 from raysl import registry
 from raysl.config import SourceConfig
+from raysl.config.redact import redact
 from raysl.data.decode import BadImage, decode_image
 from raysl.data.formats import Arrays, DataError
 from raysl.data.ledger import (
@@ -136,6 +137,8 @@ def read_source(cfg: SourceConfig, channels: int, decode_size: int, seed: int = 
         source.dataset = source.dataset.drop_columns(["label"])
         source.class_names = []
         source.description += f" (labels not used: {field_name}.labels=false)"
+    # Shown, logged, and written into registered models' descriptions and tags.
+    source.description = redact(source.description)
     return source
 
 

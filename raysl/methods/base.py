@@ -347,12 +347,16 @@ def take_worker_state(method: SSLMethod, gathered: Mapping[str, Tensor], rank: i
     """Give ``method`` rank ``rank``'s share of :func:`gather_worker_state`'s result.
 
     Returns:
-        False (nothing taken) when the state was gathered from another number of workers: a
-        rank's share then has no counterpart (SwAV's queue is rebuilt as training goes on).
+        False (nothing taken) when the state was gathered from another number of workers, or
+        has other names or shapes than this method's now: a rank's share then has no
+        counterpart (SwAV's queue is rebuilt as training goes on).
     """
     if int(gathered[WORLD_KEY]) != world:
         return False
     mine = {name: t[rank] for name, t in gathered.items() if name != WORLD_KEY}
+    now = method.worker_state()
+    if set(mine) != set(now) or any(mine[k].shape != now[k].shape for k in now):
+        return False  # e.g. SwAV's queue_length changed since the checkpoint
     method.load_worker_state(mine)
     return True
 

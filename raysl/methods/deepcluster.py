@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raysl import distributed
 from raysl.clustering import (
     Clustering,
     gathered_table,
@@ -146,9 +147,12 @@ class DeepCluster(SSLMethod):
             return EpochStart()  # a resumed run keeps the checkpoint's assignment too
         started = time.perf_counter()
         features, index, labels = self._extract(data)
-        clustering = kmeans(pca_whiten(features, self.cfg.pca_dim), index,
-                            self.cfg.num_clusters, self.cfg.kmeans_iters,
-                            seed=data.seed * 1_000_003 + data.epoch)
+        try:
+            clustering = kmeans(pca_whiten(features, self.cfg.pca_dim), index,
+                                self.cfg.num_clusters, self.cfg.kmeans_iters,
+                                seed=data.seed * 1_000_003 + data.epoch)
+        except ValueError as e:  # fewer images than clusters, e.g. once bad files are skipped
+            raise ConfigError("method.num_clusters", self.cfg.num_clusters, str(e)) from None
         previous = self.assignment
         self._assign(clustering, data)
         logs = cluster_logs(clustering, previous, _label_table(index, labels))
@@ -261,8 +265,17 @@ def _aligned(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _label_table(index: Tensor, labels: Tensor | None) -> Tensor | None:
-    """(max index + 1,) the true label of each index over all workers, or None."""
-    return None if labels is None else gathered_table(index, labels)
+    """(max index + 1,) the true label of each index over all workers, or None.
+
+    Whether there are labels is agreed between the workers (a collective), so that a worker
+    whose share happened to be empty still joins the gathers.
+    """
+    flag = torch.tensor(int(labels is not None), device=index.device)
+    if not int(distributed.all_reduce_max(flag)):
+        return None
+    mine = labels if labels is not None else torch.empty(0, dtype=torch.long,
+                                                         device=index.device)
+    return gathered_table(index, mine)
 
 
 def _summary(clustering: Clustering, logs: dict[str, float]) -> str:

@@ -19,6 +19,7 @@ import ray.tune
 from mlflow.tracking import MlflowClient
 
 from raysl.config import ConfigError
+from raysl.console import redacting
 from raysl.sweep import results as res
 from raysl.sweep.outcome import SweepResult, log_results, summary_text
 from raysl.sweep.plan import plan_trials
@@ -37,6 +38,7 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:
         ConfigError: settings that cannot work on this cluster, or a different sweep under the
             same name.
     """
+    log = redacting(log)  # a data path or URI in a line may carry a password
     base = sweep.base
     storage = storage_path(base)
     uri = resolve_tracking_uri(base.tracking)

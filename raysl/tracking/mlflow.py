@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raysl.config import TrackingConfig
@@ -130,6 +131,25 @@ class Tracker:
             log_blobs(self.client, self.run_id, files)
 
 
+# MLflow error codes of a server that answered and said no: sending the same call again gets
+# the same answer (a deleted run, a value it rejects, a login it refuses).
+_REFUSALS = frozenset({
+    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
+    "ENDPOINT_NOT_FOUND", "MALFORMED_REQUEST"})
+
+
+def worth_retrying(error: Exception) -> bool:
+    """Whether a failed tracking call may succeed later (the server away, overloaded, 5xx).
+
+    An MLflow error with a refusal code, or an error raised before anything was sent (a bug,
+    e.g. a TypeError), is not.
+    """
+    if isinstance(error, MlflowException):
+        return error.error_code not in _REFUSALS
+    return isinstance(error, OSError | TimeoutError | ConnectionError)
+
+
 class BufferedTracker(Tracker):
     """A :class:`Tracker` whose calls return at once; a thread sends them, in order, retrying.
 
@@ -155,6 +175,7 @@ class BufferedTracker(Tracker):
         self.retry_s, self.max_retry_s = retry_s, max_retry_s
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self.failed_sends = 0  # sends that failed and were retried, over the whole run
+        self.dropped = 0  # calls the server refused for good (e.g. a deleted run)
         self._queue: queue.Queue[Callable[[], object]] = queue.Queue()
         self._thread = threading.Thread(target=self._send_forever, daemon=True,
                                         name="raysl-tracker")
@@ -210,6 +231,11 @@ class BufferedTracker(Tracker):
                     send()
                     break
                 except Exception as e:  # whatever the client raises when the server is away
+                    if not worth_retrying(e):  # the server answered no: it will again
+                        self.dropped += 1
+                        self.warn(f"[raysl] WARNING: the tracking server refused a call, "
+                                  f"not retried: {redact(str(e))[:300]}")
+                        break
                     self.failed_sends += 1
                     if not down_since:
                         down_since = time.monotonic()

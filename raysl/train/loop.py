@@ -147,7 +147,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _train(loop_config, settings)
     except PERMANENT_ERRORS as error:
         if settings.permanent_note:
-            leave_note(settings.permanent_note, error)
+            try:
+                leave_note(settings.permanent_note, error)
+            except Exception as unwritable:  # the run's own error matters more
+                say(f"[raysl] WARNING: could not note {type(error).__name__} for restarted "
+                    f"workers ({type(unwritable).__name__}: {unwritable})")
         raise
 
 
@@ -247,9 +251,9 @@ def _restore_extras(directory: str, w: Worker) -> None:
     workers = load_extra(directory, WORKERS_FILE)
     if workers and not take_worker_state(w.method, workers, w.rank, w.world):
         names = ", ".join(sorted(k for k in workers if k != WORLD_KEY))
-        w.say(f"[raysl] the checkpoint's per-worker state ({names}) came "
-              f"from {int(workers[WORLD_KEY])} worker(s), this run has {w.world}: not "
-              f"restored, {w.cfg.method.name} rebuilds it as it trains")
+        w.say(f"[raysl] the checkpoint's per-worker state ({names}; "
+              f"{int(workers[WORLD_KEY])} worker(s), this run {w.world}) does not fit this "
+              f"run: not restored, {w.cfg.method.name} rebuilds it as it trains")
 
 
 def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from raysl.checkpoint import CheckpointError
 from raysl.config import ConfigError
+from raysl.config.redact import redact_values
 from raysl.data.formats import DataError
 from raysl.eval.monitors import RepresentationCollapsed
 
@@ -49,8 +51,12 @@ def leave_note(path: str, error: Exception) -> None:
                           "expected": error.expected, "source": error.source}
     fs, where = pafs.FileSystem.from_uri(path)
     fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(where) as f:
-        f.write(json.dumps(note, default=repr).encode())
+    # Written aside, then moved: ranks noting at once, or a worker killed mid-write, leave a
+    # whole note or the previous one, never half of one.
+    aside = f"{where}.{uuid.uuid4().hex}"
+    with fs.open_output_stream(aside) as f:
+        f.write(json.dumps(redact_values(note), default=repr).encode())
+    fs.move(aside, where)
 
 
 def raise_noted(path: str) -> None:
@@ -62,8 +68,13 @@ def raise_noted(path: str) -> None:
     fs, where = pafs.FileSystem.from_uri(path)
     if fs.get_file_info(where).type == pafs.FileType.NotFound:
         return
-    with fs.open_input_stream(where) as f:
-        note = json.loads(f.read().decode())
+    try:
+        with fs.open_input_stream(where) as f:
+            note = json.loads(f.read().decode())
+        if not isinstance(note, dict):
+            raise ValueError(f"a {type(note).__name__}")
+    except (OSError, ValueError):
+        return  # unreadable (e.g. removed meanwhile): as if there were none
     if note.get("kind") == "ConfigError":
         c = note["config"]
         raise ConfigError(c["field"], c["value"], c["expected"], c.get("source"))

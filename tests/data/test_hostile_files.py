@@ -133,3 +133,29 @@ def test_malformed_cifar_dicts_are_data_errors_naming_the_file(tmp_path: Path, b
     folder = _cifar_folder(tmp_path, batch, meta)
     with pytest.raises(DataError, match=re.escape(message)):
         load_cifar(Store(), str(folder), "cifar-10-batches-py", "train", "data.source")
+
+
+def test_a_cifar_pickle_calling_ndarray_directly_builds_nothing(tmp_path: Path):
+    # REDUCE(numpy.ndarray, ((2^28,), 'u1')): the class itself would allocate 256 MiB.
+    hostile = (b"\x80\x02" + b"cnumpy\nndarray\n" + b"\x8a\x04" + (2**28).to_bytes(4, "little")
+               + b"\x85" + b"X\x02\x00\x00\x00u1" + b"\x86" + b"R" + b".")
+    folder = _cifar_folder(tmp_path, hostile)
+    assert peak_mb(lambda: load_cifar(Store(), str(folder), "cifar-10-batches-py", "train",
+                                      "data.source")) < 1
+    assert "may only be rebuilt by _reconstruct" in peak_mb.last_error  # type: ignore[attr-defined]
+
+
+def test_a_damaged_npz_or_npy_is_a_data_error_naming_it(tmp_path: Path):
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, images=np.random.default_rng(0).integers(
+        0, 255, (20, 16, 16), dtype=np.uint8))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:-40])  # the zip's central directory cut off
+    with pytest.raises(DataError, match=r"cut\.npz: not a readable \.npz archive"):
+        load_npz(Store(), str(cut))
+    npy = tmp_path / "short.npy"
+    npy.write_bytes(_npy_with_header((4, 8, 8), bytes(4 * 8 * 8)))
+    assert load_npy(Store(), str(npy)).images.shape == (4, 8, 8)
+    npy.write_bytes(b"\x93NUMPY\x09\x00" + b"garbage")
+    with pytest.raises(DataError, match=r"short\.npy: not a \.npy array"):
+        load_npy(Store(), str(npy))

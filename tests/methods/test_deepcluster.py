@@ -170,3 +170,11 @@ def test_fewer_training_images_than_clusters_is_a_config_error():
     with pytest.raises(ConfigError, match="at most the 3 training images") as info:
         DeepCluster.check_training_set(cfg, 3)
     assert info.value.field == "method.num_clusters" and info.value.value == 4
+
+
+def test_fewer_images_than_clusters_at_clustering_time_is_a_config_error():
+    """E.g. a stream whose bad files left fewer images than k: not retried as a crash."""
+    cfg = tiny_config("deepcluster")  # 4 clusters
+    with pytest.raises(ConfigError, match="needs at least 4 images; the workers hold 3") as info:
+        built().on_epoch_start(EpochData(0, toy_set(cfg, n=3)))
+    assert info.value.field == "method.num_clusters"

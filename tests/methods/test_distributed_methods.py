@@ -529,4 +529,6 @@ def test_worker_state_from_another_world_size_is_not_taken():
     gathered = {"queue": torch.zeros(2, *method.queue.shape), "queued": torch.tensor([8, 8]),
                 "world": torch.tensor(2)}
     assert not take_worker_state(method, gathered, 0, 1)
+    resized = {**gathered, "queue": torch.zeros(1, 2, 3, 4), "world": torch.tensor(1)}
+    assert not take_worker_state(method, resized, 0, 1)  # method.queue_length changed
     assert build("moco_v2").worker_state() == {}  # a global queue: nothing per worker

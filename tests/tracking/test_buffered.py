@@ -75,6 +75,13 @@ def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path
         assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == [3]
         assert client.get_run(run_id).data.tags["raysl.note"] == "logged during the outage"
         assert any("is back after" in line for line in lines)
+        # A call the server refuses (a run that does not exist) is dropped, not retried
+        # forever ahead of everything queued after it.
+        ghost = BufferedTracker(uri, "0" * 32, active=True, retry_s=0.2, warn=lines.append)
+        ghost.log_metrics({"train/loss": 1.0}, step=1)
+        ghost.set_tags({"raysl.note": "after the refused call"})
+        assert ghost.flush(60) == 0 and ghost.dropped == 2 and ghost.failed_sends == 0
+        assert any("refused a call" in line for line in lines)
     finally:
         _kill(server, signal.SIGTERM)
 
@@ -91,3 +98,17 @@ def test_flush_gives_up_after_its_timeout_and_says_how_many_wait(timeout: float)
                               retry_s=0.05, warn=lambda line: None)  # nothing listens there
     tracker.log_metrics({"train/loss": 1.0}, step=1)
     assert tracker.flush(timeout) == 1
+
+
+def test_only_failures_a_later_try_can_fix_are_retried():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2 as codes
+
+    from raysl.tracking.mlflow import worth_retrying
+
+    assert worth_retrying(MlflowException("API request to http://h failed: refused"))
+    assert worth_retrying(MlflowException("busy", error_code=codes.TEMPORARILY_UNAVAILABLE))
+    assert worth_retrying(ConnectionRefusedError())
+    assert not worth_retrying(MlflowException("gone", error_code=codes.RESOURCE_DOES_NOT_EXIST))
+    assert not worth_retrying(MlflowException("no", error_code=codes.INVALID_PARAMETER_VALUE))
+    assert not worth_retrying(TypeError("a bug before anything was sent"))

@@ -52,3 +52,15 @@ def test_a_config_error_keeps_its_field_value_and_expectation(tmp_path: Path):
     assert info.value.expected == "at most the 60 training images"
     # JSON, not a pickle: nothing in the note can run code when read.
     assert json.loads(Path(path).read_text())["kind"] == "ConfigError"
+
+
+def test_the_note_hides_credentials_and_an_unreadable_note_counts_as_none(tmp_path: Path):
+    path = note_path(str(tmp_path), "run")
+    leave_note(path, ConfigError("data.source.path", "s3://key:s3cr3t@bucket/x", "reachable"))
+    assert "s3cr3t" not in Path(path).read_text()
+    with pytest.raises(ConfigError) as info:
+        raise_noted(path)
+    assert info.value.value == "s3://***@bucket/x"
+    Path(path).write_text('{"kind": "DataE')  # a half-written note from an older raysl
+    raise_noted(path)  # not a JSONDecodeError in every restarted worker
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [NOTE_FILE]  # no temp files left
