@@ -159,7 +159,7 @@ def kmeans(x: Tensor, index: Tensor, k: int, iters: int, seed: int) -> Clusterin
     labels, dists = nearest(x, centroids)
     sizes = distributed.all_reduce_sum(torch.bincount(labels, minlength=k)).cpu()
     inertia = float(distributed.all_reduce_sum(dists.double().sum())) / total
-    return Clustering(_assignment_table(index, labels), centroids, sizes, reseeded, inertia)
+    return Clustering(gathered_table(index, labels), centroids, sizes, reseeded, inertia)
 
 
 def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -205,19 +205,16 @@ def _split_into_empty(centroids: Tensor, counts: Tensor, draws: torch.Generator)
     return len(empty)
 
 
-def _assignment_table(index: Tensor, labels: Tensor) -> Tensor:
-    """(max index + 1,) int64: every rank's (index, cluster) pairs as one lookup table."""
+def gathered_table(index: Tensor, values: Tensor) -> Tensor:
+    """(max index + 1,) int64: every rank's ``values`` (n,) at their ``index``; -1 elsewhere.
+
+    The assignment of a clustering, or the true label of every image.
+    """
     sizes = _sizes(len(index), index.device)
     every_index = distributed.gather_rows(index, sizes)
-    every_label = distributed.gather_rows(labels, sizes)
     table = torch.full((int(every_index.max()) + 1,), -1, dtype=torch.long, device=index.device)
-    table[every_index] = every_label
+    table[every_index] = distributed.gather_rows(values, sizes)
     return table
-
-
-def gathered_table(index: Tensor, values: Tensor) -> Tensor:
-    """(max index + 1,) every rank's ``values`` (n,) int64 at their ``index``; -1 elsewhere."""
-    return _assignment_table(index, values)
 
 
 def _sizes(rows: int, device: torch.device) -> list[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import pickle
 import zipfile
 import zlib
@@ -93,7 +94,7 @@ def parse_idx(data: bytes, name: str) -> np.ndarray:
     ndim = head[3]
     raw_dims = read(4 * ndim)
     dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)]
-    expected = _product(dims)
+    expected = math.prod(dims)
     if expected > MAX_ARRAY_BYTES:
         raise DataError(f"{name}: header says {dims} ({expected} bytes), more than the "
                         f"{MAX_ARRAY_BYTES} bytes an image file may hold")
@@ -102,14 +103,6 @@ def parse_idx(data: bytes, name: str) -> np.ndarray:
         has = f"{len(body)}" if len(body) <= expected else "more"
         raise DataError(f"{name}: header says {dims} ({expected} bytes), file has {has}")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
-
-
-def _product(dims: list[int] | tuple[int, ...]) -> int:
-    """The number of elements of a shape, as a Python int (no overflow)."""
-    n = 1
-    for d in dims:
-        n *= int(d)
-    return n
 
 
 def _plain_reader(data: bytes) -> Any:
@@ -201,7 +194,7 @@ def _check_npy_header(stream: Any, size: int, name: str) -> None:
                            else fmt.read_array_header_2_0(stream))
     except (ValueError, OSError) as e:
         raise DataError(f"{name}: not a .npy array ({e})") from None
-    needed = _product(shape) * dtype.itemsize
+    needed = math.prod(shape) * dtype.itemsize
     has = size - stream.tell()
     if needed > has:
         raise DataError(f"{name}: header says {dtype} {tuple(shape)} ({needed} bytes), the "
@@ -333,7 +326,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             if cls is not _NdarrayToken:
                 raise pickle.UnpicklingError(f"_reconstruct of {cls!r}, not of numpy.ndarray")
             dims = (shape,) if isinstance(shape, int) else tuple(shape)
-            if _product(dims) * np.dtype(dtype).itemsize > self.limit:
+            # int(): a pickled numpy scalar dimension would wrap around, not grow
+            if math.prod(int(d) for d in dims) * np.dtype(dtype).itemsize > self.limit:
                 raise pickle.UnpicklingError(f"an array of shape {dims} is larger than the "
                                              f"{self.limit}-byte file")
             return reconstruct(np.ndarray, shape, dtype)
