@@ -6,6 +6,12 @@ Losses call these instead of ``torch.distributed`` directly, so they run unchang
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -24,6 +30,70 @@ def rank() -> int:
 def world_size() -> int:
     """Number of processes; 1 without a process group."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+class _CommClock:
+    """Seconds this process has spent communicating: the union of the collectives' intervals.
+
+    Explicit collectives (gathers for negatives, all-reduced statistics) block on gloo, so their
+    wall time is their cost. DDP's gradient all-reduce runs in the background while backward goes
+    on; :func:`timed_allreduce_hook` times each bucket from launch to completion, and because
+    buckets complete in order, counting only the part of an interval after the previous one ended
+    keeps queued buckets from being counted twice. On GPU (NCCL) collectives are asynchronous, so
+    only their launch is timed and the rest shows as compute.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # bucket callbacks run on the backend's thread
+        self.seconds = 0.0
+        self._busy_until = 0.0
+
+    def add(self, started: float, ended: float) -> None:
+        with self._lock:
+            self.seconds += max(0.0, ended - max(started, self._busy_until))
+            self._busy_until = max(self._busy_until, ended)
+
+
+_CLOCK = _CommClock()
+
+
+def comm_seconds() -> float:
+    """Seconds spent in collectives by this process so far (differences give an interval's)."""
+    return _CLOCK.seconds
+
+
+@contextlib.contextmanager
+def _timed() -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        _CLOCK.add(started, time.perf_counter())
+
+
+def timed_allreduce_hook(state: Any, bucket: Any) -> torch.futures.Future[Tensor]:
+    """DDP's gradient averaging (all-reduce, divide by the world size), timed into the clock.
+
+    Register with ``ddp_model.register_comm_hook(None, timed_allreduce_hook)`` before the first
+    backward; the update is the same as DDP's built-in all-reduce. ``bucket`` is a
+    ``torch.distributed.GradBucket`` (flattened gradients of several parameters).
+    """
+    started = time.perf_counter()
+    gradients = bucket.buffer().div_(dist.get_world_size())
+    future = dist.all_reduce(gradients, async_op=True).get_future()
+
+    def finished(done: torch.futures.Future[list[Tensor]]) -> Tensor:
+        _CLOCK.add(started, time.perf_counter())
+        return done.value()[0]
+
+    return future.then(finished)
+
+
+# DDP checks a hook's annotations as objects, and this module's are strings (postponed
+# evaluation): give it the objects.
+timed_allreduce_hook.__annotations__.update(
+    {"bucket": dist.GradBucket,  # type: ignore[attr-defined]
+     "return": torch.futures.Future[Tensor]})
 
 
 def gather(x: Tensor) -> Tensor:
@@ -56,13 +126,15 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x)
+        with _timed():
+            dist.all_gather(parts, x)
         return torch.cat(parts, dim=0)  # (B * W, ...)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        with _timed():
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad.chunk(dist.get_world_size(), dim=0)[dist.get_rank()]
 
 
@@ -71,7 +143,8 @@ def _all_reduce(x: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
     if not is_distributed():
         return x
     y = x.detach().clone()
-    dist.all_reduce(y, op=op)
+    with _timed():
+        dist.all_reduce(y, op=op)
     return y
 
 
@@ -96,7 +169,8 @@ def gather_no_grad(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
+    with _timed():
+        dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
 
 
@@ -117,5 +191,6 @@ def gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
     padded = x.new_zeros((most, *x.shape[1:]))
     padded[:len(x)] = x
     parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous())
+    with _timed():
+        dist.all_gather(parts, padded.contiguous())
     return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])

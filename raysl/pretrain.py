@@ -88,6 +88,7 @@ class PretrainResult:
     final_loss: float
     images_per_s: float
     data: str
+    time_split: dict[str, float] = field(default_factory=dict)  # last epoch: data/comm/compute
     eval_data: str = ""
     knn: dict[str, float] = field(default_factory=dict)  # trained / random_init / raw_pixels
     knn_k: int = 0
@@ -115,6 +116,10 @@ class PretrainResult:
             lines += [f"               {e}" for e in self.skipped_examples[:3]]
         lines.append(f"training       final loss {self.final_loss:.4f}, "
                      f"{self.images_per_s:.0f} images/s in the last epoch")
+        if self.time_split:
+            lines.append("time per step  " + ", ".join(
+                f"{100 * v:.0f}% {k}" for k, v in self.time_split.items())
+                + " (train/*_fraction in MLflow)")
         if self.online:
             o = self.online
             lines.append(f"online kNN     final {100 * o['final']:.2f}% (epoch "
@@ -364,6 +369,11 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     metrics = fit.metrics or {}
     result.final_loss = float(metrics.get("train/loss", float("nan")))
     result.images_per_s = float(metrics.get("train/images_per_s", 0.0))
+    result.time_split = {
+        name: float(metrics[f"train/{key}_fraction"])
+        for name, key in (("waiting for data", "data_wait"), ("communicating", "comm"),
+                          ("computing", "compute"))
+        if f"train/{key}_fraction" in metrics}
     result.monitors = {k: float(v) for k, v in metrics.items() if k in MONITOR_METRICS}
     result.checkpoint_path = fit.checkpoint.path
     checkpoint: ray.train.Checkpoint = fit.checkpoint

@@ -11,6 +11,10 @@ view. ``assert_equivalent`` then checks what DDP training relies on:
 * ``rows`` of rank r are rows ``r*B .. (r+1)*B - 1`` of the single-process ``rows``;
 * ``same`` is identical on every rank and equal to the single-process ``same``.
 
+The DDP models average gradients with raysl's timed all-reduce hook, as training does
+(``raysl.distributed.timed_allreduce_hook``), so every case also checks that it averages like
+DDP's own; each rank records the communication time it measured (``comm_s``).
+
 Case functions must be module-level (``mp.spawn`` pickles them by reference).
 """
 
@@ -25,6 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
+
+from raysl import distributed
 
 WORLD, B_PER_RANK, D_IN, D_OUT = 2, 4, 6, 5
 
@@ -75,9 +81,12 @@ def _worker(rank: int, cases: dict[str, Case], init_file: str, out_dir: str) -> 
         for name, case in cases.items():
             x, model = inputs(case.n_views)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
+            ddp.register_comm_hook(None, distributed.timed_allreduce_hook)
+            comm = distributed.comm_seconds()
             out = case.fn([ddp(view[mine]) for view in x])
             out.loss.backward()  # DDP all-reduces (averages) the gradients here
             records[name] = _record(out, model)
+            records[name]["comm_s"] = torch.tensor(distributed.comm_seconds() - comm)
         torch.save(records, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

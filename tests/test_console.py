@@ -5,7 +5,8 @@ from raysl.console import WorkerLineFilter, banner, duration
 
 def test_worker_lines_keep_raysl_tracebacks_and_user_warnings():
     lines = [
-        "[raysl] epoch 1/3  loss 4.1  lr 0.1  200 img/s  data wait 3%  ETA 1m00s",
+        ("[raysl] epoch 1/3  loss 4.1  lr 0.1  200 img/s  time: data 3% comm 20% compute 77%  "
+         "ETA 1m00s"),
         "Reporting training result 1: TrainingReport(checkpoint=None, metrics={}) from rank 1",
         "Setting up process group for: env:// [rank=0, world_size=2]",
         "/venv/lib/python3.11/site-packages/ray/data/x.py:436: RayDeprecationWarning: old",

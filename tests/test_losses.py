@@ -733,3 +733,11 @@ def test_gloo_cases_are_not_trivial(gloo_records: dict[str, list[gh.Record]]):
     assert not torch.allclose(nt[0]["loss"], nt[1]["loss"])
     codes = gloo_records["sinkhorn_knopp+swapped_prediction"][0]["rows"]
     torch.testing.assert_close(codes[:, :gh.D_OUT].sum(dim=1), torch.ones(gh.B_PER_RANK))
+
+
+def test_every_rank_timed_its_communication(gloo_records: dict[str, list[gh.Record]]):
+    # Each case all-reduces gradients through the timed hook, most also gather: every rank
+    # measured some communication, and never more than it took (under a minute here).
+    for name, ranks in gloo_records.items():
+        for rank, record in enumerate(ranks):
+            assert 0 < record["comm_s"].item() < 60, (name, rank, record["comm_s"])

@@ -130,6 +130,18 @@ class EpochStats:
     lr: float = 0.0
     seconds: float = 0.0
     data_wait_s: float = 0.0  # time spent waiting for the next batch of views
+    comm_s: float = 0.0  # time in collectives (gradient all-reduce, gathers); 0 on one worker
+
+    def breakdown(self) -> dict[str, float]:
+        """Where the epoch's time went, as fractions: data wait, communication, compute.
+
+        Compute is the rest (forward, backward, update, probe). DDP's gradient all-reduce
+        overlaps backward, so where it does, the overlap is counted as communication.
+        """
+        total = max(self.seconds, 1e-9)
+        data, comm = self.data_wait_s / total, min(self.comm_s / total, 1.0)
+        return {"train/data_wait_fraction": data, "train/comm_fraction": comm,
+                "train/compute_fraction": max(0.0, 1.0 - data - comm)}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -206,6 +218,9 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     # running statistics are exported from rank 0.
     model = ray.train.torch.prepare_model(
         method, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        # The same averaging as DDP's own all-reduce, timed for the epoch's breakdown.
+        model.register_comm_hook(None, distributed.timed_allreduce_hook)
     peak_lr = cfg.optim.peak_lr(cfg.batch_size_per_worker * world)
     optimizer = build_optimizer(model, cfg.optim, peak_lr, method.fixed_lr_parameters())
     amp = autocast_dtype(cfg.train.precision, device)
@@ -302,6 +317,7 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
     accum, num_views = cfg.train.grad_accumulation, len(cfg.view_sizes)
     warmup_steps = round(cfg.optim.warmup_epochs * w.settings.steps_per_epoch)
     t0 = last_print = time.perf_counter()
+    comm0 = distributed.comm_seconds()
     batches = _grouped(shard.iter_torch_batches(
         batch_size=cfg.micro_batch_size, drop_last=True, device=w.device,
         prefetch_batches=2 * accum, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
@@ -336,6 +352,7 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
                            "views reached this worker; lower data.batch_size_global or add "
                            "images")
     stats.seconds = time.perf_counter() - t0
+    stats.comm_s = distributed.comm_seconds() - comm0
     return stats
 
 
@@ -368,8 +385,8 @@ def epoch_metrics(w: Worker, epoch: int, stats: EpochStats
     cfg = w.cfg
     metrics = {"train/loss": sum(stats.losses) / len(stats.losses), "train/lr": stats.lr,
                "train/images_per_s": len(stats.losses) * w.batch_global / stats.seconds,
-               "train/epoch_s": stats.seconds,
-               "train/data_wait_fraction": stats.data_wait_s / stats.seconds,
+               "train/epoch_s": stats.seconds, **stats.breakdown(),
+               "train/step_s": stats.seconds / len(stats.losses),
                **{f"train/{k}": sum(v) / len(v) for k, v in stats.extras.items()},
                "epoch": epoch + 1}
     if cfg.optim.weight_decay_schedule != "constant":
@@ -410,7 +427,9 @@ def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
         knn += f"  LiDAR {metrics['eval/lidar']:.1f}"
     w.say(f"[raysl] epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.4f}  "
           f"lr {metrics['train/lr']:.4g}  {metrics['train/images_per_s']:.0f} img/s  "
-          f"data wait {100 * metrics['train/data_wait_fraction']:.0f}%{knn}  "
+          f"time: data {100 * metrics['train/data_wait_fraction']:.0f}% "
+          f"comm {100 * metrics['train/comm_fraction']:.0f}% "
+          f"compute {100 * metrics['train/compute_fraction']:.0f}%{knn}  "
           f"ETA {duration(eta)}")
     w.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
     workers = gather_worker_state(w.method)  # a collective: SwAV's per-worker queues

@@ -418,3 +418,13 @@ def test_probe_and_grad_scaler_state_come_back_exactly(tmp_path: Path):
     fresh_scaler.load_state_dict(load_extra(tmp_path, "scaler") or {})
     assert fresh_scaler.get_scale() == 1024.0 and fresh_scaler.get_growth_interval() == 7
     assert load_extra(tmp_path, "absent") is None
+
+
+def test_an_epochs_time_is_split_into_data_communication_and_compute():
+    from raysl.train.loop import EpochStats
+    split = EpochStats(seconds=10.0, data_wait_s=1.0, comm_s=3.0).breakdown()
+    assert split == pytest.approx({"train/data_wait_fraction": 0.1, "train/comm_fraction": 0.3,
+                                   "train/compute_fraction": 0.6})
+    # DDP's all-reduce overlaps backward; the overlap is never counted twice into a negative.
+    assert EpochStats(seconds=1.0, data_wait_s=0.5, comm_s=0.7).breakdown()[
+        "train/compute_fraction"] == 0.0
