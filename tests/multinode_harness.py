@@ -56,6 +56,7 @@ def main(workdir: Path) -> int:
             "--set", f"train.storage_path={workdir / 'ray_results'}",
             "--set", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
             "--set", "eval.enabled=false",  # evaluation is the same on one node or four
+            "--set", "eval.monitor_every=0",  # so are the label-free monitors
         ])
         # The address: auto-detection refuses when another Ray runs here (the test session's).
         workers = list_actors(address=cluster.address, detail=True, limit=1000,

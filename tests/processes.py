@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -57,3 +59,26 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 60) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 3) -> None:
+    """SIGTERM to ``proc``'s process group, SIGKILL to what is left of it after ``grace`` s.
+
+    For a server started with ``start_new_session=True`` (its group is its own): only that
+    group is signalled, nothing else on the machine.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        proc.poll()  # reap the leader: a zombie would count as left
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break  # the whole group is gone
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    proc.wait()

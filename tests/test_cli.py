@@ -71,7 +71,8 @@ def test_demo_falls_back_to_generated_data_when_fmnist_is_missing(tmp_path, monk
     code = cli.main(["demo", "--set", "data.source.limit=256", "--set", "train.epochs=1",
                      "--set", "model.width=8", "--set", "eval.protocols=knn",
                      "--set", "eval.bank.limit=300", "--set", "eval.query.limit=150",
-                     "--set", "eval.monitor_every=0", "--set", f"train.storage_path={tmp_path}",
+                     "--set", "eval.monitor_every=0", "--set", "eval.plots=false",
+                     "--set", "tracking.register=false", "--set", f"train.storage_path={tmp_path}",
                      "--set", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     assert code == 0
     out = capsys.readouterr().out

@@ -68,7 +68,8 @@ def test_a_killed_worker_costs_part_of_an_epoch_and_deepcluster_keeps_its_cluste
     monkeypatch.chdir(tmp_path)
     cfg = C.load(CONFIGS / "deepcluster_fmnist.yaml", [
         *_shared(tmp_path, 2, "e2e-kill"), f"data.source.limit={IMAGES}",
-        "eval.protocols=knn", "eval.monitor_every=0", "method.num_clusters=10",
+        "eval.protocols=knn", "eval.monitor_every=0", "eval.baselines=false", "eval.plots=false",
+        "method.num_clusters=10",
         "method.head_dim=32", "method.pca_dim=16", "method.recluster_every=2",
         "tracking.registered_model=e2e-deepcluster"])
     assert cfg.train.max_failures >= 1  # the default rides out a lost worker

@@ -16,6 +16,7 @@ from raysl.config import ConfigError
 from raysl.data.views import make_columns
 from raysl.eval.online import LabelFreeMonitor
 from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build_method
+from raysl.nn.backbones import build_encoder
 from raysl.train.optim import build_optimizer
 from raysl.train.step import train_step
 
@@ -146,6 +147,36 @@ def test_every_method_has_a_shipped_config(name):
     shipped = [p for p in Path("pipelines/configs").glob("*.yaml")
                if C.load(p).method.name == name]
     assert shipped, f"no pipelines/configs/*.yaml for method {name}"
+
+
+# The training-only parts of the methods (raysl/methods/*.py): decoders, classifiers, pretext
+# and projection heads, predictors, prototypes, and the EMA copies of the heads.
+TRAINING_ONLY = ("decoder", "classifier", "tile_head", "head", "teacher_head", "projector",
+                 "projection", "predictor", "prototypes", "target_projector",
+                 "momentum_projector")
+ENCODERS = ("encoder", "teacher_encoder", "target_encoder", "momentum_encoder")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_exported_encoder_carries_no_training_only_head(name):
+    cfg = tiny_config(name)
+    method = build_method(cfg)
+    children = dict(method.named_children())
+    assert set(children) <= {*ENCODERS, *TRAINING_ONLY}, name  # every part is known here
+    assert set(children) & set(TRAINING_ONLY), name
+    exported = method.exported_encoder()
+    # The method's backbone (DINO: the teacher's), with exactly a fresh backbone's weights.
+    assert any(exported is children.get(n) for n in ("encoder", "teacher_encoder")), name
+    keys = set(exported.state_dict())
+    assert keys == set(build_encoder(cfg.model, cfg.data.channels,
+                                     cfg.data.image_size).state_dict()), name
+    assert not {k.split(".", 1)[0] for k in keys} & set(TRAINING_ONLY), name
+    # No tensor of a training-only part is reachable from it either.
+    exported_ptrs = {t.data_ptr() for t in exported.state_dict().values() if t.numel()}
+    for part in TRAINING_ONLY:
+        if part in children:
+            ptrs = {t.data_ptr() for t in children[part].state_dict().values() if t.numel()}
+            assert ptrs and not ptrs & exported_ptrs, (name, part)
 
 
 def test_unknown_method_lists_known():

@@ -76,6 +76,11 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
                 "eval/knn_top1_random_init", "eval/knn_top1_raw_pixels", "data/images"):
         assert key in run.data.metrics, key
     assert run.data.metrics["data/images"] == 384
+    # Where the time went: 2 workers communicate (gradient all-reduce, SimCLR's gathered
+    # negatives); the three fractions cover the epoch.
+    split = [run.data.metrics[f"train/{k}_fraction"] for k in ("data_wait", "comm", "compute")]
+    assert split[1] > 0 and abs(sum(split) - 1) < 1e-6 and min(split) >= 0, split
+    assert "time per step  " in result.summary()
     assert "config.yaml" in [a.path for a in client.list_artifacts(result.mlflow_run_id)]
     assert set(result.knn) == {TRAINED, RANDOM_INIT, "raw_pixels"}
     assert all(0.0 <= v <= 1.0 for v in result.knn.values())
@@ -135,8 +140,10 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(2, 64)")
 
-    # Same run name again with more epochs: resumes from the checkpoint, same MLflow run.
-    again = pretrain(_config(tmp_path, epochs=4, run_name="e2e-run"))
+    # Same run name again with more epochs: resumes from the checkpoint, same MLflow run (its
+    # training and registration are checked here, not its evaluation: that is off).
+    again = pretrain(_config(tmp_path, epochs=4, run_name="e2e-run",
+                             extra=("eval.enabled=false", "eval.monitor_every=0")))
     assert again.resumed and again.mlflow_run_id == result.mlflow_run_id
     history = client.get_metric_history(result.mlflow_run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # epoch 4 only was trained
@@ -216,7 +223,8 @@ def test_image_folder_with_bad_files_multicrop_ema_method_end_to_end(tmp_path: P
         "data.views.local_crops=2",
         "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=32",
         "train.grad_accumulation=2", "optim.weight_decay_schedule=cosine",
-        "optim.weight_decay_end=0.01", "optim.clip_grad=3.0", "tracking.registered_model=e2e-dino"])
+        "optim.weight_decay_end=0.01", "optim.clip_grad=3.0", "tracking.registered_model=e2e-dino",
+        "eval.baselines=false", "eval.plots=false"])  # the trained kNN only is checked
     assert cfg.view_sizes == [28, 28, 12, 12] and cfg.micro_batch_size == 16
     result = pretrain(cfg)
     client = MlflowClient(result.tracking_uri)
@@ -264,7 +272,7 @@ def test_unlabeled_data_skips_evaluation_and_a_mostly_bad_stream_stops_training(
         *_shared(tmp_path, 1, "e2e-bad-stream"), f"data.source.path={images}",
         "data.source.limit=0", "data.cache=none", "data.batch_size_global=8",
         "eval.bank.path=''", "eval.bank.format=auto", "eval.query.path=''",
-        "data.image_size=16"])
+        "data.image_size=16", "train.max_failures=0"])  # no restarts: the stream fails as one
     with pytest.raises(DataError, match=r"data.max_bad_fraction=0.1: 40 of the 80 .*of the "
                                         r"stream"):
         pretrain(cfg)
@@ -328,37 +336,31 @@ def test_a_collapsing_run_is_stopped_with_the_reason_in_mlflow(tmp_path: Path, m
 
 
 # The predictive family through the whole path, each with what makes it different: a target
-# column carried from Ray Data to the loss (rotation; jigsaw, whose view is a 5-D stack of
-# tiles; colorization, on colour data, whose target is an image), a ViT masked inside the model
-# (MAE), a decoder that is not exported (autoencoder).
+# column carried from Ray Data to the loss (jigsaw, whose view is a 5-D stack of tiles), a ViT
+# masked inside the model with a decoder that is not exported (MAE). Every method's exported
+# encoder is checked for training-only heads in tests/test_methods.py, each predictive method's
+# targets and loss in tests/methods/.
 PREDICTIVE = {
-    "rotation": ("method.head_hidden_dim=0",),
     "mae": ("model.width=16", "model.depth=2", "method.decoder_dim=16", "method.decoder_depth=1",
             "method.decoder_heads=2"),
-    "autoencoder": ("method.decoder_width=8",),
     "jigsaw": ("method.tile_dim=32", "method.hidden_dim=64"),  # 5-D tile columns from Ray Data
-    "colorization": ("data.source.path=''", "data.source.format=colour_shapes",  # colour data
-                     "eval.bank.path=''", "eval.bank.format=colour_shapes", "eval.query.path=''",
-                     "data.image_size=32", "method.head_dim=16"),
 }
-RECIPES = {"colorization": "colorization_shapes.yaml"}  # the others: NAME_fmnist.yaml
 
 
 @pytest.mark.parametrize("name", sorted(PREDICTIVE))
 def test_predictive_methods_end_to_end_to_a_registered_encoder(name, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = C.load(CONFIGS / RECIPES.get(name, f"{name}_fmnist.yaml"), [
+    cfg = C.load(CONFIGS / f"{name}_fmnist.yaml", [
         *_shared(tmp_path, 1, f"e2e-{name}"), "data.source.limit=256", "train.num_workers=1",
         "eval.monitor_samples=64", "eval.protocols=knn", "eval.bank.limit=300",
-        "eval.query.limit=150", f"tracking.registered_model=e2e-{name}", *PREDICTIVE[name]])
+        "eval.query.limit=150", "eval.baselines=false", "eval.plots=false",  # trained kNN only
+        f"tracking.registered_model=e2e-{name}", *PREDICTIVE[name]])
     result = pretrain(cfg)
     metrics = MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id).data.metrics
     assert np.isfinite(result.final_loss) and 0 < result.knn[TRAINED] <= 1
     assert "eval/rankme" in metrics and "eval/rankme_projector" not in metrics
-    accuracy = {"rotation": "rotation_acc", "jigsaw": "jigsaw_acc",
-                "colorization": "colour_bin_acc"}
-    if name in accuracy:  # the target column reached the loss
-        assert 0 <= metrics[f"train/{accuracy[name]}"] <= 1
+    if name == "jigsaw":  # the target column reached the loss
+        assert 0 <= metrics["train/jigsaw_acc"] <= 1
     assert result.model is not None
     encoder = raysl.load_encoder(result.model.model_uri, tracking_uri=result.tracking_uri)
     assert not any(k.startswith(("decoder", "classifier", "head")) for k in encoder.state_dict())

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from raysl.cli import main
 from raysl.tracking.auth import PASSWORD_VAR, SECRET_VAR, USER_VAR, read_credentials
-from tests.processes import free_port, start_server, stop, wait_for_url
+from tests.processes import free_port, start_server, stop_group, wait_for_url
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,15 @@ def test_the_server_refuses_anonymous_clients_and_serves_the_login(tmp_path: Pat
     port = free_port()
     log = tmp_path / "server.log"
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), SECRET_VAR: login[SECRET_VAR],
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # In a process group of its own (the CLI, its uvicorn worker...), stopped as one.
     server = start_server([str(Path(sys.executable).parent / "mlflow"), "server", "--app-name",
                            "basic-auth", "--host", "127.0.0.1", "--port", str(port),
+                           "--workers", "1",
                            "--backend-store-uri", f"sqlite:///{tmp_path / 'runs.db'}",
-                           "--artifacts-destination", str(tmp_path / "artifacts")], log, env=env)
+                           "--artifacts-destination", str(tmp_path / "artifacts")], log, env=env,
+                          start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_url(f"{url}/health", "mlflow server --app-name basic-auth", server, log)
@@ -64,4 +68,4 @@ def test_the_server_refuses_anonymous_clients_and_serves_the_login(tmp_path: Pat
         assert client.get_registered_model("authed-model").name == "authed-model"
         assert login[PASSWORD_VAR] not in log.read_text()  # the server never logs it
     finally:
-        stop(server)
+        stop_group(server)
