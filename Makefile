@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint data install clean
+.PHONY: demo test bench lint data install clean
 
 demo: install data  ## SimCLR on Fashion-MNIST: train, evaluate, register, print a summary
 	$(VENV)/bin/raysl demo
@@ -15,6 +15,10 @@ test: install data  ## the whole suite (lint, unit, Ray integration, end to end)
 	$(VENV)/bin/ruff check raysl tests pipelines
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
+
+bench: install data  ## raysl vs lightly, a plain PyTorch loop and the compute ceiling (~25 min)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(PY) benchmarks/throughput.py
 
 lint: install
 	$(VENV)/bin/ruff check raysl tests pipelines
