@@ -159,8 +159,18 @@ def torchvision_views(cfg: C.Config) -> Callable[[Any], list[Tensor]]:
         ops += [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
         return T.Compose(ops)
 
-    views = [view(i) for i in range(2)]
-    return lambda image: [t(image) for t in views]
+    return EachView([view(i) for i in range(2)])
+
+
+class EachView:
+    """Every view's transform applied to one image (a class: DataLoader workers pickle it)."""
+
+    def __init__(self, transforms: list[Callable[[Any], Tensor]]) -> None:
+        self.transforms = transforms
+
+    def __call__(self, image: Any) -> list[Tensor]:
+        """One (C, S, S) tensor per view."""
+        return [t(image) for t in self.transforms]
 
 
 def loader(dataset: torch.utils.data.Dataset[Any], args: argparse.Namespace
