@@ -73,7 +73,12 @@ def overrides(method: str, args: argparse.Namespace, workers: int = 2) -> list[s
     data = ([f"data.source.path={args.folder}", "data.source.format=auto", "data.channels=3"]
             if args.folder else [f"data.source.path={args.data}"])
     size = [f"data.image_size={args.image_size}"] if args.image_size else []
-    return [*data, *size, f"data.source.limit={args.images}",
+    # On a GPU the train worker needs a couple of CPUs, Ray Data the rest (the DataLoader of
+    # the other sides gets them all); the default keeps 1 CPU for data, a CPU machine's split.
+    cpus = os.cpu_count() or 1
+    gpu = (["train.cpus_per_worker=2", f"train.data_cpus={cpus - 2 * workers}"]
+           if torch.cuda.is_available() and cpus > 2 * workers + 1 else [])
+    return [*data, *size, *gpu, f"data.source.limit={args.images}",
             f"data.batch_size_global={args.batch}", *MODELS[args.model],
             f"train.epochs={args.epochs}", f"train.num_workers={workers}",
             f"train.use_gpu={str(torch.cuda.is_available()).lower()}", "optim.warmup_epochs=0",
@@ -274,8 +279,8 @@ def _ceiling_worker(rank: int, world: int, config: dict[str, Any], args: argpars
     from raysl.train.trainer import Node, plan_resources
 
     cfg = C.Config.from_dict(config)
-    torch.set_num_threads(plan_resources(cfg, [Node(float(os.cpu_count() or 1))])
-                          .threads_per_worker)
+    machine = Node(float(os.cpu_count() or 1), float(torch.cuda.device_count()))
+    torch.set_num_threads(plan_resources(cfg, [machine]).threads_per_worker)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank,
                             world_size=world)
     try:
@@ -287,7 +292,8 @@ def _ceiling_worker(rank: int, world: int, config: dict[str, Any], args: argpars
         method = built(cfg)
         model: nn.Module = method
         if world > 1:
-            ddp = nn.parallel.DistributedDataParallel(method)
+            # As raysl's workers: buffers synced once at the start, not in every forward.
+            ddp = nn.parallel.DistributedDataParallel(method, broadcast_buffers=False)
             ddp.register_comm_hook(None, distributed.timed_allreduce_hook)
             model = ddp
         clock.run(cfg.train.epochs, lambda: ready, raysl_step(model, cfg, len(ready)))
@@ -389,7 +395,7 @@ def measure_raysl(cfg: C.Config, args: argparse.Namespace) -> dict[str, float]:
         log = Path(tmp) / "pretrain.log"
         with open(log, "w") as out:
             done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-                                  check=False)
+                                  check=False, timeout=args.timeout)
         if done.returncode:
             sys.stderr.write(log.read_text()[-4000:])
             raise RuntimeError(f"raysl pretrain exited with {done.returncode}")
@@ -433,7 +439,8 @@ def measure_in_subprocess(side: str, method: str, workers: int,
     """:func:`measure` in a fresh Python process, as a user would start it."""
     command = [sys.executable, __file__, "--one", side, "--methods", method,
                "--workers", str(workers), *_shared_flags(args)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          timeout=args.timeout + 60)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_MARK):
             result: dict[str, Any] = json.loads(line[len(RESULT_MARK):])
@@ -446,7 +453,8 @@ def _shared_flags(args: argparse.Namespace) -> list[str]:
     return ["--model", args.model, "--image-size", str(args.image_size), "--folder", args.folder,
             "--data", args.data, "--images", str(args.images), "--batch", str(args.batch),
             "--epochs", str(args.epochs), "--threads", str(args.threads),
-            "--loader-workers", str(args.loader_workers), "--cache", args.cache]
+            "--loader-workers", str(args.loader_workers), "--cache", args.cache,
+            "--timeout", str(args.timeout)]
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -513,6 +521,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=C.FASHION_MNIST_DIR)
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "raysl-bench-fmnist"))
     p.add_argument("--json", default="benchmarks/throughput.json")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement")
     p.add_argument("--one", choices=SIDES, help=argparse.SUPPRESS)  # a measuring process
     return p.parse_args(argv)
 

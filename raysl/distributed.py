@@ -37,10 +37,11 @@ class _CommClock:
 
     Explicit collectives (gathers for negatives, all-reduced statistics) block on gloo, so their
     wall time is their cost. DDP's gradient all-reduce runs in the background while backward goes
-    on; :func:`timed_allreduce_hook` times each bucket from launch to completion, and because
-    buckets complete in order, counting only the part of an interval after the previous one ended
-    keeps queued buckets from being counted twice. On GPU (NCCL) collectives are asynchronous, so
-    only their launch is timed and the rest shows as compute.
+    on; :func:`timed_allreduce_hook` times each bucket from launch to completion, counting only
+    the part of an interval after the last counted one ended, so queued buckets are never counted
+    twice. Buckets mostly complete in launch order; one that overtakes another (gloo has two
+    threads) is undercounted by the gap between their launches. On GPU (NCCL) collectives are
+    asynchronous, so only their launch is timed and the rest shows as compute.
     """
 
     def __init__(self) -> None:
