@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from extraction_speed import cpu_model  # benchmarks/ is on the path of its scripts
 from torch import Tensor, nn
 
 from raysl import config as C
@@ -547,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     ratio = ratios(summary, args.methods, max(args.workers))
     Path(args.json).write_text(json.dumps(
-        {"args": vars(args), "cpu": _cpu_model(), "date": time.strftime("%Y-%m-%d"),
+        {"args": vars(args), "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"),
          "rows": rows, "summary": summary, "ratios": ratio}, indent=2))
     print(table(summary, ratio))
     return 0
@@ -566,16 +567,6 @@ def _missing(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
