@@ -507,7 +507,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", nargs="+", type=int, default=[2, 1],
                    help="raysl's train-worker counts (the other sides are one process)")
     p.add_argument("--rounds", type=int, default=2, help="times each side is measured")
-    p.add_argument("--images", type=int, default=6144)
+    p.add_argument("--images", type=int, default=4096)  # make bench: ~25 min on 2 CPUs
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--epochs", type=int, default=2, help="the last one is timed")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
