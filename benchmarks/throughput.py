@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -42,16 +43,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from extraction_speed import cpu_model  # benchmarks/ is on the path of its scripts
 from torch import Tensor, nn
 
 from raysl import config as C
+from raysl.cli import process_start
 from raysl.methods.base import Progress, SSLMethod, build_method
 from raysl.train.optim import build_optimizer
-from raysl.train.step import autocast_dtype, memory_format, train_step
+from raysl.train.step import autocast_dtype, memory_format, train_step, unwrap
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"simclr": ROOT / "pipelines/configs/demo.yaml",
@@ -225,9 +227,8 @@ def placed(views: list[Tensor], cfg: C.Config) -> list[Tensor]:
 def raysl_step(method: nn.Module, cfg: C.Config, steps_per_epoch: int
                ) -> Callable[[list[Tensor], int], None]:
     """The optimizer step raysl's train workers take (AMP on GPU as they do), without Ray."""
-    inner = cast(SSLMethod, getattr(method, "module", method))
     optimizer = build_optimizer(method, cfg.optim, cfg.optim.peak_lr(cfg.data.batch_size_global),
-                                inner.fixed_lr_parameters())
+                                unwrap(method).fixed_lr_parameters())
     amp = autocast_dtype(cfg.train.precision, device())
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     total = cfg.train.epochs * steps_per_epoch
@@ -531,10 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     """Measure every side, interleaved, each in its own process; print and save the results."""
     args = parse(argv)
     if args.one:
-        result = measure(args.one, args.methods[0], args.workers[0], args, _process_start())
+        result = measure(args.one, args.methods[0], args.workers[0], args, process_start())
         print(RESULT_MARK + json.dumps(result), flush=True)
         return 0
-    if "lightly" in args.sides and _missing("lightly"):
+    if "lightly" in args.sides and importlib.util.find_spec("lightly") is None:
         print("[bench] lightly is not installed (pip install -e '.[bench]'): its side is skipped",
               file=sys.stderr)
         args.sides = [s for s in args.sides if s != "lightly"]
@@ -552,21 +553,6 @@ def main(argv: list[str] | None = None) -> int:
          "rows": rows, "summary": summary, "ratios": ratio}, indent=2))
     print(table(summary, ratio))
     return 0
-
-
-def _process_start() -> float:
-    """When this process started (``time.time()`` scale), as ``raysl pretrain`` counts it."""
-    import ray  # noqa: F401, I001  (puts its vendored psutil on the path)
-    import psutil
-
-    started: float = psutil.Process(os.getpid()).create_time()
-    return started
-
-
-def _missing(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is None
 
 
 if __name__ == "__main__":

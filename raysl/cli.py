@@ -294,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from raysl.pretrain import pretrain  # heavy imports (Ray, MLflow) only when training
 
-    result = pretrain(cfg, launched_at=_process_start())
+    result = pretrain(cfg, launched_at=process_start())
     print(result.summary())
     return 0
 
@@ -312,7 +312,7 @@ def _credentials(args: argparse.Namespace) -> int:
     return 0
 
 
-def _process_start() -> float:
+def process_start() -> float:
     """When this process started (``time.time()`` scale): the command's start-up counts."""
     import psutil  # Ray's vendored copy
     import ray  # noqa: F401  (puts its vendored psutil on the path)
