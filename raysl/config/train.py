@@ -38,6 +38,13 @@ class TrainConfig:
     # with stop_on_collapse) are not retried (train/permanent.py). -1 = forever; 0 = never.
     max_failures: int = 2
     keep_checkpoints: int = 2
+    # Also checkpoint every N optimizer steps inside an epoch (0 = at epoch ends only): a lost
+    # worker or node then costs at most N steps, not the epoch. A resumed run continues the
+    # interrupted epoch at its step: the schedule and the epoch's number of steps are an
+    # uninterrupted run's; the epoch's remaining batches are those after the first N of a new
+    # pass over the data (Ray Data does not replay an order, so they may differ image by image).
+    # Not in sweeps: Tune's schedulers count whole epochs.
+    checkpoint_every_steps: int = 0
     # End the run (FAILED in MLflow, with the reason) when the label-free monitors see the
     # representation collapse after warm-up (eval.monitor_every); off = a warning line only.
     stop_on_collapse: bool = False
@@ -51,6 +58,8 @@ class TrainConfig:
               "must be > 0: Ray Data needs CPU beside the train workers or the job hangs")
         check(self.max_failures >= -1, "max_failures", self.max_failures, ">= -1 (-1 = forever)")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, ">= 1")
+        check(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
+              self.checkpoint_every_steps, ">= 0 optimizer steps (0 = at epoch ends only)")
         check(self.grad_accumulation >= 1, "grad_accumulation", self.grad_accumulation, ">= 1")
         # PyTorch's SyncBatchNorm refuses CPU modules ("only work with GPU modules").
         check(not self.sync_bn or self.use_gpu, "sync_bn", self.sync_bn,

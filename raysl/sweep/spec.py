@@ -82,7 +82,8 @@ SWEEP_OWNED = ("train.run_name", "train.storage_path", "tracking.", "eval.enable
                # One schedule and one resource plan per sweep: ASHA's epochs and the trials'
                # CPU/GPU budget are computed once, and every trial is judged on the same data.
                "train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
-               "train.data_cpus", "data.source.", "eval.bank.", "eval.query.", "eval.holdout")
+               "train.data_cpus", "data.source.", "eval.bank.", "eval.query.", "eval.holdout",
+               "train.checkpoint_every_steps")
 MAX_CHECKED_COMBINATIONS = 2000  # finite values are checked together up to this many configs
 
 
@@ -327,6 +328,10 @@ def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),
     if smoke and isinstance(raw_space, dict):
         raw_space = {k: ({"choice": v["grid"]} if isinstance(v, dict) and "grid" in v else v)
                      for k, v in raw_space.items() if not str(k).startswith("data.batch_size")}
+    if base.train.checkpoint_every_steps:
+        raise ConfigError("train.checkpoint_every_steps", base.train.checkpoint_every_steps,
+                          "0 in a sweep: trials checkpoint at epoch ends, the unit Tune's "
+                          "schedulers stop and resume trials in", source)
     space = parse_space(raw_space, base, source)
     _check_search(settings, space, base, source)
     return Sweep(settings, space, base, source)

@@ -9,6 +9,7 @@ the epoch measured, plus online evaluation), :func:`report` (log, checkpoint, te
 
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -95,6 +96,7 @@ class Worker:
     monitor: LabelFreeMonitor | None = None  # RankMe / LiDAR on a fixed sample (no labels)
     collapse_warned: bool = False
     start_epoch: int = 0
+    resumed_epoch_steps: int = 0  # steps of start_epoch its checkpoint had taken (mid-epoch)
     step: int = 0  # optimizer steps done, over all epochs
     split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
     started: float = field(default_factory=time.perf_counter)
@@ -239,7 +241,12 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
             state = restore(d, method, optimizer)
             _restore_extras(d, w)
         w.start_epoch, w.step = state["epoch"] + 1, state["step"]
-        w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1} (step {w.step})")
+        w.resumed_epoch_steps = state.get("epoch_steps", 0)  # a mid-epoch checkpoint's
+        within = (f", after {w.resumed_epoch_steps} of its steps" if w.resumed_epoch_steps
+                  else "")
+        w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1}{within} "
+              f"(step {w.step})")
+        w.tracker.log_metrics({"time/resumed_at_step": w.step}, step=w.start_epoch)
         if state.get("world_size", world) != world:
             w.say(f"[raysl] the checkpoint's run had {state['world_size']} worker(s), this one "
                   f"has {world}: data.batch_size_global, and so the learning-rate schedule, "
@@ -322,6 +329,15 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
         batch_size=cfg.micro_batch_size, drop_last=True, device=w.device,
         prefetch_batches=2 * accum, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
         pin_memory=w.device.type == "cuda"), accum)
+    done = w.resumed_epoch_steps if epoch == w.start_epoch else 0  # steps a checkpoint took
+    if done:  # read past them, untrained, so the epoch has an uninterrupted run's steps
+        w.say(f"[raysl] epoch {epoch + 1}: reading past the {done} step(s) of data its "
+              "checkpoint had trained on")
+        for _ in itertools.islice(batches, done):
+            pass
+        t0 = last_print = time.perf_counter()
+        comm0 = distributed.comm_seconds()
+    every = cfg.train.checkpoint_every_steps
     for micro_batches in _timed(batches, stats):
         stats.lr = warmup_cosine(w.step, w.total_steps, warmup_steps, w.peak_lr,
                                  w.peak_lr * cfg.optim.final_lr_ratio)
@@ -343,9 +359,12 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
         if len(stats.losses) == 1 and epoch == w.start_epoch:
             _first_step(w)
         w.step += 1
+        in_epoch = done + len(stats.losses)
+        if every and w.step % every == 0 and in_epoch < w.settings.steps_per_epoch:
+            checkpoint_mid_epoch(w, epoch, in_epoch, stats.losses)
         if time.perf_counter() - last_print > PROGRESS_EVERY_S:
             last_print = time.perf_counter()
-            w.say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {len(stats.losses)}/"
+            w.say(f"[raysl] epoch {epoch + 1}/{cfg.train.epochs} step {in_epoch}/"
                   f"{w.settings.steps_per_epoch} loss {result.loss:.4f}")
     if not stats.losses:
         raise RuntimeError(f"epoch {epoch + 1}: no full batch of {cfg.batch_size_per_worker} "
@@ -432,12 +451,37 @@ def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
           f"compute {100 * metrics['train/compute_fraction']:.0f}%{knn}  "
           f"ETA {duration(eta)}")
     w.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+    checkpoint_and_report(w, epoch, 0, metrics)
+
+
+def checkpoint_mid_epoch(w: Worker, epoch: int, epoch_steps: int, losses: list[float]) -> None:
+    """A checkpoint after ``epoch_steps`` steps of ``epoch`` (``train.checkpoint_every_steps``).
+
+    Reported to Ray Train at a fractional epoch with the epoch's loss so far; nothing is logged
+    to MLflow (the epoch's metrics come at its end).
+    """
+    fraction = epoch_steps / w.settings.steps_per_epoch
+    checkpoint_and_report(w, epoch - 1, epoch_steps, {
+        "epoch": epoch + fraction, "step": w.step, "train/loss": sum(losses) / len(losses)})
+
+
+def checkpoint_and_report(w: Worker, last_epoch: int, epoch_steps: int,
+                          metrics: dict[str, float]) -> None:
+    """Rank 0 writes a checkpoint; every rank reports it to Ray Train (a barrier).
+
+    Args:
+        w: the worker.
+        last_epoch: the last whole epoch done, from 0 (-1: none yet).
+        epoch_steps: steps of the next epoch done too (0 at an epoch's end).
+        metrics: what Ray Train records with the checkpoint (``epoch`` among them).
+    """
     workers = gather_worker_state(w.method)  # a collective: SwAV's per-worker queues
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if w.rank == 0:
-            state = {"epoch": epoch, "step": w.step, "config": w.cfg.public_dict(),
-                     "run_name": w.settings.run_name, "mlflow_run_id": w.settings.mlflow_run_id,
+            state = {"epoch": last_epoch, "epoch_steps": epoch_steps, "step": w.step,
+                     "config": w.cfg.public_dict(), "run_name": w.settings.run_name,
+                     "mlflow_run_id": w.settings.mlflow_run_id,
                      "world_size": distributed.world_size()}
             save_checkpoint(d, w.method, w.method.exported_encoder(), w.optimizer, state,
                             {**_extras(w), **({WORKERS_FILE: workers} if workers else {})})

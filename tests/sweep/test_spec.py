@@ -129,6 +129,10 @@ def test_fingerprint_follows_the_definition(tmp_path):
     ("space: {optim.base_lr: {choice: [0.1]}}\nscheduler: {name: pbt}\n", "scheduler.name",
      "one of"),
     ("space: {optim.base_lr: {choice: [0.1]}}\nnum_sample: 3\n", "num_sample", "unknown field"),
+    ("space: {optim.base_lr: {choice: [0.1]}}\nset: {train.checkpoint_every_steps: 50}\n",
+     "train.checkpoint_every_steps", "schedulers stop and resume trials in"),
+    ("space: {train.checkpoint_every_steps: {choice: [0, 50]}}\n",
+     "space.train.checkpoint_every_steps", "cannot be swept"),
 ])
 def test_invalid_sweeps_fail_naming_the_field(tmp_path, body, field, words):
     e = _error(tmp_path, body)
