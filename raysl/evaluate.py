@@ -57,6 +57,8 @@ class EvaluateResult:
         top, bottom = banner("raysl evaluate")
         lines = ["", top, f"model   {self.model}",
                  f"data    {self.report.split}", "", self.report.table(), ""]
+        if self.report.headline():
+            lines += [self.report.headline(), ""]
         lines += [f"note    {n}" for n in self.report.notes]
         lines += [f"MLflow  run {self.mlflow_run_id}; figures under eval/",
                   f"open    {ui_command(self.tracking_uri)}"]

@@ -134,6 +134,8 @@ class PretrainResult:
             lines.append(f"evaluation     (kNN k={self.knn_k}, T={self.knn_temperature:g}) on "
                          f"{self.eval_data}")
             lines += ["  " + row for row in self.report.table().splitlines()]
+            if self.report.headline():
+                lines.append(f"headline       {self.report.headline()}")
         lines += [f"MLflow run     {self.mlflow_run_id}  (experiment '{self.experiment}')",
                   f"model          {self.model.model_uri if self.model else '(not registered)'}"
                   + (f"  (alias {self.alias}: its first version; sweeps move it on merit)"

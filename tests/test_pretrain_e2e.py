@@ -35,7 +35,8 @@ def _shared(tmp_path: Path, epochs: int, run_name: str) -> list[str]:
             f"train.storage_path={tmp_path / 'ray_results'}", "eval.knn_k=20",
             f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=e2e",
             "tracking.registered_model=e2e-encoder", "optim.warmup_epochs=0",
-            "eval.monitor_samples=256"]  # >= the 64-d encoder and 128-d SimCLR projector
+            "eval.monitor_samples=256",  # >= the 64-d encoder and 128-d SimCLR projector
+            "eval.protocols=knn,linear"]  # the demo's fine-tuning headline only where asked
 
 
 def _config(tmp_path: Path, epochs: int, run_name: str, extra: tuple[str, ...] = ()
@@ -101,6 +102,7 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert result.online["final_epoch"] == 3 and 1 <= result.online["best_epoch"] <= 3
     assert result.online["best"] == max(m.value for m in online)
     assert "online kNN     final" in result.summary() and "linear_top1" in result.summary()
+    assert "headline       with " in result.summary() and "from scratch" in result.summary()
     # The label-free monitors every epoch, on the encoder (64-d) and SimCLR's projector (128-d).
     for key, dims in (("eval/rankme", 64), ("eval/lidar", 64), ("eval/rankme_projector", 128),
                       ("eval/lidar_projector", 128)):

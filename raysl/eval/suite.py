@@ -55,6 +55,8 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)  # settings chosen (linear lr...), one line each
     figures: dict[str, bytes] = field(default_factory=dict)  # artifact path -> PNG bytes
     texts: dict[str, str] = field(default_factory=dict)  # artifact path -> text
+    # labeled images each image-protocol job trained on, e.g. {"finetune_1pct": 100}
+    labels: dict[str, int] = field(default_factory=dict)
 
     def add(self, model: str, metric: str, value: float) -> None:
         """Record one number."""
@@ -77,6 +79,23 @@ class EvalReport:
                 f"{100 * v:>27.2f}%" if v is not None else f"{'-':>28}" for v in cells))
         return "\n".join(rows)
 
+    def headline(self) -> str:
+        """Pretraining's gain where it is made for: few labels, against training from scratch.
+
+        The fine-tuning run with the fewest labels, the pretrained encoder against the same
+        network trained from scratch on the same labels; empty without both.
+        """
+        trained, scratch = self.results.get(TRAINED, {}), self.results.get(RANDOM_INIT, {})
+        runs = sorted((n, job) for job, n in self.labels.items()
+                      if f"{job}_top1" in trained and f"{job}_top1" in scratch)
+        if not runs:
+            return ""
+        labels, job = runs[0]
+        ours, theirs = trained[f"{job}_top1"], scratch[f"{job}_top1"]
+        return (f"with {labels} labels, the pretrained encoder fine-tunes to "
+                f"{100 * ours:.2f}% top-1 and the same network from scratch to "
+                f"{100 * theirs:.2f}% ({100 * (ours - theirs):+.2f} points)")
+
     def tags(self) -> dict[str, str]:
         """Model-version tags: ``{"eval.knn_top1": "0.7616", ...}``."""
         return {k.replace("eval/", "eval."): f"{v:.4f}" for k, v in self.metrics().items()}
@@ -84,7 +103,8 @@ class EvalReport:
     def artifacts(self) -> dict[str, bytes | str]:
         """Files to log to the MLflow run: figures, tables, ``eval/results.{txt,json}``."""
         return {**self.figures, **self.texts, "eval/results.json": self.to_json(),
-                "eval/results.txt": self.table() + "\n"}
+                "eval/results.txt": "\n".join(filter(None, [self.table(), self.headline()]))
+                + "\n"}
 
     def log_to(self, client: MlflowClient, run_id: str, step: int = 0) -> None:
         """Log the metrics (at ``step``) and :meth:`artifacts` to an MLflow run."""
@@ -93,8 +113,8 @@ class EvalReport:
 
     def to_json(self) -> str:
         """Results, notes and split as JSON (the ``eval/results.json`` artifact)."""
-        return json.dumps({"split": self.split, "results": self.results, "notes": self.notes},
-                          indent=2)
+        return json.dumps({"split": self.split, "results": self.results, "notes": self.notes,
+                           "labels": self.labels}, indent=2)
 
 
 def with_baseline(cfg: Config, trained: Encoder) -> dict[str, Encoder]:
@@ -198,6 +218,7 @@ def _run_on_images(protocol: ImageProtocol, encoders: dict[str, Encoder], data: 
         train_x = ray.put(data.bank_images(job.train_indices))
         train_y = ray.put(data.bank_labels[job.train_indices])
         log(f"[raysl] {job.description}")
+        report.labels[f"{protocol.name}_{job.key}"] = len(job.train_indices)
         for name, encoder_ref in encoder_refs.items():
             pending[(name, job.key)] = task.remote(protocol, encoder_ref, train_x, train_y,
                                                    query_x, query_y, data.num_classes, job,

@@ -15,8 +15,8 @@ from raysl.eval.data import EvalData, _bank_indices
 from raysl.eval.extract import extract_features
 from raysl.eval.features import encoder_features
 from raysl.eval.models import ModelNotFoundError, load_model
-from raysl.eval.splits import LabeledSplit
-from raysl.eval.suite import PIXELS, RANDOM_INIT, TRAINED, evaluate_encoders
+from raysl.eval.splits import LabeledSplit, label_subset
+from raysl.eval.suite import PIXELS, RANDOM_INIT, TRAINED, EvalReport, evaluate_encoders
 from raysl.nn.backbones import build_encoder
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -86,6 +86,27 @@ def test_every_protocol_with_baselines_and_figures():
     assert "| disk |" in report.texts["eval/per_class_accuracy.md"]
     table = report.table()
     assert "finetune_10pct_top1" in table and "raw pixels" in table
+    labels = report.labels["finetune_10pct"]
+    assert labels == len(label_subset(split.bank_labels, 0.1, seed=0))  # the subset it trained on
+    ours, scratch = (report.results[m]["finetune_10pct_top1"] for m in (TRAINED, RANDOM_INIT))
+    assert report.headline() == (
+        f"with {labels} labels, the pretrained encoder fine-tunes to {100 * ours:.2f}% top-1 "
+        f"and the same network from scratch to {100 * scratch:.2f}% "
+        f"({100 * (ours - scratch):+.2f} points)")
+    assert report.headline() in report.artifacts()["eval/results.txt"]
+
+
+def test_the_headline_is_the_fewest_labels_against_training_from_scratch():
+    report = EvalReport("split", labels={"finetune_10pct": 600, "finetune_1pct": 60})
+    assert report.headline() == ""  # no results yet
+    for model, (one, ten) in {TRAINED: (0.7, 0.85), RANDOM_INIT: (0.6, 0.8)}.items():
+        report.add(model, "finetune_1pct_top1", one)
+        report.add(model, "finetune_10pct_top1", ten)
+    assert report.headline().startswith("with 60 labels, the pretrained encoder fine-tunes to "
+                                        "70.00% top-1 and the same network from scratch to "
+                                        "60.00% (+10.00 points)")
+    del report.results[RANDOM_INIT]  # baselines off: nothing to compare against
+    assert report.headline() == ""
 
 
 def test_unknown_models_get_a_clear_error(tmp_path):
