@@ -91,12 +91,14 @@ def run_raysl(args: argparse.Namespace, epochs: int, images: int, out: Path) -> 
         sys.stderr.write(text[-4000:])
         raise RuntimeError(f"raysl pretrain exited with {done.returncode}; log: {log}")
     found = re.search(r"^checkpoint\s+(\S+)", text, re.MULTILINE)
-    if found is None:
-        raise RuntimeError(f"no checkpoint line in the summary of {log}")
+    plan = re.search(r"(\d+) epoch\(s\) x (\d+) step\(s\) of (\d+) images", text)
+    if found is None or plan is None:
+        raise RuntimeError(f"no checkpoint or training line in {log}")
     client = mlflow.MlflowClient(store)
     (run,) = client.search_runs([client.get_experiment_by_name("accuracy").experiment_id])
     metrics = run.data.metrics
-    return {"wall_s": wall, "epochs": epochs, "images_seen": epochs * images,
+    seen = math.prod(int(n) for n in plan.groups())  # whole batches: drop_last
+    return {"wall_s": wall, "epochs": epochs, "images_seen": seen,
             "images_per_s": metrics["train/images_per_s"],
             "first_step_s": metrics["time/first_step_s"], "checkpoint": found.group(1)}
 

@@ -16,7 +16,7 @@ VIT_HEAD_DIM = 64
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The encoder that is pretrained and exported: a ResNet (torchvision) or a ViT."""
+    """The encoder that is pretrained and exported: a ResNet (torchvision's layout) or a ViT."""
 
     backbone: Backbone = "resnet18"
     # ResNet: channels of the first stage (64 = torchvision's; 16 runs on a laptop).

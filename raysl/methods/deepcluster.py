@@ -145,6 +145,10 @@ class DeepCluster(SSLMethod):
         due = data.epoch % self.cfg.recluster_every == 0
         if int(self.assigned_epoch) >= 0 and not due:
             return EpochStart()  # a resumed run keeps the checkpoint's assignment too
+        if int(self.assigned_epoch) == data.epoch:
+            # Resumed inside this epoch (train.checkpoint_every_steps): its clustering is done,
+            # and the classifier has trained on it since; clustering again would undo both.
+            return EpochStart()
         started = time.perf_counter()
         features, index, labels = self._extract(data)
         try:

@@ -153,7 +153,7 @@ def log_and_register(encoder: Encoder, cfg: Config, run_id: str, uri: str,
                 artifacts={"weights": str(weights), "config": str(config)},
                 code_paths=[str(RAYSL_PACKAGE)], signature=input_signature(encoder),
                 input_example=example, registered_model_name=model_name,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "torchvision",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
                                   "numpy", "pandas", "pillow", "pyyaml", "pyarrow"])
     if model_name is None:
         return None

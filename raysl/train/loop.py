@@ -242,6 +242,8 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
             _restore_extras(d, w)
         w.start_epoch, w.step = state["epoch"] + 1, state["step"]
         w.resumed_epoch_steps = state.get("epoch_steps", 0)  # a mid-epoch checkpoint's
+        if w.resumed_epoch_steps >= s.steps_per_epoch:  # data or batch changed since: it holds
+            w.start_epoch, w.resumed_epoch_steps = w.start_epoch + 1, 0  # this run's whole epoch
         within = (f", after {w.resumed_epoch_steps} of its steps" if w.resumed_epoch_steps
                   else "")
         w.say(f"[raysl] resuming {s.run_name} at epoch {w.start_epoch + 1}{within} "

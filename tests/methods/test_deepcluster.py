@@ -144,6 +144,21 @@ def test_assignment_survives_a_resume(tmp_path):
     assert int(resumed.assigned_epoch) == 2
 
 
+def test_a_resume_inside_an_epoch_keeps_that_epochs_clusters_and_classifier():
+    # A checkpoint inside epoch 0 (train.checkpoint_every_steps) holds epoch 0's assignment; the
+    # resumed epoch 0 is due to cluster but must not: the classifier has trained on it since.
+    method = built()
+    method.on_epoch_start(EpochData(0, toy_set(tiny_config("deepcluster")), seed=1))
+    assignment, classifier = method.assignment.clone(), method.classifier.weight.clone()
+
+    def untouchable():
+        raise AssertionError("epoch 0 was clustered: the images must not be read again")
+    start = method.on_epoch_start(EpochData(0, untouchable, seed=1))
+    assert start.logs == {} and start.reset == []  # no optimizer state dropped
+    assert torch.equal(method.assignment, assignment)
+    assert torch.equal(method.classifier.weight, classifier)
+
+
 def test_an_image_without_a_pseudo_label_adds_no_loss():
     cfg = tiny_config("deepcluster")
     method = built()
