@@ -325,8 +325,6 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
     cfg, stats = w.cfg, EpochStats()
     accum, num_views = cfg.train.grad_accumulation, len(cfg.view_sizes)
     warmup_steps = round(cfg.optim.warmup_epochs * w.settings.steps_per_epoch)
-    t0 = last_print = time.perf_counter()
-    comm0 = distributed.comm_seconds()
     batches = _grouped(shard.iter_torch_batches(
         batch_size=cfg.micro_batch_size, drop_last=True, device=w.device,
         prefetch_batches=2 * accum, local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
@@ -337,8 +335,8 @@ def train_epoch(w: Worker, epoch: int, shard: Any) -> EpochStats:
               "checkpoint had trained on")
         for _ in itertools.islice(batches, done):
             pass
-        t0 = last_print = time.perf_counter()
-        comm0 = distributed.comm_seconds()
+    t0 = last_print = time.perf_counter()  # the epoch's clock starts after any skipped data
+    comm0 = distributed.comm_seconds()
     every = cfg.train.checkpoint_every_steps
     for micro_batches in _timed(batches, stats):
         stats.lr = warmup_cosine(w.step, w.total_steps, warmup_steps, w.peak_lr,
