@@ -1,4 +1,5 @@
-"""A 4-node Ray cluster on this machine, a real pretraining run on it, and where everything ran.
+"""A 4-node Ray cluster on this machine, a real pretraining run on it that loses two nodes, and
+where everything ran.
 
 Run by ``tests/test_multinode.py`` in its own process: a driver can join only one Ray cluster,
 and the test session already has one. The nodes are separate raylets started by
@@ -9,16 +10,25 @@ CPU node types:
     train    2 CPU, train_node: 1       (the GPU nodes of cluster.yaml)
     data x2  1 CPU each, data_node: 1   (the CPU-only data nodes)
 
+The run is elastic (2 workers, at least 1) and checkpoints every 2 steps. Once a checkpoint is
+committed, a smaller train node (1 CPU: room for one worker) joins, as a replacement spot node
+would, and the train node and one data node are SIGKILLed, every process of them. Ray Train
+restarts the group from that checkpoint with the one worker that fits, and the run finishes.
+
 Usage: python tests/multinode_harness.py WORKDIR -- prints one JSON line last: the run's summary
-fields, the node id of each node type, and the node ids of the train workers and of the
-augmentation tasks (from Ray's state API).
+fields, the node id of each node type, the node ids of the train workers and of the
+augmentation tasks (from Ray's state API), and when the nodes were lost.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
@@ -28,43 +38,94 @@ from raysl import cli
 from raysl.train.trainer import DATA_MARKER, TRAIN_MARKER
 
 MIB = 2**20
+RUN = "multinode"
+DEADLINE_S = 240.0
 
 
-def start_cluster() -> tuple[Cluster, dict[str, list[str]]]:
-    """The cluster and the node ids of each node type ("head", "train", "data")."""
+def start_cluster() -> tuple[Cluster, dict[str, list[Any]]]:
+    """The cluster and the nodes of each node type ("head", "train", "data")."""
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_port": 0,
-        "object_store_memory": 200 * MIB})
-    ids = {"head": [cluster.head_node.node_id], "train": [], "data": []}
-    ids["train"].append(cluster.add_node(num_cpus=2, resources={TRAIN_MARKER: 1},
-                                         object_store_memory=200 * MIB).node_id)
+        "object_store_memory": 200 * MIB,
+        # A killed node is marked dead after 3 missed 1-s health checks, not Ray's default 5 of
+        # 3 s: until then its CPUs still look free and the restart waits for them in vain.
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
+    nodes: dict[str, list[Any]] = {"head": [cluster.head_node], "train": [], "data": []}
+    nodes["train"].append(cluster.add_node(num_cpus=2, resources={TRAIN_MARKER: 1},
+                                           object_store_memory=200 * MIB))
     for _ in range(2):
-        ids["data"].append(cluster.add_node(num_cpus=1, resources={DATA_MARKER: 1},
-                                            object_store_memory=200 * MIB).node_id)
+        nodes["data"].append(cluster.add_node(num_cpus=1, resources={DATA_MARKER: 1},
+                                              object_store_memory=200 * MIB))
     cluster.wait_for_nodes()
-    return cluster, ids
+    return cluster, nodes
+
+
+def committed_epoch(run_dir: Path) -> float:
+    """The epoch of the run's last checkpoint that Ray Train committed (0 if none).
+
+    Fractional for a checkpoint inside an epoch: 0.25 = a quarter into epoch 1.
+    """
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        return float(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def lose_nodes_after_a_checkpoint(cluster: Cluster, nodes: dict[str, list[Any]], run_dir: Path,
+                                  run: threading.Thread) -> dict[str, Any]:
+    """Once a checkpoint is committed: a 1-CPU train node joins, the train node and the second
+    data node are killed (every process, no graceful shutdown). Runs on the main thread: Ray
+    starts a node's processes with signal handlers only the main thread may set."""
+    start = time.monotonic()
+    while time.monotonic() - start < DEADLINE_S and run.is_alive():
+        if (epoch := committed_epoch(run_dir)) > 0:
+            spare = cluster.add_node(num_cpus=1, resources={TRAIN_MARKER: 1},
+                                     object_store_memory=200 * MIB)
+            cluster.wait_for_nodes()
+            lost = {"epoch": epoch, "at": time.monotonic() - start, "spare": spare.node_id,
+                    "train": nodes["train"][0].node_id, "data": nodes["data"][1].node_id}
+            cluster.remove_node(nodes["train"][0], allow_graceful=False)
+            cluster.remove_node(nodes["data"][1], allow_graceful=False)
+            return lost
+        time.sleep(0.2)
+    return {}
 
 
 def main(workdir: Path) -> int:
-    cluster, ids = start_cluster()
+    # Ray Data's resource coordinator, which an elastic run asks what fits, refreshes its view of
+    # the nodes every 20 s: the first restart can still count the killed node and wait for it
+    # until the worker group's start times out (60 s by default; 20 s here, in every process
+    # of the cluster, which inherit this environment).
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"
+    cluster, nodes = start_cluster()
+    ray.init(address=cluster.address)  # here: the run's thread then finds Ray connected
+    exit_code: list[int] = []
+    run = threading.Thread(target=lambda: exit_code.append(cli.main([
+        "pretrain", "--smoke-test",
+        "--set", "train.num_workers=2", "--set", "train.min_workers=1",
+        "--set", "train.epochs=2", "--set", "train.checkpoint_every_steps=2",
+        "--set", f"train.run_name={RUN}",
+        "--set", "data.source.limit=512",
+        "--set", "data.augment_batch_size=32",  # several augmentation tasks to place
+        "--set", f"train.storage_path={workdir / 'ray_results'}",
+        "--set", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
+        "--set", "eval.enabled=false",  # evaluation is the same on one node or four
+        "--set", "eval.monitor_every=0",  # so are the label-free monitors
+    ])), daemon=True)
+    run.start()
     try:
-        code = cli.main([
-            "pretrain", "--smoke-test",
-            "--set", f"train.address={cluster.address}",
-            "--set", "train.num_workers=2", "--set", "data.source.limit=512",
-            "--set", "data.augment_batch_size=32",  # several augmentation tasks to place
-            "--set", f"train.storage_path={workdir / 'ray_results'}",
-            "--set", f"tracking.tracking_uri=sqlite:///{workdir / 'mlflow.db'}",
-            "--set", "eval.enabled=false",  # evaluation is the same on one node or four
-            "--set", "eval.monitor_every=0",  # so are the label-free monitors
-        ])
+        lost = lose_nodes_after_a_checkpoint(cluster, nodes, workdir / "ray_results" / RUN, run)
+        run.join(timeout=DEADLINE_S)
+        code = exit_code[0] if exit_code else -1
         # The address: auto-detection refuses when another Ray runs here (the test session's).
         workers = list_actors(address=cluster.address, detail=True, limit=1000,
                               filters=[("class_name", "=", "RayTrainWorker")])
         tasks = [t for t in list_tasks(address=cluster.address, detail=True, limit=10000)
                  if "augment_batch" in t.name and t.node_id]
         print(json.dumps({
-            "exit_code": code, "nodes": ids,
+            "exit_code": code, "lost": lost,
+            "nodes": {kind: [n.node_id for n in group] for kind, group in nodes.items()},
             "worker_nodes": [a.node_id for a in workers],
             "augment_task_nodes": [t.node_id for t in tasks],
             "augment_task_names": sorted({t.name for t in tasks}),

@@ -40,6 +40,7 @@ def test_yaml_and_set_overrides(tmp_path: Path):
     ("method.temperature=0", "method.temperature", "must be > 0"),
     ("data.batch_size_global=255", "data.batch_size_global", "divisible by train.num_workers"),
     ("train.run_name=a/b", "train.run_name", "letters, digits"),
+    ("train.min_workers=3", "train.min_workers", "1..train.num_workers=2"),
 ])
 def test_errors_name_field_value_and_expectation(override, field, fragment):
     with pytest.raises(ConfigError) as info:
@@ -48,6 +49,22 @@ def test_errors_name_field_value_and_expectation(override, field, fragment):
     assert err.field == field
     assert fragment in str(err)
     assert field in str(err) and repr(err.value) in str(err)
+
+
+def test_an_elastic_run_keeps_its_global_batch_at_every_worker_count():
+    cfg = C.load(None, ["train.num_workers=4", "train.min_workers=2", "data.batch_size_global=96"])
+    assert cfg.train.elastic and list(cfg.train.worker_counts) == [2, 3, 4]
+    assert cfg.batch_size_per_worker == 24
+    shrunk = cfg.with_workers(3)
+    assert shrunk.batch_size_per_worker == 32 and shrunk.data == cfg.data
+    assert shrunk.train.num_workers == 3 and not shrunk.train.elastic
+    assert cfg.with_workers(4) is cfg
+    assert not C.load(None, ["train.min_workers=2"]).train.elastic  # = num_workers: fixed
+    # 3 workers cannot split 64 images equally: refused before anything starts.
+    with pytest.raises(ConfigError, match=r"every worker count .*min_workers=2 to "
+                                          r"train.num_workers=4.*3 x 1 is not") as info:
+        C.load(None, ["train.num_workers=4", "train.min_workers=2", "data.batch_size_global=64"])
+    assert info.value.field == "data.batch_size_global"
 
 
 def test_error_names_the_yaml_file(tmp_path: Path):

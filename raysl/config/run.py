@@ -62,11 +62,20 @@ class Config:
         if not self.data.source.is_set:
             raise ConfigError("data.source.path", self.data.source.path,
                               "must name a file or directory unless format is 'generated'")
-        b, w, a = self.data.batch_size_global, self.train.num_workers, self.train.grad_accumulation
-        if b % (w * a):
+        b, a = self.data.batch_size_global, self.train.grad_accumulation
+        for w in self.train.worker_counts:
+            if b % (w * a) == 0:
+                continue
+            if w == self.train.num_workers:
+                raise ConfigError("data.batch_size_global", b,
+                                  f"must be divisible by train.num_workers x "
+                                  f"train.grad_accumulation = {w} x {a} (equal micro-batches on "
+                                  "every worker)")
             raise ConfigError("data.batch_size_global", b,
-                              f"must be divisible by train.num_workers x train.grad_accumulation"
-                              f" = {w} x {a} (equal micro-batches on every worker)")
+                              f"must be divisible by every worker count of the elastic run "
+                              f"(train.min_workers={self.train.min_workers} to "
+                              f"train.num_workers={self.train.num_workers}) x "
+                              f"train.grad_accumulation; {w} x {a} is not")
         if self.model.is_vit:
             p = self.model.effective_patch_size
             local = self.data.views.local_crops
@@ -75,6 +84,16 @@ class Config:
                 if size % p and (local or name == "data.image_size"):
                     raise ConfigError(name, size, f"must be a multiple of the ViT patch size "
                                                   f"model.patch_size={p}")
+
+    def with_workers(self, workers: int) -> Config:
+        """This config for a worker group of ``workers`` (an elastic run's current size).
+
+        The global batch stays: each worker's share of it follows the group's size.
+        """
+        if workers == self.train.num_workers:
+            return self
+        train = dataclasses.replace(self.train, num_workers=workers, min_workers=0)
+        return dataclasses.replace(self, train=train)
 
     @property
     def batch_size_per_worker(self) -> int:

@@ -16,6 +16,12 @@ class TrainConfig:
 
     epochs: int = 100
     num_workers: int = 2  # Ray Train workers (one per GPU on a GPU cluster)
+    # Elastic worker count (spot or preemptible nodes): 0 = always num_workers. With
+    # 1 <= min_workers < num_workers, training starts as soon as min_workers fit, a restart after
+    # a lost node goes on with the workers that still fit (never fewer than min_workers), and
+    # the group grows back to num_workers when nodes return (Ray Train checks every 60 s). The
+    # global batch, and so the schedule, stay the same: each worker takes a larger share.
+    min_workers: int = 0
     use_gpu: bool = False
     cpus_per_worker: float = 0.0  # 0 = auto: share the CPUs left after reserving some for Ray Data
     data_cpus: float = 1.0  # logical CPUs kept free for Ray Data beside the train workers
@@ -50,9 +56,26 @@ class TrainConfig:
     stop_on_collapse: bool = False
     address: str = ""  # Ray cluster to use; empty = RAY_ADDRESS if set, else start a local one
 
+    @property
+    def elastic(self) -> bool:
+        """Whether the worker count may change during the run (``min_workers < num_workers``)."""
+        return 0 < self.min_workers < self.num_workers
+
+    @property
+    def fewest_workers(self) -> int:
+        """The fewest workers this run trains with."""
+        return self.min_workers if self.elastic else self.num_workers
+
+    @property
+    def worker_counts(self) -> range:
+        """Every number of workers this run may train with."""
+        return range(self.fewest_workers, self.num_workers + 1)
+
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         check(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        check(0 <= self.min_workers <= self.num_workers, "min_workers", self.min_workers,
+              f"0 (not elastic) or 1..train.num_workers={self.num_workers}")
         check(self.cpus_per_worker >= 0, "cpus_per_worker", self.cpus_per_worker, ">= 0 (0 = auto)")
         check(self.data_cpus > 0, "data_cpus", self.data_cpus,
               "must be > 0: Ray Data needs CPU beside the train workers or the job hangs")

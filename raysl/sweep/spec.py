@@ -83,7 +83,7 @@ SWEEP_OWNED = ("train.run_name", "train.storage_path", "tracking.", "eval.enable
                # CPU/GPU budget are computed once, and every trial is judged on the same data.
                "train.epochs", "train.num_workers", "train.use_gpu", "train.cpus_per_worker",
                "train.data_cpus", "data.source.", "eval.bank.", "eval.query.", "eval.holdout",
-               "train.checkpoint_every_steps")
+               "train.checkpoint_every_steps", "train.min_workers")
 MAX_CHECKED_COMBINATIONS = 2000  # finite values are checked together up to this many configs
 
 
@@ -332,6 +332,10 @@ def load_sweep(path: str | os.PathLike[str], overrides: Sequence[str] = (),
         raise ConfigError("train.checkpoint_every_steps", base.train.checkpoint_every_steps,
                           "0 in a sweep: trials checkpoint at epoch ends, the unit Tune's "
                           "schedulers stop and resume trials in", source)
+    if base.train.elastic:
+        raise ConfigError("train.min_workers", base.train.min_workers,
+                          "0 in a sweep: each trial holds a fixed share of the cluster, so its "
+                          "worker count cannot grow or shrink", source)
     space = parse_space(raw_space, base, source)
     _check_search(settings, space, base, source)
     return Sweep(settings, space, base, source)

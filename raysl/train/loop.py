@@ -171,7 +171,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
     """:func:`train_loop_per_worker` itself."""
-    w = set_up(Config.from_dict(loop_config["config"]), settings,
+    # An elastic run's group may be smaller than train.num_workers: the same global batch,
+    # shared by the workers there are.
+    cfg = Config.from_dict(loop_config["config"])
+    w = set_up(cfg.with_workers(ray.train.get_context().get_world_size()), settings,
                loop_config.get("eval_split"), loop_config.get("monitor_sample"))
     shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
     whole = ray.train.get_dataset_shard(WHOLE_IMAGES) if w.method.reads_training_set else None
@@ -406,6 +409,7 @@ def epoch_metrics(w: Worker, epoch: int, stats: EpochStats
                "train/images_per_s": len(stats.losses) * w.batch_global / stats.seconds,
                "train/epoch_s": stats.seconds, **stats.breakdown(),
                "train/step_s": stats.seconds / len(stats.losses),
+               "train/workers": w.world,  # an elastic run's group size may change
                **{f"train/{k}": sum(v) / len(v) for k, v in stats.extras.items()},
                "epoch": epoch + 1}
     if cfg.optim.weight_decay_schedule != "constant":

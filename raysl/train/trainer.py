@@ -75,7 +75,9 @@ class ResourcePlan:
         gpu = f" + {self.gpus_per_worker} GPU" if self.gpus_per_worker else ""
         on_train = f" on the {self.train_marker} nodes" if self.train_marker else ""
         on_data = f" on the {self.data_marker} nodes" if self.data_marker else ""
-        return (f"{cfg.train.num_workers} train worker(s) x {self.cpus_per_worker:g} CPU{gpu} "
+        workers = (f"{cfg.train.min_workers}-{cfg.train.num_workers} (elastic)"
+                   if cfg.train.elastic else str(cfg.train.num_workers))
+        return (f"{workers} train worker(s) x {self.cpus_per_worker:g} CPU{gpu} "
                 f"({self.threads_per_worker} thread(s) each){on_train}; Ray Data: up to "
                 f"{self.augment_tasks} augmentation task(s) x {cfg.data.augment_cpus:g} CPU"
                 f"{on_data}")
@@ -107,7 +109,7 @@ def plan_resources(cfg: Config, nodes: Sequence[Node]) -> ResourcePlan:
     data_marker = DATA_MARKER if train_marker and data_nodes else ""
     pool_cpus, pool_gpus = sum(n.cpus for n in pool), sum(n.gpus for n in pool)
     where = f" on the {len(pool)} {train_marker} node(s)" if train_marker else ""
-    if t.use_gpu and pool_gpus < t.num_workers:
+    if t.use_gpu and pool_gpus < t.fewest_workers:
         raise ConfigError("train.num_workers", t.num_workers,
                           f"needs one GPU per worker with train.use_gpu=true; the cluster has "
                           f"{pool_gpus:g} GPU(s){where}")
@@ -121,9 +123,10 @@ def plan_resources(cfg: Config, nodes: Sequence[Node]) -> ResourcePlan:
                           f"must be <= {data_field} ({data_cpus:g} CPUs kept for Ray Data"
                           f"{', per node' if data_marker else ''})")
     available = pool_cpus - reserve
+    # An elastic run plans each worker's share for num_workers and needs min_workers to fit.
     cpus = t.cpus_per_worker or available / t.num_workers
     # Keep 0.01 CPU of slack: logical CPUs are floats and exact fits fail on rounding.
-    if cpus <= 0 or cpus * t.num_workers > available + 1e-9:
+    if cpus <= 0 or cpus * t.fewest_workers > available + 1e-9:
         kept = f", train.data_cpus={t.data_cpus:g} are kept for Ray Data" if reserve else ""
         raise ConfigError("train.num_workers", t.num_workers,
                           f"cannot be scheduled: the cluster has {pool_cpus:g} CPU(s){where}"
@@ -159,18 +162,18 @@ def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[Node]) -> float:
     """
     t = cfg.train
     gpus = 1 if t.use_gpu else 0
-    if _workers_fitting(cpus, gpus, nodes) >= t.num_workers:
+    if _workers_fitting(cpus, gpus, nodes) >= t.fewest_workers:
         return cpus
     candidates = sorted({math.floor(n.cpus / k * 100) / 100 for n in nodes
                          if n.cpus and (n.gpus or not gpus)
                          for k in range(1, t.num_workers + 1)}, reverse=True)
     fits = [c for c in candidates if 0 < c <= cpus
-            and _workers_fitting(c, gpus, nodes) >= t.num_workers]
+            and _workers_fitting(c, gpus, nodes) >= t.fewest_workers]
     described = ", ".join(n.describe() for n in nodes)
     if t.cpus_per_worker or not fits:
         raise ConfigError("train.cpus_per_worker" if t.cpus_per_worker else "train.num_workers",
                           t.cpus_per_worker or t.num_workers,
-                          f"cannot be scheduled: {t.num_workers} worker(s) of {cpus:g} CPU"
+                          f"cannot be scheduled: {t.fewest_workers} worker(s) of {cpus:g} CPU"
                           f"{' + 1 GPU' if gpus else ''} each do not fit on the nodes "
                           f"({described}); a worker runs on one node"
                           + (f". At most {fits[0]:g} CPU each would fit" if fits else ""))
@@ -285,6 +288,12 @@ def torch_backend(cfg: Config) -> str:
     return "nccl" if cfg.train.use_gpu else "gloo"
 
 
+def worker_count(cfg: Config) -> int | tuple[int, int]:
+    """``ScalingConfig.num_workers``: a number, or (min, max) for an elastic run."""
+    t = cfg.train
+    return (t.min_workers, t.num_workers) if t.elastic else t.num_workers
+
+
 def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   settings: LoopSettings, storage_path: str,
                   eval_split: ray.ObjectRef[Any] | None = None,
@@ -309,7 +318,8 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
         train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings),
                            "eval_split": eval_split, "monitor_sample": monitor_sample},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers,
+        # (Train V2's ScalingConfig takes (min, max); mypy resolves the name to the V1 class)
+        scaling_config=ray.train.ScalingConfig(num_workers=worker_count(cfg),  # type: ignore[arg-type]
                                                use_gpu=cfg.train.use_gpu,
                                                resources_per_worker=plan.worker_resources()),
         run_config=ray.train.RunConfig(

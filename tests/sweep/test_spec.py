@@ -133,6 +133,8 @@ def test_fingerprint_follows_the_definition(tmp_path):
      "train.checkpoint_every_steps", "schedulers stop and resume trials in"),
     ("space: {train.checkpoint_every_steps: {choice: [0, 50]}}\n",
      "space.train.checkpoint_every_steps", "cannot be swept"),
+    ("space: {optim.base_lr: {choice: [0.1]}}\nset: {train.min_workers: 1}\n",
+     "train.min_workers", "fixed share of the cluster"),
 ])
 def test_invalid_sweeps_fail_naming_the_field(tmp_path, body, field, words):
     e = _error(tmp_path, body)

@@ -35,6 +35,7 @@ from raysl.train.trainer import (
     Node,
     plan_resources,
     torch_backend,
+    worker_count,
 )
 
 TINY = ["model.width=8", "model.small_stem=true", "data.channels=1", "data.image_size=16"]
@@ -228,6 +229,23 @@ def test_requests_that_fit_no_node_fail_before_starting(overrides, nodes, field,
     with pytest.raises(ConfigError, match=message) as info:
         plan_resources(cfg, nodes)
     assert info.value.field == field
+
+
+def test_an_elastic_run_starts_when_its_fewest_workers_fit():
+    # Spot GPU nodes: 2 of the 4 GPUs are up. A fixed run of 4 cannot start; an elastic one
+    # (min_workers=2) starts with the 2 that fit, at the share planned for 4.
+    fixed = C.load(None, ["train.num_workers=4", "train.use_gpu=true"])
+    with pytest.raises(ConfigError, match=r"the cluster has 2 GPU\(s\)"):
+        plan_resources(fixed, [Node(16.0, 2.0)])
+    elastic = C.load(None, ["train.num_workers=4", "train.min_workers=2", "train.use_gpu=true",
+                            "data.batch_size_global=240"])
+    plan = plan_resources(elastic, [Node(16.0, 2.0)])
+    assert plan.cpus_per_worker == 3.75 and worker_count(elastic) == (2, 4)
+    assert worker_count(fixed) == 4 and "2-4 (elastic) train worker(s)" in plan.describe(elastic)
+    with pytest.raises(ConfigError, match=r"2 worker\(s\) of 5 CPU each do not fit"):
+        plan_resources(C.load(None, ["train.num_workers=4", "train.min_workers=2",
+                                     "train.cpus_per_worker=5", "data.batch_size_global=240"]),
+                       [Node(4.0), Node(4.0), Node(4.0)])
 
 
 HEAD = Node(0.0, host="10.0.0.1")
