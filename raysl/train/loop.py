@@ -184,7 +184,7 @@ def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
             start = begin_epoch(w, epoch, whole)
             stats = train_epoch(w, epoch, shard)
             metrics, collapses = epoch_metrics(w, epoch, stats)
-            report(w, epoch, {**metrics, **start.logs})
+            report(w, epoch, metrics, start.logs)
             react_to_collapse(w, epoch, collapses)
         finished = True
     finally:
@@ -311,6 +311,9 @@ def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:
         w.optimizer.state.pop(parameter, None)
     if start.summary:
         w.say(f"[raysl] epoch {epoch + 1}/{w.cfg.train.epochs}: {start.summary}")
+    # Logged now, not with the epoch's end: a run resumed inside this epoch does not redo it.
+    if start.logs:
+        w.tracker.log_metrics(start.logs, step=epoch + 1)
     if start.histograms and w.rank == 0:
         w.tracker.log_files({
             f"clusters/{name}_epoch_{epoch + 1:03d}.png": sizes_png(
@@ -435,10 +438,13 @@ def _due(epoch: int, every: int, last: bool) -> bool:
     return bool(every) and ((epoch + 1) % every == 0 or last)
 
 
-def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
+def report(w: Worker, epoch: int, metrics: dict[str, float],
+           at_start: dict[str, float] | None = None) -> None:
     """Print the epoch line, log to MLflow, checkpoint, and report to Ray Train.
 
     Rank 0 writes the checkpoint; every rank calls ``ray.train.report`` (it is a barrier).
+    ``at_start`` are the epoch's start-of-epoch metrics (:func:`begin_epoch` logged them to
+    MLflow already): reported to Ray Train with the rest.
     """
     epochs = w.cfg.train.epochs
     eta = (time.perf_counter() - w.started) / (epoch + 1 - w.start_epoch) * (epochs - epoch - 1)
@@ -455,7 +461,7 @@ def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
           f"compute {100 * metrics['train/compute_fraction']:.0f}%{knn}  "
           f"ETA {duration(eta)}")
     w.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-    checkpoint_and_report(w, epoch, 0, metrics)
+    checkpoint_and_report(w, epoch, 0, {**metrics, **(at_start or {})})
 
 
 def checkpoint_mid_epoch(w: Worker, epoch: int, epoch_steps: int, losses: list[float]) -> None:
