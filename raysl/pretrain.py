@@ -51,6 +51,7 @@ from raysl.tracking.mlflow import (
     log_params_once,
     resolve_tracking_uri,
     ui_command,
+    wait_until_reachable,
 )
 from raysl.tracking.registry import (
     RegisteredEncoder,
@@ -214,6 +215,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
         source = _read_training_data(run)
         split = _eval_data(run, source) if cfg.eval.enabled or cfg.eval.online else None
         checkpoint = _train(run, source, split)
+        wait_until_reachable(client, run_id, cfg.tracking.flush_timeout_s, log)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
             load_strict(encoder, Path(d) / ENCODER_FILE)
@@ -226,6 +228,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
             _evaluate(run, encoder, split)
         if cfg.tracking.register:
             result.model = _register(run, encoder)
+        wait_until_reachable(client, run_id, cfg.tracking.flush_timeout_s, log)
     except BaseException as e:
         _mark_failed(client, run_id, e, log)
         raise

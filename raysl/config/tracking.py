@@ -18,7 +18,8 @@ class TrackingConfig:
     registered_model: str = ""  # empty = raysl-<method>-<backbone>
     register: bool = True
     # Training logs through a buffer that outlasts a tracking-server outage; at the end of
-    # training, how long to wait for an unreachable server to take what it missed.
+    # training, how long to wait for an unreachable server to take what it missed (and the
+    # driver, before its last calls: evaluation, registration, the run's status).
     flush_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:

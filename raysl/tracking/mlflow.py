@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,81 @@ def worth_retrying(error: Exception) -> bool:
     return isinstance(error, OSError | TimeoutError | ConnectionError)
 
 
+@dataclass(frozen=True)
+class TrackingCall:
+    """One queued tracking call, as data: a checkpoint can keep it and a new process send it.
+
+    Sent again, it is the same request: MLflow ignores a metric logged again with the same key,
+    value, timestamp and step; a tag or file set again to the same value changes nothing.
+    """
+
+    metrics: tuple[tuple[str, float, int, int], ...] = ()  # (key, value, timestamp ms, step)
+    tags: tuple[tuple[str, str], ...] = ()
+    files: tuple[tuple[str, bytes | str], ...] = ()  # (artifact path, content)
+
+    def send(self, client: MlflowClient, run_id: str) -> None:
+        """Log it into run ``run_id``; raises what the client raises."""
+        if self.metrics or self.tags:
+            client.log_batch(run_id, metrics=[Metric(*m) for m in self.metrics],
+                             tags=[RunTag(*t) for t in self.tags])
+        if self.files:
+            log_blobs(client, run_id, dict(self.files))
+
+    def state(self) -> dict[str, list[list[Any]]]:
+        """Plain lists (a checkpoint loads them with ``weights_only=True``)."""
+        return {"metrics": [list(m) for m in self.metrics], "tags": [list(t) for t in self.tags],
+                "files": [list(f) for f in self.files]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, list[list[Any]]]) -> TrackingCall:
+        """The call :meth:`state` describes."""
+        return cls(tuple((str(k), float(v), int(t), int(s)) for k, v, t, s in state["metrics"]),
+                   tuple((str(k), str(v)) for k, v in state["tags"]),
+                   tuple((str(p), c) for p, c in state["files"]))
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server did not answer within the time allowed."""
+
+
+def wait_until_reachable(client: MlflowClient, run_id: str, timeout_s: float,
+                         log: Callable[[str], None], poll_s: float = 2.0) -> None:
+    """Return once the tracking server answers a read of run ``run_id``.
+
+    The driver's last calls (evaluation, the encoder's registration, the run's status) are not
+    buffered like training's: after training, a run whose server is away waits here for it
+    rather than failing with the encoder trained. Each try is MLflow's own call, with its own
+    retries.
+
+    Raises:
+        TrackingUnavailableError: no answer for ``timeout_s`` seconds.
+        MlflowException: the server answered no (e.g. the run was deleted).
+    """
+    deadline, down_since = time.monotonic() + timeout_s, 0.0
+    while True:
+        try:
+            client.get_run(run_id)
+        except Exception as e:
+            if not worth_retrying(e):
+                raise
+            if not down_since:
+                down_since = time.monotonic()
+                log(f"[raysl] WARNING: the tracking server is unreachable ({type(e).__name__}); "
+                    f"waiting up to {timeout_s:.0f}s (tracking.flush_timeout_s) for it to finish "
+                    "the run")
+            if time.monotonic() >= deadline:
+                raise TrackingUnavailableError(
+                    f"the tracking server {redact(client.tracking_uri)} did not answer for "
+                    f"{time.monotonic() - down_since:.0f}s (tracking.flush_timeout_s="
+                    f"{timeout_s:g}); the run's checkpoints are kept: run the same command "
+                    "again once it is back") from None
+            time.sleep(poll_s)
+            continue
+        if down_since:
+            log(f"[raysl] the tracking server is back after {time.monotonic() - down_since:.0f}s")
+        return
+
+
 class BufferedTracker(Tracker):
     """A :class:`Tracker` whose calls return at once; a thread sends them, in order, retrying.
 
@@ -176,7 +252,8 @@ class BufferedTracker(Tracker):
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self.failed_sends = 0  # sends that failed and were retried, over the whole run
         self.dropped = 0  # calls the server refused for good (e.g. a deleted run)
-        self._queue: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._queue: queue.Queue[TrackingCall] = queue.Queue()
+        self._sending: TrackingCall | None = None  # taken from the queue, not yet through
         self._thread = threading.Thread(target=self._send_forever, daemon=True,
                                         name="raysl-tracker")
         if self.client is not None:
@@ -184,22 +261,29 @@ class BufferedTracker(Tracker):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queue ``{"train/loss": 4.1, ...}`` at ``step``, stamped now."""
-        if self.client is None:
-            return
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._put(lambda c: c.log_batch(self.run_id, metrics=batch))
+        self._put(TrackingCall(metrics=tuple((k, float(v), now, step)
+                                             for k, v in metrics.items())))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Queue run tags."""
-        if self.client is not None:
-            batch = [RunTag(k, v) for k, v in tags.items()]
-            self._put(lambda c: c.log_batch(self.run_id, tags=batch))
+        self._put(TrackingCall(tags=tuple(tags.items())))
 
     def log_files(self, files: dict[str, bytes | str]) -> None:
         """Queue in-memory files for the run's artifacts."""
-        if self.client is not None:
-            self._put(lambda c: log_blobs(c, self.run_id, dict(files)))
+        self._put(TrackingCall(files=tuple(files.items())))
+
+    def unsent(self) -> list[TrackingCall]:
+        """The calls not yet through, oldest first (for a checkpoint: :meth:`resend`)."""
+        with self._queue.mutex:
+            waiting = list(self._queue.queue)
+            sending = self._sending
+        return ([sending] if sending is not None else []) + waiting
+
+    def resend(self, calls: list[TrackingCall]) -> None:
+        """Queue calls an earlier process had not sent (its checkpoint kept them)."""
+        for call in calls:
+            self._put(call)
 
     @property
     def pending(self) -> int:
@@ -217,18 +301,22 @@ class BufferedTracker(Tracker):
             time.sleep(0.05)
         return self.pending
 
-    def _put(self, send: Callable[[MlflowClient], object]) -> None:
-        client = self.client
-        assert client is not None
-        self._queue.put(lambda: send(client))
+    def _put(self, call: TrackingCall) -> None:
+        if self.client is not None:
+            self._queue.put(call)
 
     def _send_forever(self) -> None:
+        client = self.client
+        assert client is not None
         while True:
-            send = self._queue.get()
+            with self._queue.mutex:  # taken and marked in one go, for unsent()
+                while not self._queue.queue:
+                    self._queue.not_empty.wait()
+                call = self._sending = self._queue.queue.popleft()
             pause, down_since = self.retry_s, 0.0
             while True:
                 try:
-                    send()
+                    call.send(client, self.run_id)
                     break
                 except Exception as e:  # whatever the client raises when the server is away
                     if not worth_retrying(e):  # the server answered no: it will again
@@ -247,6 +335,8 @@ class BufferedTracker(Tracker):
             if down_since:
                 self.warn(f"[raysl] the tracking server is back after "
                           f"{time.monotonic() - down_since:.0f}s; sending what was kept")
+            with self._queue.mutex:
+                self._sending = None
             self._queue.task_done()
 
 

@@ -42,7 +42,7 @@ from raysl.methods.base import (
     take_worker_state,
 )
 from raysl.schedules import set_lr, warmup_cosine
-from raysl.tracking.mlflow import BufferedTracker
+from raysl.tracking.mlflow import BufferedTracker, TrackingCall
 from raysl.train.optim import build_optimizer, set_weight_decay
 from raysl.train.permanent import PERMANENT_ERRORS, leave_note, raise_noted
 from raysl.train.step import (
@@ -57,6 +57,8 @@ PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs
 # The trainer's dataset of un-augmented training images, for methods with reads_training_set.
 WHOLE_IMAGES = "whole_images"
 WORKERS_FILE = "workers"  # checkpoint extra: every worker's own state (SwAV's queues)
+TRACKING_FILE = "tracking"  # checkpoint extra: rank 0's tracking calls not yet sent
+TRACKING_SETTLE_S = 0.5  # a checkpoint waits this long at most for queued calls to go out
 ERROR_FLUSH_S = 30.0  # a failing worker's wait for its buffered metrics (the run is ending)
 
 
@@ -266,6 +268,10 @@ def _extras(w: Worker) -> dict[str, dict[str, Any]]:
         extras["probe"] = w.probe.training_state()
     if w.scaler is not None:
         extras["scaler"] = w.scaler.state_dict()
+    # The epoch's metrics were queued just now: a server that is up takes them in this wait.
+    w.tracker.flush(TRACKING_SETTLE_S)
+    if unsent := w.tracker.unsent():  # the server is away: a restarted rank 0 sends them
+        extras[TRACKING_FILE] = {"calls": [call.state() for call in unsent]}
     return extras
 
 
@@ -275,6 +281,10 @@ def _restore_extras(directory: str, w: Worker) -> None:
         w.probe.load_training_state(probe)
     if w.scaler is not None and (scaler := load_extra(directory, "scaler")) is not None:
         w.scaler.load_state_dict(scaler)
+    if w.rank == 0 and (kept := load_extra(directory, TRACKING_FILE)):
+        w.say(f"[raysl] {len(kept['calls'])} tracking call(s) the tracking server had not "
+              "received when the checkpoint was written: sending them again")
+        w.tracker.resend([TrackingCall.from_state(call) for call in kept["calls"]])
     workers = load_extra(directory, WORKERS_FILE)
     if workers and not take_worker_state(w.method, workers, w.rank, w.world):
         names = ", ".join(sorted(k for k in workers if k != WORLD_KEY))

@@ -9,13 +9,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from raysl.tracking.mlflow import BufferedTracker
+from raysl.tracking.mlflow import (
+    BufferedTracker,
+    TrackingCall,
+    TrackingUnavailableError,
+    wait_until_reachable,
+)
 from tests.processes import free_port, start_server, wait_for_url
 
 BIN = Path(sys.executable).parent
@@ -66,14 +73,37 @@ def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path
     assert tracker.failed_sends >= 2 and tracker.pending == 3
     assert tracker.flush(0.5) == 3  # still down: nothing sent, nothing dropped
     assert any("unreachable" in line for line in lines)
+    # A checkpoint keeps the unsent calls (as plain data, loaded with weights_only=True); a
+    # restarted rank 0 sends them again. Here the first tracker lives on and sends them too,
+    # as a rank 0 killed just after the server came back would have begun to: nothing twice.
+    tracker.log_files({"clusters/sizes.txt": "10 12 9"})
+    kept = tmp_path / "tracking.pt"
+    torch.save({"calls": [call.state() for call in tracker.unsent()]}, kept)
+    calls = torch.load(kept, weights_only=True)["calls"]
+    assert len(calls) == 4
+    successor = BufferedTracker(uri, run_id, active=True, retry_s=0.2, max_retry_s=1.0,
+                                warn=lines.append)
+    successor.resend([TrackingCall.from_state(c) for c in calls])
 
+    # The driver's last calls wait for the server too: a short wait gives up, naming the
+    # setting; a long one returns once the server is back.
+    with pytest.raises(TrackingUnavailableError, match=r"tracking.flush_timeout_s=0.3\)"):
+        wait_until_reachable(client, run_id, 0.3, lines.append, poll_s=0.1)
+    waited: list[str] = []
+    driver = threading.Thread(target=wait_until_reachable,
+                              args=(client, run_id, 120, waited.append, 0.2))
+    driver.start()
     server = _server(tmp_path, port, "server-2.log")  # back, same store
     try:
-        assert tracker.flush(120) == 0
+        driver.join(timeout=120)
+        assert not driver.is_alive() and "unreachable" in waited[0] and "back after" in waited[1]
+        assert tracker.flush(120) == 0 and successor.flush(120) == 0
         history = client.get_metric_history(run_id, "train/loss")
         assert sorted((m.step, m.value) for m in history) == [(1, 4.0), (2, 3.0), (3, 2.0)]
         assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == [3]
         assert client.get_run(run_id).data.tags["raysl.note"] == "logged during the outage"
+        assert [f.path for f in client.list_artifacts(run_id, "clusters")] == [
+            "clusters/sizes.txt"]
         assert any("is back after" in line for line in lines)
         # A call the server refuses (a run that does not exist) is dropped, not retried
         # forever ahead of everything queued after it.

@@ -446,3 +446,37 @@ def test_an_epochs_time_is_split_into_data_communication_and_compute():
     # DDP's all-reduce overlaps backward; the overlap is never counted twice into a negative.
     assert EpochStats(seconds=1.0, data_wait_s=0.5, comm_s=0.7).breakdown()[
         "train/compute_fraction"] == 0.0
+
+
+def test_tracking_calls_the_server_did_not_take_are_kept_by_the_checkpoint(tmp_path: Path):
+    """A worker group restarted while the tracking server is away: rank 0's unsent calls go
+    into the checkpoint and the restarted rank 0 queues them again, in order."""
+    from types import SimpleNamespace
+
+    from raysl.checkpoint import load_extra
+    from raysl.tracking.mlflow import BufferedTracker
+    from raysl.train.loop import TRACKING_FILE, _extras, _restore_extras
+    from tests.processes import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens: every send fails, and waits
+
+    def worker() -> SimpleNamespace:
+        lines: list[str] = []
+        tracker = BufferedTracker(down, "0" * 32, active=True, retry_s=30, warn=lines.append)
+        return SimpleNamespace(rank=0, probe=None, scaler=None, tracker=tracker, lines=lines,
+                               say=lines.append)
+
+    killed = worker()
+    killed.tracker.log_metrics({"cluster/nmi_labels": 0.3}, step=1)
+    killed.tracker.set_tags({"raysl.note": "during the outage"})
+    killed.tracker.log_files({"clusters/sizes.txt": "10 12"})
+    cfg, method = _method()
+    save_checkpoint(tmp_path, method, method.encoder, build_optimizer(method, cfg.optim, 0.1),
+                    {"epoch": 0}, _extras(killed))  # type: ignore[arg-type]
+    assert len((load_extra(tmp_path, TRACKING_FILE) or {})["calls"]) == 3
+
+    restarted = worker()
+    _restore_extras(str(tmp_path), restarted)  # type: ignore[arg-type]
+    assert restarted.tracker.unsent() == killed.tracker.unsent()
+    assert "3 tracking call(s) the tracking server had not received" in restarted.lines[0]
+    assert TRACKING_FILE not in _extras(worker())  # nothing unsent: nothing kept
