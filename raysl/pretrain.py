@@ -368,6 +368,8 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     if source.cache == "none":
         source.tally()
         source.num_images -= sum(source.skipped.values())
+        wait_until_reachable(run.client, result.mlflow_run_id, cfg.tracking.flush_timeout_s,
+                             run.log)
         _record_bad_files(run, source)
     if fit.checkpoint is None:
         raise RuntimeError(f"run {result.run_name} finished without a checkpoint in {run.storage}")

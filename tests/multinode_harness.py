@@ -11,9 +11,10 @@ CPU node types:
     data x2  1 CPU each, data_node: 1   (the CPU-only data nodes)
 
 The run is elastic (2 workers, at least 1) and checkpoints every 2 steps. Once a checkpoint is
-committed, a smaller train node (1 CPU: room for one worker) joins, as a replacement spot node
-would, and the train node and one data node are SIGKILLed, every process of them. Ray Train
-restarts the group from that checkpoint with the one worker that fits, and the run finishes.
+committed, the train node and one data node are SIGKILLed, every process of them, and a smaller
+train node (1 CPU: room for one worker) joins, as a replacement spot node would. Ray Train
+restarts the group from the last checkpoint with the one worker that fits, and the run
+finishes.
 
 Usage: python tests/multinode_harness.py WORKDIR -- prints one JSON line last: the run's summary
 fields, the node id of each node type, the node ids of the train workers and of the
@@ -74,19 +75,21 @@ def committed_epoch(run_dir: Path) -> float:
 
 def lose_nodes_after_a_checkpoint(cluster: Cluster, nodes: dict[str, list[Any]], run_dir: Path,
                                   run: threading.Thread) -> dict[str, Any]:
-    """Once a checkpoint is committed: a 1-CPU train node joins, the train node and the second
-    data node are killed (every process, no graceful shutdown). Runs on the main thread: Ray
-    starts a node's processes with signal handlers only the main thread may set."""
+    """Once a checkpoint is committed: the train node and the second data node are killed
+    (every process, no graceful shutdown), then a 1-CPU train node joins. Runs on the main
+    thread: Ray starts a node's processes with signal handlers only the main thread may set."""
     start = time.monotonic()
     while time.monotonic() - start < DEADLINE_S and run.is_alive():
         if (epoch := committed_epoch(run_dir)) > 0:
-            spare = cluster.add_node(num_cpus=1, resources={TRAIN_MARKER: 1},
-                                     object_store_memory=200 * MIB)
-            cluster.wait_for_nodes()
-            lost = {"epoch": epoch, "at": time.monotonic() - start, "spare": spare.node_id,
-                    "train": nodes["train"][0].node_id, "data": nodes["data"][1].node_id}
             cluster.remove_node(nodes["train"][0], allow_graceful=False)
             cluster.remove_node(nodes["data"][1], allow_graceful=False)
+            lost = {"epoch": committed_epoch(run_dir), "seen": epoch,
+                    "at": time.monotonic() - start, "training": run.is_alive(),
+                    "train": nodes["train"][0].node_id, "data": nodes["data"][1].node_id}
+            # The replacement joins after the loss, as a spot node would.
+            lost["spare"] = cluster.add_node(num_cpus=1, resources={TRAIN_MARKER: 1},
+                                             object_store_memory=200 * MIB).node_id
+            cluster.wait_for_nodes()
             return lost
         time.sleep(0.2)
     return {}
@@ -95,16 +98,16 @@ def lose_nodes_after_a_checkpoint(cluster: Cluster, nodes: dict[str, list[Any]],
 def main(workdir: Path) -> int:
     # Ray Data's resource coordinator, which an elastic run asks what fits, refreshes its view of
     # the nodes every 20 s: the first restart can still count the killed node and wait for it
-    # until the worker group's start times out (60 s by default; 20 s here, in every process
+    # until the worker group's start times out (60 s by default; 10 s here, in every process
     # of the cluster, which inherit this environment).
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
     cluster, nodes = start_cluster()
     ray.init(address=cluster.address)  # here: the run's thread then finds Ray connected
     exit_code: list[int] = []
     run = threading.Thread(target=lambda: exit_code.append(cli.main([
         "pretrain", "--smoke-test",
         "--set", "train.num_workers=2", "--set", "train.min_workers=1",
-        "--set", "train.epochs=2", "--set", "train.checkpoint_every_steps=2",
+        "--set", "train.epochs=1", "--set", "train.checkpoint_every_steps=2",
         "--set", f"train.run_name={RUN}",
         "--set", "data.source.limit=512",
         "--set", "data.augment_batch_size=32",  # several augmentation tasks to place

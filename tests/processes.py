@@ -82,3 +82,28 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 3) -> None:
             break
         time.sleep(0.1)
     proc.wait()
+
+
+def start_mlflow_server(root: Path, port: int, log: str) -> subprocess.Popen[bytes]:
+    """``mlflow server`` on 127.0.0.1:``port``, in a process group of its own (the CLI and its
+    uvicorn worker), its store and artifacts under ``root``: started again on the same
+    ``root``, it is the same server back. Returns once it answers."""
+    import sys
+
+    proc = start_server(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts")], root / log,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    wait_for_url(f"http://127.0.0.1:{port}/health", "mlflow server", proc, root / log)
+    return proc
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``proc``'s whole process group (a server: killing the CLI alone leaves its
+    uvicorn worker serving) and reap it: no goodbye to its clients."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -65,6 +65,13 @@ def test_an_elastic_run_keeps_its_global_batch_at_every_worker_count():
                                           r"train.num_workers=4.*3 x 1 is not") as info:
         C.load(None, ["train.num_workers=4", "train.min_workers=2", "data.batch_size_global=64"])
     assert info.value.field == "data.batch_size_global"
+    # The method's checks hold at every size: MoCo's shuffle-BN splits each worker's
+    # micro-batch, which is 12 with 4 workers but 16 with 3.
+    moco = ["method.name=moco_v2", "method.bn_splits=6", "data.batch_size_global=48",
+            "train.num_workers=4"]
+    C.load(None, moco)
+    with pytest.raises(ConfigError, match=r"with 3 workers, which this elastic run may have"):
+        C.load(None, [*moco, "train.min_workers=3"])
 
 
 def test_error_names_the_yaml_file(tmp_path: Path):

@@ -24,8 +24,14 @@ from ray.util.state import list_actors
 
 import raysl
 from raysl import config as C
-from raysl.pretrain import TRAINED, pretrain
-from tests.processes import die_with_parent
+from raysl.pretrain import TRAINED, PretrainResult, pretrain
+from tests.processes import (
+    die_with_parent,
+    free_port,
+    kill_group,
+    start_mlflow_server,
+    stop_group,
+)
 from tests.test_pretrain_e2e import CONFIGS, _shared
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -56,20 +62,41 @@ def _committed(run_dir: Path) -> tuple[float, int]:
         return 0.0, 0
 
 
-def _kill_a_worker_then_the_driver(run_dir: Path, driver: subprocess.Popen[bytes],
-                                   killed: dict[str, object]) -> None:
-    """SIGKILL one train worker once Ray Train has committed a checkpoint inside epoch 2, then
-    the driver once the restarted group has committed one inside epoch 3."""
+class Server:
+    """The run's ``mlflow server``: killed and started again on the same store and port."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.port, self.starts = root, free_port(), 0
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = self.start()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        self.proc = start_mlflow_server(self.root, self.port, f"mlflow-{self.starts}.log")
+        return self.proc
+
+
+def _inject_faults(run_dir: Path, driver: subprocess.Popen[bytes], server: Server,
+                   killed: dict[str, object]) -> None:
+    """In one run, each once Ray Train has committed a checkpoint inside the epoch named:
+    the tracking server SIGKILLed (epoch 1); a train worker SIGKILLed while the server is
+    still down, then the server started again (epoch 2); the driver SIGKILLed (epoch 3)."""
     start = time.monotonic()
     while time.monotonic() - start < DEADLINE_S and driver.poll() is None:
         epoch, step = _committed(run_dir)
-        if "pid" not in killed and epoch > 1:
+        if "server_down_at" not in killed and epoch > 0:
+            kill_group(server.proc)
+            killed.update(server_down_at=time.monotonic() - start, server_down_epoch=epoch)
+        elif "pid" not in killed and epoch > 1:
             pids = _train_worker_pids()
             killed.update(committed=epoch, step=step, workers=len(pids),
                           at=time.monotonic() - start)
             if pids:
                 os.kill(pids[-1], signal.SIGKILL)
                 killed["pid"] = pids[-1]
+            server.start()
+            killed["server_up_at"] = time.monotonic() - start
         elif "pid" in killed and epoch > 2:
             driver.kill()
             killed.update(driver_committed=epoch, driver_step=step,
@@ -81,18 +108,24 @@ def _kill_a_worker_then_the_driver(run_dir: Path, driver: subprocess.Popen[bytes
 def test_a_killed_worker_and_a_killed_driver_cost_the_steps_since_the_last_checkpoint(
         tmp_path: Path, monkeypatch):
     """DeepCluster (clusters every 2 epochs), 2 workers, 3 epochs of 93 steps, a checkpoint
-    every 40 steps, run by a `raysl pretrain` process. A worker is SIGKILLed after a checkpoint
-    inside epoch 2: with the default train.max_failures, Ray Train restarts the group from that
-    checkpoint, and epoch 2 goes on from its step, on the assignment of epoch 1 read back from
-    the checkpoint. The driver is SIGKILLed after a checkpoint inside epoch 3: the same command
-    run again resumes there, in the same MLflow run, and finishes and registers its encoder."""
+    every 40 steps, run by a `raysl pretrain` process, tracked by an `mlflow server`.
+
+    The server is SIGKILLed inside epoch 1: training goes on. A worker is SIGKILLed after a
+    checkpoint inside epoch 2, the server still down: with the default train.max_failures, Ray
+    Train restarts the group from that checkpoint, epoch 2 goes on from its step, on the
+    assignment of epoch 1 read back from the checkpoint, and the metrics the killed rank 0
+    could not send (epoch 1's) come back with the checkpoint. The server is started again. The
+    driver is SIGKILLed after a checkpoint inside epoch 3: the same command run again resumes
+    there, in the same MLflow run, and finishes and registers its encoder; every epoch's
+    metrics are in MLflow, once."""
     monkeypatch.chdir(tmp_path)
+    server = Server(tmp_path / "tracking")
     overrides = [
         *_shared(tmp_path, 3, "e2e-kill"), f"data.source.limit={IMAGES}",
         "eval.protocols=knn", "eval.monitor_every=0", "eval.baselines=false", "eval.plots=false",
         "method.num_clusters=10",
         "method.head_dim=32", "method.pca_dim=16", "method.recluster_every=2",
-        f"train.checkpoint_every_steps={EVERY}",
+        f"train.checkpoint_every_steps={EVERY}", f"tracking.tracking_uri={server.uri}",
         "tracking.registered_model=e2e-deepcluster"]
     cfg = C.load(CONFIG, overrides)
     assert cfg.train.max_failures >= 1  # the default rides out a lost worker
@@ -108,19 +141,32 @@ def test_a_killed_worker_and_a_killed_driver_cost_the_steps_since_the_last_check
             preexec_fn=die_with_parent)
     killed: dict[str, object] = {}
     try:
-        _kill_a_worker_then_the_driver(tmp_path / "ray_results" / "e2e-kill", driver, killed)
-        driver.wait(timeout=30)
+        try:
+            _inject_faults(tmp_path / "ray_results" / "e2e-kill", driver, server, killed)
+            driver.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the faults were not all injected in {DEADLINE_S:.0f}s: {killed}\n"
+                        f"{log.read_text(errors='replace')[-3000:]}")
+        finally:
+            driver.kill()
+        first = log.read_text(errors="replace")
+        assert killed.get("pid") and killed["workers"] == 2, f"no worker killed: {killed}\n{first}"
+        assert 0 < killed["server_down_epoch"] < 1 < killed["committed"] < 2, killed
+        assert "driver_at" in killed and driver.returncode == -signal.SIGKILL, f"{killed}\n{first}"
+        assert 2 < killed["driver_committed"] < 3, f"driver not killed inside epoch 3: {killed}"
+        # The restarted rank 0 sent what the checkpoint had kept of the killed one's buffer
+        # (epoch 1's metrics, queued while the server was down).
+        assert "tracking call(s) the tracking server had not received" in first
+
+        result = pretrain(cfg)  # the same command again
+        assert result.resumed and f"MLflow run {result.mlflow_run_id}" in first
+        _check_the_run(result, killed)
     finally:
-        driver.kill()
-    first = log.read_text(errors="replace")
-    assert killed.get("pid") and killed["workers"] == 2, f"no worker was killed: {killed}\n{first}"
-    assert 1 < killed["committed"] < 2, f"not killed inside epoch 2: {killed}"
-    assert "driver_at" in killed and driver.returncode == -signal.SIGKILL, f"{killed}\n{first}"
-    assert 2 < killed["driver_committed"] < 3, f"driver not killed inside epoch 3: {killed}"
+        stop_group(server.proc)
 
-    result = pretrain(cfg)  # the same command again
-    assert result.resumed and f"MLflow run {result.mlflow_run_id}" in first
 
+def _check_the_run(result: PretrainResult, killed: dict[str, object]) -> None:
+    """Every epoch's metrics once, each resume where it should be, the encoder registered."""
     client = MlflowClient(result.tracking_uri)
     run_id = result.mlflow_run_id
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -151,7 +197,9 @@ def test_a_killed_worker_and_a_killed_driver_cost_the_steps_since_the_last_check
     # What the faults cost (RELIABILITY.md): from each kill to the next group's first step.
     first_steps = {m.step: m.value for m in client.get_metric_history(run_id,
                                                                        "time/first_step_s")}
-    print(f"\n[faults] worker killed at {killed['at']:.1f}s; restarted group's first step at "
+    print(f"\n[faults] tracking server killed at {killed['server_down_at']:.1f}s, back at "
+          f"{killed['server_up_at']:.1f}s; "
+          f"worker killed at {killed['at']:.1f}s; restarted group's first step at "
           f"{first_steps[1]:.1f}s (first run's {first_steps[0]:.1f}s); epoch 1 took "
           f"{client.get_metric_history(run_id, 'train/epoch_s')[0].value:.1f}s; driver killed "
           f"at {killed['driver_at']:.1f}s, the re-run's first step {first_steps[2]:.1f}s after "

@@ -45,20 +45,21 @@ def test_run_that_loses_two_of_its_nodes_finishes_and_registers_the_encoder(plac
     assert "on the train_node nodes" in placement["stdout"]
     assert "on the data_node nodes" in placement["stdout"]
     lost = placement["lost"]
-    assert lost and 0 < lost["epoch"] < 2, f"no node was lost mid-run: {lost}"
+    assert lost and lost["training"] and 0 < lost["epoch"] < 1, f"not lost mid-run: {lost}"
     client = MlflowClient(f"sqlite:///{placement['workdir']}/mlflow.db")
     (version,) = client.search_model_versions("name='raysl-simclr-resnet18'")
     run_id = version.run_id
     assert client.get_run(run_id).info.status == "FINISHED"
 
-    def history(key: str) -> dict[int, float]:
-        return {m.step: m.value for m in client.get_metric_history(run_id, key)}
-    # Each epoch logged once; the restarted group had one worker and began at the checkpoint.
-    assert sorted(history("train/loss")) == [1, 2]
-    assert history("train/workers")[2] == 1
-    (resumed,) = history("time/resumed_at_step").values()
-    # At the checkpoint seen at the kill, or one committed just after it (every 2 of 16 steps).
-    assert round(lost["epoch"] * 16) <= resumed < 32 and resumed % 2 == 0, (resumed, lost)
+    def history(key: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    # The epoch logged once, by the restarted group of one worker, which began at the
+    # checkpoint committed when the nodes died, or at one whose commit was under way (every 2
+    # of the epoch's 16 steps).
+    assert history("train/loss")[0][0] == 1 and len(history("train/loss")) == 1
+    assert history("train/workers") == [(1, 1)]
+    ((_, resumed),) = history("time/resumed_at_step")
+    assert resumed in (round(lost["epoch"] * 16), round(lost["epoch"] * 16) + 2), (resumed, lost)
     assert "the checkpoint's run had 2 worker(s), this one has 1" in placement["stdout"]
 
 

@@ -134,6 +134,9 @@ class Config:
         try:
             cfg = _build(cls, _with_derived(_with_view_preset(raw)), "")
             method_spec(cfg.method.name).validate(cfg)
+            for workers in cfg.train.worker_counts:  # an elastic run's smaller groups too
+                if workers != cfg.train.num_workers:
+                    _validate_with_workers(cfg, workers)
         except ConfigError as e:
             raise ConfigError(e.field, e.value, e.expected, source) from None
         return cfg
@@ -194,6 +197,20 @@ def _with_derived(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     raw_data = raw["data"]
     return {**raw, "data": {**raw_data, "views": {**raw_data.get("views", {}),
                                                   "local_size": size}}}
+
+
+def _validate_with_workers(cfg: Config, workers: int) -> None:
+    """The method's checks for ``workers`` workers (their micro-batches are larger).
+
+    Raises:
+        ConfigError: naming the worker count that fails, from train.min_workers.
+    """
+    try:
+        method_spec(cfg.method.name).validate(cfg.with_workers(workers))
+    except ConfigError as e:
+        raise ConfigError(e.field, e.value, f"{e.expected}; with {workers} workers, which this "
+                          f"elastic run may have (train.min_workers={cfg.train.min_workers})"
+                          ) from None
 
 
 def load(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> Config:

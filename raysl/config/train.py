@@ -17,10 +17,11 @@ class TrainConfig:
     epochs: int = 100
     num_workers: int = 2  # Ray Train workers (one per GPU on a GPU cluster)
     # Elastic worker count (spot or preemptible nodes): 0 = always num_workers. With
-    # 1 <= min_workers < num_workers, training starts as soon as min_workers fit, a restart after
-    # a lost node goes on with the workers that still fit (never fewer than min_workers), and
-    # the group grows back to num_workers when nodes return (Ray Train checks every 60 s). The
-    # global batch, and so the schedule, stay the same: each worker takes a larger share.
+    # 1 <= min_workers < num_workers, training starts with the workers that fit (min_workers
+    # must), a restart after a lost node goes on with the workers that still fit (never fewer
+    # than min_workers), and the group grows back to num_workers when nodes return (Ray Train
+    # checks every 60 s; each resize restarts from the last checkpoint: see
+    # checkpoint_every_steps). The global batch, and so the schedule, stay the same.
     min_workers: int = 0
     use_gpu: bool = False
     cpus_per_worker: float = 0.0  # 0 = auto: share the CPUs left after reserving some for Ray Data

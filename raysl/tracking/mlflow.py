@@ -195,7 +195,8 @@ def wait_until_reachable(client: MlflowClient, run_id: str, timeout_s: float,
     The driver's last calls (evaluation, the encoder's registration, the run's status) are not
     buffered like training's: after training, a run whose server is away waits here for it
     rather than failing with the encoder trained. Each try is MLflow's own call, with its own
-    retries.
+    retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``): the wait may outlast ``timeout_s`` by one
+    try's retries.
 
     Raises:
         TrackingUnavailableError: no answer for ``timeout_s`` seconds.

@@ -99,6 +99,11 @@ class Worker:
     collapse_warned: bool = False
     start_epoch: int = 0
     resumed_epoch_steps: int = 0  # steps of start_epoch its checkpoint had taken (mid-epoch)
+    # The current epoch's start-of-epoch metrics (DeepCluster's clustering), logged with the
+    # epoch's end; a checkpoint inside the epoch keeps them, since a resume there does not redo
+    # that work.
+    start_logs: dict[str, float] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)  # as given: what checkpoints keep
     step: int = 0  # optimizer steps done, over all epochs
     split: LabeledSplit | None = None  # fetched by rank 0 at its first online evaluation
     started: float = field(default_factory=time.perf_counter)
@@ -178,15 +183,18 @@ def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
     cfg = Config.from_dict(loop_config["config"])
     w = set_up(cfg.with_workers(ray.train.get_context().get_world_size()), settings,
                loop_config.get("eval_split"), loop_config.get("monitor_sample"))
+    w.run_config = cfg.public_dict()  # checkpoints keep the run's config, not this group's size
     shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
     whole = ray.train.get_dataset_shard(WHOLE_IMAGES) if w.method.reads_training_set else None
     finished = False
     try:
         for epoch in range(w.start_epoch, w.cfg.train.epochs):
             start = begin_epoch(w, epoch, whole)
+            if start.logs or epoch != w.start_epoch or not w.resumed_epoch_steps:
+                w.start_logs = dict(start.logs)  # else: the checkpoint's, from this epoch's start
             stats = train_epoch(w, epoch, shard)
             metrics, collapses = epoch_metrics(w, epoch, stats)
-            report(w, epoch, metrics, start.logs)
+            report(w, epoch, {**metrics, **w.start_logs})
             react_to_collapse(w, epoch, collapses)
         finished = True
     finally:
@@ -247,6 +255,7 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
             _restore_extras(d, w)
         w.start_epoch, w.step = state["epoch"] + 1, state["step"]
         w.resumed_epoch_steps = state.get("epoch_steps", 0)  # a mid-epoch checkpoint's
+        w.start_logs = dict(state.get("start_logs", {}))
         if w.resumed_epoch_steps >= s.steps_per_epoch:  # data or batch changed since: it holds
             w.start_epoch, w.resumed_epoch_steps = w.start_epoch + 1, 0  # this run's whole epoch
         within = (f", after {w.resumed_epoch_steps} of its steps" if w.resumed_epoch_steps
@@ -321,9 +330,6 @@ def begin_epoch(w: Worker, epoch: int, whole: Any) -> EpochStart:
         w.optimizer.state.pop(parameter, None)
     if start.summary:
         w.say(f"[raysl] epoch {epoch + 1}/{w.cfg.train.epochs}: {start.summary}")
-    # Logged now, not with the epoch's end: a run resumed inside this epoch does not redo it.
-    if start.logs:
-        w.tracker.log_metrics(start.logs, step=epoch + 1)
     if start.histograms and w.rank == 0:
         w.tracker.log_files({
             f"clusters/{name}_epoch_{epoch + 1:03d}.png": sizes_png(
@@ -448,13 +454,10 @@ def _due(epoch: int, every: int, last: bool) -> bool:
     return bool(every) and ((epoch + 1) % every == 0 or last)
 
 
-def report(w: Worker, epoch: int, metrics: dict[str, float],
-           at_start: dict[str, float] | None = None) -> None:
+def report(w: Worker, epoch: int, metrics: dict[str, float]) -> None:
     """Print the epoch line, log to MLflow, checkpoint, and report to Ray Train.
 
     Rank 0 writes the checkpoint; every rank calls ``ray.train.report`` (it is a barrier).
-    ``at_start`` are the epoch's start-of-epoch metrics (:func:`begin_epoch` logged them to
-    MLflow already): reported to Ray Train with the rest.
     """
     epochs = w.cfg.train.epochs
     eta = (time.perf_counter() - w.started) / (epoch + 1 - w.start_epoch) * (epochs - epoch - 1)
@@ -471,7 +474,7 @@ def report(w: Worker, epoch: int, metrics: dict[str, float],
           f"compute {100 * metrics['train/compute_fraction']:.0f}%{knn}  "
           f"ETA {duration(eta)}")
     w.tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-    checkpoint_and_report(w, epoch, 0, {**metrics, **(at_start or {})})
+    checkpoint_and_report(w, epoch, 0, metrics)
 
 
 def checkpoint_mid_epoch(w: Worker, epoch: int, epoch_steps: int, losses: list[float]) -> None:
@@ -500,7 +503,9 @@ def checkpoint_and_report(w: Worker, last_epoch: int, epoch_steps: int,
         checkpoint = None
         if w.rank == 0:
             state = {"epoch": last_epoch, "epoch_steps": epoch_steps, "step": w.step,
-                     "config": w.cfg.public_dict(), "run_name": w.settings.run_name,
+                     "config": w.run_config or w.cfg.public_dict(),
+                     "start_logs": w.start_logs if epoch_steps else {},
+                     "run_name": w.settings.run_name,
                      "mlflow_run_id": w.settings.mlflow_run_id,
                      "world_size": distributed.world_size()}
             save_checkpoint(d, w.method, w.method.exported_encoder(), w.optimizer, state,

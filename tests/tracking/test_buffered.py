@@ -5,10 +5,6 @@ outage is longer than the client's retry window by construction: what brings the
 through is raysl's buffer alone.
 """
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,27 +19,7 @@ from raysl.tracking.mlflow import (
     TrackingUnavailableError,
     wait_until_reachable,
 )
-from tests.processes import free_port, start_server, wait_for_url
-
-BIN = Path(sys.executable).parent
-
-
-def _server(root: Path, port: int, log: str) -> subprocess.Popen[bytes]:
-    """``mlflow server`` in a process group of its own (the CLI, its uvicorn worker...)."""
-    proc = start_server(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts")], root / log,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    wait_for_url(f"http://127.0.0.1:{port}/health", "mlflow server", proc, root / log)
-    return proc
-
-
-def _kill(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    """``sig`` to the whole server: killing the CLI alone leaves its uvicorn worker serving."""
-    os.killpg(proc.pid, sig)
-    proc.wait(timeout=60)
+from tests.processes import free_port, kill_group, start_mlflow_server, stop_group
 
 
 def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path: Path,
@@ -51,7 +27,7 @@ def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _server(tmp_path, port, "server-1.log")
+    server = start_mlflow_server(tmp_path, port, "server-1.log")
     try:
         client = MlflowClient(uri)
         run_id = client.create_run(client.create_experiment("outage")).info.run_id
@@ -61,7 +37,7 @@ def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path
         tracker.log_metrics({"train/loss": 4.0}, step=1)
         assert tracker.flush(60) == 0  # the server is up: sent
     finally:
-        _kill(server, signal.SIGKILL)  # no goodbye to the client
+        kill_group(server)  # no goodbye to the client
 
     # Down: every call returns at once and waits in the buffer, in order.
     tracker.log_metrics({"train/loss": 3.0}, step=2)
@@ -93,7 +69,7 @@ def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path
     driver = threading.Thread(target=wait_until_reachable,
                               args=(client, run_id, 120, waited.append, 0.2))
     driver.start()
-    server = _server(tmp_path, port, "server-2.log")  # back, same store
+    server = start_mlflow_server(tmp_path, port, "server-2.log")  # back, same store
     try:
         driver.join(timeout=120)
         assert not driver.is_alive() and "unreachable" in waited[0] and "back after" in waited[1]
@@ -113,7 +89,7 @@ def test_metrics_logged_while_the_server_is_down_arrive_once_it_is_back(tmp_path
         assert ghost.flush(60) == 0 and ghost.dropped == 2 and ghost.failed_sends == 0
         assert any("refused a call" in line for line in lines)
     finally:
-        _kill(server, signal.SIGTERM)
+        stop_group(server)
 
 
 def test_an_inactive_tracker_queues_nothing():
