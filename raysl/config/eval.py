@@ -62,6 +62,7 @@ class EvalConfig:
     finetune_weight_decay: float = 0.0
     # Layer-wise lr decay: depth d of the encoder gets lr x decay^(top - d) (ViT blocks,
     # ResNet stages; the head is top). 1 = one lr for all; MAE fine-tunes a ViT-B with 0.75.
+    # For the pretrained encoder only: the same network trained from scratch gets one lr.
     finetune_layer_decay: float = 1.0
     # Online evaluation during pretraining (logged as eval/online_* per epoch).
     online_knn_every: int = 0  # kNN on the held-out split every N epochs (and the last); 0 = off

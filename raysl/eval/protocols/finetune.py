@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -199,8 +199,17 @@ class Finetune(ImageProtocol):
 
     def run(self, encoder: Encoder, split: LabeledSplit, job: ImageJob, device: str,
             from_scratch: bool) -> Scores:
-        """``finetune_<key>_top1`` and ``_top5`` after :func:`finetune`."""
-        result = finetune(encoder, split, job.settings, device)
+        """``finetune_<key>_top1`` and ``_top5`` after :func:`finetune`.
+
+        The network trained from scratch gets one learning rate: layer-wise decay keeps a
+        pretrained encoder's early layers close to what they learned, and would only hold back
+        a random init's (making the pretrained encoder's lead look larger than it is).
+        """
+        settings = job.settings
+        assert isinstance(settings, FinetuneSettings)
+        if from_scratch:
+            settings = replace(settings, layer_decay=1.0)
+        result = finetune(encoder, split, settings, device)
         how = "trained from scratch" if from_scratch else "fine-tuned"
         return Scores({f"finetune_{job.key}_top1": result.top1,
                        f"finetune_{job.key}_top5": result.top5},

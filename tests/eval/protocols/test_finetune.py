@@ -62,3 +62,30 @@ def test_layer_wise_lr_decay_scales_each_depth(backbone):
         assert layer_depth("backbone.conv1.weight", encoder) == 0
         assert layer_depth("backbone.layer3.0.conv1.weight", encoder) == 3
     assert {g["lr_scale"] for g in decayed_param_groups(model, encoder, 1.0)} == {1.0}
+
+
+def test_the_network_trained_from_scratch_gets_one_learning_rate():
+    """Layer-wise decay is for the pretrained encoder only: the from-scratch baseline trains as
+    with layer_decay=1 (the same seed gives the same scores), the pretrained one does not."""
+    from raysl.eval.protocols.base import ImageJob
+    from raysl.eval.protocols.finetune import Finetune
+
+    x, y = _two_classes(48, 0)
+    split = LabeledSplit(x, y, *_two_classes(48, 1), 2, "two halves")
+    decayed = FinetuneSettings(epochs=1, min_steps=6, lr=0.4, batch_size=16, weight_decay=0.0,
+                               seed=0, layer_decay=0.25)
+    job = ImageJob("test", np.arange(48), decayed, "")
+
+    def encoder():
+        torch.manual_seed(0)
+        return build_encoder(ModelConfig(width=8, small_stem=True), 1, 16)
+
+    def stem(e):
+        return e.state_dict()["backbone.conv1.weight"]
+
+    scratch, flat, pretrained = encoder(), encoder(), encoder()
+    Finetune().run(scratch, split, job, "cpu", from_scratch=True)
+    finetune(flat, split, FinetuneSettings(**{**decayed.__dict__, "layer_decay": 1.0}))
+    Finetune().run(pretrained, split, job, "cpu", from_scratch=False)
+    assert torch.equal(stem(scratch), stem(flat))
+    assert not torch.equal(stem(pretrained), stem(flat))
