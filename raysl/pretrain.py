@@ -215,7 +215,6 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
         source = _read_training_data(run)
         split = _eval_data(run, source) if cfg.eval.enabled or cfg.eval.online else None
         checkpoint = _train(run, source, split)
-        wait_until_reachable(client, run_id, cfg.tracking.flush_timeout_s, log)
         encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
         with checkpoint.as_directory() as d:  # a temporary local copy when storage is remote
             load_strict(encoder, Path(d) / ENCODER_FILE)
@@ -365,11 +364,11 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
         except PERMANENT_ERRORS as noted:
             raise noted from None
         raise
+    # Training's calls were buffered; the driver's own from here on wait for the server.
+    wait_until_reachable(run.client, result.mlflow_run_id, cfg.tracking.flush_timeout_s, run.log)
     if source.cache == "none":
         source.tally()
         source.num_images -= sum(source.skipped.values())
-        wait_until_reachable(run.client, result.mlflow_run_id, cfg.tracking.flush_timeout_s,
-                             run.log)
         _record_bad_files(run, source)
     if fit.checkpoint is None:
         raise RuntimeError(f"run {result.run_name} finished without a checkpoint in {run.storage}")

@@ -178,12 +178,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
     """:func:`train_loop_per_worker` itself."""
-    # An elastic run's group may be smaller than train.num_workers: the same global batch,
-    # shared by the workers there are.
-    cfg = Config.from_dict(loop_config["config"])
-    w = set_up(cfg.with_workers(ray.train.get_context().get_world_size()), settings,
+    w = set_up(Config.from_dict(loop_config["config"]), settings,
                loop_config.get("eval_split"), loop_config.get("monitor_sample"))
-    w.run_config = cfg.public_dict()  # checkpoints keep the run's config, not this group's size
     shard = ray.train.get_dataset_shard("train")  # this worker's equal share of the views
     whole = ray.train.get_dataset_shard(WHOLE_IMAGES) if w.method.reads_training_set else None
     finished = False
@@ -219,6 +215,9 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # An elastic run's group may be smaller than train.num_workers: the same global batch,
+    # shared by the workers there are. Checkpoints keep the run's config, not this group's.
+    run_config, cfg = cfg.public_dict(), cfg.with_workers(world)
     method = build_method(cfg)
     if cfg.train.sync_bn and world > 1:
         synced = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[no-untyped-call]
@@ -246,7 +245,7 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     w = Worker(cfg, s, rank, world, device, layout, method, model, optimizer, amp,
                torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
                BufferedTracker(s.tracking_uri, s.mlflow_run_id, active=rank == 0, warn=say),
-               probe, split_ref)
+               probe, split_ref, run_config=run_config)
     if monitor_ref is not None:
         w.monitor = LabelFreeMonitor(ray.get(monitor_ref), cfg, rank, world)
     if (checkpoint := ray.train.get_checkpoint()) is not None:
@@ -503,7 +502,7 @@ def checkpoint_and_report(w: Worker, last_epoch: int, epoch_steps: int,
         checkpoint = None
         if w.rank == 0:
             state = {"epoch": last_epoch, "epoch_steps": epoch_steps, "step": w.step,
-                     "config": w.run_config or w.cfg.public_dict(),
+                     "config": w.run_config,
                      "start_logs": w.start_logs if epoch_steps else {},
                      "run_name": w.settings.run_name,
                      "mlflow_run_id": w.settings.mlflow_run_id,
