@@ -17,7 +17,7 @@ picked by name or detected (:mod:`raysl.data.readers`), then read by Ray:
 from __future__ import annotations
 
 import copy
-import functools
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
@@ -43,7 +43,7 @@ from raysl.data.ledger import (
     DecodePolicy,
     check_bad_files,
 )
-from raysl.data.readers.base import Encoded, Reader, Target, list_target
+from raysl.data.readers.base import Encoded, Reader, Target, Unit, list_target, unit_sizes
 from raysl.data.storage import Store, has_braces
 
 __all__ = ["DEFAULT_POLICY", "DataError", "DecodePolicy", "ImageSource", "arrays_to_dataset",
@@ -147,7 +147,7 @@ def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_n
           decode_cpus: float) -> ImageSource:
     """:func:`read_source`, labels included."""
     store = Store.from_env(cfg.endpoint)
-    target = Target("", "none", ()) if cfg.is_made else \
+    target = Target.of("", "none") if cfg.is_made else \
         list_target(cfg.path, store, field_name)
     reader = pick_reader(cfg, target, store, field_name)
     opened = reader.open(cfg, target, store, seed, field_name)
@@ -217,7 +217,7 @@ def check_source(cfg: SourceConfig, field_name: str) -> None:
     if kind == "other":
         raise DataError(f"{where}: is neither a regular file nor a directory")
     if cfg.format != "auto" and kind != "pattern":
-        pick_reader(cfg, Target(cfg.path, kind, ()), store, field_name)
+        pick_reader(cfg, Target.of(cfg.path, kind), store, field_name)
 
 
 def detect_format(cfg: SourceConfig, field_name: str) -> str:
@@ -260,27 +260,110 @@ def _cache_mode(cache: str, decoded_bytes: int) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Decoding:
+    """What every read task of a source shares: a few hundred bytes, never the units.
+
+    ``class_names`` is an object-store reference (the shard readers map label names to
+    indices; 21,843 ImageNet-22k names would be ~0.4 MB in every task otherwise).
+    """
+
+    reader: Reader
+    store: Store
+    channels: int
+    size: int
+    policy: DecodePolicy
+    ledger: Any  # DecodeLedger actor, or None for a read that does not count bad files
+    root: str
+    labeled: bool
+    class_names: Any  # ray.ObjectRef[list[str]]
+
+
+@dataclass(frozen=True)
+class _UnitRead:
+    """One read task's function: its own unit and its first row index, and what all share.
+
+    Pickled alone for each task, so a task's bytes grow with the files in its unit (256
+    paths, ~20 kB), not with the source: planning an epoch of a million files is linear.
+    """
+
+    decoding: _Decoding
+    unit: Unit
+    first: int  # row index of the unit's first item (bad items skip theirs)
+    execution: int
+
+    # Ray Data names read tasks by their function's __name__ in its logs and warnings.
+    __name__ = "read_unit"
+
+    def __call__(self) -> Iterator[pa.Table]:
+        """Decoded blocks of the unit; its skipped images go to the ledger (which may stop it)."""
+        d = self.decoding
+        class_names = ray.get(d.class_names) if self.unit.shard else []
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        paths: list[str] = []
+        index: list[int] = []
+        skipped: Counter[str] = Counter()
+        examples: list[str] = []
+        seen = 0
+        for name, payload, label in d.reader.read_unit(self.unit, d.store, class_names):
+            seen += 1
+            try:
+                if isinstance(payload, str):
+                    raise BadImage(payload)
+                images.append(decode_image(payload, d.channels, d.size, d.policy.max_pixels,
+                                           d.policy.min_side))
+            except BadImage as e:
+                skipped[e.reason] += 1
+                examples.append(f"{_short(name, d.root)}: {e.reason}")
+                continue
+            labels.append(label if label is not None else 0)
+            paths.append(name)
+            index.append(self.first + seen - 1)
+            if len(images) == _DECODED_BLOCK_ROWS:
+                yield _block(images, labels, paths, index, d.labeled)
+                images, labels, paths, index = [], [], [], []
+        if images:
+            yield _block(images, labels, paths, index, d.labeled)
+        if d.ledger is None:  # a read beside training (first_images, evaluation)
+            return
+        verdict = ray.get(d.ledger.report.remote(self.execution, seen, dict(skipped),
+                                                 examples[:10]))
+        if verdict:
+            raise DataError(verdict)
+
+
 class UnitSource(Datasource):
     """Read tasks that read and decode one unit each; in a new seeded order per execution.
 
     Ray Data calls :meth:`get_read_tasks` at the start of every execution (every epoch), so
     with ``shuffle`` each epoch reads the units in its own order, drawn from ``(seed, epoch)``.
+    Each task carries only its unit (:class:`_UnitRead`); the source itself, with every
+    unit's paths, is pickled once, to the process that plans the executions.
     """
 
     def __init__(self, encoded: Encoded, store: Store, channels: int, size: int,
                  policy: DecodePolicy, ledger: Any, seed: int, root: str,
                  shuffle: bool) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.encoded, self.store, self.channels, self.size = encoded, store, channels, size
-        self.policy, self.ledger, self.seed, self.root = policy, ledger, seed, root
-        self.shuffle = shuffle
+        self.encoded, self.seed, self.shuffle = encoded, seed, shuffle
+        self.decoding = _Decoding(encoded.reader, store, channels, size, policy, ledger, root,
+                                  bool(encoded.class_names), ray.put(list(encoded.class_names)))
         self.executions = 0
         # Row indices: unit i's items are offsets[i], offsets[i] + 1, ... (bad ones skip theirs).
-        self.offsets = np.concatenate([[0], np.cumsum([u.items for u in encoded.units])])
+        self.sizes = unit_sizes(encoded.units)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+
+    def uncounted(self) -> UnitSource:
+        """The same units, read in their listed order, their bad files not counted."""
+        units = copy.copy(self)
+        units.decoding = dataclasses.replace(self.decoding, ledger=None)
+        units.shuffle, units.executions = False, 0
+        return units
 
     def estimate_inmemory_data_size(self) -> int:
         """Bytes of all decoded images."""
-        return self.encoded.num_items * self.size ** 2 * self.channels
+        return int(self.offsets[-1]) * self.decoding.size ** 2 * self.decoding.channels
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
@@ -289,51 +372,13 @@ class UnitSource(Datasource):
         units = self.encoded.units
         order = (np.random.default_rng([self.seed, execution]).permutation(len(units))
                  if self.shuffle else np.arange(len(units)))
-        row_bytes = self.size ** 2 * self.channels
-        return [ReadTask(functools.partial(_read_unit, self, int(i), execution),
-                         BlockMetadata(num_rows=units[i].items,
-                                       size_bytes=units[i].items * row_bytes,
+        row_bytes = self.decoding.size ** 2 * self.decoding.channels
+        return [ReadTask(_UnitRead(self.decoding, units[i], int(self.offsets[i]), execution),
+                         BlockMetadata(num_rows=int(self.sizes[i]),
+                                       size_bytes=int(self.sizes[i]) * row_bytes,
                                        exec_stats=None, input_files=None),
                          per_task_row_limit=per_task_row_limit)
                 for i in order]
-
-
-def _read_unit(src: UnitSource, position: int, execution: int) -> Iterator[pa.Table]:
-    """Decoded blocks of one unit; its skipped images go to the ledger (which may stop it)."""
-    unit, first = src.encoded.units[position], int(src.offsets[position])
-    labeled = bool(src.encoded.class_names)
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    paths: list[str] = []
-    index: list[int] = []
-    skipped: Counter[str] = Counter()
-    examples: list[str] = []
-    seen = 0
-    for name, payload, label in src.encoded.reader.read_unit(unit, src.store,
-                                                             src.encoded.class_names):
-        seen += 1
-        try:
-            if isinstance(payload, str):
-                raise BadImage(payload)
-            images.append(decode_image(payload, src.channels, src.size, src.policy.max_pixels,
-                                       src.policy.min_side))
-        except BadImage as e:
-            skipped[e.reason] += 1
-            examples.append(f"{_short(name, src.root)}: {e.reason}")
-            continue
-        labels.append(label if label is not None else 0)
-        paths.append(name)
-        index.append(first + seen - 1)
-        if len(images) == _DECODED_BLOCK_ROWS:
-            yield _block(images, labels, paths, index, labeled)
-            images, labels, paths, index = [], [], [], []
-    if images:
-        yield _block(images, labels, paths, index, labeled)
-    if src.ledger is None:  # a read of a few images beside training (first_images)
-        return
-    verdict = ray.get(src.ledger.report.remote(execution, seen, dict(skipped), examples[:10]))
-    if verdict:
-        raise DataError(verdict)
 
 
 def uncounted_read(source: ImageSource, num_cpus: float = 1.0,
@@ -347,9 +392,8 @@ def uncounted_read(source: ImageSource, num_cpus: float = 1.0,
     """
     if source.cache != "none" or source.units is None:
         return source.dataset
-    units = copy.copy(source.units)
-    units.ledger, units.shuffle, units.executions = None, False, 0
-    dataset: ray.data.Dataset = ray.data.read_datasource(units, num_cpus=num_cpus,
+    dataset: ray.data.Dataset = ray.data.read_datasource(source.units.uncounted(),
+                                                         num_cpus=num_cpus,
                                                          resources=resources or None)
     return dataset
 

@@ -77,8 +77,8 @@ def test_each_epoch_reads_the_units_in_its_own_seeded_order(tmp_path: Path):
     def orders(seed: int) -> list[list[int]]:
         """The unit read by each task, in task order, for two executions (epochs)."""
         src = UnitSource(encoded, store, 1, 8, LENIENT, None, seed, cfg.path, shuffle=True)
-        # Each task is functools.partial(_read_unit, source, unit position, execution).
-        return [[t.read_fn.args[1] for t in src.get_read_tasks(1)] for _ in range(2)]
+        # Each task's function carries its own unit (and only that unit).
+        return [[many.index(t.read_fn.unit) for t in src.get_read_tasks(1)] for _ in range(2)]
 
     one, again = orders(1), orders(1)
     assert one == again  # seeded

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raysl.config import SourceConfig
 from raysl.data.formats import DataError
@@ -40,17 +42,21 @@ class Folder(Reader):
              field_name: str) -> Encoded:
         """Class indices follow the sorted folder names (torchvision's ``ImageFolder``)."""
         root = target.path.rstrip("/")
-        files = [f for f in target.files if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not files:
+        files = target.files_ending(IMAGE_EXTENSIONS)
+        if not len(files):
             raise DataError(f"{field_name}.path={cfg.path!r}: no image files "
                             f"({', '.join(IMAGE_EXTENSIONS)}) below it")
-        rel = [f[len(root) + 1:].split("/") for f in files]
-        if all(len(parts) >= 2 for parts in rel):
-            classes = sorted({parts[0] for parts in rel})
-            index = {c: i for i, c in enumerate(classes)}
-            labels = np.array([index[parts[0]] for parts in rel], np.int64)
+        # Class = first folder below the root, for every file in one; Arrow kernels, not a
+        # Python loop, so a million files take a fraction of a second.
+        parts = pc.split_pattern(pc.utf8_slice_codeunits(files, len(root) + 1), "/",
+                                 max_splits=1)
+        if pc.min(pc.list_value_length(parts)).as_py() >= 2:
+            folders = pc.list_element(parts, 0)
+            classes = sorted(pc.unique(folders).to_pylist())
+            labels = pc.index_in(folders, value_set=pa.array(classes, folders.type))
             desc = f"{target.name} ({{n}} images, {len(classes)} classes)"
-            return file_units(files, labels, classes, desc, self, seed, cfg.limit)
+            return file_units(files, labels.to_numpy().astype(np.int64), classes, desc, self,
+                              seed, cfg.limit)
         return file_units(files, None, [], f"{target.name} ({{n}} images)", self, seed,
                           cfg.limit)
 

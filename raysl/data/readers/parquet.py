@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysl.config import SourceConfig
@@ -38,14 +39,14 @@ class Parquet(Reader):
         if target.kind == "file":
             return (target.suffix in PARQUET_EXTENSIONS
                     and has_image_column(parquet_schema(store, target.path)))
-        names = target.top_names if target.kind == "dir" else list(target.files)
+        names = target.top_names if target.kind == "dir" else target.files.to_pylist()
         return bool(names) and all(n.lower().endswith(PARQUET_EXTENSIONS) for n in names)
 
     def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
              field_name: str) -> Encoded:
         """Shards with their row counts (from the footers) and the class names of all labels."""
         where = f"{field_name}.path={cfg.path!r}"
-        shards = [f for f in target.files if f.lower().endswith(PARQUET_EXTENSIONS)]
+        shards = target.files_ending(PARQUET_EXTENSIONS).to_pylist()
         if not shards:
             raise DataError(f"{where}: no .parquet files there")
         schema = parquet_schema(store, shards[0])
@@ -62,11 +63,12 @@ class Parquet(Reader):
                             f"{cfg.path} (columns: {schema.names})")
         with ThreadPoolExecutor(LISTING_THREADS) as pool:
             counts = list(pool.map(lambda s: _metadata(store, s).num_rows, shards))
-            labels = (list(pool.map(lambda s: _column(store, s, label_col), shards))
+            # Each shard's distinct labels only: a 100M-row set is a few values per shard here.
+            labels = (list(pool.map(lambda s: pc.unique(_column(store, s, label_col)), shards))
                       if label_col else [])
         if sum(counts) == 0:
             raise DataError(f"{where}: the parquet data has no rows")
-        classes = (labels_of([v for part in labels for v in part], f"{where}[{label_col!r}]")[1]
+        classes = (labels_of(pa.chunked_array(labels), f"{where}[{label_col!r}]")[1]
                    if label_col else [])
         self.image_col, self.label_col = image_col, label_col  # what read_unit reads
         n_classes = f", {len(classes)} classes" if classes else ""
@@ -113,11 +115,9 @@ def _metadata(store: Store, path: str) -> pq.FileMetaData:
         return pq.ParquetFile(f).metadata
 
 
-def _column(store: Store, path: str, column: str) -> list[object]:
+def _column(store: Store, path: str, column: str) -> pa.ChunkedArray:
     fs, inner = store.resolve(path)
-    values: list[object] = pq.read_table(inner, filesystem=fs, columns=[column]).column(0)\
-        .to_pylist()
-    return values
+    return pq.read_table(inner, filesystem=fs, columns=[column]).column(0)
 
 
 def parquet_schema(store: Store, path: str) -> pa.Schema:

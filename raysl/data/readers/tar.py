@@ -57,7 +57,7 @@ class Tar(Reader):
     def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
              field_name: str) -> Encoded:
         """Shards with their sample counts, from the index or by counting them."""
-        shards = sorted(f for f in target.files if f.lower().endswith(".tar"))
+        shards = sorted(target.files_ending((".tar",)).to_pylist())
         if not shards:
             raise DataError(f"{field_name}.path={cfg.path!r}: no .tar shards there")
         index = _read_index(store, posixpath.dirname(shards[0]))
