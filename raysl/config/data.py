@@ -25,7 +25,7 @@ class DataConfig:
     # Decoded images kept in the object store ("memory": decoded once, the whole set held) or
     # decoded again every epoch as a bounded stream ("none": for sets larger than the store);
     # "auto" keeps them when they fit 40% of the cluster's object store. Array formats (IDX,
-    # npz, npy, CIFAR) are read whole either way.
+    # npz, npy, CIFAR) are read whole either way, up to source.max_array_bytes.
     cache: Literal["auto", "memory", "none"] = "auto"
     augment_batch_size: int = 64  # images per Ray Data map_batches call on the CPU workers
     augment_cpus: float = 0.5  # logical CPUs each augmentation task reserves

@@ -1,13 +1,21 @@
-"""Array-shaped image formats, read whole: IDX (MNIST, Fashion-MNIST), .npz/.npy, CIFAR-10/100.
+"""Array-shaped image formats: IDX (MNIST, Fashion-MNIST), .npz/.npy, CIFAR-10/100.
 
 Each loader takes a :class:`~raysl.data.storage.Store` and a path (local or URI) and returns
-:class:`Arrays`. These files hold already-decoded pixels, so a bad one is a :class:`DataError`
-naming the file and what was expected, not a skipped image.
+:class:`Arrays`, read whole. These files hold already-decoded pixels, so a bad one is a
+:class:`DataError` naming the file and what was expected, not a skipped image.
+
+IDX, .npz and .npy can also be opened as :class:`ArraySlices`: their headers read and checked,
+their rows then read in order a slice at a time (``idx_slices``, ``npy_slices``,
+``npz_slices``). The readers use them to size an array before reading it whole, ``raysl
+shards`` to convert an array too large for that with memory bounded by a slice. CIFAR has no
+sliced form: its format bounds a split at 150 MB.
 
 A file's header says how big its array is; nothing is allocated on its word alone. A gzipped
 IDX file is decompressed only up to the size its header gives, a ``.npy`` array (alone or in
 an ``.npz``) must fit in the bytes that follow its header, and an array a CIFAR pickle builds
-must fit in the pickle: a small hostile file cannot make raysl allocate gigabytes.
+must fit in the pickle: a small hostile file cannot make raysl allocate gigabytes. Read a slice
+at a time, no more than a slice is allocated, and a file that ends before its header's rows
+(or, IDX, goes on after them) is a DataError when its reading gets there.
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ import math
 import pickle
 import zipfile
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +61,37 @@ IDX_SPLITS = {"train": "train", "test": "t10k", "t10k": "t10k"}
 
 def load_idx(store: Store, root: str, files: list[str], split: str, field_name: str) -> Arrays:
     """``<prefix>-images-idx3-ubyte[.gz]`` (+ labels) of ``split`` among ``files`` in ``root``."""
+    img_file, lbl = _idx_files(root, files, split, field_name)
+    images = parse_idx(store.read(img_file), img_file)
+    labels = parse_idx(store.read(lbl), lbl) if lbl else None
+    if labels is not None and len(labels) != len(images):
+        raise DataError(f"{lbl}: {len(labels)} labels for {len(images)} images")
+    n_classes = int(labels.max()) + 1 if labels is not None else 0
+    classes = _class_names(_idx_names(root), n_classes)
+    kind = "Fashion-MNIST" if _idx_names(root) else "IDX"
+    return Arrays(images, labels, classes, f"{kind} {split} ({len(images)} images, {root})")
+
+
+def idx_slices(store: Store, root: str, files: list[str], split: str,
+               field_name: str) -> ArraySlices:
+    """:func:`load_idx`'s images and labels, opened to be read a slice of rows at a time."""
+    img_file, lbl = _idx_files(root, files, split, field_name)
+    with contextlib.ExitStack() as stack:
+        streams = []
+        for name in (img_file, lbl) if lbl else (img_file,):
+            read = _byte_reader(stack.enter_context(_open_file(store, name)).read, name)
+            dims = tuple(_idx_dims(read, name))
+            streams.append(RowStream(name, dims, np.dtype(np.uint8), read, exact=True))
+        _check_image_header(streams[0].dtype, streams[0].shape, img_file)
+        labels = streams[1] if lbl else None
+        if labels is not None and labels.shape != (streams[0].shape[0],):
+            raise DataError(f"{lbl}: {labels.shape[0] if labels.shape else 0} labels for "
+                            f"{streams[0].shape[0]} images")
+        return ArraySlices(streams[0], labels, _idx_names(root), stack.pop_all())
+
+
+def _idx_files(root: str, files: list[str], split: str, field_name: str) -> tuple[str, str]:
+    """(images file, labels file or "") of ``split`` among ``files``."""
     prefix = IDX_SPLITS.get(split)
     if prefix is None:
         raise DataError(f"{field_name}.split={split!r}: IDX splits are 'train' and 't10k' (or "
@@ -62,17 +101,23 @@ def load_idx(store: Store, root: str, files: list[str], split: str, field_name: 
     if img_file is None:
         raise DataError(f"{field_name}.path={root!r}: no {prefix}-images-idx3-ubyte[.gz] file "
                         "there")
-    images = parse_idx(store.read(img_file), img_file)
-    lbl = next((f for f in names if _base(f).startswith(f"{prefix}-labels-idx1-ubyte")), None)
-    labels = parse_idx(store.read(lbl), lbl) if lbl else None
-    if labels is not None and len(labels) != len(images):
-        raise DataError(f"{lbl}: {len(labels)} labels for {len(images)} images")
-    n_classes = int(labels.max()) + 1 if labels is not None else 0
-    fashion = "fashion" in root.lower()
-    classes = (FASHION_MNIST_CLASSES if fashion and n_classes == 10
-               else [str(i) for i in range(n_classes)])
-    kind = "Fashion-MNIST" if fashion else "IDX"
-    return Arrays(images, labels, classes, f"{kind} {split} ({len(images)} images, {root})")
+    lbl = next((f for f in names if _base(f).startswith(f"{prefix}-labels-idx1-ubyte")), "")
+    return img_file, lbl
+
+
+def _idx_names(root: str) -> list[str]:
+    """The class names an IDX directory's name implies (Fashion-MNIST's), or none."""
+    return FASHION_MNIST_CLASSES if "fashion" in root.lower() else []
+
+
+def _class_names(named: list[str], n_classes: int) -> list[str]:
+    """``named`` if it names ``n_classes`` classes, else their indices as names."""
+    return named if len(named) == n_classes else [str(i) for i in range(n_classes)]
+
+
+# read(n): the next bytes of a file, at most n; b"" only at its end.
+ReadBytes = Callable[[int], bytes]
+_GZIP_INPUT = 2**16  # compressed bytes handed to zlib at a time (and copied as its tail)
 
 
 # The largest array a header may announce: far above any image set, far below what a
@@ -87,44 +132,74 @@ def parse_idx(data: bytes, name: str) -> np.ndarray:
     byte more than they announce (to tell a file with extra data), never the whole stream
     first.
     """
-    read = _gunzip_reader(data, name) if data[:2] == b"\x1f\x8b" else _plain_reader(data)
-    head = read(4)
-    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
-        raise DataError(f"{name}: not an IDX file of unsigned bytes (magic {head[:4]!r})")
-    ndim = head[3]
-    raw_dims = read(4 * ndim)
-    dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+    read = _byte_reader(io.BytesIO(data).read, name, chunk=len(data))  # one piece, as held
+    dims = _idx_dims(read, name)
     expected = math.prod(dims)
-    if expected > MAX_ARRAY_BYTES:
-        raise DataError(f"{name}: header says {dims} ({expected} bytes), more than the "
-                        f"{MAX_ARRAY_BYTES} bytes an image file may hold")
-    body = read(expected + 1)
+    body = _read_exactly(read, expected + 1)
     if len(body) != expected:
         has = f"{len(body)}" if len(body) <= expected else "more"
         raise DataError(f"{name}: header says {dims} ({expected} bytes), file has {has}")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def _plain_reader(data: bytes) -> Any:
-    """``read(n)``: the next ``n`` bytes of ``data`` (fewer at its end)."""
-    stream = io.BytesIO(data)
-    return stream.read
+def _idx_dims(read: ReadBytes, name: str) -> list[int]:
+    """The dimensions in the IDX header ``read`` starts with (checked: uint8, at most 2^40)."""
+    head = _read_exactly(read, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+        raise DataError(f"{name}: not an IDX file of unsigned bytes (magic {head[:4]!r})")
+    ndim = head[3]
+    raw_dims = _read_exactly(read, 4 * ndim)
+    dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+    expected = math.prod(dims)
+    if expected > MAX_ARRAY_BYTES:
+        raise DataError(f"{name}: header says {dims} ({expected} bytes), more than the "
+                        f"{MAX_ARRAY_BYTES} bytes an image file may hold")
+    return dims
 
 
-def _gunzip_reader(data: bytes, name: str) -> Any:
-    """``read(n)``: the next ``n`` decompressed bytes of the gzip stream ``data``, at most."""
+def _read_exactly(read: ReadBytes, n: int) -> bytes:
+    """``n`` bytes of ``read`` (fewer only at the end), gathered as they arrive."""
+    parts, got = [], 0
+    while got < n and (chunk := read(n - got)):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _byte_reader(raw: ReadBytes, name: str, chunk: int = _GZIP_INPUT) -> ReadBytes:
+    """``read(n)`` of the file ``raw`` reads, gunzipped as it goes (``chunk`` in at a time)."""
+    head = _read_exactly(raw, 2)
+
+    def plain(n: int) -> bytes:
+        nonlocal head
+        if head:
+            out, head = head[:n], head[n:]
+            return out
+        return raw(n)
+    return _gunzip_reader(plain, name, chunk) if head == b"\x1f\x8b" else plain
+
+
+def _gunzip_reader(raw: ReadBytes, name: str, chunk: int) -> ReadBytes:
+    """``read(n)``: the next decompressed bytes of the gzip stream ``raw`` reads, at most ``n``.
+
+    zlib is handed ``chunk`` bytes of input at a time and asked for ``n`` bytes of output at
+    most, so a bomb is inflated no further than the reader asks.
+    """
     inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    pending = [data]
+    tail = b""
 
     def read(n: int) -> bytes:
-        if n <= 0:
-            return b""  # zlib reads a max_length of 0 as "no limit"
-        try:
-            out = inflate.decompress(pending[0], n)
-        except zlib.error as e:
-            raise DataError(f"{name}: not a valid gzip file ({e})") from None
-        pending[0] = inflate.unconsumed_tail
-        return out
+        nonlocal tail
+        while n > 0 and not inflate.eof:  # zlib reads a max_length of 0 as "no limit"
+            more = tail or raw(chunk)
+            try:
+                out = inflate.decompress(more, n)
+            except zlib.error as e:
+                raise DataError(f"{name}: not a valid gzip file ({e})") from None
+            tail = inflate.unconsumed_tail
+            if out or not more:
+                return out
+        return b""
     return read
 
 
@@ -141,23 +216,55 @@ def load_npz(store: Store, path: str) -> Arrays:
     data = store.read(path)
     _check_npz_headers(data, path)
     with _as_data_error(path), np.load(io.BytesIO(data), allow_pickle=False) as z:
-        keys = list(z.keys())
-        img_key = next((k for k in _NPZ_IMAGE_KEYS if k in z), None)
-        if img_key is None:
-            raise DataError(f"{path}: no image array; expected one of {list(_NPZ_IMAGE_KEYS)}, "
-                            f"found {keys}")
+        img_key, lbl_key = _npz_keys(list(z.keys()), path)
         images = z[img_key]
-        lbl_key = next((k for k in _NPZ_LABEL_KEYS if k in z), None)
         labels = z[lbl_key] if lbl_key else None
-    _check_images(images, f"{path}[{img_key!r}]")
+    _check_image_header(images.dtype, images.shape, f"{path}[{img_key!r}]")
     if labels is not None:
-        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{path}[{lbl_key!r}]: expected ({len(images)},) integer labels, got "
-                            f"{labels.dtype} {labels.shape}")
-        if labels.min() < 0:
-            raise DataError(f"{path}[{lbl_key!r}]: labels must be >= 0, found {labels.min()}")
+        _check_label_header(labels.dtype, labels.shape, len(images), f"{path}[{lbl_key!r}]")
+        _check_labels(labels, f"{path}[{lbl_key!r}]")
     names = [str(i) for i in range(int(labels.max()) + 1)] if labels is not None else []
     return Arrays(images, labels, names, f"{_base(path)} ({len(images)} images)")
+
+
+def npz_slices(store: Store, path: str) -> ArraySlices:
+    """:func:`load_npz`'s arrays, opened to be read a slice of rows at a time.
+
+    The archive is read at random (its directory, then each member's start): an object
+    store serves these as range requests.
+    """
+    try:
+        with contextlib.ExitStack() as stack:
+            archive = zipfile.ZipFile(stack.enter_context(_open_file(store, path)))
+            stack.callback(archive.close)
+            members = {i.filename.removesuffix(".npy"): i for i in archive.infolist()}
+            streams = []
+            for key in _npz_keys(list(members), path):
+                if not key:
+                    continue
+                member = stack.enter_context(archive.open(members[key]))
+                shape, dtype, fortran = _check_npy_header(
+                    member, members[key].file_size, f"{path}[{members[key].filename!r}]")
+                streams.append(RowStream(f"{path}[{key!r}]", shape, dtype, member.read,
+                                         fortran=fortran))
+            _check_image_header(streams[0].dtype, streams[0].shape, streams[0].name)
+            labels = streams[1] if len(streams) > 1 else None
+            if labels is not None:
+                _check_label_header(labels.dtype, labels.shape, streams[0].shape[0], labels.name)
+            return ArraySlices(streams[0], labels, [], stack.pop_all())
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
+            zlib.error) as e:
+        raise DataError(f"{path}: not a readable .npz archive ({type(e).__name__}: "
+                        f"{e})") from None
+
+
+def _npz_keys(keys: list[str], path: str) -> tuple[str, str]:
+    """(images key, labels key or "") among an archive's ``keys``."""
+    img_key = next((k for k in _NPZ_IMAGE_KEYS if k in keys), None)
+    if img_key is None:
+        raise DataError(f"{path}: no image array; expected one of {list(_NPZ_IMAGE_KEYS)}, "
+                        f"found {keys}")
+    return img_key, next((k for k in _NPZ_LABEL_KEYS if k in keys), "")
 
 
 def load_npy(store: Store, path: str) -> Arrays:
@@ -166,8 +273,18 @@ def load_npy(store: Store, path: str) -> Arrays:
     _check_npy_header(io.BytesIO(data), len(data), path)
     with _as_data_error(path):
         images = np.load(io.BytesIO(data), allow_pickle=False)
-    _check_images(images, path)
+    _check_image_header(images.dtype, images.shape, path)
     return Arrays(images, None, [], f"{_base(path)} ({len(images)} images)")
+
+
+def npy_slices(store: Store, path: str) -> ArraySlices:
+    """:func:`load_npy`'s array, opened to be read a slice of rows at a time."""
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(_open_file(store, path))
+        shape, dtype, fortran = _check_npy_header(stream, stream.size(), path)
+        _check_image_header(dtype, shape, path)
+        return ArraySlices(RowStream(path, shape, dtype, stream.read, fortran=fortran), None, [],
+                           stack.pop_all())
 
 
 @contextlib.contextmanager
@@ -181,17 +298,19 @@ def _as_data_error(name: str) -> Iterator[None]:
         raise DataError(f"{name}: not a readable array file ({type(e).__name__}: {e})") from None
 
 
-def _check_npy_header(stream: Any, size: int, name: str) -> None:
-    """Raise unless the ``.npy`` array in ``stream`` (``size`` bytes) fits in them.
+def _check_npy_header(stream: Any, size: int, name: str
+                      ) -> tuple[tuple[int, ...], np.dtype[Any], bool]:
+    """(shape, dtype, Fortran order) of the ``.npy`` array in ``stream``, which must fit in it.
 
-    NumPy allocates the whole array its header describes before reading the data, so a
-    100-byte file announcing a terabyte would be a terabyte of allocation.
+    ``size`` is the stream's bytes; it is left at the array's first byte. NumPy allocates the
+    whole array its header describes before reading the data, so a 100-byte file announcing a
+    terabyte would be a terabyte of allocation.
     """
     fmt = np.lib.format
     try:
         version = fmt.read_magic(stream)
-        shape, _, dtype = (fmt.read_array_header_1_0(stream) if version == (1, 0)
-                           else fmt.read_array_header_2_0(stream))
+        shape, fortran, dtype = (fmt.read_array_header_1_0(stream) if version == (1, 0)
+                                 else fmt.read_array_header_2_0(stream))
     except (ValueError, OSError) as e:
         raise DataError(f"{name}: not a .npy array ({e})") from None
     needed = math.prod(shape) * dtype.itemsize
@@ -199,6 +318,7 @@ def _check_npy_header(stream: Any, size: int, name: str) -> None:
     if needed > has:
         raise DataError(f"{name}: header says {dtype} {tuple(shape)} ({needed} bytes), the "
                         f"file holds {has}")
+    return tuple(shape), dtype, bool(fortran)
 
 
 def _check_npz_headers(data: bytes, name: str) -> None:
@@ -225,11 +345,138 @@ def _check_npz_headers(data: bytes, name: str) -> None:
                         f"{e})") from None
 
 
-def _check_images(images: np.ndarray, name: str) -> None:
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (
-            images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+def _check_image_header(dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> None:
+    if dtype != np.uint8 or len(shape) not in (3, 4) or (
+            len(shape) == 4 and shape[-1] not in (1, 3, 4)):
         raise DataError(f"{name}: expected uint8 (N, H, W) or (N, H, W, C) with C in 1/3/4, got "
-                        f"{images.dtype} {images.shape}")
+                        f"{dtype} {shape}")
+
+
+def _check_label_header(dtype: np.dtype[Any], shape: tuple[int, ...], n: int, name: str) -> None:
+    if shape != (n,) or not np.issubdtype(dtype, np.integer):
+        raise DataError(f"{name}: expected ({n},) integer labels, got {dtype} {shape}")
+
+
+def _check_labels(labels: np.ndarray, name: str) -> None:
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{name}: labels must be >= 0, found {labels.min()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Slices: an array read in order, a slice of rows at a time
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowStream:
+    """The rows of one array file, read in order; its header is read and checked.
+
+    Attributes:
+        name: the file (``archive['key']`` in an ``.npz``), for errors.
+        shape: the whole array's, (N, ...), as the header gives it.
+        dtype: the array's element type.
+        read: the next bytes of the array's data, at most ``n``.
+        exact: the file must end with the last row (IDX; a ``.npy`` may carry more).
+        fortran: the data is in Fortran order (a ``.npy`` NumPy saved so): not readable by rows.
+        done: rows read so far.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    read: ReadBytes
+    exact: bool = False
+    fortran: bool = False
+    done: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole array."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def rows(self, n: int) -> np.ndarray:
+        """The next ``n`` rows (fewer at the end): only they are allocated.
+
+        Raises:
+            DataError: the data ends before the header's rows (or, ``exact``, goes on after),
+                is damaged, or is in Fortran order.
+        """
+        if self.fortran and len(self.shape) > 1:
+            raise DataError(f"{self.name}: a Fortran-ordered array cannot be read a slice of "
+                            "rows at a time; save it C-ordered (np.ascontiguousarray)")
+        n = min(n, self.shape[0] - self.done)
+        row = math.prod(self.shape[1:]) * self.dtype.itemsize
+        try:
+            data = _read_exactly(self.read, n * row)
+            last = self.done + n == self.shape[0]
+            extra = self.exact and last and len(self.read(1)) > 0
+        except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+            raise DataError(f"{self.name}: not a readable array file ({type(e).__name__}: "
+                            f"{e})") from None
+        if len(data) < n * row or extra:
+            has = "more" if extra else self.done * row + len(data)
+            raise DataError(f"{self.name}: header says {self.dtype} {self.shape} "
+                            f"({self.nbytes} bytes), file has {has}")
+        self.done += n
+        return np.frombuffer(data, self.dtype).reshape(n, *self.shape[1:])
+
+
+@dataclass
+class ArraySlices:
+    """An array source (images, optional labels) read in order, a slice of rows at a time.
+
+    Opened by :func:`idx_slices`, :func:`npy_slices` or :func:`npz_slices`: the headers are
+    read and checked, no row yet. Close it (or use it as a context manager) when done.
+
+    Attributes:
+        images: (N, H, W[, C]) uint8.
+        labels: (N,) integers, or None.
+        named: class names the source gives (Fashion-MNIST's), used if there are as many
+            classes.
+        files: the open files.
+        top_label: the largest label read so far (-1: none yet).
+    """
+
+    images: RowStream
+    labels: RowStream | None
+    named: list[str]
+    files: contextlib.ExitStack = field(repr=False)
+    top_label: int = -1
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole source, read whole: images and labels."""
+        return self.images.nbytes + (self.labels.nbytes if self.labels is not None else 0)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label index -> name, for the labels read so far (all of them, once read)."""
+        return _class_names(self.named, self.top_label + 1) if self.labels is not None else []
+
+    def describe(self) -> str:
+        """What the source holds, e.g. ``uint8 images (60000, 28, 28) and their labels``."""
+        labels = " and their labels" if self.labels is not None else ""
+        return f"{self.images.dtype} images {self.images.shape}{labels}"
+
+    def read(self, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(images, labels or None) of the next ``rows`` rows, then the next, to the end."""
+        while self.images.done < self.images.shape[0]:
+            images, labels = self.images.rows(rows), None
+            if self.labels is not None:
+                labels = self.labels.rows(rows)
+                _check_labels(labels, self.labels.name)
+                self.top_label = max(self.top_label, int(labels.max()) if len(labels) else -1)
+            yield images, labels
+
+    def close(self) -> None:
+        """Close the files."""
+        self.files.close()
+
+    def __enter__(self) -> ArraySlices:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +600,12 @@ def _unpickle(store: Store, path: str) -> dict[bytes, Any]:
     if not isinstance(out, dict):
         raise DataError(f"{path}: not a CIFAR python batch (a {type(out).__name__})")
     return {(k.encode() if isinstance(k, str) else k): v for k, v in out.items()}
+
+
+def _open_file(store: Store, path: str) -> Any:
+    """The file's bytes as stored, seekable (an object store's reads are range requests)."""
+    fs, inner = store.resolve(path)
+    return fs.open_input_file(inner)
 
 
 def _base(path: str) -> str:

@@ -7,6 +7,10 @@ written by its own Ray task straight to the destination (a local folder or an ob
 Encoded images are copied as they are (no re-encoding); array formats are written as PNG. Tar
 shards get a ``shards.json`` index (sample counts and class names), so reading them needs no
 counting pass.
+
+An array source larger than ``max_array_bytes`` (IDX, npz, npy) is not read whole: the driver
+reads it in order, a slice of rows at a time, and the seeded order is drawn within windows of
+shards rather than over the whole array (:func:`_sliced_jobs`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import posixpath
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +31,8 @@ import ray
 from PIL import Image
 
 from raysl.config import SourceConfig
-from raysl.data.formats import Arrays, DataError
+from raysl.data.formats import Arrays, ArraySlices, DataError
+from raysl.data.readers.arrays import ArrayReader
 from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, list_target
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 from raysl.data.source import pick_reader
@@ -56,6 +61,9 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
                  seed: int = 0, log: Callable[[str], None] = print) -> ShardsResult:
     """Write the images of ``cfg`` as shards of ``shard_size`` into the folder ``out``.
 
+    An array source larger than ``cfg.max_array_bytes`` is read a slice at a time
+    (:func:`_sliced_jobs`), not whole.
+
     Raises:
         DataError: the source cannot be read.
         ValueError: an unknown ``fmt`` or a ``shard_size`` < 1.
@@ -68,16 +76,25 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
     store = Store.from_env(cfg.endpoint)
     target = (Target("", "none", ()) if cfg.is_made
               else list_target(cfg.path, store, "source"))
-    opened = pick_reader(cfg, target, store, "source").open(cfg, target, store, seed, "source")
-    jobs = (_array_jobs(opened, cfg.limit, seed, shard_size) if isinstance(opened, Arrays)
-            else _unit_jobs(opened, shard_size))
-    names = opened.class_names
-    log(f"[raysl] writing {len(jobs)} {fmt} shard(s) of up to {shard_size} images to {out}")
-    task = ray.remote(num_cpus=1)(_write_shard)
-    refs = [task.remote(job, store, f"{out.rstrip('/')}/{SHARD_NAME.format(i)}.{fmt}", fmt,
-                        names)
-            for i, job in enumerate(jobs)]
-    result = ShardsResult(out, {}, list(names))
+    reader = pick_reader(cfg, target, store, "source")
+    sliced = _too_large(reader, cfg, target, store)
+    jobs: Iterable[ShardJob]
+    if sliced is None:
+        opened = reader.open(cfg, target, store, seed, "source")
+        jobs = (_array_jobs(opened, cfg.limit, seed, shard_size) if isinstance(opened, Arrays)
+                else _unit_jobs(opened, shard_size))
+        count, names = len(jobs), opened.class_names
+    else:  # parquet labels are then integers: the class names are known once all are read
+        rows = min(cfg.limit or sliced.images.shape[0], sliced.images.shape[0])
+        count, names = -(-rows // shard_size), []
+        log(f"[raysl] source.path={cfg.path!r}: {sliced.describe()} are more than "
+            f"source.max_array_bytes={cfg.max_array_bytes}: read {SLICE_BYTES // 2**20} MiB at "
+            f"a time, rows mixed within windows of up to {MIX_SHARDS} shards "
+            f"({MIX_BYTES // 2**20} MiB)")
+        jobs = _sliced_jobs(sliced, cfg.limit, seed, shard_size)
+    log(f"[raysl] writing {count} {fmt} shard(s) of up to {shard_size} images to {out}")
+    refs = _submit(jobs, store, out, fmt, names)
+    result = ShardsResult(out, {}, sliced.class_names if sliced is not None else list(names))
     for i, ref in enumerate(refs):
         written, skipped = ray.get(ref)
         result.shards[f"{SHARD_NAME.format(i)}.{fmt}"] = written
@@ -86,12 +103,45 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
     if not result.samples:
         raise DataError(f"source.path={cfg.path!r}: no image could be read ({result.skipped})")
     if fmt == "tar":
-        index = {"format": INDEX_FORMAT, "shards": result.shards, "class_names": list(names),
-                 "source": cfg.path}
+        index = {"format": INDEX_FORMAT, "shards": result.shards,
+                 "class_names": result.class_names, "source": cfg.path}
         with store.open_output(f"{out.rstrip('/')}/{INDEX_FILE}") as f:
             f.write(json.dumps(index, indent=1).encode())
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _submit(jobs: Iterable[ShardJob], store: Store, out: str, fmt: str,
+            names: list[str]) -> list[Any]:
+    """A writing task per job, in order, with at most 2 per cluster CPU unfinished at once.
+
+    Jobs are taken from ``jobs`` only as tasks finish: a sliced array's rows wait in the object
+    store a window ahead of the writers, not the whole array.
+    """
+    task = ray.remote(num_cpus=1)(_write_shard)
+    in_flight = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+    refs: list[Any] = []
+    pending: list[Any] = []
+    for i, job in enumerate(jobs):
+        if len(pending) >= in_flight:
+            _, pending = ray.wait(pending, num_returns=len(pending) - in_flight + 1,
+                                  fetch_local=False)
+        refs.append(task.remote(job, store, f"{out.rstrip('/')}/{SHARD_NAME.format(i)}.{fmt}",
+                                fmt, names))
+        pending.append(refs[-1])
+    return refs
+
+
+@dataclass
+class Rows:
+    """Array rows of one shard: images (n, H, W[, C]) uint8, labels (n,) or None, places (n,).
+
+    ``places`` are the rows' positions in the shard (it may be written from several Rows).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    places: np.ndarray
 
 
 @dataclass
@@ -100,8 +150,7 @@ class ShardJob:
 
     reader: Reader | None = None
     units: list[Unit] = field(default_factory=list)
-    images: Any = None  # ObjectRef of (n, H, W, C) uint8 (array sources)
-    labels: Any = None  # ObjectRef of (n,) int64, or None
+    rows: list[Any] = field(default_factory=list)  # ObjectRefs of Rows (array sources)
 
 
 def _unit_jobs(encoded: Encoded, shard_size: int) -> list[ShardJob]:
@@ -128,20 +177,89 @@ def _array_jobs(arrays: Arrays, limit: int, seed: int, shard_size: int) -> list[
     for i in range(0, len(order), shard_size):
         idx = order[i:i + shard_size]
         labels = arrays.labels[idx] if arrays.labels is not None else None
-        jobs.append(ShardJob(images=ray.put(arrays.images[idx]),
-                             labels=ray.put(labels) if labels is not None else None))
+        jobs.append(ShardJob(rows=[ray.put(Rows(arrays.images[idx], labels,
+                                                np.arange(len(idx))))]))
     return jobs
+
+
+# An array larger than source.max_array_bytes: the driver reads SLICE_BYTES of rows at a time
+# (one row at least), and mixes rows within windows of MIX_SHARDS shards, or fewer so that a
+# window, which waits in the object store until it is read, holds at most MIX_BYTES.
+SLICE_BYTES = 16 * 2**20
+MIX_SHARDS = 64
+MIX_BYTES = 512 * 2**20
+
+
+def _too_large(reader: Reader, cfg: SourceConfig, target: Target,
+               store: Store) -> ArraySlices | None:
+    """The array source opened to be read a slice at a time, if larger than read whole."""
+    if not isinstance(reader, ArrayReader):
+        return None
+    sliced = reader.slices(cfg, target, store, "source")
+    if sliced.nbytes > cfg.max_array_bytes:
+        return sliced
+    sliced.close()
+    return None
+
+
+def _sliced_jobs(sliced: ArraySlices, limit: int, seed: int, shard_size: int
+                 ) -> Iterator[ShardJob]:
+    """Shard jobs of an array read in order, :data:`SLICE_BYTES` at a time; closes it.
+
+    The rows kept (all, or a seeded random subset of ``limit``) are cut, in order, into
+    windows of shards; a seeded random permutation of each window's rows gives every row its
+    shard and its place there. Each slice's rows are put in the object store grouped by shard,
+    and a window's shards are handed out once it is read: every shard mixes rows from the whole
+    window (:data:`MIX_SHARDS` shards or :data:`MIX_BYTES`), in a random order, while the
+    driver holds one slice. The tar reader then reads the shards in a new order every epoch.
+    """
+    n = sliced.images.shape[0]
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(n, limit, replace=False)) if 0 < limit < n else None
+    total = n if keep is None else limit
+    row_bytes = max(1, sliced.images.nbytes // max(1, n))
+    step = max(1, SLICE_BYTES // row_bytes)
+    window = shard_size * max(1, min(MIX_SHARDS, MIX_BYTES // (shard_size * row_bytes)))
+    start = placed = 0
+    places = np.empty(0, np.int64)
+    parts: list[list[Any]] = []
+    with sliced:
+        for images, labels in sliced.read(step):
+            if keep is not None:  # the kept rows of this slice
+                lo, hi = np.searchsorted(keep, [start, start + len(images)])
+                pick = keep[lo:hi] - start
+                start += len(images)
+                images, labels = images[pick], labels[pick] if labels is not None else None
+            done = 0
+            while done < len(images):
+                if placed % window == 0:  # a new window: its rows' places, its shards' parts
+                    places = rng.permutation(min(window, total - placed))
+                    parts = [[] for _ in range(-(-len(places) // shard_size))]
+                at = placed % window
+                m = min(len(images) - done, len(places) - at)
+                here = places[at:at + m]
+                shards = here // shard_size
+                for shard in np.unique(shards):
+                    rows = np.flatnonzero(shards == shard)
+                    parts[shard].append(ray.put(Rows(
+                        images[done + rows], labels[done + rows] if labels is not None else None,
+                        here[rows] % shard_size)))
+                done, placed = done + m, placed + m
+                if placed % window == 0 or placed == total:
+                    yield from (ShardJob(rows=p) for p in parts)
 
 
 def _items(job: ShardJob, store: Store, class_names: list[str]) -> Iterator[Item]:
     """(name, bytes or skip reason, label) of a job, in order."""
     if job.reader is None:
-        images = ray.get(job.images)
-        labels = ray.get(job.labels) if job.labels is not None else None
-        for i, image in enumerate(images):
-            buf = io.BytesIO()
+        parts: list[Rows] = ray.get(job.rows)
+        images = np.concatenate([p.images for p in parts])
+        labels = (np.concatenate([p.labels for p in parts if p.labels is not None])
+                  if parts[0].labels is not None else None)
+        for i, row in enumerate(np.argsort(np.concatenate([p.places for p in parts]))):
+            image, buf = images[row], io.BytesIO()
             Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, "PNG")
-            yield f"{i}.png", buf.getvalue(), int(labels[i]) if labels is not None else None
+            yield f"{i}.png", buf.getvalue(), int(labels[row]) if labels is not None else None
         return
     for unit in job.units:
         yield from job.reader.read_unit(unit, store, class_names)

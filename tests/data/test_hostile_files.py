@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raysl.data.formats import DataError, load_cifar, load_npy, load_npz, parse_idx
+from raysl.data.formats import (
+    DataError,
+    idx_slices,
+    load_cifar,
+    load_npy,
+    load_npz,
+    npz_slices,
+    parse_idx,
+)
 from raysl.data.storage import Store
 
 MB = 2**20
@@ -56,6 +64,25 @@ def test_an_idx_header_claiming_terabytes_is_refused_before_reading():
     assert peak_mb(lambda: parse_idx(zero_dims, "z.gz")) < 5
 
 
+def test_read_a_slice_at_a_time_a_file_allocates_a_slice_whatever_its_header_says(
+        tmp_path: Path):
+    """What ``raysl shards`` does with an array too large to read whole (formats.ArraySlices)."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+
+    def read_all() -> None:
+        with idx_slices(Store(), str(tmp_path), [str(path)], "train", "data.source") as sliced:
+            for _ in sliced.read(2):
+                pass
+
+    path.write_bytes(gzip.compress(idx_header(4, 28, 28) + bytes(200 * MB), compresslevel=9))
+    assert peak_mb(read_all) < 5
+    assert f"{path}: header says uint8 (4, 28, 28) (3136 bytes), file has more" \
+        in peak_mb.last_error  # type: ignore[attr-defined]
+    path.write_bytes(gzip.compress(idx_header(10**6, 28, 28) + bytes(3 * 784)))  # 784 MB?
+    assert peak_mb(read_all) < 1
+    assert "(784000000 bytes), file has 2352" in peak_mb.last_error  # type: ignore[attr-defined]
+
+
 def test_idx_files_still_read_gzipped_or_not():
     pixels = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     raw = idx_header(2, 3, 4) + pixels.tobytes()
@@ -87,6 +114,8 @@ def test_an_npz_member_larger_than_its_stored_size_is_refused(tmp_path: Path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("images.npy", _npy_with_header((10**5, 1000, 1000), bytes(64)))
     assert peak_mb(lambda: load_npz(Store(), str(path))) < 1
+    assert "bomb.npz['images.npy']: header says uint8" in peak_mb.last_error  # type: ignore[attr-defined]
+    assert peak_mb(lambda: npz_slices(Store(), str(path))) < 1
     assert "bomb.npz['images.npy']: header says uint8" in peak_mb.last_error  # type: ignore[attr-defined]
     good = tmp_path / "good.npz"
     np.savez_compressed(good, images=np.zeros((3, 8, 8), np.uint8), labels=np.arange(3))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from raysl.config import SourceConfig
-from raysl.data.formats import Arrays, load_npy
-from raysl.data.readers.base import Reader, Target
+from raysl.data.formats import Arrays, ArraySlices, load_npy, npy_slices
+from raysl.data.readers.arrays import ArrayReader
+from raysl.data.readers.base import Target
 from raysl.data.storage import Store
 from raysl.registry import register
 
 
 @register("reader", "npy")
-class NPY(Reader):
+class NPY(ArrayReader):
     """uint8 images (N, H, W[, C]), no labels."""
 
     name = "npy"
@@ -23,7 +24,12 @@ class NPY(Reader):
         """A ``.npy`` file."""
         return target.kind == "file" and target.suffix == ".npy"
 
-    def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
-             field_name: str) -> Arrays:
+    def slices(self, cfg: SourceConfig, target: Target, store: Store,
+               field_name: str) -> ArraySlices:
+        """The array, opened to be read a slice at a time."""
+        return npy_slices(store, cfg.path)
+
+    def read_whole(self, cfg: SourceConfig, target: Target, store: Store,
+                   field_name: str) -> Arrays:
         """The array, read whole."""
         return load_npy(store, cfg.path)

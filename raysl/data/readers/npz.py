@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from raysl.config import SourceConfig
-from raysl.data.formats import Arrays, load_npz
-from raysl.data.readers.base import Reader, Target
+from raysl.data.formats import Arrays, ArraySlices, load_npz, npz_slices
+from raysl.data.readers.arrays import ArrayReader
+from raysl.data.readers.base import Target
 from raysl.data.storage import Store
 from raysl.registry import register
 
 
 @register("reader", "npz")
-class NPZ(Reader):
+class NPZ(ArrayReader):
     """uint8 images (N, H, W[, C]) and integer labels (N,) in one archive."""
 
     name = "npz"
@@ -23,7 +24,12 @@ class NPZ(Reader):
         """A ``.npz`` file."""
         return target.kind == "file" and target.suffix == ".npz"
 
-    def open(self, cfg: SourceConfig, target: Target, store: Store, seed: int,
-             field_name: str) -> Arrays:
+    def slices(self, cfg: SourceConfig, target: Target, store: Store,
+               field_name: str) -> ArraySlices:
+        """The arrays, opened to be read a slice at a time."""
+        return npz_slices(store, cfg.path)
+
+    def read_whole(self, cfg: SourceConfig, target: Target, store: Store,
+                   field_name: str) -> Arrays:
         """The arrays, read whole."""
         return load_npz(store, cfg.path)
