@@ -274,7 +274,7 @@ def _read_training_data(run: _Run) -> ImageSource:
     result.data, result.data_fingerprint = source.description, source.fingerprint
     Tracker(result.tracking_uri, result.mlflow_run_id, active=True).set_tags(
         run_lineage_tags(source.fingerprint))
-    run.log(f"[raysl] data: {source.description}; {source.cache_reason}")
+    run.log(f"[raysl] data: {source.description}; {source.cache_reason}; {source.timing}")
     for note in source.notes:
         run.log(f"[raysl] data: {note}")
     if source.cache != "none":  # a stream counts its bad files as it decodes them

@@ -74,7 +74,7 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
         raise ValueError(f"--shard-size={shard_size}: must be >= 1")
     t0 = time.perf_counter()
     store = Store.from_env(cfg.endpoint)
-    target = (Target("", "none", ()) if cfg.is_made
+    target = (Target.of("", "none") if cfg.is_made
               else list_target(cfg.path, store, "source"))
     reader = pick_reader(cfg, target, store, "source")
     sliced = _too_large(reader, cfg, target, store)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,6 +94,13 @@ class ImageSource:
     ledger: Any = None
     fingerprint: str = ""
     units: UnitSource | None = None  # the encoded source's read tasks (None for arrays)
+    seconds: dict[str, float] = field(default_factory=dict)  # list, open, decode: wall clock
+
+    @property
+    def timing(self) -> str:
+        """Where opening the source took its time, for the ``[raysl] data:`` line."""
+        names = {"list": "listed", "open": "opened", "decode": "decoded once"}
+        return ", ".join(f"{names[k]} in {v:.1f} s" for k, v in self.seconds.items())
 
     @property
     def labeled(self) -> bool:
@@ -147,12 +155,17 @@ def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_n
           decode_cpus: float) -> ImageSource:
     """:func:`read_source`, labels included."""
     store = Store.from_env(cfg.endpoint)
+    clock = time.perf_counter()
     target = Target.of("", "none") if cfg.is_made else \
         list_target(cfg.path, store, field_name)
+    seconds = {"list": time.perf_counter() - clock}
     reader = pick_reader(cfg, target, store, field_name)
     opened = reader.open(cfg, target, store, seed, field_name)
+    seconds["open"] = time.perf_counter() - clock - seconds["list"]
     if isinstance(opened, Arrays):
-        return _from_arrays(opened, cfg, channels, seed)
+        arrays = _from_arrays(opened, cfg, channels, seed)
+        arrays.seconds = seconds
+        return arrays
     mode, reason = _cache_mode(cache, opened.num_items * decode_size ** 2 * channels)
     ledger = DecodeLedger.remote(opened.num_items, policy, field_name, cfg.path,  # type: ignore[attr-defined]
                                  mode == "none")
@@ -161,9 +174,12 @@ def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_n
     dataset = ray.data.read_datasource(source, num_cpus=decode_cpus, resources=resources or None)
     out = ImageSource(dataset, opened.num_items, opened.class_names, "", mode, reason,
                       notes=list(opened.notes), ledger=ledger,
-                      fingerprint=_fingerprint(reader.name, cfg, opened), units=source)
+                      fingerprint=_fingerprint(reader.name, cfg, opened), units=source,
+                      seconds=seconds)
     if mode == "memory":
+        clock = time.perf_counter()
         out.dataset = dataset.materialize()
+        seconds["decode"] = time.perf_counter() - clock
         out.tally()
         check_bad_files(out.skipped, opened.num_items, policy, field_name, cfg.path,
                         out.skipped_examples)

@@ -165,8 +165,10 @@ def _label_free_measure(base: Config, metric: str) -> tuple[Callable[[Encoder], 
     settings), read here once.
     """
     cfg = base.data
+    # Streamed: the sample is the first units' images; caching would decode the whole set
+    # (a million files) to keep a thousand of them.
     source = read_source(cfg.source, cfg.channels, cfg.effective_decode_size, base.train.seed,
-                         "data.source", DecodePolicy.of(cfg), cache=cfg.cache)
+                         "data.source", DecodePolicy.of(cfg), cache="none")
     images = first_images(source, min(base.eval.monitor_samples, source.num_images))
     monitor = LabelFreeMonitor(images, base, 0, 1)
     key = LABEL_FREE_CHAMPION_METRICS[metric]
