@@ -55,6 +55,11 @@ class Clustering:
         return int(self.sizes.sum())
 
 
+# Rows whitened at a time: float64 copies of a chunk, not of all of a worker's features (at a
+# million images on one worker, a 512-d head's float64 copies were 3 x 4 GB).
+WHITEN_ROWS = 65536
+
+
 def pca_whiten(x: Tensor, dim: int) -> Tensor:
     """DeepCluster's pre-processing: PCA to ``dim`` dimensions, whitening, then L2-normalisation.
 
@@ -65,16 +70,13 @@ def pca_whiten(x: Tensor, dim: int) -> Tensor:
     Returns:
         (n, min(dim, D)) float32 rows of unit norm.
     """
-    return F.normalize(whitened(x, dim), dim=1).float()
+    mean, projection = _whitening(x, dim)
+    return torch.cat([F.normalize((c.double() - mean) @ projection, dim=1).float()
+                      for c in _row_chunks(x)])
 
 
 def whitened(x: Tensor, dim: int) -> Tensor:
     """The rows projected on the ``dim`` top principal axes and scaled to unit variance.
-
-    The mean and covariance are those of every rank's rows together (float64 sums,
-    all-reduced). Each axis's sign is fixed (its largest component positive), so every
-    process picks the same basis. Directions with (near) zero variance are floored at 1e-6 of
-    the largest variance instead of being blown up.
 
     Args:
         x: (n, D) this rank's features.
@@ -83,19 +85,37 @@ def whitened(x: Tensor, dim: int) -> Tensor:
     Returns:
         (n, min(dim, D)) float64; over all ranks, mean 0 and covariance the identity.
     """
-    x64 = x.double()
+    mean, projection = _whitening(x, dim)
+    return torch.cat([(c.double() - mean) @ projection for c in _row_chunks(x)])
+
+
+def _whitening(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The mean (D,) and the projection (D, min(dim, D)) that whiten every rank's rows.
+
+    The mean and covariance are those of every rank's rows together (float64 sums,
+    all-reduced, :data:`WHITEN_ROWS` rows at a time). Each axis's sign is fixed (its largest
+    component positive), so every process picks the same basis. Directions with (near) zero
+    variance are floored at 1e-6 of the largest variance instead of being blown up.
+    """
+    zero = torch.zeros((), dtype=torch.float64, device=x.device)
     n = distributed.all_reduce_sum(torch.tensor(float(len(x)), dtype=torch.float64,
                                                 device=x.device))
-    mean = distributed.all_reduce_sum(x64.sum(0)) / n
-    second = distributed.all_reduce_sum(x64.T @ x64) / n
-    cov = second - torch.outer(mean, mean)
+    total = sum((c.double().sum(0) for c in _row_chunks(x)), zero.expand(x.shape[1]))
+    second = sum((c.double().T @ c.double() for c in _row_chunks(x)),
+                 zero.expand(x.shape[1], x.shape[1]))
+    mean = distributed.all_reduce_sum(total.contiguous()) / n
+    cov = distributed.all_reduce_sum(second.contiguous()) / n - torch.outer(mean, mean)
     values, vectors = torch.linalg.eigh(cov)  # ascending
     dim = min(dim, x.shape[1])
     values, vectors = values.flip(0)[:dim], vectors.flip(1)[:, :dim]
     vectors = vectors * vectors.gather(0, vectors.abs().argmax(0, keepdim=True)).sign()
     floor = 1e-6 * values[0].clamp_min(1e-12)
-    out: Tensor = (x64 - mean) @ vectors / values.clamp_min(floor).sqrt()
-    return out
+    return mean, vectors / values.clamp_min(floor).sqrt()
+
+
+def _row_chunks(x: Tensor) -> tuple[Tensor, ...]:
+    """``x`` in chunks of :data:`WHITEN_ROWS` rows (one empty chunk for no rows)."""
+    return x.split(WHITEN_ROWS) if len(x) else (x,)
 
 
 def nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from raysl import clustering
 from raysl.clustering import (
     _split_into_empty,
     kmeans,
@@ -45,6 +46,16 @@ def test_whitened_rows_have_identity_covariance_on_the_top_principal_axes():
     projected = torch.from_numpy(centred @ vt[:4].T)
     coef = torch.linalg.lstsq(z, projected).solution
     torch.testing.assert_close(z @ coef, projected, atol=1e-8, rtol=0)
+
+
+def test_whitening_a_chunk_at_a_time_equals_whitening_at_once(monkeypatch):
+    """Bounded memory (a chunk's float64 copies) changes nothing but the summation order."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 6, generator=g) @ torch.randn(6, 6, generator=g) + 2.0
+    whole, unit = whitened(x, 4), pca_whiten(x, 4)
+    monkeypatch.setattr(clustering, "WHITEN_ROWS", 7)  # 43 chunks, the last of 6 rows
+    torch.testing.assert_close(whitened(x, 4), whole, atol=1e-9, rtol=0)
+    torch.testing.assert_close(pca_whiten(x, 4), unit, atol=1e-6, rtol=0)
 
 
 def test_pca_whiten_gives_unit_rows_and_cuts_dim_to_the_features():
