@@ -10,11 +10,13 @@ import argparse
 import dataclasses
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from raysl import config as config_mod
 from raysl import registry
 from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
+from raysl.config.redact import redact
 from raysl.console import VERBOSE_ENV
 from raysl.data.formats import DataError
 from raysl.eval.monitors import RepresentationCollapsed
@@ -221,11 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"raysl: error: {e}", file=sys.stderr)
+        _error(f"raysl: error: {e}")
         return 2
     except RepresentationCollapsed as e:
-        print(f"raysl: training stopped: {e}", file=sys.stderr)
+        _error(f"raysl: training stopped: {e}")
         return 1
+    except Exception:  # the traceback, its URIs' credentials hidden
+        _error(traceback.format_exc().rstrip())
+        return 1
+
+
+def _error(text: str) -> None:
+    """An error for the terminal: a data path's or tracking URI's credentials hidden."""
+    print(redact(text), file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -253,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             print(evaluate(args.model, *evaluate_args(args)).summary())
         except (ModelNotFoundError, CheckpointError) as e:
-            print(f"raysl: error: {e}", file=sys.stderr)
+            _error(f"raysl: error: {e}")
             return 2
         return 0
     if args.command == "readers":
@@ -331,7 +341,7 @@ def _shards(args: argparse.Namespace) -> int:
     try:
         result = write_shards(source, args.out, args.shard_size, args.format, args.seed)
     except ValueError as e:  # DataError included
-        print(f"raysl: error: {e}", file=sys.stderr)
+        _error(f"raysl: error: {e}")
         return 2
     skipped = f"; skipped {result.skipped}" if result.skipped else ""
     print(f"[raysl] wrote {result.samples} images in {len(result.shards)} {args.format} "

@@ -115,7 +115,7 @@ def _whitening(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
 def _row_chunks(x: Tensor) -> tuple[Tensor, ...]:
     """``x`` in chunks of :data:`WHITEN_ROWS` rows (one empty chunk for no rows)."""
-    return x.split(WHITEN_ROWS) if len(x) else (x,)
+    return torch.split(x, WHITEN_ROWS) if len(x) else (x,)
 
 
 def nearest(x: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,6 +34,7 @@ from raysl.tracking.mlflow import (
     ensure_experiment,
     log_params_once,
     resolve_tracking_uri,
+    tracking_client,
     ui_command,
 )
 from raysl.train.trainer import connect
@@ -150,7 +151,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
     run_id = _log_run(cfg, loaded, spec, report, uri)
     result = EvaluateResult(loaded.description, report, run_id, uri)
     if loaded.registered_name:
-        tag_model_version(MlflowClient(uri), loaded.registered_name, loaded.registered_version,
+        tag_model_version(tracking_client(uri), loaded.registered_name, loaded.registered_version,
                           report, run_id)
         result.model_version_tagged = (f"models:/{loaded.registered_name}/"
                                        f"{loaded.registered_version}")
@@ -158,7 +159,7 @@ def evaluate(spec: str, data: str | None = None, protocols: str | None = None,
 
 
 def _log_run(cfg: Config, loaded: LoadedModel, spec: str, report: EvalReport, uri: str) -> str:
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     tags = {EVAL_RUN_TAG: spec, "raysl.kind": "evaluation", "raysl.method": cfg.method.name}
     if loaded.run_id:

@@ -50,6 +50,7 @@ from raysl.tracking.mlflow import (
     find_or_create_run,
     log_params_once,
     resolve_tracking_uri,
+    tracking_client,
     ui_command,
     wait_until_reachable,
 )
@@ -197,7 +198,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     machines = len({n.host for n in nodes})
     check_shared("train.storage_path", storage, machines)
     check_tracking_shared(uri, machines)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,
                                          {"raysl.method": cfg.method.name, **(run_tags or {})})

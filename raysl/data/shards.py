@@ -31,6 +31,7 @@ import ray
 from PIL import Image
 
 from raysl.config import SourceConfig
+from raysl.config.redact import redact
 from raysl.data.formats import Arrays, ArraySlices, DataError
 from raysl.data.readers.arrays import ArrayReader
 from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, list_target
@@ -104,7 +105,7 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
         raise DataError(f"source.path={cfg.path!r}: no image could be read ({result.skipped})")
     if fmt == "tar":
         index = {"format": INDEX_FORMAT, "shards": result.shards,
-                 "class_names": result.class_names, "source": cfg.path}
+                 "class_names": result.class_names, "source": redact(cfg.path)}
         with store.open_output(f"{out.rstrip('/')}/{INDEX_FILE}") as f:
             f.write(json.dumps(index, indent=1).encode())
     result.seconds = time.perf_counter() - t0
@@ -289,7 +290,7 @@ def _write_tar(out: Any, rows: list[tuple[str, bytes, int | None]]) -> None:
             key = f"{i:06d}"
             ext = posixpath.splitext(name.split("#")[0])[1].lower().lstrip(".") or "jpg"
             members = [(f"{key}.{ext}", data),
-                       (f"{key}.json", json.dumps({"source": name}).encode())]
+                       (f"{key}.json", json.dumps({"source": redact(name)}).encode())]
             if label is not None:
                 members.append((f"{key}.cls", str(label).encode()))
             for member, payload in members:
@@ -305,7 +306,7 @@ def _write_parquet(out: Any, rows: list[tuple[str, bytes, int | None]],
     Names, not indices: a parquet shard has no index, and sorted names give back the indices.
     """
     columns: dict[str, Any] = {"image": pa.array([r[1] for r in rows], pa.binary()),
-                               "source": pa.array([r[0] for r in rows], pa.string())}
+                               "source": pa.array([redact(r[0]) for r in rows], pa.string())}
     if rows and rows[0][2] is not None:
         labels = [int(r[2]) for r in rows if r[2] is not None]
         columns["label"] = (pa.array([class_names[i] for i in labels], pa.string())

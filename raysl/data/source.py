@@ -226,7 +226,7 @@ def check_source(cfg: SourceConfig, field_name: str) -> None:
     probe = cfg.path if not has_braces(cfg.path) else None
     try:
         kind = store.kind(probe) if probe else "pattern"
-    except OSError as e:
+    except (OSError, pa.ArrowInvalid) as e:
         raise DataError(f"{where}: cannot be reached ({e})") from None
     if kind == "missing":
         raise DataError(f"{where}: does not exist")

@@ -19,7 +19,7 @@ import posixpath
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -48,7 +48,8 @@ class Store:
     """
 
     endpoint: str = ""
-    credentials: tuple[str, str, str] | tuple[()] = ()
+    # Never shown: a Store appears in Ray's task descriptions and in error reports.
+    credentials: tuple[str, str, str] | tuple[()] = field(default=(), repr=False)
     region: str = ""
 
     @classmethod

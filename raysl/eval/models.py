@@ -25,7 +25,7 @@ from raysl.checkpoint import (
 )
 from raysl.config import Config, TrackingConfig
 from raysl.nn.backbones import Encoder, build_encoder
-from raysl.tracking.mlflow import resolve_tracking_uri
+from raysl.tracking.mlflow import resolve_tracking_uri, tracking_client
 
 # Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
 # directory per finished training (a resumed run adds one), and tags the registered version with
@@ -64,10 +64,10 @@ def load_model(spec: str, tracking_uri: str) -> LoadedModel:
         ModelNotFoundError: naming what was looked for and where.
     """
     if spec.startswith("models:/"):
-        return _from_registry(spec, MlflowClient(tracking_uri))
+        return _from_registry(spec, tracking_client(tracking_uri))
     if spec.startswith("runs:/") or _RUN_ID.match(spec):
         run_id = spec.removeprefix("runs:/").strip("/").split("/")[0]
-        return _from_run(run_id, MlflowClient(tracking_uri), f"run {run_id}")
+        return _from_run(run_id, tracking_client(tracking_uri), f"run {run_id}")
     path = Path(spec)
     if path.is_dir():
         return _from_checkpoint(_latest_checkpoint(path))

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlflow.tracking import MlflowClient
-
 from raysl.config import SourceConfig, TrackingConfig
 from raysl.eval.models import WEIGHTS_TAG, LoadedModel, load_model, logged_weights
-from raysl.tracking.mlflow import resolve_tracking_uri
+from raysl.tracking.mlflow import resolve_tracking_uri, tracking_client
 from raysl.tracking.registry import lineage_tags, log_and_register
 
 
@@ -55,7 +53,7 @@ def _export(args: argparse.Namespace, model: LoadedModel, uri: str) -> int:
     connect()
     try:
         result = export(model, args.format, args.out)
-        artifact = log_to_version(MlflowClient(uri), model, result) if args.log else ""
+        artifact = log_to_version(tracking_client(uri), model, result) if args.log else ""
     except ExportError as e:
         print(f"raysl: error: {e}", file=sys.stderr)
         return 2
@@ -67,7 +65,7 @@ def _export(args: argparse.Namespace, model: LoadedModel, uri: str) -> int:
 
 
 def _register(args: argparse.Namespace, model: LoadedModel, uri: str) -> int:
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     if not model.run_id:
         print(f"raysl: error: MODEL={args.model!r}: must be a registered version or an MLflow "
               "run (models:/..., runs:/...): the new version points at the run's weights",

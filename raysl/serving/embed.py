@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from raysl.config import SourceConfig
+from raysl.config.redact import redact
 from raysl.console import duration
 from raysl.data.decode import decode_image
 from raysl.data.ledger import DecodePolicy
@@ -89,7 +90,8 @@ def _table(batch: dict[str, np.ndarray]) -> pa.Table:
     features = batch["features"].astype(np.float32)
     columns: dict[str, pa.Array] = {"index": pa.array(batch["index"], pa.int64())}
     if "path" in batch:
-        columns["path"] = pa.array(batch["path"].astype(str), pa.string())
+        # As given, but a URI's credentials hidden: the output is shared, the keys are not.
+        columns["path"] = pa.array([redact(p) for p in batch["path"].astype(str)], pa.string())
     if "label" in batch:
         columns["label"] = pa.array(batch["label"], pa.int64())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(

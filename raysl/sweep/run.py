@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ray.tune
-from mlflow.tracking import MlflowClient
 
 from raysl.config import ConfigError
 from raysl.console import redacting
@@ -27,7 +26,7 @@ from raysl.sweep.register import crown_best
 from raysl.sweep.runs import close_child_runs, finished_summary, open_parent
 from raysl.sweep.spec import Sweep
 from raysl.sweep.tuner import build_tuner
-from raysl.tracking.mlflow import ensure_experiment, resolve_tracking_uri
+from raysl.tracking.mlflow import ensure_experiment, resolve_tracking_uri, tracking_client
 from raysl.train.trainer import cluster_resources, connect, storage_path
 
 
@@ -42,7 +41,7 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:
     base = sweep.base
     storage = storage_path(base)
     uri = resolve_tracking_uri(base.tracking)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     experiment_id = ensure_experiment(client, base.tracking.experiment, uri)
     path = f"{storage.rstrip('/')}/{sweep.name}"
     done = finished_summary(client, experiment_id, sweep)

@@ -23,9 +23,74 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raysl.config import TrackingConfig
-from raysl.config.redact import redact
+from raysl.config.redact import redact, redact_values
 
 RUN_NAME_TAG = "raysl.run_name"
+
+
+class RedactingClient(MlflowClient):
+    """An MLflow client that hides credentials in every text it writes.
+
+    Tags, params, descriptions and text artifacts pass :func:`~raysl.config.redact.redact`
+    here, the one boundary every raysl write to MLflow crosses: a data path's
+    ``?secret_key=`` or an endpoint's ``user:password@`` never reaches a registry reader.
+    Metrics are numbers; artifact files are written by raysl from redacted configs.
+    """
+
+    def set_tag(self, run_id: str, key: str, value: Any, synchronous: bool | None = None
+                ) -> Any:
+        """As MLflow's, the value redacted."""
+        return super().set_tag(run_id, key, _hidden(value), synchronous)
+
+    def log_param(self, run_id: str, key: str, value: Any, synchronous: bool | None = None
+                  ) -> Any:
+        """As MLflow's, the value redacted."""
+        return super().log_param(run_id, key, _hidden(value), synchronous)
+
+    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = (),
+                  synchronous: bool | None = None) -> Any:
+        """As MLflow's, param and tag values redacted."""
+        return super().log_batch(run_id, metrics,
+                                 [Param(p.key, _hidden(p.value)) for p in params],
+                                 [RunTag(t.key, _hidden(t.value)) for t in tags], synchronous)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """As MLflow's, the text redacted."""
+        super().log_text(run_id, redact(text), artifact_file)
+
+    def log_dict(self, run_id: str, dictionary: dict[str, Any], artifact_file: str) -> None:
+        """As MLflow's, every string in it redacted."""
+        super().log_dict(run_id, redact_values(dictionary), artifact_file)
+
+    def set_model_version_tag(self, name: str, version: str | None = None,
+                              key: str | None = None, value: Any = None,
+                              stage: str | None = None) -> None:
+        """As MLflow's, the value redacted."""
+        super().set_model_version_tag(name, version, key, _hidden(value), stage)
+
+    def update_model_version(self, name: str, version: str, description: str | None = None
+                             ) -> Any:
+        """As MLflow's, the description redacted."""
+        return super().update_model_version(name, version, _hidden(description))
+
+    def set_registered_model_tag(self, name: str, key: str, value: Any) -> None:
+        """As MLflow's, the value redacted."""
+        super().set_registered_model_tag(name, key, _hidden(value))
+
+    def update_registered_model(self, name: str, description: str | None = None,
+                                deployment_job_id: str | None = None) -> Any:
+        """As MLflow's, the description redacted."""
+        return super().update_registered_model(name, _hidden(description), deployment_job_id)
+
+
+def _hidden(value: Any) -> Any:
+    """A string value redacted; ``None`` and numbers as they are."""
+    return redact(value) if isinstance(value, str) else value
+
+
+def tracking_client(uri: str) -> RedactingClient:
+    """The MLflow client raysl writes with (and reads with: one kind of client everywhere)."""
+    return RedactingClient(uri)
 
 
 def resolve_tracking_uri(cfg: TrackingConfig) -> str:
@@ -111,7 +176,7 @@ class Tracker:
 
     def __init__(self, uri: str, run_id: str, active: bool) -> None:
         self.run_id = run_id
-        self.client = MlflowClient(uri) if active and run_id else None
+        self.client = tracking_client(uri) if active and run_id else None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log ``{"train/loss": 4.1, ...}`` at ``step`` (we use the epoch)."""

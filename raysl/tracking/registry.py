@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
 from raysl.checkpoint import ENCODER_FILE
 from raysl.config import Config
 from raysl.nn.backbones import Encoder, encoder_info
+from raysl.tracking.mlflow import tracking_client
 
 RAYSL_PACKAGE = Path(__file__).resolve().parents[1]
 # On a training run: the source commit and version of raysl, and which images trained it.
@@ -158,7 +158,7 @@ def log_and_register(encoder: Encoder, cfg: Config, run_id: str, uri: str,
     if model_name is None:
         return None
     version = str(info.registered_model_version)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     client.update_model_version(model_name, version, description=description)
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)

@@ -106,7 +106,8 @@ def list_target(path: str, store: Store, field_name: str) -> Target:
         if kind == "file":
             return Target.of(path, kind, [path])
         return Target(path, kind, store.list_files(path))
-    except OSError as e:  # unreachable endpoint, no credentials, no such bucket
+    except (OSError, pa.ArrowInvalid) as e:  # unreachable, no credentials, no such bucket,
+        # or a URI pyarrow cannot take (s3://key:secret@bucket: keys go in AWS_* variables)
         raise DataError(f"{where}: cannot be reached ({e})") from None
 
 
