@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--limit", type=int, default=0, help="convert this many images (a seeded "
                     "random subset); 0 = all")
     sh.add_argument("--seed", type=int, default=0, help="seeds the order of the images")
+    sh.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (its "
+                    "files are deleted once the new shards are complete)")
     add_verbose(sh)
     em = sub.add_parser("embed", help="embed a dataset with a registered encoder into parquet")
     add_model(em)
@@ -136,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
                     "of part files (local or an object store)")
     em.add_argument("--data-format", default="auto", metavar="NAME", help="the source's reader")
     em.add_argument("--split", default="train", help="IDX/CIFAR: which split")
+    em.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (once "
+                    "the new embeddings are complete)")
     em.add_argument("--batch-size", type=int, default=512, help="images per encoder call "
                     "(default 512)")
     add_tracking_uri(em)
@@ -339,7 +343,8 @@ def _shards(args: argparse.Namespace) -> int:
                                      split=args.split, limit=args.limit)
     connect()
     try:
-        result = write_shards(source, args.out, args.shard_size, args.format, args.seed)
+        result = write_shards(source, args.out, args.shard_size, args.format, args.seed,
+                              overwrite=args.overwrite)
     except ValueError as e:  # DataError included
         _error(f"raysl: error: {e}")
         return 2

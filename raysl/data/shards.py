@@ -33,6 +33,7 @@ from PIL import Image
 from raysl.config import SourceConfig
 from raysl.config.redact import redact
 from raysl.data.formats import Arrays, ArraySlices, DataError
+from raysl.data.outputs import Output, check_apart, open_output
 from raysl.data.readers.arrays import ArrayReader
 from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, list_target
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
@@ -59,14 +60,18 @@ class ShardsResult:
 
 
 def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str = "tar",
-                 seed: int = 0, log: Callable[[str], None] = print) -> ShardsResult:
+                 seed: int = 0, log: Callable[[str], None] = print,
+                 overwrite: bool = False) -> ShardsResult:
     """Write the images of ``cfg`` as shards of ``shard_size`` into the folder ``out``.
 
     An array source larger than ``cfg.max_array_bytes`` is read a slice at a time
-    (:func:`_sliced_jobs`), not whole.
+    (:func:`_sliced_jobs`), not whole. The folder is written whole or not at all
+    (:mod:`raysl.data.outputs`): an existing one is refused unless ``overwrite``, and its
+    ``_manifest.json`` names the shards that belong to it.
 
     Raises:
-        DataError: the source cannot be read.
+        DataError: the source cannot be read; ``out`` exists (without ``overwrite``) or
+            overlaps the source.
         ValueError: an unknown ``fmt`` or a ``shard_size`` < 1.
     """
     if fmt not in ("tar", "parquet"):
@@ -75,6 +80,23 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
         raise ValueError(f"--shard-size={shard_size}: must be >= 1")
     t0 = time.perf_counter()
     store = Store.from_env(cfg.endpoint)
+    check_apart("" if cfg.is_made else cfg.path, out, store)
+    output = open_output(out, store, overwrite, folder=True)
+    try:
+        result = _write_all(cfg, output, shard_size, fmt, seed, log)
+    except BaseException:
+        output.abandon()
+        raise
+    output.commit({**result.shards, **({INDEX_FILE: len(result.shards)} if fmt == "tar"
+                                       else {})}, f"{fmt} shards")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_all(cfg: SourceConfig, output: Output, shard_size: int, fmt: str, seed: int,
+               log: Callable[[str], None]) -> ShardsResult:
+    """Every shard (and a tar set's index) into ``output``'s staging folder."""
+    store, out = output.store, output.final
     target = (Target.of("", "none") if cfg.is_made
               else list_target(cfg.path, store, "source"))
     reader = pick_reader(cfg, target, store, "source")
@@ -94,7 +116,7 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
             f"({MIX_BYTES // 2**20} MiB)")
         jobs = _sliced_jobs(sliced, cfg.limit, seed, shard_size)
     log(f"[raysl] writing {count} {fmt} shard(s) of up to {shard_size} images to {out}")
-    refs = _submit(jobs, store, out, fmt, names)
+    refs = _submit(jobs, store, output.staging, fmt, names)
     result = ShardsResult(out, {}, sliced.class_names if sliced is not None else list(names))
     for i, ref in enumerate(refs):
         written, skipped = ray.get(ref)
@@ -106,9 +128,8 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
     if fmt == "tar":
         index = {"format": INDEX_FORMAT, "shards": result.shards,
                  "class_names": result.class_names, "source": redact(cfg.path)}
-        with store.open_output(f"{out.rstrip('/')}/{INDEX_FILE}") as f:
+        with store.open_output(output.path(INDEX_FILE)) as f:
             f.write(json.dumps(index, indent=1).encode())
-    result.seconds = time.perf_counter() - t0
     return result
 
 

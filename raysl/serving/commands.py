@@ -30,7 +30,8 @@ def _embed(args: argparse.Namespace, model: LoadedModel) -> int:
 
     connect()
     source = SourceConfig(format=args.data_format, path=args.data, split=args.split)
-    print(write_summary(embed(model, source, args.out, args.batch_size)))
+    print(write_summary(embed(model, source, args.out, args.batch_size,
+                              overwrite=args.overwrite)))
     return 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
@@ -24,6 +25,7 @@ from raysl.config.redact import redact
 from raysl.console import duration
 from raysl.data.decode import decode_image
 from raysl.data.ledger import DecodePolicy
+from raysl.data.outputs import Output, manifest_files, open_output
 from raysl.data.source import read_source
 from raysl.data.storage import Store
 from raysl.eval.extract import dataset_features
@@ -50,16 +52,20 @@ class EmbedResult:
 
 
 def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 512,
-          log: Callable[[str], None] = print) -> EmbedResult:
+          log: Callable[[str], None] = print, overwrite: bool = False) -> EmbedResult:
     """Embed every image of ``source`` with ``model`` into parquet at ``out``.
 
     ``out`` ending in ``.parquet`` is one file; anything else is a folder of ``part-*.parquet``
-    files (local or an object store).
+    files (local or an object store) and its ``_manifest.json``. Written whole or not at all
+    (:mod:`raysl.data.outputs`): an existing output is refused unless ``overwrite``.
 
     Raises:
-        DataError: the source cannot be read, or too many of its images are bad.
+        DataError: the source cannot be read, or too many of its images are bad; ``out``
+            exists and ``overwrite`` is false.
     """
     t0 = time.perf_counter()
+    store = Store.from_env(source.endpoint)
+    output = open_output(out, store, overwrite, folder=not out.endswith(".parquet"))
     data = model.config.data
     policy = DecodePolicy("skip", 1.0, data.max_image_pixels, data.min_image_side)
     src = read_source(source, data.channels, data.effective_decode_size, 0, "--data", policy,
@@ -69,7 +75,7 @@ def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 
                                 keep=("path",), materialize=False)
     result = EmbedResult(out, 0, model.encoder.num_features, description=src.description)
     last = time.perf_counter()
-    with _Writer(out, Store.from_env(source.endpoint)) as writer:
+    with _Writer(output) as writer:
         for batch in features.iter_batches(batch_size=4096, batch_format="numpy"):
             writer.write(_table(batch))
             result.rows += len(batch["index"])
@@ -100,12 +106,16 @@ def _table(batch: dict[str, np.ndarray]) -> pa.Table:
 
 
 class _Writer:
-    """Parquet output: one file, or a folder of files of up to ``ROWS_PER_FILE`` rows."""
+    """Parquet output: one file, or a folder of files of up to ``ROWS_PER_FILE`` rows.
 
-    def __init__(self, out: str, store: Store) -> None:
-        self.out, self.store = out.rstrip("/"), store
-        self.single = out.endswith(".parquet")
+    Committed into place when the block ends without an error, abandoned otherwise.
+    """
+
+    def __init__(self, output: Output) -> None:
+        self.output, self.store = output, output.store
+        self.single = not output.folder
         self.files: list[str] = []
+        self.rows: dict[str, int] = {}
         self._writer: pq.ParquetWriter | None = None
         self._stream: object = None
         self._rows = 0
@@ -118,13 +128,17 @@ class _Writer:
         if self._writer is not None and not self.single and self._rows >= ROWS_PER_FILE:
             self._close()
         if self._writer is None:
-            path = self.out if self.single else f"{self.out}/part-{len(self.files):05d}.parquet"
+            name = f"part-{len(self.files):05d}.parquet"
+            path = self.output.staging if self.single else self.output.path(name)
             self._stream = self.store.open_output(path)
             self._writer = pq.ParquetWriter(self._stream, table.schema)
-            self.files.append(path)
+            self.files.append(self.output.final if self.single else
+                              f"{self.output.final.rstrip('/')}/{name}")
+            self.rows[name] = 0
             self._rows = 0
         self._writer.write_table(table)
         self._rows += table.num_rows
+        self.rows[list(self.rows)[-1]] += table.num_rows
 
     def _close(self) -> None:
         if self._writer is not None:
@@ -132,8 +146,14 @@ class _Writer:
             self._stream.close()  # type: ignore[attr-defined]
             self._writer = None
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self._close()
+        if kind is not None:
+            self.output.abandon()
+        elif self.files:
+            self.output.commit(self.rows, "embeddings")
+        else:  # nothing embedded: an empty output is no output
+            self.output.abandon()
 
 
 @dataclass(frozen=True)
@@ -185,8 +205,12 @@ def neighbours(model: LoadedModel, embeddings: str, images: list[str], k: int = 
 
 
 def _batches(path: str, store: Store) -> Iterator[pa.RecordBatch]:
+    """The rows of an embedding output: its manifest's files (a folder), or the file."""
     fs, inner = store.resolve(path)
-    yield from pads.dataset(inner, filesystem=fs, format="parquet").to_batches(
+    files = manifest_files(store, path) if fs.get_file_info(inner).type == \
+        pafs.FileType.Directory else None
+    source = [store.resolve(f)[1] for f in files] if files is not None else inner
+    yield from pads.dataset(source, filesystem=fs, format="parquet").to_batches(
         columns=None, batch_size=65536)
 
 

@@ -247,3 +247,23 @@ def test_a_whole_image_pass_beside_the_stream_counts_no_bad_file_twice(tmp_path:
     assert rows[0]["image"].shape == (3, 16, 16) and {int(r["label"]) for r in rows} == {0, 1}
     src.tally()
     assert src.skipped == {"not_an_image": 3}
+
+
+def test_shards_rewritten_only_with_overwrite_and_never_mixed(tmp_path: Path):
+    _tree(tmp_path / "src", n=30, bad=0)
+    src = SourceConfig(path=str(tmp_path / "src"))
+    for fmt in ("tar", "parquet"):
+        out = tmp_path / fmt
+        write_shards(src, str(out), shard_size=4, fmt=fmt, log=lambda _: None)  # 8 shards
+        with pytest.raises(DataError, match="the folder exists; pass --overwrite"):
+            write_shards(src, str(out), shard_size=16, fmt=fmt, log=lambda _: None)
+        result = write_shards(src, str(out), shard_size=16, fmt=fmt, log=lambda _: None,
+                              overwrite=True)
+        names = sorted(p.name for p in out.iterdir())
+        assert len(result.shards) == 2 and names == sorted(
+            [*result.shards, "_manifest.json", *(["shards.json"] if fmt == "tar" else [])])
+        again = read_source(SourceConfig(path=str(out)), 3, 12, cache="none")
+        assert again.num_images == 30 and len(to_numpy(again)[0]) == 30  # no old shard read
+    with pytest.raises(DataError, match="overlaps the source"):
+        write_shards(src, str(tmp_path / "src" / "shards"), log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parquet", "src", "tar"]

@@ -23,6 +23,7 @@ from raysl import config as C
 from raysl.checkpoint import save_checkpoint
 from raysl.config import SourceConfig
 from raysl.data.decode import decode_image, square_pixels
+from raysl.data.formats import DataError
 from raysl.eval.features import resized
 from raysl.eval.models import WEIGHTS_TAG, load_model, log_weights
 from raysl.nn.backbones import build_encoder
@@ -165,6 +166,31 @@ def test_embed_a_folder_and_find_neighbours(store, tmp_path):
     found = neighbours(model, str(tmp_path / "emb.parquet"), [str(query)], k=3)[0]
     assert found[0].path == str(query) and found[0].similarity == pytest.approx(1.0, abs=1e-4)
     assert [n.rank for n in found] == [1, 2, 3] and found[1].similarity <= found[0].similarity
+
+
+def test_embed_into_a_folder_again_needs_overwrite_and_never_mixes_runs(store, tmp_path):
+    from raysl.serving.embed import embed, neighbours
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "images").mkdir()
+    for i in range(10):
+        (tmp_path / "images" / f"{i}.png").write_bytes(
+            _png(rng.integers(0, 255, (40, 40), dtype=np.uint8)))
+    model = load_model("models:/consumer-encoder/1", store["uri"])
+    out, source = tmp_path / "emb", SourceConfig(path=str(tmp_path / "images"))
+    embed(model, source, str(out), log=lambda _: None)
+    (tmp_path / "images" / "9.png").unlink()  # the data changed: a re-run embeds 9 images
+    with pytest.raises(DataError, match="the folder exists; pass --overwrite"):
+        embed(model, source, str(out), log=lambda _: None)
+    result = embed(model, source, str(out), log=lambda _: None, overwrite=True)
+    assert result.rows == 9 and sorted(p.name for p in out.iterdir()) == [
+        "_manifest.json", "part-00000.parquet"]  # the old run's files are gone
+    stray = out / "part-00007.parquet"  # a file the output's manifest does not name
+    stray.write_bytes((out / "part-00000.parquet").read_bytes())
+    found = neighbours(model, str(out), [str(tmp_path / "images" / "3.png")], k=20)[0]
+    assert len(found) == 9  # neighbours reads the manifest's files only
+    stray.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb", "images"]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from raysl.config import SourceConfig
 from raysl.data.formats import Arrays, DataError
+from raysl.data.outputs import MANIFEST
 from raysl.data.storage import Store, expand_braces, has_braces, paths_array
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -61,12 +62,16 @@ class Target:
 
     @functools.cached_property
     def top_names(self) -> list[str]:
-        """Names directly in the directory (files and sub-folders), sorted."""
+        """Names directly in the directory (files and sub-folders), sorted.
+
+        An output's manifest (:data:`~raysl.data.outputs.MANIFEST`) is not one of them: a folder
+        of shards written by raysl is detected by its shards.
+        """
         root = self.path.rstrip("/") + "/"
         inside = self.files.filter(pc.starts_with(self.files, root))
         rel = pc.utf8_slice_codeunits(inside, len(root))
         first = pc.list_element(pc.split_pattern(rel, "/", max_splits=1), 0)
-        return sorted(pc.unique(first).to_pylist())
+        return sorted(n for n in pc.unique(first).to_pylist() if n != MANIFEST)
 
     def files_ending(self, extensions: tuple[str, ...]) -> pa.Array:
         """The files whose names end with one of ``extensions`` (any case), in order."""
