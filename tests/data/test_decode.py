@@ -1,15 +1,27 @@
-"""Decoding image bytes: every mode becomes uint8 of the asked channels; bad input gets a reason."""
+"""Decoding image bytes: every mode becomes uint8 of the asked channels; bad input gets a reason.
+
+Hostile bytes too: formats raysl does not list are never handed to Pillow's plugins for them
+(EPS would reach Ghostscript), and a high-bit-depth image costs no more memory than the pixel
+cap allows.
+"""
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
-from raysl.data.decode import REASONS, BadImage, decode_image, read_and_decode
+from raysl.data.decode import FORMATS, REASONS, BadImage, decode_image, read_and_decode
+from raysl.data.readers.base import IMAGE_EXTENSIONS
 from raysl.data.storage import Store
+
+# A complete EPS file: Pillow knows it as EPS and renders it with Ghostscript when loaded.
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n"
+       b"0 0 moveto 16 16 lineto stroke showpage\n%%EOF\n")
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -46,6 +58,45 @@ def test_bad_bytes_get_their_reason(photo):
     assert decode_image(png, 3, 32).shape == (32, 32, 3)  # the intact files decode
 
 
+def test_a_limit_says_what_it_found():
+    with pytest.raises(BadImage) as e:
+        decode_image(_encode(Image.new("RGB", (60, 40)), "PNG"), 3, 32, max_pixels=2000)
+    assert e.value.detail == "60 x 40 = 2,400 pixels, more than 2,000"
+    with pytest.raises(BadImage) as e:
+        decode_image(_encode(Image.new("RGB", (60, 7)), "PNG"), 3, 32)
+    assert e.value.detail == "60 x 7, a side shorter than 8"
+
+
+def test_formats_are_the_listed_extensions():
+    assert {Image.registered_extensions()[ext] for ext in IMAGE_EXTENSIONS} == set(FORMATS)
+
+
+def test_eps_never_reaches_ghostscript(monkeypatch):
+    calls = []
+
+    def ghostscript(*args, **kwargs):
+        calls.append(args)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    unrestricted = Image.open(io.BytesIO(EPS))  # what any format would do with these bytes
+    assert unrestricted.format == "EPS"
+    with pytest.raises(OSError, match="Ghostscript was called"):
+        unrestricted.load()
+    calls.clear()
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(EPS), formats=FORMATS)
+    assert _reason(EPS) == "not_an_image"
+    assert calls == []
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "PPM"])
+def test_formats_pillow_knows_but_raysl_does_not_list_are_not_images(fmt):
+    data = _encode(Image.new("RGB", (16, 16), (200, 10, 10)), fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt  # Pillow alone would decode it
+    assert _reason(data) == "not_an_image"
+
+
 def test_huge_image_is_refused_from_its_header():
     # 20000 x 20000 (400 megapixels) costs 50 kB as a 1-bit PNG; decoding it would not.
     huge = _encode(Image.new("1", (20000, 20000)), "PNG")
@@ -79,6 +130,59 @@ def test_16bit_and_float_are_scaled_by_range_not_clipped():
     unit = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     outf = decode_image(_encode(Image.fromarray(unit, "F"), "TIFF"), 1, 64)
     assert outf.min() == 0 and outf.max() == 255  # [0, 1] floats span the uint8 range
+
+
+# Measured in a fresh process: Pillow allocates its images outside Python's allocator, so
+# tracemalloc does not see them; the kernel's peak resident size (VmHWM, reset first) does.
+_PEAK = """
+import sys
+from raysl.data.decode import decode_image
+data = open(sys.argv[1], "rb").read()
+def kernel(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # VmHWM := VmRSS
+before = kernel("VmRSS:")
+decode_image(data, int(sys.argv[2]), 37, int(sys.argv[3]))
+print(kernel("VmHWM:") - before)
+"""
+
+
+def _decode_peak_bytes(tmp_path: Path, data: bytes, channels: int, max_pixels: int) -> int:
+    """The growth of a fresh process's peak resident memory while it decodes ``data``."""
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    out = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(channels),
+                          str(max_pixels)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="needs Linux's /proc/self/clear_refs to reset the peak RSS")
+def test_high_bit_depth_images_cost_what_the_pixel_cap_allows(tmp_path: Path):
+    # 4000 x 4000 at the cap, a few tens of kB each. Converting them as float32 all at once
+    # took 16 bytes a pixel (260 MB for the 16-bit PNG); now 3.4 to 5.6.
+    side = 4000
+    cap = side * side
+    sparse = np.zeros((side, side), np.float32)
+    sparse[::97, ::89] = 0.7
+    rgba = np.repeat((sparse * 255).astype(np.uint8)[..., None], 4, axis=2)
+    # (file, bytes a pixel): the decoded image (at most 4 bytes a pixel), its 8-bit copy and
+    # strips of a few MiB; the 8-bit RGBA image, which any cap must allow, and its RGB copy.
+    files = {
+        "16-bit PNG": (_encode(Image.fromarray((sparse * 60000).astype(np.uint16)), "PNG"), 6),
+        "32-bit int TIFF": (_encode(Image.fromarray((sparse * 60000).astype(np.int32)), "TIFF",
+                                    compression="tiff_adobe_deflate"), 6),
+        "32-bit float TIFF": (_encode(Image.fromarray(sparse), "TIFF",
+                                      compression="tiff_adobe_deflate"), 6),
+        "RGBA PNG": (_encode(Image.fromarray(rgba), "PNG"), 9),
+    }
+    for name, (data, per_pixel) in files.items():
+        assert len(data) < 100_000, name
+        peak = _decode_peak_bytes(tmp_path, data, 3, cap)  # 3 channels: an RGB copy, the most
+        assert peak < per_pixel * cap + 8 * 2**20, (name, f"{peak / cap:.1f} bytes a pixel")
 
 
 def test_exif_orientation_is_honoured():
