@@ -4,9 +4,11 @@ A source (``data.source``, see :class:`~raysl.config.SourceConfig`) is listed on
 picked by name or detected (:mod:`raysl.data.readers`), then read by Ray:
 
 - **Arrays** (IDX, .npz, .npy, CIFAR, generated) are read whole by the driver and put in the
-  object store as blocks, in a seeded random order.
+  object store as blocks, in a seeded random order; one larger than
+  ``data.source.max_array_bytes`` is refused with the ``raysl shards`` command that converts it.
 - **Encoded images** (folders, file lists, parquet, tar shards) are read and decoded by Ray Data
-  read tasks, one per unit (256 files, or one shard), bad images skipped and counted in a
+  read tasks, one per unit (256 files, or one shard; each task carries only its unit, so
+  planning is linear in the files), bad images skipped and counted in a
   :class:`~raysl.data.ledger.DecodeLedger`. ``data.cache`` says whether the decoded images are
   kept in the object store (``memory``: decoded once, the exact bad-file counts checked before
   training) or decoded again every epoch as a stream (``none``: the object store holds a
@@ -300,7 +302,7 @@ class _UnitRead:
     """One read task's function: its own unit and its first row index, and what all share.
 
     Pickled alone for each task, so a task's bytes grow with the files in its unit (256
-    paths, ~20 kB), not with the source: planning an epoch of a million files is linear.
+    paths, ~12 kB), not with the source: planning an epoch of a million files is linear.
     """
 
     decoding: _Decoding
