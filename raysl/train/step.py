@@ -46,6 +46,16 @@ def memory_format(setting: str, device: torch.device, is_vit: bool) -> torch.mem
     return torch.contiguous_format
 
 
+def in_layout(view: Tensor, layout: torch.memory_format) -> Tensor:
+    """An image batch (B, C, S, S) in the model's memory layout (:func:`memory_format`).
+
+    Jigsaw tiles (B, T, C, t, t) are only made contiguous: channels-last is a 4-D layout.
+    """
+    if view.ndim != 4:
+        return view.contiguous()
+    return view.contiguous(memory_format=layout)
+
+
 def forward_seed(seed: int, rank: int, step: int) -> int:
     """The seed of a worker's in-model randomness (MAE's masks, corruption, drop path).
 

@@ -361,21 +361,21 @@ def test_a_collapse_after_warm_up_warns_once_and_tags_the_run(tmp_path):
 
     from raysl.eval.monitors import Collapse, RepresentationCollapsed
     from raysl.tracking.mlflow import Tracker
-    from raysl.train.loop import react_to_collapse
+    from raysl.train.watch import Watchers
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("c")).info.run_id
     cfg = C.load(None, [*TINY, "method.name=byol", "optim.warmup_epochs=2"])
     lines: list[str] = []
-    w = SimpleNamespace(cfg=cfg, collapse_warned=False, say=lines.append,
-                        tracker=Tracker(uri, run_id, active=True))
+    log = SimpleNamespace(say=lines.append, tracker=Tracker(uri, run_id, active=True))
+    w = Watchers(cfg, method=None, device=torch.device("cpu"), rank=0, log=log)
     seen = [Collapse("complete", "encoder", 1.0, 64, 0.001)]
-    react_to_collapse(w, 0, seen)  # epoch 1 of a 2-epoch warm-up: not judged yet
+    w.react_to_collapse(0, seen)  # epoch 1 of a 2-epoch warm-up: not judged yet
     assert lines == []
-    react_to_collapse(w, 1, [])
-    react_to_collapse(w, 1, seen)
-    react_to_collapse(w, 2, seen)
+    w.react_to_collapse(1, [])
+    w.react_to_collapse(1, seen)
+    w.react_to_collapse(2, seen)
     assert len(lines) == 1, lines  # one line, not one per epoch
     assert lines[0].startswith("[raysl] WARNING: epoch 2: complete collapse of the encoder's "
                                "embeddings (RankMe 1.0 of 64, std 0.001). For byol this usually "
@@ -385,7 +385,7 @@ def test_a_collapse_after_warm_up_warns_once_and_tags_the_run(tmp_path):
     w.cfg = C.load(None, [*TINY, "method.name=byol", "train.stop_on_collapse=true",
                           "optim.warmup_epochs=0"])
     with pytest.raises(RepresentationCollapsed, match=r"stopped: train\.stop_on_collapse"):
-        react_to_collapse(w, 0, seen)
+        w.react_to_collapse(0, seen)
 
 
 def test_each_rank_and_each_resume_draws_its_own_masks():
@@ -439,7 +439,7 @@ def test_probe_and_grad_scaler_state_come_back_exactly(tmp_path: Path):
 
 
 def test_an_epochs_time_is_split_into_data_communication_and_compute():
-    from raysl.train.loop import EpochStats
+    from raysl.train.log import EpochStats
     split = EpochStats(seconds=10.0, data_wait_s=1.0, comm_s=3.0).breakdown()
     assert split == pytest.approx({"train/data_wait_fraction": 0.1, "train/comm_fraction": 0.3,
                                    "train/compute_fraction": 0.6})
@@ -455,28 +455,29 @@ def test_tracking_calls_the_server_did_not_take_are_kept_by_the_checkpoint(tmp_p
 
     from raysl.checkpoint import load_extra
     from raysl.tracking.mlflow import BufferedTracker
-    from raysl.train.loop import TRACKING_FILE, _extras, _restore_extras
+    from raysl.train.state import TRACKING_FILE, TrainState
     from tests.processes import free_port
 
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens: every send fails, and waits
+    cfg, method = _method()
+    optimizer = build_optimizer(method, cfg.optim, 0.1)
 
-    def worker() -> SimpleNamespace:
+    def worker() -> TrainState:
         lines: list[str] = []
         tracker = BufferedTracker(down, "0" * 32, active=True, retry_s=30, warn=lines.append)
-        return SimpleNamespace(rank=0, probe=None, scaler=None, tracker=tracker, lines=lines,
-                               say=lines.append)
+        log = SimpleNamespace(tracker=tracker, lines=lines, say=lines.append)
+        return TrainState(method, optimizer, scaler=None, probe=None, log=log, rank=0,
+                          run_config={}, run_name="r", mlflow_run_id="0" * 32)
 
     killed = worker()
-    killed.tracker.log_metrics({"cluster/nmi_labels": 0.3}, step=1)
-    killed.tracker.set_tags({"raysl.note": "during the outage"})
-    killed.tracker.log_files({"clusters/sizes.txt": "10 12"})
-    cfg, method = _method()
-    save_checkpoint(tmp_path, method, method.encoder, build_optimizer(method, cfg.optim, 0.1),
-                    {"epoch": 0}, _extras(killed))  # type: ignore[arg-type]
+    killed.log.tracker.log_metrics({"cluster/nmi_labels": 0.3}, step=1)
+    killed.log.tracker.set_tags({"raysl.note": "during the outage"})
+    killed.log.tracker.log_files({"clusters/sizes.txt": "10 12"})
+    save_checkpoint(tmp_path, method, method.encoder, optimizer, {"epoch": 0}, killed.extras())
     assert len((load_extra(tmp_path, TRACKING_FILE) or {})["calls"]) == 3
 
     restarted = worker()
-    _restore_extras(str(tmp_path), restarted)  # type: ignore[arg-type]
-    assert restarted.tracker.unsent() == killed.tracker.unsent()
-    assert "3 tracking call(s) the tracking server had not received" in restarted.lines[0]
-    assert TRACKING_FILE not in _extras(worker())  # nothing unsent: nothing kept
+    restarted.restore_extras(str(tmp_path), "byol", world=1)
+    assert restarted.log.tracker.unsent() == killed.log.tracker.unsent()
+    assert "3 tracking call(s) the tracking server had not received" in restarted.log.lines[0]
+    assert TRACKING_FILE not in worker().extras()  # nothing unsent: nothing kept
