@@ -22,7 +22,13 @@ from raysl.data.formats import DataError
 from raysl.eval.monitors import RepresentationCollapsed
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.sweep.spec import Sweep, load_sweep
-from raysl.tracking.auth import DEFAULT_ENV_FILE, write_credentials, write_server_config
+from raysl.tracking.auth import (
+    DEFAULT_ENV_FILE,
+    consumer_file,
+    create_consumer,
+    write_credentials,
+    write_server_config,
+)
 
 # Tiny, fast settings for --smoke-test: generated data, 2 workers, a few steps (Ray's examples
 # convention; CI runs every entry point this way).
@@ -168,12 +174,20 @@ def _parser() -> argparse.ArgumentParser:
     add_tracking_uri(rg)
     cr = sub.add_parser("credentials", help="create the MLflow server credentials a cluster "
                         "uses (~/.raysl/mlflow.env), or the server's auth config from them")
-    cr.add_argument("--file", default=str(DEFAULT_ENV_FILE), help="the credentials file")
-    cr.add_argument("--force", action="store_true", help="replace existing credentials")
+    cr.add_argument("--file", default=str(DEFAULT_ENV_FILE), help="the admin's credentials file")
+    cr.add_argument("--force", action="store_true", help="replace existing credentials (with "
+                    "--consumer: give an existing user a new password)")
     cr.add_argument("--server-config", metavar="INI", help="write the basic-auth app's config "
                     "(the head runs this before `mlflow server --app-name basic-auth`)")
     cr.add_argument("--auth-db", default="sqlite:////home/ray/mlflow/auth.db",
                     help="the auth app's user database, with --server-config")
+    cr.add_argument("--consumer", metavar="NAME", help="create a read-only user NAME on the "
+                    "MLflow server (as the admin in --file) for someone who loads models, and "
+                    "write its login to --out")
+    cr.add_argument("--tracking-uri", default="", help="with --consumer: the server, e.g. "
+                    "http://localhost:5001 through the SSH tunnel (default: $MLFLOW_TRACKING_URI)")
+    cr.add_argument("--out", metavar="FILE", help="with --consumer: the consumer's login file "
+                    "(default ~/.raysl/mlflow-NAME.env)")
     tu = sub.add_parser("tune", help="sweep hyperparameters with Ray Tune, register the best")
     tu.add_argument("--sweep", required=True, metavar="FILE",
                     help="sweep definition, e.g. tuning/simclr_temperature.yaml")
@@ -315,6 +329,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _credentials(args: argparse.Namespace) -> int:
+    if args.consumer:
+        from mlflow.exceptions import MlflowException  # a server's refusal (e.g. 401)
+
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        try:
+            out = create_consumer(Path(args.file), uri, args.consumer,
+                                  Path(args.out) if args.out else consumer_file(args.consumer),
+                                  args.force)
+        except (ValueError, MlflowException) as e:
+            _error(f"raysl: error: {e}")
+            return 2
+        print(f"[raysl] created the read-only MLflow user {args.consumer!r} on {redact(uri)} and "
+              f"wrote its login to {out} (mode 0600): give that file, not {args.file}, to "
+              f"whoever loads models (`set -a; . {out.name}; set +a`)")
+        return 0
     if args.server_config:
         ini = write_server_config(Path(args.file), Path(args.server_config), args.auth_db)
         print(f"[raysl] wrote {ini} (mode 0600) from {args.file}")

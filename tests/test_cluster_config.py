@@ -147,7 +147,7 @@ def test_ray_starts_from_the_venv_with_the_dashboard_and_one_auth_mode(config: d
         assert all(c.startswith(f". {repo}/.venv/bin/activate &&") for c in commands)
     start_head = next(c for c in head if "ray start" in c)
     assert "ray start --head " in start_head and " --port=6379" in start_head
-    assert "--dashboard-host=0.0.0.0" in start_head  # `ray job submit` talks to the dashboard
+    assert "--dashboard-host=$HEAD_IP" in start_head  # `ray job submit` talks to the dashboard
     assert "--include-dashboard=false" not in start_head
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in start_head
     start_worker = next(c for c in workers if "ray start" in c)

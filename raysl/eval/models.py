@@ -3,6 +3,13 @@
 Weights are always read from raysl's own ``encoder.pt`` files with ``weights_only=True`` (a model
 can never run code on load), and the architecture is rebuilt from the pretraining config saved
 beside them: ``state.json`` in a checkpoint, ``config.yaml`` in the MLflow run.
+
+A registered version is read from its own model (``artifacts/encoder.pt`` and
+``artifacts/config.yaml`` of the model MLflow wrote when the version was created), never from a
+place its tags name: whoever may edit a registered model can change its versions' tags, not
+what a version holds. Versions registered in MLflow's pickle format (before raysl registered
+pyfunc models) hold no state dict; for those alone the ``raysl.weights`` tag names the weights,
+and only as a ``checkpoint/epoch_NNNN`` directory of the version's own run.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.artifacts
 import yaml
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -29,9 +38,15 @@ from raysl.tracking.mlflow import resolve_tracking_uri, tracking_client
 
 # Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
 # directory per finished training (a resumed run adds one), and tags the registered version with
-# its directory, so every version keeps its own weights.
+# its directory (for people; versions in the pickle format are loaded from it).
 CHECKPOINT_ARTIFACTS = "checkpoint"
 WEIGHTS_TAG = "raysl.weights"
+_CHECKPOINT_DIR = re.compile(rf"{CHECKPOINT_ARTIFACTS}/epoch_[0-9]{{4}}")  # to fullmatch
+# What a registered version's own model holds (tracking.registry.log_and_register): MLflow copies
+# each pyfunc artifact to artifacts/<its file name>.
+VERSION_ARTIFACTS = "artifacts"
+VERSION_WEIGHTS = f"{VERSION_ARTIFACTS}/{ENCODER_FILE}"
+VERSION_CONFIG = f"{VERSION_ARTIFACTS}/config.yaml"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -192,9 +207,59 @@ def _from_registry(uri: str, client: MlflowClient) -> LoadedModel:
     except MlflowException as e:
         raise ModelNotFoundError(f"MODEL={uri!r}: not in the registry at {client.tracking_uri} "
                                  f"({str(e).splitlines()[0]})") from None
-    if not mv.run_id:
-        raise ModelNotFoundError(f"MODEL={uri!r}: version {mv.version} has no source run")
-    loaded = _from_run(mv.run_id, client, f"models:/{mv.name}/{mv.version}",
-                       mv.tags.get(WEIGHTS_TAG, ""))
+    loaded = _from_version(mv, client)
     loaded.registered_name, loaded.registered_version = mv.name, str(mv.version)
     return loaded
+
+
+def _from_version(mv: ModelVersion, client: MlflowClient) -> LoadedModel:
+    """The encoder in the version's own model, or (pickle format) in its run's checkpoint."""
+    name = f"models:/{mv.name}/{mv.version}"
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            files = _version_files(mv, client, d)
+        except (MlflowException, OSError) as e:
+            raise ModelNotFoundError(f"MODEL={name!r}: its model's {VERSION_CONFIG} and "
+                                     f"{VERSION_WEIGHTS} cannot be read ({str(e).splitlines()[0]})"
+                                     ) from None
+        if files is None:
+            return _from_pickle_version(mv, client, name)
+        cfg_path, weights = files
+        with open(cfg_path) as f:
+            cfg = Config.from_dict(yaml.safe_load(f), source=f"{name}/{VERSION_CONFIG}")
+        encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
+        load_strict(encoder, weights)
+    tag = mv.tags.get(WEIGHTS_TAG, "")  # what pretraining logged, for people only
+    logged = f"; {WEIGHTS_TAG}={tag}" if _CHECKPOINT_DIR.fullmatch(tag) else ""
+    return LoadedModel(encoder, cfg, f"{name} (run {mv.run_id}, its own {VERSION_WEIGHTS}{logged})",
+                       run_id=mv.run_id or "")
+
+
+def _version_files(mv: ModelVersion, client: MlflowClient, dst: str) -> tuple[str, str] | None:
+    """The version's own config and weights, downloaded to ``dst``; None if its model has none.
+
+    The model is where MLflow wrote it when the version was created (its ``source``), which no
+    later call changes.
+    """
+    model = client.get_model_version_download_uri(mv.name, str(mv.version))
+    held = mlflow.artifacts.list_artifacts(artifact_uri=f"{model}/{VERSION_ARTIFACTS}",
+                                           tracking_uri=client.tracking_uri)
+    if ENCODER_FILE not in {Path(f.path).name for f in held}:
+        return None
+
+    def fetch(path: str) -> str:
+        return mlflow.artifacts.download_artifacts(artifact_uri=f"{model}/{path}", dst_path=dst,
+                                                   tracking_uri=client.tracking_uri)
+
+    return fetch(VERSION_CONFIG), fetch(VERSION_WEIGHTS)
+
+
+def _from_pickle_version(mv: ModelVersion, client: MlflowClient, name: str) -> LoadedModel:
+    """A version in MLflow's pickle format: never unpickled; the run's weights its tag names."""
+    weights_dir = mv.tags.get(WEIGHTS_TAG, "")
+    if not mv.run_id or not _CHECKPOINT_DIR.fullmatch(weights_dir):
+        raise ModelNotFoundError(
+            f"MODEL={name!r}: its model holds no {VERSION_WEIGHTS} (not registered by raysl, or "
+            f"in MLflow's pickle format), and its {WEIGHTS_TAG} tag {weights_dir!r} names no "
+            f"{CHECKPOINT_ARTIFACTS}/epoch_NNNN directory of its run {mv.run_id!r}")
+    return _from_run(mv.run_id, client, name, weights_dir)
