@@ -13,7 +13,8 @@ For each size, in one invocation on one machine:
    its first optimizer step is logged. Reported: the run's own ``first step`` line, and the
    peak memory (PSS) of its driver, its train workers and the other Ray workers.
 
-A 1M-entry file list naming the 100k tree's files ten times (to save disk) is measured too.
+A 1M-entry file list naming the 100k tree's files ten times (to save disk) is measured too,
+and the planning of a 100M-sample shard set (an index of 10,000 shards of 10,000 samples).
 
     .venv/bin/python benchmarks/file_count.py                      # 10k, 100k, 1M; ~25 min
     .venv/bin/python benchmarks/file_count.py --sizes 10000 100000 --no-first-step
@@ -45,6 +46,7 @@ from extraction_speed import cpu_model
 from raysl.config import SourceConfig
 from raysl.data.ledger import DecodePolicy
 from raysl.data.readers.base import list_target
+from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 from raysl.data.source import UnitSource, pick_reader
 from raysl.data.storage import Store
 
@@ -77,6 +79,19 @@ def file_list(tree: Path, repeats: int, out: Path) -> Path:
     return out
 
 
+def shard_index(folder: Path, shards: int, per_shard: int) -> Path:
+    """An index of ``shards`` tar shards of ``per_shard`` samples (empty files: planning only)."""
+    if not (folder / INDEX_FILE).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [f"shard-{i:06d}.tar" for i in range(shards)]
+        for name in names:
+            (folder / name).touch()
+        (folder / INDEX_FILE).write_text(json.dumps(
+            {"format": INDEX_FORMAT, "shards": dict.fromkeys(names, per_shard),
+             "class_names": [f"n{c:05d}" for c in range(CLASSES)]}))
+    return folder
+
+
 def rss() -> int:
     """This process's resident memory, bytes."""
     import psutil
@@ -98,15 +113,17 @@ def plan(path: Path) -> dict[str, float]:
     t2 = time.perf_counter()
     source = UnitSource(encoded, store, 1, 8, DecodePolicy(), None, 0, cfg.path, shuffle=True)
     t3 = time.perf_counter()
-    epochs = []
+    build, put = [], []
     for _ in range(2):  # an epoch's planning: read tasks built, each put in the object store
         t = time.perf_counter()
         tasks = source.get_read_tasks(1)
-        refs = [ray.put(task) for task in tasks]
-        epochs.append(time.perf_counter() - t)
+        build.append(time.perf_counter() - t)
+        refs = [ray.put(task) for task in tasks]  # what Ray Data's planner does with each
+        put.append(time.perf_counter() - t - build[-1])
     sizes = [v["object_size"] for v in get_local_object_locations(refs).values()]
     out = {"files": float(encoded.num_items), "list_s": t1 - t0, "open_s": t2 - t1,
-           "datasource_s": t3 - t2, "epoch_plan_s": min(epochs), "tasks": float(len(tasks)),
+           "datasource_s": t3 - t2, "epoch_tasks_s": min(build), "epoch_put_s": min(put),
+           "tasks": float(len(tasks)),
            "task_bytes_max": float(max(sizes)), "task_bytes_total": float(sum(sizes)),
            "driver_arrow_mb": (pa.total_allocated_bytes() - before_arrow) / 2**20,
            "driver_rss_mb": (rss() - before_rss) / 2**20}
@@ -139,7 +156,7 @@ def first_step(path: Path, cache: str, tmp: Path) -> dict[str, float]:
         _sample(me, driver, peaks)
         found = FIRST_STEP.search(log.read_text(errors="replace"))
         seconds = float(found.group(1)) if found else None
-        time.sleep(0.5)
+        time.sleep(2.0)  # reading every process's PSS costs CPU the run would rather have
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if seconds is None:
@@ -177,6 +194,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--no-first-step", dest="first_step", action="store_false")
+    p.add_argument("--shards", type=int, default=10_000,
+                   help="also plan an index of this many 10,000-sample shards (0: none)")
     p.add_argument("--workdir", default="", help="where the trees go (kept for the next run)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
                                         f"file-count-{time.strftime('%Y-%m-%d')}.json"))
@@ -195,11 +214,14 @@ def main() -> None:
     if 100_000 in args.sizes and 1_000_000 in args.sizes:
         sources.append(("list-1000000", file_list(work / "tree-100000", 10,
                                                   work / "list-1000000.txt")))
+    if args.shards:  # a 100M-sample shard set: 10,000 shards of 10,000, planned only
+        sources.append((f"shards-{args.shards * 10_000}", shard_index(
+            work / f"shards-{args.shards}", args.shards, 10_000)))
     for name, path in sources:
         row = plan(path)
         print(f"[file_count] {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()),
               flush=True)
-        if args.first_step:
+        if args.first_step and not name.startswith("shards"):
             for cache in ("none", "auto"):
                 run = first_step(path, cache, tmp)
                 row.update({f"{k}_{cache}": v for k, v in run.items()})
