@@ -11,11 +11,20 @@ shards`` to convert an array too large for that with memory bounded by a slice. 
 sliced form: its format bounds a split at 150 MB.
 
 A file's header says how big its array is; nothing is allocated on its word alone. A gzipped
-IDX file is decompressed only up to the size its header gives, a ``.npy`` array (alone or in
-an ``.npz``) must fit in the bytes that follow its header, and an array a CIFAR pickle builds
-must fit in the pickle: a small hostile file cannot make raysl allocate gigabytes. Read a slice
-at a time, no more than a slice is allocated, and a file that ends before its header's rows
-(or, IDX, goes on after them) is a DataError when its reading gets there.
+IDX file is decompressed only up to the size its header gives (and one byte more, to tell a
+file that runs on), an ``.npz`` member must be stored or deflated (zipfile inflates bzip2 and
+LZMA members without a bound) and a ``.npy`` array (alone or in an ``.npz``) must fit in the
+bytes that follow its header, so what a file inflates is what its header declares, which the
+readers hold to ``data.source.max_array_bytes`` before reading a row. A CIFAR pickle (256 MiB
+at most) is walked before it is unpickled (every length inside the file, memo slots in order)
+and may build only plain numeric arrays over the bytes it holds: a small hostile file cannot
+make raysl allocate gigabytes. Read a slice at a time, no more than a slice is allocated, and
+a file that ends before its header's rows (or, IDX, goes on after them) is a DataError when
+its reading gets there.
+
+The shard readers (tar, parquet) take their bounds from here too: :func:`encoded_bound`, the
+most bytes an encoded image within ``data.max_image_pixels`` takes, and :func:`sample_label`,
+a label's class index or the reason it is a bad sample.
 """
 
 from __future__ import annotations
@@ -23,15 +32,19 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import operator
 import pickle
+import pickletools
+import re
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from raysl.config import DataConfig
 from raysl.data.storage import Store
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -50,6 +63,49 @@ class Arrays:
     labels: np.ndarray | None
     class_names: list[str]
     description: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards (tar, parquet): what one member or cell may hold, and what its label means
+# ---------------------------------------------------------------------------------------------
+
+BYTES_PER_PIXEL = 8  # the most an image file Pillow decodes stores a pixel: 16-bit RGBA, raw
+ENCODED_SLACK = 2**20  # headers and metadata beside the pixels (EXIF, ICC profile, text)
+MAX_LABEL_BYTES = 2**16  # a label member or cell: a class name or an integer, never this long
+BAD_LABEL = "\x00"  # stands for a label that cannot be text (too long, not UTF-8, not JSON)
+
+
+def encoded_bound(max_pixels: int) -> int:
+    """The most bytes an encoded image of at most ``max_pixels`` pixels takes: 8 per pixel + 1 MiB.
+
+    A shard member or cell above it cannot be an image that ``data.max_image_pixels`` lets
+    through, so the readers skip it (``too_large``) before reading or inflating it.
+    """
+    return BYTES_PER_PIXEL * max_pixels + ENCODED_SLACK
+
+
+# At the default data.max_image_pixels (100 M): 801 MB.
+MAX_ENCODED_BYTES = encoded_bound(DataConfig.max_image_pixels)
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def sample_label(text: str | None, index: Mapping[str, int]) -> int | str:
+    """A sample's label text -> its class index, or why it has none ("no_label", "bad_label").
+
+    ``index`` maps the source's class names to their indices (``labels_of`` names integer
+    labels by their decimal text). A label is good if it names a class or, failing that, is a
+    class index (``raysl shards`` and WebDataset write ``.cls`` so): malformed text, an unknown
+    class, a negative or out-of-range integer is "bad_label", a missing label (None)
+    "no_label". Text is stripped first.
+    """
+    if text is None:
+        return "no_label"
+    text = text.strip()
+    if text in index:
+        return index[text]
+    if _DIGITS.fullmatch(text) and len(text) <= 18 and int(text) < len(index):
+        return int(text)
+    return "bad_label"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +298,11 @@ def npz_slices(store: Store, path: str) -> ArraySlices:
             for key in _npz_keys(list(members), path):
                 if not key:
                     continue
+                member_name = f"{path}[{members[key].filename!r}]"
+                _check_codec(members[key], member_name)
                 member = stack.enter_context(archive.open(members[key]))
-                shape, dtype, fortran = _check_npy_header(
-                    member, members[key].file_size, f"{path}[{members[key].filename!r}]")
+                shape, dtype, fortran = _check_npy_header(member, members[key].file_size,
+                                                          member_name)
                 streams.append(RowStream(f"{path}[{key!r}]", shape, dtype, member.read,
                                          fortran=fortran))
             _check_image_header(streams[0].dtype, streams[0].shape, streams[0].name)
@@ -331,6 +389,7 @@ def _check_npz_headers(data: bytes, name: str) -> None:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             for info in archive.infolist():
                 member_name = f"{name}[{info.filename!r}]"
+                _check_codec(info, member_name)
                 with archive.open(info) as member:
                     _check_npy_header(member, info.file_size, member_name)
                     needed = info.file_size - member.tell()
@@ -343,6 +402,18 @@ def _check_npz_headers(data: bytes, name: str) -> None:
             zlib.error) as e:
         raise DataError(f"{name}: not a readable .npz archive ({type(e).__name__}: "
                         f"{e})") from None
+
+
+def _check_codec(info: zipfile.ZipInfo, name: str) -> None:
+    """Refuse a member that is neither stored nor deflated.
+
+    zipfile inflates a deflated member no further than a read asks, but a bzip2 or LZMA one
+    without an output bound at every read: a few KiB of bzip2 can be gigabytes.
+    """
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(f"{name}: compressed with zip method {info.compress_type} (bzip2 or "
+                        "LZMA); only stored or deflated members are read, what np.savez and "
+                        "np.savez_compressed write")
 
 
 def _check_image_header(dtype: np.dtype[Any], shape: tuple[int, ...], name: str) -> None:
@@ -505,7 +576,9 @@ def load_cifar(store: Store, folder: str, layout: str, split: str, field_name: s
     """CIFAR-10/100 batches of ``split`` ("train" or "test") as (N, 32, 32, 3) + labels.
 
     The batches are Python pickles; they are read with an unpickler that only builds the
-    NumPy arrays, lists and dicts they contain, so a tampered file cannot run code.
+    NumPy arrays, lists and dicts they contain, so a tampered file cannot run code, and no
+    more than a few times its size (:func:`_unpickle`). A label that is negative or names no
+    class of the meta file is a DataError: array sources are read whole, not skipped by row.
     """
     train, test, meta, label_key, names_key = CIFAR_LAYOUTS[layout]
     if split not in ("train", "test"):
@@ -517,7 +590,7 @@ def load_cifar(store: Store, folder: str, layout: str, split: str, field_name: s
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(np.asarray(batch[label_key], dtype=np.int64).reshape(-1))
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
             raise DataError(f"{folder}/{name}: not a {layout} batch ({type(e).__name__}: "
                             f"{e})") from None
         if len(labels[-1]) != len(images[-1]):
@@ -530,12 +603,19 @@ def load_cifar(store: Store, folder: str, layout: str, split: str, field_name: s
         raise DataError(f"{folder}/{meta}: class names are not a list of byte strings "
                         f"({e})") from None
     x, y = np.concatenate(images), np.concatenate(labels)
-    return Arrays(x, y, classes or [str(i) for i in range(int(y.max()) + 1)],
+    top = int(y.max()) if len(y) else -1
+    if len(y) and y.min() < 0:
+        raise DataError(f"{folder}: label {y.min()} is negative")
+    if classes and top >= len(classes):
+        raise DataError(f"{folder}: label {top} is not one of the {len(classes)} classes of "
+                        f"{folder}/{meta}")
+    return Arrays(x, y, classes or [str(i) for i in range(top + 1)],
                   f"{layout.split('-')[0].upper()}-{layout.split('-')[1]} {split} "
                   f"({len(x)} images, {folder})")
 
 
-# What a CIFAR batch pickle may build: arrays (NumPy 1 and 2 module names) and plain objects.
+# What a CIFAR batch pickle may name (NumPy 1 and 2 module names); find_class hands out a
+# checked stand-in for each NumPy name and for the codec, never the real callable.
 _PICKLE_ALLOWED = frozenset({
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -543,42 +623,122 @@ _PICKLE_ALLOWED = frozenset({
     ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("builtins", "object"),
     ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2 (re-saved batches)
 })
+# CIFAR-100's train batch, the largest, has 200,000 opcodes (500,000 re-saved at protocol 2 by
+# Python 3); each builds at most ~100 bytes of objects (not a set: 216 for one byte, refused).
+_MAX_PICKLE_OPS = 2**20
+_MAX_CIFAR_BYTES = 2**28  # a batch file is read whole: at most this
+_UNUSED_OPS = ("EMPTY_SET", "ADDITEMS", "FROZENSET")
+_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 
 
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Builds only :data:`_PICKLE_ALLOWED`, and no array larger than the pickle itself.
+def _opcode_table() -> list[tuple[str, int, int] | None]:
+    """Per opcode byte: (name, how its argument is sized, n), for :func:`_walk_pickle`.
 
-    A pickled array is made empty by ``_reconstruct(ndarray, shape, dtype)`` and then given its
-    data, which is in the pickle: a ``shape`` beyond the pickle's size only allocates.
+    0: n bytes; 1: an n-byte little-endian length, then that many bytes; 2: n lines.
     """
+    table: list[tuple[str, int, int] | None] = [None] * 256
+    widths = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+              pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
+    for op in pickletools.opcodes:
+        arg = op.arg
+        if op.name in _UNUSED_OPS:
+            continue
+        if arg is None or arg.n >= 0:
+            spec = (0, arg.n if arg is not None else 0)
+        elif arg.n == pickletools.UP_TO_NEWLINE:  # GLOBAL and INST take two lines
+            spec = (2, 2 if arg.name == "stringnl_noescape_pair" else 1)
+        else:  # a signed length read unsigned: a negative one is too large for the file
+            spec = (1, widths[arg.n])
+        table[ord(op.code)] = (op.name, *spec)
+    return table
 
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data), encoding="bytes")
-        self.limit = len(data)
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _PICKLE_ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if (module, name) == ("numpy", "ndarray"):
-            # A token, not the class: called directly, ndarray(shape, dtype) would allocate
-            # any shape; only the bounded _reconstruct below turns the token into ndarrays.
-            return _NdarrayToken
-        found = super().find_class(module, name)
-        if name == "_reconstruct":
-            return self._bounded(found)
-        return found
+_OPCODES = _opcode_table()
 
-    def _bounded(self, reconstruct: Any) -> Any:
-        def build(cls: Any, shape: Any, dtype: Any) -> Any:
-            if cls is not _NdarrayToken:
-                raise pickle.UnpicklingError(f"_reconstruct of {cls!r}, not of numpy.ndarray")
-            dims = (shape,) if isinstance(shape, int) else tuple(shape)
-            # int(): a pickled numpy scalar dimension would wrap around, not grow
-            if math.prod(int(d) for d in dims) * np.dtype(dtype).itemsize > self.limit:
-                raise pickle.UnpicklingError(f"an array of shape {dims} is larger than the "
-                                             f"{self.limit}-byte file")
-            return reconstruct(np.ndarray, shape, dtype)
-        return build
+
+def _walk_pickle(data: bytes) -> None:
+    """Check a pickle's opcodes before the C unpickler runs them.
+
+    The unpickler allocates a ``BINBYTES`` object at the size its prefix gives before reading
+    it, and grows its memo table to any index a ``LONG_BINPUT`` names (zero-filled): a
+    10-byte pickle can cost gigabytes. Here every length must lie inside the file, memo slots
+    are numbered in order as picklers number them, and the opcodes are at most
+    :data:`_MAX_PICKLE_OPS` and no set's (so the objects they build, beyond the bytes and
+    text the file holds, take at most about 100 MB).
+
+    Raises:
+        pickle.UnpicklingError: naming the opcode and its byte offset.
+    """
+    pos, puts, end = 0, 0, len(data)
+    for _ in range(_MAX_PICKLE_OPS):
+        spec = _OPCODES[data[pos]] if pos < end else None
+        if spec is None:
+            raise pickle.UnpicklingError(
+                f"opcode {data[pos]:#04x} at byte {pos} is not one a CIFAR batch uses"
+                if pos < end else "the pickle ends without a STOP opcode")
+        name, kind, n = spec
+        at, pos = pos, pos + 1
+        if kind == 0:
+            size = n
+        elif kind == 1:
+            size = int.from_bytes(data[pos: pos + n], "little")
+            pos += n
+        else:
+            line = pos
+            for _ in range(n):
+                line = data.find(b"\n", line) + 1 or end + 1
+            size = line - pos
+        if pos + size > end:
+            raise pickle.UnpicklingError(f"{name} at byte {at} claims {size} bytes, the file "
+                                         f"has {end - pos} after it")
+        if name in _PUTS:
+            raw = data[pos: pos + size]
+            slot = int(raw) if name == "PUT" else int.from_bytes(raw, "little")
+            if slot > puts:
+                raise pickle.UnpicklingError(f"{name} at byte {at} stores memo slot {slot} "
+                                             f"after {puts} slots")
+            puts += 1
+        elif name == "MEMOIZE":
+            puts += 1
+        elif name == "STOP":
+            return
+        pos += size
+    raise pickle.UnpicklingError(f"more than {_MAX_PICKLE_OPS} opcodes, no CIFAR batch has "
+                                 "that many")
+
+
+def _plain_dtype(spec: Any, order: str = "=") -> np.dtype[Any]:
+    """The numeric dtype ``spec`` names; object, structured, sub-array and text are refused.
+
+    An object array's data is pointers, which a pickle's bytes must never become; a structured
+    or sub-array dtype's layout is the pickle's word.
+    """
+    if isinstance(spec, _DtypeToken):
+        spec, order = spec.spec, spec.order
+    if isinstance(spec, bytes):
+        spec = spec.decode("latin-1")
+    try:
+        dtype = np.dtype(spec) if isinstance(spec, str) else None
+    except TypeError:
+        dtype = None
+    if (dtype is None or dtype.kind not in "biufc" or dtype.names is not None
+            or dtype.subdtype is not None or dtype.hasobject):
+        raise pickle.UnpicklingError(f"dtype {spec!r}: only plain numeric arrays are read")
+    if order in ("<", ">"):
+        return dtype.newbyteorder("<" if order == "<" else ">")
+    return dtype
+
+
+def _dims(shape: Any) -> tuple[int, ...]:
+    """A pickled shape as non-negative ints (a numpy scalar dimension must not wrap around)."""
+    try:
+        dims = (operator.index(shape),) if not isinstance(shape, tuple | list) else \
+            tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise pickle.UnpicklingError(f"an array shape of {shape!r}") from None
+    if len(dims) > 32 or any(d < 0 for d in dims):
+        raise pickle.UnpicklingError(f"an array shape of {dims}")
+    return dims
 
 
 class _NdarrayToken:
@@ -588,18 +748,132 @@ class _NdarrayToken:
         raise pickle.UnpicklingError("numpy.ndarray may only be rebuilt by _reconstruct")
 
 
+class _DtypeToken:
+    """What the CIFAR unpickler hands out for ``numpy.dtype``: its spec and byte order, checked.
+
+    ``numpy.dtype.__setstate__`` would take the pickle's fields, sub-array and item size;
+    this takes only the byte order and refuses a state that has any of the others.
+    """
+
+    spec: Any = None
+    order = "="
+
+    def __init__(self, spec: Any = None, *_: Any) -> None:
+        self.spec = spec
+        _plain_dtype(spec)
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byte order, sub-array, names, fields, item size, alignment, flags[, meta]);
+        # a Python 2 pickle's byte order is bytes (read with encoding="bytes")
+        order = state[1] if isinstance(state, tuple) and len(state) >= 5 else None
+        order = order.decode("latin-1") if isinstance(order, bytes) else order
+        if order not in ("<", ">", "|", "=") or state[2:5] != (None, None, None):
+            raise pickle.UnpicklingError("a structured or sub-array dtype")
+        self.order = order
+
+
+class _PendingArray:
+    """What ``_reconstruct`` returns: no array yet, until its state brings the data.
+
+    ``__setstate__`` (the pickle's BUILD) checks the state's dtype and that its shape needs
+    exactly the bytes it brings, then makes the array over those bytes: nothing is allocated
+    on a shape's word, and an array can only be as large as bytes already in memory.
+    """
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, shape, dtype, Fortran order, data), or without the version
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("an array state that is not (shape, dtype, order, data)")
+        shape, spec, fortran, data = state[-4:]
+        dims, dtype = _dims(shape), _plain_dtype(spec)
+        if not isinstance(data, bytes):
+            raise pickle.UnpicklingError(f"array data as {type(data).__name__}, not bytes")
+        if math.prod(dims) * dtype.itemsize != len(data):
+            raise pickle.UnpicklingError(f"an array of {dtype} {dims} needs "
+                                         f"{math.prod(dims) * dtype.itemsize} bytes, its data "
+                                         f"has {len(data)}")
+        self.array = np.frombuffer(data, dtype).reshape(dims, order="F" if fortran else "C")
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Builds only :data:`_PICKLE_ALLOWED`, through checked stand-ins, within the file's size.
+
+    An array is ``_reconstruct(ndarray, shape, dtype)`` (here a :class:`_PendingArray`) given
+    its state by BUILD; ``_codecs.encode`` is latin-1 only (how protocol 2 stores bytes) and
+    may make at most the file's size of bytes in all; ``scalar`` reads one plain value.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.limit = len(data)
+        self.encoded = 0  # bytes made by _codecs.encode so far
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        stand_ins = {"ndarray": _NdarrayToken, "dtype": _DtypeToken,
+                     "_reconstruct": self._reconstruct, "scalar": _scalar,
+                     "encode": self._latin1}
+        return stand_ins.get(name) or super().find_class(module, name)
+
+    def _reconstruct(self, cls: Any, shape: Any, spec: Any) -> _PendingArray:
+        if cls is not _NdarrayToken:
+            raise pickle.UnpicklingError(f"_reconstruct of {cls!r}, not of numpy.ndarray")
+        dims, dtype = _dims(shape), _plain_dtype(spec)
+        if math.prod(dims) * dtype.itemsize > self.limit:
+            raise pickle.UnpicklingError(f"an array of shape {dims} is larger than the "
+                                         f"{self.limit}-byte file")
+        return _PendingArray()
+
+    def _latin1(self, text: Any, encoding: Any = "utf-8", *_: Any) -> bytes:
+        if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+            raise pickle.UnpicklingError(f"_codecs.encode of a {type(text).__name__} to "
+                                         f"{encoding!r}: only text to 'latin1' is read")
+        self.encoded += len(text)
+        if self.encoded > self.limit:
+            raise pickle.UnpicklingError(f"_codecs.encode made more bytes than the "
+                                         f"{self.limit}-byte file")
+        return text.encode("latin-1")
+
+
+def _scalar(spec: Any, data: Any = None) -> Any:
+    """``numpy.core.multiarray.scalar``: one plain value from exactly its bytes."""
+    dtype = _plain_dtype(spec)
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"a {dtype} scalar from {type(data).__name__} data")
+    return np.frombuffer(data, dtype)[0]
+
+
 def _unpickle(store: Store, path: str) -> dict[bytes, Any]:
+    """A CIFAR pickle's dict, its arrays built (:func:`_walk_pickle`, :class:`_PendingArray`).
+
+    Raises:
+        DataError: missing, larger than any CIFAR batch, refused, or not a dict.
+    """
     try:
-        data = store.read(path)
+        with _open_file(store, path) as f:
+            if f.size() > _MAX_CIFAR_BYTES:
+                raise DataError(f"{path}: {f.size()} bytes, larger than any CIFAR batch "
+                                f"(CIFAR-100's train split, the largest, is 155 MB)")
+            data = bytes(f.read())
     except FileNotFoundError:
         raise DataError(f"{path}: missing from the CIFAR folder") from None
     try:
+        _walk_pickle(data)
         out = _ArraysOnlyUnpickler(data).load()
     except Exception as e:
         raise DataError(f"{path}: not a CIFAR python batch ({e})") from None
     if not isinstance(out, dict):
         raise DataError(f"{path}: not a CIFAR python batch (a {type(out).__name__})")
-    return {(k.encode() if isinstance(k, str) else k): v for k, v in out.items()}
+    values = {(k.encode() if isinstance(k, str) else k): v for k, v in out.items()}
+    for k, v in values.items():
+        if isinstance(v, _PendingArray):
+            if v.array is None:
+                raise DataError(f"{path}: not a CIFAR python batch (array {k!r} has no data)")
+            values[k] = v.array
+    return values
 
 
 def _open_file(store: Store, path: str) -> Any:

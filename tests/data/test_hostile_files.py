@@ -12,10 +12,14 @@ import re
 import tracemalloc
 import zipfile
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
+from raysl import registry
+from raysl.config import SourceConfig
+from raysl.data import formats
 from raysl.data.formats import (
     DataError,
     idx_slices,
@@ -25,6 +29,7 @@ from raysl.data.formats import (
     npz_slices,
     parse_idx,
 )
+from raysl.data.readers.base import list_target
 from raysl.data.storage import Store
 
 MB = 2**20
@@ -188,3 +193,197 @@ def test_a_damaged_npz_or_npy_is_a_data_error_naming_it(tmp_path: Path):
     npy.write_bytes(b"\x93NUMPY\x09\x00" + b"garbage")
     with pytest.raises(DataError, match=r"short\.npy: not a \.npy array"):
         load_npy(Store(), str(npy))
+
+
+# ---------------------------------------------------------------------------------------------
+# Honestly compressed arrays: inflated no further than the header says, which is bounded first
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_bzip2_npz_member_is_refused_before_it_is_inflated(tmp_path: Path):
+    # zipfile inflates a bzip2 member's every read without an output bound: 64 MiB of zeros
+    # (under 100 bytes of bzip2) would be inflated whole by the first 1 MiB read.
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("images.npy", _npy_with_header((64, 1024, 1024), bytes(64 * MB)))
+    assert path.stat().st_size < 10_000
+    for read in (lambda: load_npz(Store(), str(path)), lambda: npz_slices(Store(), str(path))):
+        assert peak_mb(read) < 1
+        assert "bomb.npz['images.npy']: compressed with zip method 12 (bzip2 or LZMA)" in \
+            peak_mb.last_error  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("fmt", ["idx", "npz"])
+def test_an_honest_array_above_max_array_bytes_is_refused_before_it_is_inflated(
+        tmp_path: Path, fmt: str):
+    # 32 MiB of zeros the header declares honestly (~32 KiB compressed), 1 MiB allowed.
+    if fmt == "idx":
+        (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(idx_header(32, 1024, 1024) + bytes(32 * MB)))
+        path = str(tmp_path)
+    else:
+        path = str(tmp_path / "x.npz")
+        np.savez_compressed(path, images=np.zeros((32, 1024, 1024), np.uint8))
+    cfg = SourceConfig(path=path, max_array_bytes=MB)
+    target = list_target(path, Store(), "data.source")
+    reader = registry.get("reader", fmt)()
+    assert peak_mb(lambda: reader.open(cfg, target, Store(), 0, "data.source")) < 1
+    assert "raysl shards" in peak_mb.last_error  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIFAR unpickler: plain numeric arrays over bytes the pickle holds, nothing on its word
+# ---------------------------------------------------------------------------------------------
+
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy(._core).multiarray._reconstruct
+
+
+class _Array:
+    """Pickles as NumPy does, _reconstruct(ndarray, (0,), 'b') then BUILD, with any state."""
+
+    def __init__(self, state: tuple) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple:
+        return _RECONSTRUCT, (np.ndarray, (0,), b"b"), self.state
+
+
+class _Codec:
+    """Pickles as _codecs.encode(inner, encoding)."""
+
+    def __init__(self, inner: object, encoding: str) -> None:
+        self.inner, self.encoding = inner, encoding
+
+    def __reduce__(self) -> tuple:
+        import _codecs
+        return _codecs.encode, (self.inner, self.encoding)
+
+
+def _load_cifar_bomb(tmp_path: Path, batch: object) -> float:
+    data = batch if isinstance(batch, bytes) else pickle.dumps(batch, protocol=2)
+    folder = _cifar_folder(tmp_path, data)
+    return peak_mb(lambda: load_cifar(Store(), str(folder), "cifar-10-batches-py", "train",
+                                      "data.source"))
+
+
+@pytest.mark.parametrize("dtype, message", [
+    # Its state claims 2^20 items and brings 2: NumPy read past the list (pointers from the
+    # heap), which crashed the process in the review.
+    (np.dtype(object), "dtype 'O8': only plain numeric arrays are read"),
+    (np.dtype([("a", "u1"), ("b", "u1")]), "only plain numeric arrays are read"),
+    (np.dtype(("u1", (4,))), "only plain numeric arrays are read"),
+    (np.dtype("U4"), "only plain numeric arrays are read"),
+], ids=["object", "structured", "sub-array", "text"])
+def test_a_cifar_array_of_object_structured_or_sub_array_dtype_is_refused(
+        tmp_path: Path, dtype: np.dtype, message: str):
+    hostile = {b"data": _Array((1, (2**20,), dtype, False, [1, 2])), b"labels": [0]}
+    assert _load_cifar_bomb(tmp_path, hostile) < 1
+    assert message in peak_mb.last_error  # type: ignore[attr-defined]
+
+
+def test_a_cifar_array_whose_shape_needs_more_bytes_than_its_data_is_refused(tmp_path: Path):
+    hostile = {b"data": _Array((1, (2**28,), np.dtype("u1"), False, b"ab")), b"labels": [0]}
+    assert _load_cifar_bomb(tmp_path, hostile) < 1
+    assert "an array of uint8 (268435456,) needs 268435456 bytes, its data has 2" in \
+        peak_mb.last_error  # type: ignore[attr-defined]
+
+
+def test_a_cifar_codec_chain_is_refused_at_its_first_step(tmp_path: Path):
+    # "hex" doubles its input: 24 steps from 64 bytes make 1 GiB.
+    bomb: object = b"x" * 64
+    for _ in range(24):
+        bomb = _Codec(bomb, "hex")
+    assert _load_cifar_bomb(tmp_path, {b"data": bomb, b"labels": [0]}) < 1
+    assert "_codecs.encode of a bytes to 'hex': only text to 'latin1' is read" in \
+        peak_mb.last_error  # type: ignore[attr-defined]
+
+
+def test_cifar_latin1_encodes_may_not_make_more_than_the_file(tmp_path: Path):
+    # One 64 KiB string, encoded 4,096 times through the memo: 256 MiB from a 90 KiB file.
+    text = "x" * 2**16
+    hostile = {b"data": [_Codec(text, "latin1") for _ in range(4096)], b"labels": [0]}
+    assert _load_cifar_bomb(tmp_path, hostile) < 1
+    assert "_codecs.encode made more bytes than the" in peak_mb.last_error  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("hostile, message", [
+    # BINBYTES of 2 GiB: the C unpickler allocates the size it is told before reading.
+    (b"\x80\x03B" + (2**31).to_bytes(4, "little") + b"abc",
+     "BINBYTES at byte 2 claims 2147483648 bytes, the file has 3 after it"),
+    # LONG_BINPUT to memo slot 2^28: the C unpickler grows (and zero-fills) 2 GiB of memo.
+    (b"\x80\x02N" + b"r" + (2**28).to_bytes(4, "little") + b".",
+     "LONG_BINPUT at byte 3 stores memo slot 268435456 after 0 slots"),
+    # Objects for next to nothing: an empty set is 216 bytes for one opcode byte, a list 56.
+    (b"\x80\x04](" + b"\x8f" * 2**16 + b"e.",
+     "opcode 0x8f at byte 4 is not one a CIFAR batch uses"),
+], ids=["binbytes", "long-binput", "sets"])
+def test_a_cifar_pickle_claiming_lengths_or_memo_slots_it_lacks_is_refused(
+        tmp_path: Path, hostile: bytes, message: str):
+    assert _load_cifar_bomb(tmp_path, hostile) < 1 + len(hostile) / MB  # the file, read whole
+    assert message in peak_mb.last_error  # type: ignore[attr-defined]
+
+
+class _Python2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes as Python 2's cPickle did at protocol 2 (the published CIFAR batches): every
+    string a BINSTRING, read back as bytes (a dtype's byte order too), NumPy 1's names."""
+
+    dispatch: ClassVar[dict[type, Any]] = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def save_string(self, obj: bytes | str) -> None:
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data if len(data) < 256
+                   else pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        self.memoize(obj)
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        module = "numpy.core.multiarray" if obj is _RECONSTRUCT else obj.__module__
+        self.write(pickle.GLOBAL + f"{module}\n{obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+    dispatch[bytes] = dispatch[str] = save_string
+    dispatch[type] = dispatch[type(_RECONSTRUCT)] = save_global
+
+
+def _dumps(obj: object, protocol: int | str) -> bytes:
+    if protocol != "python2":
+        return pickle.dumps(obj, protocol=protocol)
+    out = io.BytesIO()
+    _Python2Pickler(out, protocol=2).dump(obj)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, "python2"])
+def test_real_cifar_batches_still_read_and_their_labels_are_checked(tmp_path: Path,
+                                                                      protocol: int | str):
+    pixels = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    batch = {b"batch_label": b"training batch 1 of 5", b"data": pixels, b"labels": [1, 0],
+             b"filenames": [b"a.png", b"b.png"]}
+    folder = _cifar_folder(tmp_path / str(protocol), _dumps(batch, protocol))
+    out = load_cifar(Store(), str(folder), "cifar-10-batches-py", "train", "data.source")
+    assert out.images.shape == (10, 32, 32, 3) and out.labels.tolist() == [1, 0] * 5
+    assert np.array_equal(out.images[0], pixels[0].reshape(3, 32, 32).transpose(1, 2, 0))
+    for labels, bad in (([1, 2], "label 2 is not one of the 2 classes"),
+                        ([-1, 0], "label -1 is negative")):
+        bad_folder = _cifar_folder(tmp_path / f"{protocol}{labels}",
+                                   _dumps({**batch, b"labels": labels}, protocol))
+        with pytest.raises(DataError, match=re.escape(bad)):
+            load_cifar(Store(), str(bad_folder), "cifar-10-batches-py", "train", "data.source")
+
+
+def test_a_cifar_pickle_of_more_opcodes_than_any_batch_is_refused(tmp_path: Path,
+                                                                   monkeypatch):
+    # At 2^20 opcodes (the real cap) a 1 MiB pickle of empty lists takes ~80 MB: allowed, and
+    # no more. The cap is lowered here so the walk is quick under tracemalloc.
+    monkeypatch.setattr(formats, "_MAX_PICKLE_OPS", 1000)
+    hostile = b"\x80\x04](" + b"]" * 1000 + b"e."
+    assert _load_cifar_bomb(tmp_path, hostile) < 1
+    assert "more than 1000 opcodes, no CIFAR batch has that many" in \
+        peak_mb.last_error  # type: ignore[attr-defined]
+
+
+def test_a_cifar_file_larger_than_any_batch_is_refused_unread(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(formats, "_MAX_CIFAR_BYTES", 2**16)  # 256 MiB in earnest
+    folder = _cifar_folder(tmp_path, pickle.dumps({b"data": bytes(2**20)}, protocol=2))
+    assert peak_mb(lambda: load_cifar(Store(), str(folder), "cifar-10-batches-py", "train",
+                                      "data.source")) < 0.5
+    assert "larger than any CIFAR batch" in peak_mb.last_error  # type: ignore[attr-defined]

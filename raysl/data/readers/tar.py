@@ -1,22 +1,37 @@
 """WebDataset-style tar shards, each read as a stream (as object stores serve them), one per unit.
 
-Each sample is the members sharing a key (``000123.jpg``, ``000123.cls``): the image plus an
-optional label (``.cls``: an integer or a class name; ``.json``: its ``label`` or ``cls``). A
-``shards.json`` index beside the shards (``raysl shards`` writes it) gives the sample counts and
-class names; without it the shards are counted when the source is opened.
+Each sample is the members sharing a key (``000123.jpg``, ``000123.cls``), next to each other
+in the shard: the image plus an optional label (``.cls``: an integer or a class name;
+``.json``: its ``label`` or ``cls``). A ``shards.json`` index beside the shards (``raysl
+shards`` writes it) gives the sample counts and class names; without it the shards are counted
+when the source is opened.
+
+A shard is read as an uncompressed tar only: a compressed one (gzip, bzip2, xz, zstd) is
+skipped and counted (``compressed_shard``), as its members could inflate without a bound. An
+image member larger than :data:`~raysl.data.formats.MAX_ENCODED_BYTES` is skipped
+(``too_large``) without being read. In a labeled source, a sample whose label is missing
+(``no_label``: also what a shard whose members are not grouped by key gives) or names no class
+(``bad_label``) is skipped and counted, never read as class 0 and never failing the run.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from raysl.config import SourceConfig
-from raysl.data.formats import DataError
+from raysl.data.formats import (
+    BAD_LABEL,
+    MAX_ENCODED_BYTES,
+    MAX_LABEL_BYTES,
+    DataError,
+    sample_label,
+)
 from raysl.data.readers.base import (
     IMAGE_EXTENSIONS,
     Encoded,
@@ -33,9 +48,21 @@ from raysl.registry import register
 INDEX_FILE = "shards.json"  # {"shards": {name: samples}, "class_names": [...]}
 INDEX_FORMAT = "raysl-shards/1"
 LABEL_EXTENSIONS = ("cls", "json")
+# How compressed streams start: gzip, bzip2, xz, zstd. tarfile's "r|*" would inflate them.
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+_NEGATIVE = re.compile(r"-[0-9]+")
 
-# One sample: its key, image bytes (or None), label text (or None).
-Sample = tuple[str, bytes | None, str | None]
+
+class Sample(NamedTuple):
+    """One sample of a shard: the members sharing a key."""
+
+    key: str
+    image: bytes | str | None  # the image's bytes, why it was not read, or None: no image
+    label: str | None  # the label's text, BAD_LABEL, or None: no label member
+
+
+class CompressedShard(tarfile.ReadError):
+    """A shard that is a compressed stream, not a tar: it is not inflated."""
 
 
 @register("reader", "tar")
@@ -45,6 +72,7 @@ class Tar(Reader):
     name = "tar"
     summary = "WebDataset-style tar shards (a directory, a {000..099} pattern, or one .tar)"
     detect_order = 30
+    max_encoded_bytes: int = MAX_ENCODED_BYTES  # image members above it: too_large, unread
 
     @classmethod
     def detect(cls, target: Target, store: Store) -> bool:
@@ -61,7 +89,7 @@ class Tar(Reader):
         if not shards:
             raise DataError(f"{field_name}.path={cfg.path!r}: no .tar shards there")
         index = _read_index(store, posixpath.dirname(shards[0]))
-        notes = []
+        notes, packed = [], []
         names = {posixpath.basename(s) for s in shards}
         if index is not None and names <= set(index["shards"]):
             counts = [int(index["shards"][posixpath.basename(s)]) for s in shards]
@@ -71,40 +99,72 @@ class Tar(Reader):
                          f"{len(shards)} shard(s) (`raysl shards` writes one)")
             with ThreadPoolExecutor(min(LISTING_THREADS, len(shards))) as pool:
                 censuses = list(pool.map(lambda s: _census(store, s), shards))
-            counts = [n for n, _ in censuses]
-            labels = [v for _, part in censuses for v in part]
+            counts = [n for n, _, _ in censuses]
+            labels = [v for _, part, _ in censuses for v in part]
             classes = labels_of(labels, f"{field_name}.path={cfg.path!r}")[1] if labels else []
+            packed = [s for s, (_, _, compressed) in zip(shards, censuses, strict=True)
+                      if compressed]
+        compressed = (f"{len(packed)} shard(s) are compressed, e.g. {packed[0]}: raysl reads "
+                      "uncompressed tar shards only (decompress them, e.g. `zcat s.tar.gz > "
+                      "s.tar`)" if packed else "")
         if sum(counts) == 0:
-            raise DataError(f"{field_name}.path={cfg.path!r}: the shards hold no samples")
+            raise DataError(f"{field_name}.path={cfg.path!r}: the shards hold no samples"
+                            + (f"; {compressed}" if compressed else ""))
+        if compressed:
+            notes.append(f"{compressed}; they are skipped (compressed_shard)")
         n_classes = f", {len(classes)} classes" if classes else ""
         desc = f"{target.name} ({{n}} images in {len(shards)} shards{n_classes})"
         return Encoded(shard_units(shards, counts, seed, cfg.limit), classes, desc, self, notes)
 
     def read_unit(self, unit: Unit, store: Store, class_names: Sequence[str]) -> Iterator[Item]:
-        """The shard's samples in order; a shard cut short ends with one "truncated" item."""
+        """The shard's samples in order, bad ones as the reason they are skipped.
+
+        A shard cut short ends with one "truncated" item, a compressed one is one
+        "compressed_shard" item. With ``class_names`` (a labeled source) a sample's label must
+        name one of them, else the sample is "no_label" or "bad_label".
+        """
         index = {c: i for i, c in enumerate(class_names)}
         n = 0
         try:
             with store.open_input(unit.shard) as stream:
-                for key, image, label in samples(stream):
+                for sample in samples(stream, self.max_encoded_bytes):
                     if unit.take and n >= unit.take:
                         return
-                    name = f"{unit.shard}/{key}"
-                    yield (name, image if image is not None else "not_an_image",
-                           None if label is None else _label(label, index))
                     n += 1
+                    name = f"{unit.shard}/{sample.key}"
+                    if sample.image is None or isinstance(sample.image, str):
+                        yield name, sample.image or "not_an_image", None
+                        continue
+                    label = sample_label(sample.label, index) if index else None
+                    if isinstance(label, str):
+                        yield name, label, None
+                    else:
+                        yield name, sample.image, label
+        except CompressedShard:
+            yield unit.shard, "compressed_shard", None
         except (tarfile.TarError, EOFError, OSError):
             yield unit.shard, "truncated", None
 
 
-def samples(stream: object) -> Iterator[Sample]:
-    """Samples of a tar stream: members grouped by key, read in one pass.
+def samples(stream: Any, max_image_bytes: int = MAX_ENCODED_BYTES) -> Iterator[Sample]:
+    """Samples of an uncompressed tar stream: members grouped by key, read in one pass.
+
+    An image member above ``max_image_bytes`` is not read (its image is "too_large"), nor a
+    label member above :data:`~raysl.data.formats.MAX_LABEL_BYTES` (its label is
+    :data:`BAD_LABEL`). Members with a label and no image are not samples; the census does
+    not count them either.
 
     Raises:
+        CompressedShard: the stream is compressed.
         tarfile.TarError: the stream is not a tar, or ends inside a member.
     """
-    key, image, label = None, None, None
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
+    peeked = _Peeked(stream)
+    if peeked.head.startswith(COMPRESSED_MAGIC):
+        raise CompressedShard("a compressed stream, not an uncompressed tar")
+    key: str | None = None
+    image: bytes | str | None = None
+    label: str | None = None
+    with tarfile.open(fileobj=peeked, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
             if not member.isfile():
                 continue
@@ -112,51 +172,76 @@ def samples(stream: object) -> Iterator[Sample]:
             stem, _, ext = base.partition(".")
             this = posixpath.join(posixpath.dirname(member.name), stem)
             if this != key:
-                if key is not None:
-                    yield key, image, label
+                if key is not None and (image is not None or label is None):
+                    yield Sample(key, image, label)
                 key, image, label = this, None, None
             ext = ext.lower()
-            wanted = image is None and f".{ext}" in IMAGE_EXTENSIONS
-            if wanted or ext in LABEL_EXTENSIONS:
-                data = tar.extractfile(member)
-                payload = data.read() if data is not None else b""
-                if wanted:
-                    image = payload
-                elif label is None:
-                    label = _label_text(ext, payload)
-    if key is not None:
-        yield key, image, label
+            if image is None and f".{ext}" in IMAGE_EXTENSIONS:
+                image = "too_large" if member.size > max_image_bytes else _read(tar, member)
+            elif ext in LABEL_EXTENSIONS and label is None:
+                label = BAD_LABEL if member.size > MAX_LABEL_BYTES else \
+                    _label_text(ext, _read(tar, member))
+    if key is not None and (image is not None or label is None):
+        yield Sample(key, image, label)
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    data = tar.extractfile(member)
+    return data.read() if data is not None else b""
+
+
+class _Peeked:
+    """A stream whose first bytes were read ahead (to tell a compressed one), then the rest.
+
+    ``read`` may return fewer bytes than asked, as a stream may (tarfile reads on).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.head = self.left = bytes(stream.read(8))
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left:
+            out = self.left if n < 0 else self.left[:n]
+            self.left = self.left[len(out):]
+            return out
+        return bytes(self.stream.read(n))
 
 
 def _label_text(ext: str, payload: bytes) -> str | None:
-    text = payload.decode("utf-8", errors="replace").strip()
+    """A label member's text: None when empty, :data:`BAD_LABEL` when it cannot be one."""
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return BAD_LABEL
     if ext == "cls":
         return text or None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
-        return None
+        return BAD_LABEL
     value = obj.get("label", obj.get("cls")) if isinstance(obj, dict) else None
+    if isinstance(value, bool | dict | list):
+        return BAD_LABEL
     return None if value is None else str(value)
 
 
-def _label(text: str, index: dict[str, int]) -> int:
-    return int(text) if text.lstrip("-").isdigit() else index[text]
-
-
-def _census(store: Store, shard: str) -> tuple[int, list[str]]:
-    """Samples with an image in one shard, and their labels (one pass over the stream)."""
+def _census(store: Store, shard: str) -> tuple[int, list[str], bool]:
+    """Samples with an image in one shard, their labels, whether it is compressed (one pass)."""
     count, labels = 0, []
     try:
         with store.open_input(shard) as stream:
             for _, image, label in samples(stream):
                 if image is not None:
                     count += 1
-                    if label is not None:
+                    if label is not None and label != BAD_LABEL and not _NEGATIVE.fullmatch(
+                            label.strip()):  # never a class: the sample is a bad_label
                         labels.append(label)
+    except CompressedShard:
+        return 0, [], True
     except (tarfile.TarError, EOFError, OSError):
         pass  # counted as far as it reads; reading it again reports it as truncated
-    return count, labels
+    return count, labels, False
 
 
 def _read_index(store: Store, folder: str) -> dict[str, Any] | None:
