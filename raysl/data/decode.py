@@ -32,7 +32,12 @@ REASONS = {
     "truncated": "the image data ends early",
     "corrupt": "the image format is recognised but its data cannot be decoded",
     "too_small": "a side shorter than the minimum (data.min_image_side)",
-    "too_large": "more pixels than data.max_image_pixels",
+    "too_large": "more pixels than data.max_image_pixels (or, in a shard, more encoded bytes "
+                 "than that allows: raysl.data.formats.encoded_bound)",
+    # What the shard readers skip besides images (raysl/data/readers/tar.py, parquet.py):
+    "compressed_shard": "a tar shard that is a gzip/bzip2/xz/zstd stream, never inflated",
+    "bad_label": "a label that names no class of the source",
+    "no_label": "a sample of a labeled source without a label (also an ungrouped tar)",
 }
 # The Pillow formats of the files the readers list (IMAGE_EXTENSIONS in data/readers/base.py);
 # JPEG includes its multi-picture variant (MPO), which Pillow opens through the JPEG plugin.

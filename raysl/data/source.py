@@ -39,7 +39,7 @@ from raysl import registry
 from raysl.config import SourceConfig
 from raysl.config.redact import redact
 from raysl.data.decode import BadImage, decode_image
-from raysl.data.formats import Arrays, DataError
+from raysl.data.formats import Arrays, DataError, encoded_bound
 from raysl.data.ledger import (
     DEFAULT_POLICY,
     DecodeLedger,
@@ -162,6 +162,8 @@ def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_n
         list_target(cfg.path, store, field_name)
     seconds = {"list": time.perf_counter() - clock}
     reader = pick_reader(cfg, target, store, field_name)
+    if hasattr(reader, "max_encoded_bytes"):  # the shard readers bound what they inflate
+        reader.max_encoded_bytes = encoded_bound(policy.max_pixels)
     opened = reader.open(cfg, target, store, seed, field_name)
     seconds["open"] = time.perf_counter() - clock - seconds["list"]
     if isinstance(opened, Arrays):

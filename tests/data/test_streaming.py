@@ -115,7 +115,7 @@ def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
 def test_corrupt_shard_members_and_cut_shards_are_skipped_and_counted(tmp_path: Path, rng):
     good = [_png(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)) for _ in range(6)]
     _tar(tmp_path / "a-0.tar", [(f"{i}.png", good[i]) for i in range(3)]
-         + [("3.png", b"garbage"), ("3.cls", b"1")])
+         + [("3.png", b"garbage")])  # unlabeled: a label on one sample would make 6 no_label
     _tar(tmp_path / "a-1.tar", [(f"{i + 4}.png", good[i + 3]) for i in range(3)])
     whole = (tmp_path / "a-1.tar").read_bytes()
     # Cut inside the second member's data (512-byte header, data padded to 512, each PNG < 512).
