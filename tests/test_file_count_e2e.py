@@ -4,7 +4,9 @@
 tree of 100,000 small PNGs in 1,000 class folders, and is stopped once it logs its first
 optimizer step. ``data.cache=auto`` keeps the decoded images here (8 px, ~6 MB: it takes the
 ``memory`` path, decoding all 100,000 once and counting bad files before training);
-``none`` streams them. Each run must list all of them, say how long listing took, and train.
+``none`` streams them. Each run must list all of them, say how long listing took, and train;
+the cached run also draws the evaluation's labeled split, online kNN's subset and the label-free
+monitors' sample from the 100,000 before its first step.
 The bytes each read task carries are bounded in ``tests/data/test_scale.py``.
 """
 
@@ -51,9 +53,15 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("cache", ["auto", "none"])
 def test_100k_files_reach_a_first_step(tree: Path, cache: str, tmp_path: Path):
+    # Cached, the evaluation's parts that are drawn before training run too: the labeled split
+    # (eval.bank.limit of the 100,000 rows), online kNN's subset and the monitors' sample.
+    # Streamed, they would decode the whole set once more for its labels: left to the
+    # benchmark (benchmarks/file_count.py).
+    evaluation = (["eval.online_knn_every=1", "eval.protocols=knn"] if cache == "auto" else
+                  ["eval.enabled=false", "eval.monitor_every=0"])
     settings = ["model.width=8", "model.small_stem=true", "train.num_workers=2",
-                "data.batch_size_global=64", "optim.warmup_epochs=0", "eval.enabled=false",
-                "eval.monitor_every=0", "tracking.register=false", f"data.source.path={tree}",
+                "data.batch_size_global=64", "optim.warmup_epochs=0", *evaluation,
+                "tracking.register=false", f"data.source.path={tree}",
                 f"data.cache={cache}", "data.image_size=8", "data.decode_size=8",
                 "data.channels=1", "train.epochs=1", "train.run_name=files",
                 f"train.storage_path={tmp_path / 'ray_results'}",
