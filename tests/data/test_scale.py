@@ -17,7 +17,7 @@ from ray.data._internal.planner.plan_read_op import TASK_SIZE_WARN_THRESHOLD_BYT
 
 from raysl.config import SourceConfig
 from raysl.data.ledger import DecodePolicy
-from raysl.data.readers.base import FILES_PER_UNIT, FileUnits, labels_of, list_target
+from raysl.data.readers.base import BAD_LABEL, FILES_PER_UNIT, FileUnits, labels_of, list_target
 from raysl.data.source import UnitSource, pick_reader
 from raysl.data.storage import Store
 
@@ -145,3 +145,28 @@ def test_file_units_hold_one_arrow_array_and_build_units_on_demand():
     assert units[1].labels == tuple(int(k) for k in np.arange(256, 512) % 3)
     with pytest.raises(IndexError):
         units[4]
+
+
+def test_labels_that_can_be_no_class_are_marked_bad_not_guessed():
+    labels, classes = labels_of(["2", "", "-1", " 0", None])
+    assert labels.tolist() == [2, BAD_LABEL, BAD_LABEL, 0, BAD_LABEL]
+    assert classes == ["0", "1", "2"]  # the empty label did not turn the integers into names
+    labels, classes = labels_of(["cat", "", "dog"])
+    assert labels.tolist() == [0, BAD_LABEL, 1] and classes == ["cat", "dog"]
+
+
+def test_a_file_lists_bad_labels_are_skipped_and_counted_not_fatal(tmp_path: Path):
+    from PIL import Image
+
+    from raysl.data.source import read_source, to_numpy
+
+    rows = ["path,label"]
+    for i, label in enumerate(["0", "1", "-3", "", "1", "0"]):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    source = read_source(SourceConfig(path=str(tmp_path / "list.csv")), 1, 8,
+                         policy=DecodePolicy(max_bad_fraction=0.5))
+    x, y = to_numpy(source)
+    assert len(x) == 4 and sorted(y.tolist()) == [0, 0, 1, 1]
+    assert source.skipped == {"bad_label": 2} and source.class_names == ["0", "1"]

@@ -31,6 +31,7 @@ from raysl.data.storage import Store, expand_braces, has_braces, paths_array
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FILES_PER_UNIT = 256  # image-file sources: one read task per this many files
+BAD_LABEL = -1  # a listed label that can be no class: the sample is skipped as bad_label
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,12 @@ class Reader(ABC):
 
 
 def read_paths(unit: Unit, store: Store) -> Iterator[Item]:
-    """Image files one by one; an I/O error becomes the reason the image is skipped."""
+    """Image files one by one; an I/O error or a bad label is the reason one is skipped."""
     labels: Sequence[int | None] = unit.labels or [None] * len(unit.paths)
     for path, label in zip(unit.paths, labels, strict=True):
+        if label == BAD_LABEL:
+            yield path, "bad_label", None
+            continue
         try:
             yield path, store.read(path), label
         except FileNotFoundError:
@@ -275,31 +279,34 @@ def shard_units(shards: Sequence[str], counts: Sequence[int], seed: int, limit: 
     return units
 
 
-def labels_of(values: pa.Array | pa.ChunkedArray | Sequence[Any], where: str
+def labels_of(values: pa.Array | pa.ChunkedArray | Sequence[Any], where: str = ""
               ) -> tuple[np.ndarray, list[str]]:
     """Integer labels as they are; class names -> indices of their sorted order.
 
     Vectorised with Arrow: a million labels take milliseconds. Values are compared as text
-    with surrounding white space stripped, so ``" 3"`` is 3 and ``"cat "`` is ``"cat"``.
-
-    Raises:
-        DataError: a negative integer label.
+    with surrounding white space stripped, so ``" 3"`` is 3 and ``"cat "`` is ``"cat"``. A
+    label that can be no class (empty, null, or a negative integer) is :data:`BAD_LABEL`, and
+    its sample is skipped and counted as ``bad_label`` (:func:`read_paths`), never read as a
+    class nor failing the run; whether the labels are integers or names is decided by the
+    others. ``where`` is kept for callers that name the column.
     """
     if not isinstance(values, pa.Array | pa.ChunkedArray):
-        values = pa.array([str(v) for v in values], pa.large_string())
-    if pa.types.is_integer(values.type):
-        ints = pc.fill_null(values, -1).to_numpy().astype(np.int64)
-    else:
-        text = pc.utf8_trim_whitespace(pc.fill_null(values.cast(pa.large_string()), "None"))
-        if len(text) and pc.all(pc.match_substring_regex(text, r"^-?[0-9]+$")).as_py():
-            ints = text.cast(pa.int64()).to_numpy().astype(np.int64)
-        else:
-            classes = sorted(pc.unique(text).to_pylist())
-            index = pc.index_in(text, value_set=pa.array(classes, text.type))
-            return index.to_numpy().astype(np.int64), classes
-    if ints.size and ints.min() < 0:
-        raise DataError(f"{where}: labels must be >= 0, found {ints.min()}")
-    return ints, [str(i) for i in range(int(ints.max()) + 1)] if ints.size else []
+        values = pa.array([None if v is None else str(v) for v in values], pa.large_string())
+    text = pc.utf8_trim_whitespace(values.cast(pa.large_string()))
+    present = pc.fill_null(pc.not_equal(text, ""), False)
+    given = text.filter(present)
+    labels = np.full(len(text), BAD_LABEL, np.int64)
+    keep = present.to_numpy(zero_copy_only=False)
+    if len(given) == 0:
+        return labels, []
+    if pc.all(pc.match_substring_regex(given, r"^-?[0-9]+$")).as_py():
+        ints = given.cast(pa.int64()).to_numpy().astype(np.int64)
+        labels[keep] = np.where(ints >= 0, ints, BAD_LABEL)
+        top = int(labels.max())
+        return labels, [str(i) for i in range(top + 1)] if top >= 0 else []
+    classes = sorted(pc.unique(given).to_pylist())
+    labels[keep] = pc.index_in(given, value_set=pa.array(classes, given.type)).to_numpy()
+    return labels, classes
 
 
 def label_index(value: Any, class_names: Sequence[str]) -> int:
