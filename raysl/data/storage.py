@@ -32,6 +32,10 @@ _LISTING_CHUNK = 65536  # a local walk turns this many names at a time into Arro
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
 
+class FileTooLarge(OSError):
+    """A file larger than a reader will hold (:meth:`Store.read`'s ``limit``)."""
+
+
 def is_uri(path: str) -> bool:
     """Whether ``path`` names an object store (``scheme://...``) rather than a local path."""
     return "://" in path and not path.startswith("file://")
@@ -73,15 +77,23 @@ class Store:
         fs, inner = pafs.FileSystem.from_uri(path)
         return fs, inner
 
-    def read(self, path: str) -> bytes:
+    def read(self, path: str, limit: int = 0) -> bytes:
         """All bytes of the file at ``path`` (local path or URI).
+
+        Args:
+            path: a local path or URI.
+            limit: refuse a file larger than this many bytes (0: no limit), from its size,
+                before reading any of it.
 
         Raises:
             FileNotFoundError: it does not exist (any more).
+            FileTooLarge: it is larger than ``limit``.
             OSError: it cannot be read.
         """
         fs, inner = self.resolve(path)
         with fs.open_input_file(inner) as f:
+            if limit and f.size() > limit:
+                raise FileTooLarge(f"{path}: {f.size()} bytes, more than {limit}")
             data: bytes = f.read()
         return data
 

@@ -170,3 +170,17 @@ def test_a_file_lists_bad_labels_are_skipped_and_counted_not_fatal(tmp_path: Pat
     x, y = to_numpy(source)
     assert len(x) == 4 and sorted(y.tolist()) == [0, 0, 1, 1]
     assert source.skipped == {"bad_label": 2} and source.class_names == ["0", "1"]
+
+
+def test_an_image_file_larger_than_the_pixel_cap_allows_is_skipped_unread(tmp_path: Path):
+    from PIL import Image
+
+    from raysl.data.source import read_source
+
+    for i in range(9):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    # 64 pixels allowed: at most 8 x 64 bytes + 1 MiB of an encoded image; this file is 2 MiB.
+    (tmp_path / "huge.png").write_bytes(b"\x89PNG" + bytes(2 * 2**20))
+    source = read_source(SourceConfig(path=str(tmp_path)), 1, 8,
+                         policy=DecodePolicy(max_pixels=64, max_bad_fraction=0.5))
+    assert source.num_images == 9 and source.skipped == {"too_large": 1}

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysl.config import SourceConfig
-from raysl.data.formats import Arrays, DataError
+from raysl.data.formats import MAX_ENCODED_BYTES, Arrays, DataError
 from raysl.data.outputs import MANIFEST
-from raysl.data.storage import Store, expand_braces, has_braces, paths_array
+from raysl.data.storage import FileTooLarge, Store, expand_braces, has_braces, paths_array
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FILES_PER_UNIT = 256  # image-file sources: one read task per this many files
@@ -239,15 +239,22 @@ class Reader(ABC):
         raise NotImplementedError(f"{self.name} reads arrays, not units")
 
 
-def read_paths(unit: Unit, store: Store) -> Iterator[Item]:
-    """Image files one by one; an I/O error or a bad label is the reason one is skipped."""
+def read_paths(unit: Unit, store: Store, limit: int = MAX_ENCODED_BYTES) -> Iterator[Item]:
+    """Image files one by one; what makes one skipped is its reason.
+
+    An I/O error, a bad label, or a file larger than ``limit`` bytes
+    (:func:`~raysl.data.formats.encoded_bound` of the pixel cap: no image the cap lets through
+    is larger), which is then not read.
+    """
     labels: Sequence[int | None] = unit.labels or [None] * len(unit.paths)
     for path, label in zip(unit.paths, labels, strict=True):
         if label == BAD_LABEL:
             yield path, "bad_label", None
             continue
         try:
-            yield path, store.read(path), label
+            yield path, store.read(path, limit), label
+        except FileTooLarge:
+            yield path, "too_large", label
         except FileNotFoundError:
             yield path, "missing", label
         except OSError:

@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from raysl.config import SourceConfig
-from raysl.data.formats import DataError
+from raysl.data.formats import MAX_ENCODED_BYTES, DataError
 from raysl.data.readers.base import (
     Encoded,
     Item,
@@ -39,6 +39,7 @@ class FileList(Reader):
     summary = "a list of image paths (.txt), or a path column with labels (.csv, .parquet)"
     reads = "file"
     detect_order = 20
+    max_encoded_bytes: int = MAX_ENCODED_BYTES  # a file above it: too_large, unread
 
     @classmethod
     def detect(cls, target: Target, store: Store) -> bool:
@@ -76,7 +77,7 @@ class FileList(Reader):
 
     def read_unit(self, unit: Unit, store: Store, class_names: Sequence[str]) -> Iterator[Item]:
         """Each listed file's bytes."""
-        return read_paths(unit, store)
+        return read_paths(unit, store, self.max_encoded_bytes)
 
 
 def _columns(store: Store, path: str, suffix: str) -> dict[str, pa.Array]:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysl.config import SourceConfig
-from raysl.data.formats import DataError
+from raysl.data.formats import MAX_ENCODED_BYTES, DataError
 from raysl.data.readers.base import (
     IMAGE_EXTENSIONS,
     Encoded,
@@ -32,6 +32,7 @@ class Folder(Reader):
     summary = "a directory tree of image files; class sub-folders become labels"
     reads = "dir"
     detect_order = 100  # the fallback: any other directory
+    max_encoded_bytes: int = MAX_ENCODED_BYTES  # a file above it: too_large, unread
 
     @classmethod
     def detect(cls, target: Target, store: Store) -> bool:
@@ -62,4 +63,4 @@ class Folder(Reader):
 
     def read_unit(self, unit: Unit, store: Store, class_names: Sequence[str]) -> Iterator[Item]:
         """Each file's bytes."""
-        return read_paths(unit, store)
+        return read_paths(unit, store, self.max_encoded_bytes)
