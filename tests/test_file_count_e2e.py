@@ -55,8 +55,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_100k_files_reach_a_first_step(tree: Path, cache: str, tmp_path: Path):
     # Cached, the evaluation's parts that are drawn before training run too: the labeled split
     # (eval.bank.limit of the 100,000 rows), online kNN's subset and the monitors' sample.
-    # Streamed, they would decode the whole set once more for its labels: left to the
-    # benchmark (benchmarks/file_count.py).
+    # Streamed, they would decode the whole set once more for its labels (linear, ~90 s here):
+    # more than this test's share of CI's time.
     evaluation = (["eval.online_knn_every=1", "eval.protocols=knn"] if cache == "auto" else
                   ["eval.enabled=false", "eval.monitor_every=0"])
     settings = ["model.width=8", "model.small_stem=true", "train.num_workers=2",
