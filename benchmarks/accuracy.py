@@ -190,9 +190,9 @@ def evaluate(args: argparse.Namespace, raysl_checkpoint: str, lightly_encoder: s
              ) -> dict[str, dict[str, float]]:
     """Scores by model and metric for raysl, lightly, random init and raw pixels, one pass."""
     from raysl.eval.data import load_eval_data
-    from raysl.eval.models import load_model
     from raysl.eval.suite import evaluate_encoders, with_baseline
     from raysl.evaluate import evaluation_config
+    from raysl.serving.models import load_model
     from raysl.train.trainer import connect
 
     loaded = load_model(raysl_checkpoint, "")

@@ -40,8 +40,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysl.eval.data import load_eval_data
-from raysl.eval.models import load_model
 from raysl.eval.suite import TRAINED, evaluate_encoders
+from raysl.serving.models import load_model
 from raysl.sweep.run import run_sweep
 from raysl.sweep.spec import load_sweep
 

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from raysl import config as C
+from raysl.catalog import names
 from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
-from raysl.registry import names
 
 CONFIGS = Path(__file__).resolve().parent.parent / "pipelines" / "configs"
 

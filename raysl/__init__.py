@@ -10,7 +10,7 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     """``raysl.load_encoder``, imported on first use (it needs MLflow, not Ray)."""
     if name == "load_encoder":
-        from raysl.eval.models import load_encoder
+        from raysl.serving.models import load_encoder
 
         return load_encoder
     raise AttributeError(f"module 'raysl' has no attribute {name!r}")

@@ -19,12 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from raysl.errors import CheckpointError
+
 ENCODER_FILE, METHOD_FILE, OPTIMIZER_FILE, STATE_FILE = (
     "encoder.pt", "method.pt", "optimizer.pt", "state.json")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing files or does not match the model it is loaded into."""
 
 
 def _atomic_write(path: Path, write: Any) -> None:

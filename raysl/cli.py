@@ -13,14 +13,13 @@ import sys
 import traceback
 from pathlib import Path
 
+from raysl import catalog
 from raysl import config as config_mod
-from raysl import registry
-from raysl.config import FASHION_MNIST_DIR, Config, ConfigError
-from raysl.config.redact import redact
+from raysl.config import FASHION_MNIST_DIR, Config
 from raysl.console import VERBOSE_ENV
-from raysl.data.formats import DataError
-from raysl.eval.monitors import RepresentationCollapsed
+from raysl.errors import ConfigError, DataError, RepresentationCollapsed
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
+from raysl.redact import redact
 from raysl.sweep.spec import Sweep, load_sweep
 from raysl.tracking.auth import (
     DEFAULT_ENV_FILE,
@@ -212,7 +211,7 @@ def evaluate_args(args: argparse.Namespace) -> tuple[str | None, str | None, lis
     """``--data``, ``--protocol`` and ``--set`` of ``raysl evaluate``, as ``--smoke-test`` sets."""
     if not args.smoke_test:
         return args.data, args.protocol, args.set
-    every = ",".join(cheapest_first(registry.names("protocol")))
+    every = ",".join(cheapest_first(catalog.names("protocol")))
     return args.data or "generated", args.protocol or every, [*SMOKE_EVAL, *args.set]
 
 
@@ -259,8 +258,8 @@ def _error(text: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "methods":
         print(f"{'method':<13} {'views (preset)':<22} what it does  [paper]")
-        for name in registry.names("method"):
-            cls = registry.get("method", name)
+        for name in catalog.names("method"):
+            cls = catalog.get("method", name)
             views = cls.default_preset + (", multi-crop" if cls.multicrop else "")
             print(f"{name:<13} {views:<22} {cls.summary}  [{cls.paper}]")
         print("\nRun one: raysl pretrain --method NAME "
@@ -268,14 +267,13 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "protocols":
         print(f"{'protocol':<10} {'kind':<9} what it measures")
-        for name, protocol in registry.entries("protocol").items():
+        for name, protocol in catalog.entries("protocol").items():
             kind = "images" if issubclass(protocol, ImageProtocol) else "features"
             print(f"{name:<10} {kind:<9} {protocol.summary}")
         print("\nRun some: raysl evaluate MODEL --protocol knn,linear")
         return 0
     if args.command == "evaluate":
-        from raysl.checkpoint import CheckpointError
-        from raysl.eval.models import ModelNotFoundError
+        from raysl.errors import CheckpointError, ModelNotFoundError
         from raysl.evaluate import evaluate
 
         try:
@@ -286,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "readers":
         print(f"{'format':<10} {'reads':<6} what it reads")
-        for name, reader in registry.entries("reader").items():
+        for name, reader in catalog.entries("reader").items():
             print(f"{name:<10} {reader.reads:<6} {reader.summary}")
         print("\nformat: auto (the default) picks one from the path; large datasets stream best "
               "as shards: raysl shards SOURCE OUT")

@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from raysl.config.redact import redact
+from raysl.redact import redact
 
 BANNER_SIDE = 30  # '=' characters each side of a summary's title
 

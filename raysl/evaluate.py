@@ -17,19 +17,14 @@ from typing import Any
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysl import registry
-from raysl.config import (
-    Config,
-    ConfigError,
-    SourceConfig,
-    merge_override,
-    parse_override,
-)
+from raysl import catalog
+from raysl.config import Config, SourceConfig, merge_override, parse_override
 from raysl.console import banner, redacting
 from raysl.data.source import check_source, detect_format
+from raysl.errors import ConfigError
 from raysl.eval.data import load_eval_data
-from raysl.eval.models import LoadedModel, load_model
 from raysl.eval.suite import EvalReport, evaluate_encoders, with_baseline
+from raysl.serving.models import LoadedModel, load_model
 from raysl.tracking.mlflow import (
     ensure_experiment,
     log_params_once,
@@ -103,7 +98,7 @@ def evaluation_config(model_config: Config, data: str | None, protocols: str | N
     cfg = Config.from_dict(raw)
     if not cfg.eval.protocols:
         raise ConfigError("eval.protocols", cfg.eval.protocols,
-                          f"at least one of {registry.names('protocol')} to evaluate")
+                          f"at least one of {catalog.names('protocol')} to evaluate")
     return cfg
 
 

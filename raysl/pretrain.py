@@ -18,12 +18,10 @@ import ray.train
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysl import registry
+from raysl import catalog
 from raysl.checkpoint import ENCODER_FILE, load_strict
-from raysl.config import Config, ConfigError
-from raysl.config.redact import redact
+from raysl.config import Config
 from raysl.console import banner, redacting
-from raysl.data.formats import DataError
 from raysl.data.pipeline import view_stream, whole_image_stream
 from raysl.data.source import (
     DecodePolicy,
@@ -32,9 +30,9 @@ from raysl.data.source import (
     first_images,
     read_source,
 )
+from raysl.errors import ConfigError, DataError, RepresentationCollapsed
 from raysl.eval.data import EvalData, load_eval_data
-from raysl.eval.models import WEIGHTS_TAG, log_weights
-from raysl.eval.monitors import MONITOR_METRICS, RepresentationCollapsed
+from raysl.eval.monitors import MONITOR_METRICS
 from raysl.eval.suite import (
     PIXELS,
     RANDOM_INIT,
@@ -44,6 +42,7 @@ from raysl.eval.suite import (
     with_baseline,
 )
 from raysl.nn.backbones import Encoder, build_encoder
+from raysl.redact import redact
 from raysl.tracking.mlflow import (
     Tracker,
     ensure_experiment,
@@ -54,10 +53,10 @@ from raysl.tracking.mlflow import (
     ui_command,
     wait_until_reachable,
 )
-from raysl.tracking.registry import (
+from raysl.tracking.model_registry import (
     RegisteredEncoder,
-    lineage_tags,
-    log_and_register,
+    log_weights,
+    register_encoder,
     run_lineage_tags,
     version_description,
 )
@@ -74,7 +73,6 @@ from raysl.train.trainer import (
 )
 
 ONLINE_KNN = "eval/online_knn_top1"
-CHAMPION_ALIAS = "champion"  # what consumers load (models:/NAME@champion); sweeps move it
 
 
 @dataclass
@@ -335,7 +333,7 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
                           "is scored on the second")
     dataset = view_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources(),
                           cfg.train.seed)
-    method = registry.get("method", cfg.method.name)
+    method = catalog.get("method", cfg.method.name)
     method.check_training_set(cfg, source.num_images)
     whole = (whole_image_stream(source, cfg.data, plan.augment_tasks, plan.augment_resources())
              if method.reads_training_set else None)
@@ -449,18 +447,11 @@ def _register(run: _Run, encoder: Encoder) -> RegisteredEncoder | None:
     if lin is not None:
         knn += f"Linear probe top-1 {100 * lin:.2f}%. "
     description = version_description(cfg, encoder, run_id, knn, data=result.data)
-    tags = {"run_name": result.run_name, "dataset": result.data,
-            **lineage_tags(cfg, encoder, run.client.get_run(run_id).data.tags)}
+    tags = {"run_name": result.run_name, "dataset": result.data}
     if result.report is not None:
         tags.update(result.report.tags())
-    tags[WEIGHTS_TAG] = result.weights_artifact
-    registered = log_and_register(encoder, cfg, run_id, uri, cfg.registered_model_name,
-                                  description, tags)
-    if registered is not None and CHAMPION_ALIAS not in run.client.get_registered_model(
-            registered.name).aliases:
-        # The first version is the champion until a sweep crowns a better one on the same
-        # evaluation, so models:/NAME@champion loads from the first run on.
-        run.client.set_registered_model_alias(registered.name, CHAMPION_ALIAS,
-                                              registered.version)
-        result.alias = CHAMPION_ALIAS
+    registered = register_encoder(encoder, cfg, run_id, uri, cfg.registered_model_name,
+                                  description, tags, weights=result.weights_artifact)
+    if registered is not None:
+        result.alias = registered.alias
     return registered

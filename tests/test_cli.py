@@ -24,13 +24,13 @@ def test_methods_lists_every_method_with_its_paper_in_a_fresh_process():
 
 
 def test_protocols_lists_every_registered_protocol_in_a_fresh_process():
-    from raysl import registry
+    from raysl import catalog
 
     raysl_cmd = Path(sys.executable).parent / "raysl"
     out = subprocess.run([str(raysl_cmd), "protocols"], capture_output=True, text=True,
                          check=True)
     listed = {ln.split()[0] for ln in out.stdout.splitlines()[1:] if ln.strip()} - {"Run"}
-    assert listed == set(registry.names("protocol"))
+    assert listed == set(catalog.names("protocol"))
     assert "images" in out.stdout and "features" in out.stdout
 
 

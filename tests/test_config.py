@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from raysl import config as C
-from raysl.config import Config, ConfigError
+from raysl.config import Config
+from raysl.errors import ConfigError
 
 
 def test_defaults_are_valid_and_round_trip():

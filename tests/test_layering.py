@@ -13,8 +13,8 @@ RAYSL = Path(__file__).resolve().parents[1] / "raysl"
 
 # Bottom to top. A module may import from its own layer and the ones below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("registry", "schedules", "distributed", "losses", "clustering", "checkpoint", "config",
-     "console"),  # ground
+    ("errors", "redact", "catalog", "schedules", "distributed", "losses", "clustering",
+     "checkpoint", "config", "console"),  # ground
     ("nn",),
     ("methods",),
     ("data",),
@@ -30,7 +30,8 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               *sorted((RAYSL / "config").glob("*.py")),
               RAYSL / "losses.py", RAYSL / "clustering.py", RAYSL / "schedules.py",
               RAYSL / "distributed.py",
-              RAYSL / "registry.py", RAYSL / "checkpoint.py", RAYSL / "console.py",
+              RAYSL / "catalog.py", RAYSL / "errors.py", RAYSL / "redact.py",
+              RAYSL / "checkpoint.py", RAYSL / "console.py",
               # the evaluation protocols themselves (Ray runs them from eval/extract.py, suite.py)
               *sorted((RAYSL / "eval" / "protocols").glob("*.py")),
               *[RAYSL / "eval" / f"{m}.py" for m in ("online", "splits", "features", "plots")],
@@ -57,7 +58,7 @@ def _imported_modules(path: Path) -> set[str]:
     """Every module ``path`` imports.
 
     ``from pkg import name`` counts ``pkg.name`` when that is a module, and ``pkg`` itself only
-    when some name is not (``from raysl import registry`` depends on the registry, not on
+    when some name is not (``from raysl import catalog`` depends on the catalog, not on
     ``raysl/__init__.py``).
     """
     mods = set()

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from raysl import catalog, methods
 from raysl import config as C
-from raysl import methods, registry
-from raysl.config import ConfigError
 from raysl.data.views import make_columns
+from raysl.errors import ConfigError
 from raysl.eval.online import LabelFreeMonitor
 from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build_method
 from raysl.nn.backbones import build_encoder
@@ -21,7 +21,7 @@ from raysl.train.optim import build_optimizer
 from raysl.train.step import train_step
 
 del methods  # registers them
-NAMES = registry.names("method")
+NAMES = catalog.names("method")
 BACKBONES = {
     "resnet": ["model.width=8", "model.small_stem=true"],
     "vit": ["model.backbone=vit_tiny", "model.width=32", "model.depth=2", "model.patch_size=4"],
@@ -34,7 +34,7 @@ def tiny_config(name: str, backbone: str = "", extra: tuple[str, ...] = ()) -> C
 
     ``backbone``: a key of BACKBONES; "" = the ResNet, or the ViT for a ViT-only method.
     """
-    backbone = backbone or ("vit" if registry.get("method", name).vit_only else "resnet")
+    backbone = backbone or ("vit" if catalog.get("method", name).vit_only else "resnet")
     base = [*BACKBONES[backbone], "data.image_size=32", "data.batch_size_global=8",
             "train.num_workers=1", f"method.name={name}", *extra]
     cfg = C.load(None, base)
@@ -81,7 +81,7 @@ def tiny_views(cfg: C.Config, b: int = 8, seed: int = 0) -> list[torch.Tensor]:
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("name", NAMES)
 def test_every_method_trains_one_step(name, backbone):
-    if backbone == "resnet" and registry.get("method", name).vit_only:
+    if backbone == "resnet" and catalog.get("method", name).vit_only:
         with pytest.raises(ConfigError) as info:
             tiny_config(name, backbone)
         assert info.value.field == "model.backbone" and "a ViT" in str(info.value)

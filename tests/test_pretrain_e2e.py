@@ -14,8 +14,7 @@ from mlflow.tracking import MlflowClient
 import raysl
 from raysl import config as C
 from raysl.config import FASHION_MNIST_DIR
-from raysl.data.formats import DataError
-from raysl.eval.monitors import RepresentationCollapsed
+from raysl.errors import DataError, RepresentationCollapsed
 from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]

@@ -7,8 +7,8 @@ import pytest
 
 from raysl import cli
 from raysl import config as C
-from raysl.config.redact import redact, redact_values
 from raysl.data.storage import Store
+from raysl.redact import redact, redact_values
 from raysl.serving.embed import _table as embed_table
 
 SECRET = "s3cr3t-pw"

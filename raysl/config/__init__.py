@@ -8,9 +8,9 @@ what was expected.
 One module per section (``source``, ``views``, ``data``, ``model``, ``optim``, ``train``,
 ``eval``, ``tracking``; the augmentation presets in ``presets``), the generic builder in
 ``build`` and the whole run in ``run``. Method hyperparameters live in ``method``; their class
-depends on ``method.name`` and is found in the method registry, so a new method brings its own
+depends on ``method.name`` and is found in the catalog (``raysl/catalog.py``), so a new method brings its own
 config dataclass (``raysl/methods/<name>.py``). The package imports nothing of raysl but the
-registry and the schedules.
+catalog, the errors, redaction and the schedules.
 """
 
 from raysl.config.build import (
@@ -22,7 +22,6 @@ from raysl.config.build import (
     plain,
 )
 from raysl.config.data import DataConfig
-from raysl.config.errors import ConfigError, check
 from raysl.config.eval import EvalConfig
 from raysl.config.method import DEFAULT_METHOD, MethodConfig
 from raysl.config.model import VIT_HEAD_DIM, VIT_SIZES, Backbone, ModelConfig
@@ -30,12 +29,13 @@ from raysl.config.optim import OptimConfig, OptimizerName
 from raysl.config.presets import VIEW_PRESETS
 from raysl.config.run import Config, load
 from raysl.config.source import FASHION_MNIST_DIR, SourceConfig
-from raysl.config.tracking import TrackingConfig
+from raysl.config.tracking import CHAMPION_ALIAS, TrackingConfig
 from raysl.config.train import Precision, TrainConfig
 from raysl.config.views import Pretext, ViewConfig
+from raysl.errors import ConfigError, check
 
 __all__ = [
-    "DEFAULT_METHOD", "FASHION_MNIST_DIR", "VIEW_PRESETS", "VIT_HEAD_DIM",
+    "CHAMPION_ALIAS", "DEFAULT_METHOD", "FASHION_MNIST_DIR", "VIEW_PRESETS", "VIT_HEAD_DIM",
     "VIT_SIZES", "Backbone", "Config", "ConfigError", "DataConfig", "EvalConfig", "MethodConfig",
     "ModelConfig", "OptimConfig", "OptimizerName", "Precision", "Pretext",
     "SourceConfig", "TrackingConfig", "TrainConfig", "ViewConfig", "check",

@@ -3,7 +3,7 @@
 Generic over any frozen dataclass: unknown keys, wrong types and out-of-range values raise a
 :class:`~raysl.config.errors.ConfigError` naming the dotted field. The ``method`` section's class
 depends on ``method.name`` and is looked up in the method registry (the only place the
-configuration consults anything above it, and only through :mod:`raysl.registry`).
+configuration consults anything above it, and only through :mod:`raysl.catalog`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from raysl import registry
-from raysl.config.errors import ConfigError
+from raysl import catalog
 from raysl.config.method import MethodConfig
+from raysl.errors import ConfigError
 
 D = TypeVar("D")
 
@@ -30,10 +30,10 @@ def method_spec(name: str) -> Any:
         ConfigError: ``method.name`` is not a registered method.
     """
     try:
-        return registry.get("method", name)
+        return catalog.get("method", name)
     except KeyError:
         raise ConfigError("method.name", name,
-                          f"must be one of {registry.names('method')}") from None
+                          f"must be one of {catalog.names('method')}") from None
 
 
 def from_mapping(cls: type[D], raw: Any, path: str = "") -> D:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from raysl.config.errors import check
 from raysl.config.presets import VIEW_PRESETS
 from raysl.config.source import SourceConfig
 from raysl.config.views import ViewConfig
+from raysl.errors import check
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raysl import registry
-from raysl.config.errors import check
+from raysl import catalog
 from raysl.config.source import SourceConfig
+from raysl.errors import check
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class EvalConfig:
         check(self.feature_actors >= 0, "feature_actors", self.feature_actors, ">= 0 (0 = auto)")
         check(self.gather_gb >= 0, "gather_gb", self.gather_gb, ">= 0 (0 = always stream)")
         check(self.online_limit >= 1, "online_limit", self.online_limit, ">= 1")
-        known = registry.names("protocol")
+        known = catalog.names("protocol")
         for i, name in enumerate(self.protocols):
             check(name in known, f"protocols[{i}]", name, f"must be one of {known}")
         check(len(self.protocols) == len(set(self.protocols)), "protocols", self.protocols,

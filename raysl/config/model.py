@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from raysl.config.errors import check
+from raysl.errors import check
 
 Backbone = Literal["resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small"]
 

@@ -19,16 +19,16 @@ from raysl.config.build import (
     plain,
 )
 from raysl.config.data import DataConfig
-from raysl.config.errors import ConfigError
 from raysl.config.eval import EvalConfig
 from raysl.config.method import DEFAULT_METHOD, MethodConfig
 from raysl.config.model import ModelConfig
 from raysl.config.optim import OptimConfig
 from raysl.config.presets import VIEW_PRESETS
-from raysl.config.redact import redact_values
 from raysl.config.source import SourceConfig
 from raysl.config.tracking import TrackingConfig
 from raysl.config.train import TrainConfig
+from raysl.errors import ConfigError
+from raysl.redact import redact_values
 
 
 def _default_method() -> MethodConfig:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raysl import registry
-from raysl.config.errors import check
+from raysl import catalog
+from raysl.errors import check
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 
@@ -59,7 +59,7 @@ class SourceConfig:
     max_array_bytes: int = 2 * 2**30
 
     def __post_init__(self) -> None:
-        readers = registry.names("reader")
+        readers = catalog.names("reader")
         check(self.format == "auto" or self.format in readers, "format", self.format,
               f"must be 'auto' or one of {readers}")
         check(self.limit >= 0, "limit", self.limit, "must be >= 0 (0 = all images)")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raysl.config.errors import check
+from raysl.errors import check
+
+# The alias consumers load (``models:/NAME@champion``): a model's first version holds it until a
+# sweep crowns a better one on the same evaluation (raysl/sweep/champion.py).
+CHAMPION_ALIAS = "champion"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from raysl.config.errors import check
+from raysl.errors import check
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 

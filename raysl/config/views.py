@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from raysl.config.errors import check
+from raysl.errors import check
 
 Pretext = Literal["none", "rotation", "jigsaw", "colorization"]
 

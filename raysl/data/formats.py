@@ -46,13 +46,10 @@ import numpy as np
 
 from raysl.config import DataConfig
 from raysl.data.storage import Store
+from raysl.errors import DataError
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"]
-
-
-class DataError(ValueError):
-    """The data a config points at is missing or unusable (names the field and the path)."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import ray
 
 from raysl.config import DataConfig
-from raysl.data.formats import DataError
+from raysl.errors import DataError
 
 MIN_SEEN = 500  # streaming: images seen before the bad fraction can stop the run
 EXAMPLES = 10  # offending files kept for the report

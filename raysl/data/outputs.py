@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from raysl.data.formats import DataError
 from raysl.data.storage import Store, is_uri
+from raysl.errors import DataError
 
 MANIFEST = "_manifest.json"
 MANIFEST_FORMAT = "raysl-output/1"

@@ -31,14 +31,15 @@ import ray
 from PIL import Image
 
 from raysl.config import SourceConfig
-from raysl.config.redact import redact
-from raysl.data.formats import Arrays, ArraySlices, DataError
+from raysl.data.formats import Arrays, ArraySlices
 from raysl.data.outputs import Output, check_apart, open_output
 from raysl.data.readers.arrays import ArrayReader
 from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, list_target
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 from raysl.data.source import pick_reader
 from raysl.data.storage import Store
+from raysl.errors import DataError
+from raysl.redact import redact
 
 SHARD_NAME = "shard-{:06d}"
 

@@ -35,11 +35,10 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
-from raysl import registry
+from raysl import catalog
 from raysl.config import SourceConfig
-from raysl.config.redact import redact
 from raysl.data.decode import BadImage, decode_image
-from raysl.data.formats import Arrays, DataError, encoded_bound
+from raysl.data.formats import Arrays, encoded_bound
 from raysl.data.ledger import (
     DEFAULT_POLICY,
     DecodeLedger,
@@ -48,6 +47,8 @@ from raysl.data.ledger import (
 )
 from raysl.data.readers.base import Encoded, Reader, Target, Unit, list_target, unit_sizes
 from raysl.data.storage import Store, has_braces
+from raysl.errors import DataError
+from raysl.redact import redact
 
 __all__ = ["DEFAULT_POLICY", "DataError", "DecodePolicy", "ImageSource", "arrays_to_dataset",
            "check_source", "detect_format", "read_source", "to_channels", "to_numpy"]
@@ -200,14 +201,14 @@ def pick_reader(cfg: SourceConfig, target: Target, store: Store, field_name: str
     """
     where = f"{field_name}.path={cfg.path!r}"
     if cfg.format != "auto":
-        reader: Reader = registry.get("reader", cfg.format)()
+        reader: Reader = catalog.get("reader", cfg.format)()
         kind = "file" if target.kind == "pattern" else target.kind
         if reader.reads in ("file", "dir") and kind != reader.reads:
             needs = "directory" if reader.reads == "dir" else "file"
             has = "directory" if kind == "dir" else "file"
             raise DataError(f"{where}: format {cfg.format!r} reads a {needs}, this is a {has}")
         return reader
-    readers = sorted(registry.entries("reader").values(), key=lambda r: r.detect_order)
+    readers = sorted(catalog.entries("reader").values(), key=lambda r: r.detect_order)
     for cls in readers:
         if cls.detect(target, store):
             found: Reader = cls()

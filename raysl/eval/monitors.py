@@ -81,10 +81,6 @@ def embedding_std(z: Tensor) -> float:
     return output_std(z) * math.sqrt(z.shape[1])
 
 
-class RepresentationCollapsed(RuntimeError):
-    """The monitors saw the representation collapse and ``train.stop_on_collapse`` is on."""
-
-
 @dataclass(frozen=True)
 class Collapse:
     """A collapsed representation, as the monitors saw it."""

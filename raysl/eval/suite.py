@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import Tensor
 
-from raysl import registry
+from raysl import catalog
 from raysl.config import Config, EvalConfig
 from raysl.eval import plots
 from raysl.eval.data import EvalData
@@ -144,7 +144,7 @@ def evaluate_encoders(encoders: dict[str, Encoder], data: EvalData, cfg: EvalCon
         log: progress lines.
     """
     report = EvalReport(data.description)
-    protocols = [registry.get("protocol", name)() for name in cfg.protocols]
+    protocols = [catalog.get("protocol", name)() for name in cfg.protocols]
     on_features = [p for p in protocols if isinstance(p, FeatureProtocol)]
     features: dict[str, Features] = {}
     if on_features or cfg.plots:

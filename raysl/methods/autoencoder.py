@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets
 from raysl.nn.backbones import Encoder, unit_float
-from raysl.registry import register
 
 Corruption = Literal["none", "masking", "gaussian"]
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.losses import barlow_twins
 from raysl.methods.base import (
     NO_TARGETS,
@@ -19,7 +21,6 @@ from raysl.methods.base import (
 )
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

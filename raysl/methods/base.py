@@ -12,9 +12,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from raysl import distributed, registry
-from raysl.config import VIEW_PRESETS, ConfigError, MethodConfig, Pretext, check
+from raysl import catalog, distributed
+from raysl.config import VIEW_PRESETS, MethodConfig, Pretext
 from raysl.config import Config as RunConfig
+from raysl.errors import ConfigError, check
 from raysl.nn.backbones import Encoder, build_encoder
 
 Targets = Mapping[str, Tensor]  # per-sample targets by column name, rows aligned with the views
@@ -88,7 +89,7 @@ class SSLMethod(nn.Module, ABC):
     """A self-supervised objective around an :class:`Encoder`.
 
     Subclasses set ``Config`` (their config dataclass), ``summary`` and ``paper``, and register
-    themselves with ``@registry.register("method", name)``. ``forward`` is what DDP wraps, so all
+    themselves with ``@catalog.register("method", name)``. ``forward`` is what DDP wraps, so all
     trainable parameters must be used in it. Momentum (EMA) copies are ordinary submodules whose
     parameters have ``requires_grad=False``; they are updated in :meth:`on_step_end`.
     """
@@ -138,7 +139,7 @@ class SSLMethod(nn.Module, ABC):
         """
         local = cfg.data.views.local_crops
         if local and not cls.multicrop:
-            users = [n for n, m in registry.entries("method").items() if m.multicrop]
+            users = [n for n, m in catalog.entries("method").items() if m.multicrop]
             raise ConfigError("data.views.local_crops", local,
                               f"must be 0: {cfg.method.name} does not use multi-crop (methods "
                               f"that do: {users})")
@@ -237,7 +238,7 @@ def _check_view_layout(method_cls: type[SSLMethod], cfg: RunConfig) -> None:
         field, value = "data.views.global_views", views.global_views
     fits = [p for p, v in VIEW_PRESETS.items() if (v.global_views, v.pretext) == need
             and (method_cls.multicrop or not v.local_crops)]
-    users = [n for n, m in registry.entries("method").items()
+    users = [n for n, m in catalog.entries("method").items()
              if (m.global_views, m.pretext) == got]
     who = f"methods {users} train on" if users else "no registered method trains on yet"
     raise ConfigError(field, value, f"{cfg.method.name} trains on {_layout(*need)} (presets "
@@ -364,5 +365,5 @@ def take_worker_state(method: SSLMethod, gathered: Mapping[str, Tensor], rank: i
 def build_method(cfg: RunConfig) -> SSLMethod:
     """The registered method of ``cfg.method.name`` with a fresh encoder from ``cfg.model``."""
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
-    method: SSLMethod = registry.get("method", cfg.method.name).from_config(encoder, cfg)
+    method: SSLMethod = catalog.get("method", cfg.method.name).from_config(encoder, cfg)
     return method

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 from raysl import schedules
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.losses import byol_regression
 from raysl.methods.base import (
     NO_TARGETS,
@@ -23,7 +25,6 @@ from raysl.methods.base import (
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import MLP, mlp_dims
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

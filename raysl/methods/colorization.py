@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl import distributed
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.losses import rebalanced_soft_cross_entropy
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets, target
 from raysl.nn.backbones import Encoder, unit_float
-from raysl.registry import register
 
 AB_RANGE = 110.0  # |a|, |b| of sRGB colours stay below this
 _WHITE = (0.95047, 1.0, 1.08883)  # D65 reference white, XYZ

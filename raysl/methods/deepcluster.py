@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raysl import distributed
+from raysl.catalog import register
 from raysl.clustering import (
     Clustering,
     gathered_table,
@@ -19,7 +20,8 @@ from raysl.clustering import (
     pca_whiten,
 )
 from raysl.config import Config as RunConfig
-from raysl.config import ConfigError, MethodConfig, check
+from raysl.config import MethodConfig
+from raysl.errors import ConfigError, check
 from raysl.methods.base import (
     NO_TARGETS,
     EpochData,
@@ -32,7 +34,6 @@ from raysl.methods.base import (
 )
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
-from raysl.registry import register
 
 # The buffers whose length is the number of images (set at the first clustering, not known
 # when the method is built): a checkpoint's are taken at their saved length.

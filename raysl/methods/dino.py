@@ -9,7 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from raysl import schedules
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.losses import dino, ema_center
 from raysl.methods.base import (
     NO_TARGETS,
@@ -25,7 +27,6 @@ from raysl.methods.base import (
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import DINOHead
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raysl.catalog import register
 from raysl.config import Config as RunConfig
-from raysl.config import MethodConfig, check
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets, target
 from raysl.nn.backbones import Encoder, unit_float
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
+from raysl.catalog import register
 from raysl.config import Config as RunConfig
-from raysl.config import MethodConfig, check
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.losses import masked_patch_mse, patchify
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets
 from raysl.nn.backbones import Encoder
 from raysl.nn.vit import Block, VisionTransformer, sincos_pos_embed
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raysl import distributed, schedules
+from raysl.catalog import register
 from raysl.config import Config as RunConfig
-from raysl.config import ConfigError, MethodConfig, check
+from raysl.config import MethodConfig
+from raysl.errors import ConfigError, check
 from raysl.losses import info_nce_queue
 from raysl.methods.base import (
     NO_TARGETS,
@@ -25,7 +27,6 @@ from raysl.methods.base import (
 from raysl.nn.backbones import Encoder
 from raysl.nn.ema import ema_update, frozen_copy
 from raysl.nn.heads import MLP, mlp_dims
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raysl import distributed
+from raysl.catalog import register
 from raysl.config import Config as RunConfig
-from raysl.config import ConfigError, MethodConfig, check
+from raysl.config import MethodConfig
+from raysl.errors import ConfigError, check
 from raysl.losses import nearest_neighbours, nnclr_contrastive
 from raysl.methods.base import (
     NO_TARGETS,
@@ -24,7 +26,6 @@ from raysl.methods.base import (
 )
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets, target
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import MLP, mlp_dims
-from raysl.registry import register
 
 ROTATIONS = 4  # 0, 90, 180 and 270 degrees
 

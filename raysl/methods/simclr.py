@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from raysl.config import MethodConfig, check
+from raysl.catalog import register
+from raysl.config import MethodConfig
+from raysl.errors import check
 from raysl.losses import nt_xent
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets
 from raysl.nn.backbones import Encoder
 from raysl.nn.heads import SimCLRProjectionHead
-from raysl.registry import register
 
 
 @dataclass(frozen=True)

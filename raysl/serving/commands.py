@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from raysl.config import SourceConfig, TrackingConfig
-from raysl.eval.models import WEIGHTS_TAG, LoadedModel, load_model, logged_weights
+from raysl.serving.models import LoadedModel, load_model
 from raysl.tracking.mlflow import resolve_tracking_uri, tracking_client
-from raysl.tracking.registry import lineage_tags, log_and_register
+from raysl.tracking.model_registry import logged_weights, register_encoder
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +48,8 @@ def _neighbours(args: argparse.Namespace, model: LoadedModel) -> int:
 
 
 def _export(args: argparse.Namespace, model: LoadedModel, uri: str) -> int:
-    from raysl.serving.export import ExportError, export, log_to_version
+    from raysl.errors import ExportError
+    from raysl.serving.export import export, log_to_version
     from raysl.train.trainer import connect
 
     connect()
@@ -77,17 +78,15 @@ def _register(args: argparse.Namespace, model: LoadedModel, uri: str) -> int:
         print(f"raysl: error: --name is needed: MODEL={args.model!r} is a run, not a registered "
               "version", file=sys.stderr)
         return 2
-    tags = {WEIGHTS_TAG: logged_weights(client, model.run_id),
-            "raysl.registered_from": args.model,
-            **lineage_tags(model.config, model.encoder, client.get_run(model.run_id).data.tags)}
+    tags = {"raysl.registered_from": args.model}
     if model.registered_name:
         old = client.get_model_version(model.registered_name, model.registered_version)
         tags.update({k: v for k, v in old.tags.items() if k.startswith("eval.")})
         description = old.description or ""
     else:
         description = f"{model.config.method.name} encoder of run {model.run_id}"
-    registered = log_and_register(model.encoder, model.config, model.run_id, uri, name,
-                                  description, tags)
+    registered = register_encoder(model.encoder, model.config, model.run_id, uri, name,
+                                  description, tags, logged_weights(client, model.run_id))
     assert registered is not None
     print(f"[raysl] registered {args.model} again as {registered.model_uri} (pyfunc: loads "
           "without unpickling)")

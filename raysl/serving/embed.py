@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import torch
 
 from raysl.config import SourceConfig
-from raysl.config.redact import redact
 from raysl.console import duration
 from raysl.data.decode import decode_image
 from raysl.data.ledger import DecodePolicy
@@ -30,8 +29,9 @@ from raysl.data.source import read_source
 from raysl.data.storage import Store
 from raysl.eval.extract import dataset_features
 from raysl.eval.features import resized
-from raysl.eval.models import LoadedModel
 from raysl.eval.protocols.knn import block_topk, merge_topk
+from raysl.redact import redact
+from raysl.serving.models import LoadedModel
 
 PROGRESS_EVERY_S = 10.0
 ROWS_PER_FILE = 1_000_000  # a folder output rolls to a new parquet file after this many rows

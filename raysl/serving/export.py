@@ -20,18 +20,14 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysl.data import generated
-from raysl.data.formats import DataError
 from raysl.data.source import read_source, to_channels, to_numpy
+from raysl.errors import DataError, ExportError
 from raysl.eval.features import resized
-from raysl.eval.models import LoadedModel
+from raysl.serving.models import LoadedModel
 
 FORMATS = ("torchscript", "onnx")
 CHECK_IMAGES = 64
 ONNX_OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """The export could not be made, or does not compute what the encoder computes."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from raysl.sweep import results as res
 from raysl.sweep.champion import ChampionDecision
 from raysl.sweep.spec import Sweep, metric_text
 from raysl.tracking.mlflow import Tracker, log_blobs, ui_command
-from raysl.tracking.registry import RegisteredEncoder
+from raysl.tracking.model_registry import RegisteredEncoder
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.sweep.spec import Sweep, is_label_free
 
 

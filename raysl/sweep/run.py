@@ -2,7 +2,7 @@
 
 The jobs of a sweep, one module each: resources (:mod:`~raysl.sweep.plan`), the Tune objects
 (:mod:`~raysl.sweep.tuner`), live progress (:mod:`~raysl.sweep.progress`), the MLflow parent and
-child runs (:mod:`~raysl.sweep.runs`), the champion (:mod:`~raysl.sweep.register`) and the
+child runs (:mod:`~raysl.sweep.runs`), the champion (:mod:`~raysl.sweep.crown`) and the
 result and its summary (:mod:`~raysl.sweep.outcome`). This module runs them in order.
 
 Running the same command again resumes: ``Tuner.restore`` keeps finished trials, and unfinished
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import ray.tune
 
-from raysl.config import ConfigError
 from raysl.console import redacting
+from raysl.errors import ConfigError
 from raysl.sweep import results as res
+from raysl.sweep.crown import crown_best
 from raysl.sweep.outcome import SweepResult, log_results, summary_text
 from raysl.sweep.plan import plan_trials
-from raysl.sweep.register import crown_best
 from raysl.sweep.runs import close_child_runs, finished_summary, open_parent
 from raysl.sweep.spec import Sweep
 from raysl.sweep.tuner import build_tuner

@@ -8,7 +8,7 @@ from pathlib import Path
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.sweep import results as res
 from raysl.sweep.spec import Sweep
 from raysl.tracking.mlflow import RUN_NAME_TAG, find_or_create_run, log_params_once

@@ -33,13 +33,13 @@ from typing import Any, Literal
 import yaml
 
 from raysl.config import (
+    CHAMPION_ALIAS,
     Config,
-    ConfigError,
-    check,
     from_mapping,
     merge_override,
     parse_override,
 )
+from raysl.errors import ConfigError, check
 from raysl.eval.monitors import MONITOR_METRICS
 
 SearchKind = Literal["grid", "choice", "uniform", "loguniform", "randint"]
@@ -150,7 +150,7 @@ class ChampionConfig:
     """Registering the sweep's best encoder and moving the alias to it if it wins."""
 
     register: bool = True  # register the best trial's encoder (tracking.registered_model)
-    alias: str = "champion"
+    alias: str = CHAMPION_ALIAS
     # Compared between the best trial and the current champion, both evaluated now: on the base
     # config's eval split (knn_top1, knn_top5, linear_top1, linear_top5), or without labels on
     # the training data's monitor sample (rankme, lidar; higher is better).

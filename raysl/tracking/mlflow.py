@@ -23,7 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raysl.config import TrackingConfig
-from raysl.config.redact import redact, redact_values
+from raysl.errors import TrackingUnavailableError
+from raysl.redact import redact, redact_values
 
 RUN_NAME_TAG = "raysl.run_name"
 
@@ -31,7 +32,7 @@ RUN_NAME_TAG = "raysl.run_name"
 class RedactingClient(MlflowClient):
     """An MLflow client that hides credentials in every text it writes.
 
-    Tags, params, descriptions and text artifacts pass :func:`~raysl.config.redact.redact`
+    Tags, params, descriptions and text artifacts pass :func:`~raysl.redact.redact`
     here, the one boundary every raysl write to MLflow crosses: a data path's
     ``?secret_key=`` or an endpoint's ``user:password@`` never reaches a registry reader.
     Metrics are numbers; artifact files are written by raysl from redacted configs.
@@ -247,10 +248,6 @@ class TrackingCall:
         return cls(tuple((str(k), float(v), int(t), int(s)) for k, v, t, s in state["metrics"]),
                    tuple((str(k), str(v)) for k, v in state["tags"]),
                    tuple((str(p), c) for p, c in state["files"]))
-
-
-class TrackingUnavailableError(RuntimeError):
-    """The tracking server did not answer within the time allowed."""
 
 
 def wait_until_reachable(client: MlflowClient, run_id: str, timeout_s: float,

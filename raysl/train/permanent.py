@@ -21,11 +21,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from raysl.checkpoint import CheckpointError
-from raysl.config import ConfigError
-from raysl.config.redact import redact_values
-from raysl.data.formats import DataError
-from raysl.eval.monitors import RepresentationCollapsed
+from raysl.errors import CheckpointError, ConfigError, DataError, RepresentationCollapsed
+from raysl.redact import redact_values
 
 PERMANENT_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, DataError, CheckpointError, RepresentationCollapsed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 
 # Filesystem types (as in /proc/mounts) that other machines can also mount.
 NETWORK_FILESYSTEMS = frozenset({

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from raysl import distributed
 from raysl.config import Precision
+from raysl.errors import NonFiniteLossError
 from raysl.methods.base import NO_TARGETS, Progress, SSLMethod, Targets
 
 
@@ -64,10 +65,6 @@ def forward_seed(seed: int, rank: int, step: int) -> int:
     resumed run (``step`` > 0) draws new ones instead of replaying those of step 0.
     """
     return (seed * 1_000_003 + rank * 7_919 + step) % 2**63
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops instead of corrupting the weights."""
 
 
 @dataclass

@@ -20,8 +20,9 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from raysl.config import Config, ConfigError
+from raysl.config import Config
 from raysl.console import WorkerLineFilter, verbose
+from raysl.errors import ConfigError
 from raysl.train.loop import WHOLE_IMAGES, LoopSettings, train_loop_per_worker
 
 # Node-type markers (custom resources) of cluster.yaml's node types. A node has 1 of its marker;

@@ -20,9 +20,10 @@ from typing import Any
 import ray
 import torch
 
-from raysl import registry
+from raysl import catalog
 from raysl.config import Config
-from raysl.eval.monitors import Collapse, RepresentationCollapsed
+from raysl.errors import RepresentationCollapsed
+from raysl.eval.monitors import Collapse
 from raysl.eval.online import LabelFreeMonitor, OnlineProbe, online_metrics
 from raysl.eval.splits import LabeledSplit
 from raysl.methods.base import SSLMethod
@@ -111,7 +112,7 @@ class Watchers:
         cfg = self.cfg
         if not collapses or epoch + 1 < max(1, math.ceil(cfg.optim.warmup_epochs)):
             return  # during warm-up a representation may still be finding its feet
-        method = registry.get("method", cfg.method.name)
+        method = catalog.get("method", cfg.method.name)
         message = (f"epoch {epoch + 1}: {'; '.join(c.describe() for c in collapses)}. For "
                    f"{cfg.method.name} this usually means {method.collapse_hint}")
         if cfg.train.stop_on_collapse:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from raysl import config as C
-from raysl.config import ConfigError, SourceConfig
+from raysl.config import SourceConfig
 from raysl.data.source import DataError, read_source, to_numpy
+from raysl.errors import ConfigError
 
 
 def write_idx(path: Path, arr: np.ndarray) -> None:

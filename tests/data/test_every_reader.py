@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raysl import registry
+from raysl import catalog
 from raysl.config import SourceConfig
 from raysl.config.source import MADE_FORMATS
 from raysl.data.source import read_source, to_numpy
@@ -122,12 +122,12 @@ WRITERS: dict[str, tuple[Callable[[Path], SourceConfig], int, bool]] = {
 
 
 def test_every_registered_reader_has_a_writer_here():
-    assert set(registry.names("reader")) == set(WRITERS)
-    made = {n for n, r in registry.entries("reader").items() if r.reads == "none"}
+    assert set(catalog.names("reader")) == set(WRITERS)
+    made = {n for n, r in catalog.entries("reader").items() if r.reads == "none"}
     assert made == set(MADE_FORMATS)  # the config knows which formats read no path
 
 
-@pytest.mark.parametrize("name", registry.names("reader"))
+@pytest.mark.parametrize("name", catalog.names("reader"))
 def test_every_reader_reads_its_format_named_and_detected(tmp_path: Path, name: str):
     write, count, labeled = WRITERS[name]
     cfg = write(tmp_path)

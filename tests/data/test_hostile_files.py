@@ -17,20 +17,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from raysl import registry
+from raysl import catalog
 from raysl.config import SourceConfig
 from raysl.data import formats
-from raysl.data.formats import (
-    DataError,
-    idx_slices,
-    load_cifar,
-    load_npy,
-    load_npz,
-    npz_slices,
-    parse_idx,
-)
+from raysl.data.formats import idx_slices, load_cifar, load_npy, load_npz, npz_slices, parse_idx
 from raysl.data.readers.base import list_target
 from raysl.data.storage import Store
+from raysl.errors import DataError
 
 MB = 2**20
 
@@ -226,7 +219,7 @@ def test_an_honest_array_above_max_array_bytes_is_refused_before_it_is_inflated(
         np.savez_compressed(path, images=np.zeros((32, 1024, 1024), np.uint8))
     cfg = SourceConfig(path=path, max_array_bytes=MB)
     target = list_target(path, Store(), "data.source")
-    reader = registry.get("reader", fmt)()
+    reader = catalog.get("reader", fmt)()
     assert peak_mb(lambda: reader.open(cfg, target, Store(), 0, "data.source")) < 1
     assert "raysl shards" in peak_mb.last_error  # type: ignore[attr-defined]
 

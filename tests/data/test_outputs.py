@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from raysl.data.formats import DataError
 from raysl.data.outputs import MANIFEST, check_apart, manifest_files, open_output
 from raysl.data.storage import Store
+from raysl.errors import DataError
 
 
 def _write(output, names: list[str]) -> dict[str, int]:

@@ -6,7 +6,7 @@ from torchvision.transforms.v2 import functional as TF
 
 import raysl.data.views as views_mod
 from raysl import config as C
-from raysl.config import VIEW_PRESETS, ConfigError, DataConfig, ViewConfig
+from raysl.config import VIEW_PRESETS, DataConfig, ViewConfig
 from raysl.data.views import (
     MultiViewTransform,
     _adjust_hue,
@@ -21,6 +21,7 @@ from raysl.data.views import (
     sample_crop_boxes,
     solarize,
 )
+from raysl.errors import ConfigError
 from raysl.methods.simclr import SimCLR
 
 # Every view the identity: full-image square crops of square images, nothing else.

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from raysl import registry
-from raysl.config import ConfigError
+from raysl import catalog
+from raysl.errors import ConfigError
 from raysl.eval.online import OnlineProbe
 from raysl.methods.base import Progress, build_method
 from raysl.train.optim import build_optimizer
@@ -21,7 +21,7 @@ def _probe(method, classes=3, lr=0.1):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_probe_sees_view0_features_of_every_method(name):
-    if not registry.get("method", name).encodes_whole_views:  # MAE: the probe is refused
+    if not catalog.get("method", name).encodes_whole_views:  # MAE: the probe is refused
         with pytest.raises(ConfigError, match=r"eval\.online_probe"):
             tiny_config(name, extra=("eval.online_probe=true",))
         return

@@ -9,15 +9,15 @@ import torch
 from raysl import config as C
 from raysl.config import ModelConfig
 from raysl.data import generated
-from raysl.data.formats import DataError
+from raysl.errors import DataError, ModelNotFoundError
 from raysl.eval import extract
 from raysl.eval.data import EvalData, _bank_indices
 from raysl.eval.extract import extract_features
 from raysl.eval.features import encoder_features
-from raysl.eval.models import ModelNotFoundError, load_model
 from raysl.eval.splits import LabeledSplit, label_subset
 from raysl.eval.suite import PIXELS, RANDOM_INIT, TRAINED, EvalReport, evaluate_encoders
 from raysl.nn.backbones import build_encoder
+from raysl.serving.models import load_model
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

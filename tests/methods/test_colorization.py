@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raysl import config as C
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.losses import rebalanced_soft_cross_entropy
 from raysl.methods.base import Progress, build_method
 from raysl.methods.colorization import gamut_bins, rebalancing_weights, rgb_to_lab, soft_encode

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raysl.checkpoint import restore, save_checkpoint
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.methods.base import EpochData, Progress, build_method
 from raysl.methods.deepcluster import DeepCluster, cluster_weights, weighted_cross_entropy
 from tests.test_methods import tiny_batch, tiny_config

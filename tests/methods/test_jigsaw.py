@@ -51,7 +51,7 @@ def test_the_classifier_sees_where_each_tile_is():
 
 def test_a_vit_trunk_needs_tiles_that_hold_a_patch():
     from raysl import config as C
-    from raysl.config import ConfigError
+    from raysl.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         C.load(None, ["method.name=jigsaw", "model.backbone=vit_tiny", "model.patch_size=16",

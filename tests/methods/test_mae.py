@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raysl import config as C
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.losses import masked_patch_mse, patchify
 from raysl.methods.base import Progress, build_method
 from raysl.methods.mae import random_masking

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from raysl.config import ConfigError
 from raysl.data.views import rotate90
+from raysl.errors import ConfigError
 from raysl.methods.base import Progress, build_method
 from raysl.methods.rotation import with_all_rotations
 from tests.test_methods import tiny_batch, tiny_config

@@ -157,7 +157,7 @@ def test_drop_path_makes_training_forwards_stochastic_and_teachers_deterministic
     ({"backbone": "resnet18", "drop_path_rate": 0.1}, "drop_path_rate"),
 ])
 def test_drop_path_rate_errors_name_the_field(cfg, field):
-    from raysl.config import ConfigError
+    from raysl.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         ModelConfig(**cfg)

@@ -23,12 +23,18 @@ from raysl import config as C
 from raysl.checkpoint import save_checkpoint
 from raysl.config import SourceConfig
 from raysl.data.decode import decode_image, square_pixels
-from raysl.data.formats import DataError
+from raysl.errors import DataError
 from raysl.eval.features import resized
-from raysl.eval.models import WEIGHTS_TAG, load_model, log_weights
 from raysl.nn.backbones import build_encoder
+from raysl.serving.models import load_model
 from raysl.tracking.mlflow import ensure_experiment
-from raysl.tracking.registry import log_and_register, run_lineage_tags, source_commit
+from raysl.tracking.model_registry import (
+    WEIGHTS_TAG,
+    log_and_register,
+    log_weights,
+    run_lineage_tags,
+    source_commit,
+)
 from tests.processes import free_port, start_server, stop, wait_for_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]

@@ -8,10 +8,10 @@ from mlflow.tracking import MlflowClient
 import raysl
 from raysl import config as C
 from raysl.checkpoint import save_checkpoint
-from raysl.eval.models import WEIGHTS_TAG, ModelNotFoundError, log_weights
+from raysl.errors import ModelNotFoundError
 from raysl.nn.backbones import build_encoder
 from raysl.tracking.mlflow import ensure_experiment
-from raysl.tracking.registry import log_and_register
+from raysl.tracking.model_registry import WEIGHTS_TAG, log_and_register, log_weights
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from raysl import config as C
 from raysl.nn.backbones import build_encoder
 from raysl.sweep.champion import NotComparable, alias_version, crown
-from raysl.tracking.registry import log_and_register
+from raysl.tracking.model_registry import log_and_register
 
 NAME = "champion-test"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.sweep.plan import plan_trials, trial_overrides
 from raysl.sweep.spec import load_sweep
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from raysl import registry
-from raysl.config import ConfigError
+from raysl import catalog
+from raysl.errors import ConfigError
 from raysl.sweep.spec import Sweep, load_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_a_method_knob_sweeps_like_any_field():
     assert sweep.num_trials == 3 * sweep.settings.num_samples
 
 
-@pytest.mark.parametrize("method", registry.names("method"))
+@pytest.mark.parametrize("method", catalog.names("method"))
 def test_per_method_lr_sweep_is_valid_for_every_method_with_a_fashion_mnist_recipe(method):
     if not (ROOT / "pipelines/configs" / f"{method}_fmnist.yaml").exists():
         # Colorization needs colour data, so has no Fashion-MNIST recipe: a clear error.

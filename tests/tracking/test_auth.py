@@ -24,7 +24,7 @@ from raysl import config as C
 from raysl.cli import main
 from raysl.nn.backbones import build_encoder
 from raysl.tracking.auth import PASSWORD_VAR, SECRET_VAR, USER_VAR, read_credentials
-from raysl.tracking.registry import log_and_register
+from raysl.tracking.model_registry import log_and_register
 from tests.processes import free_port, start_server, stop_group, wait_for_url
 
 pytestmark = pytest.mark.slow

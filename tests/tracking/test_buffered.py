@@ -13,12 +13,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from raysl.tracking.mlflow import (
-    BufferedTracker,
-    TrackingCall,
-    TrackingUnavailableError,
-    wait_until_reachable,
-)
+from raysl.errors import TrackingUnavailableError
+from raysl.tracking.mlflow import BufferedTracker, TrackingCall, wait_until_reachable
 from tests.processes import free_port, kill_group, start_mlflow_server, stop_group
 
 

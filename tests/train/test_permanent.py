@@ -5,10 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from raysl.checkpoint import CheckpointError
-from raysl.config import ConfigError
-from raysl.data.formats import DataError
-from raysl.eval.monitors import RepresentationCollapsed
+from raysl.errors import CheckpointError, ConfigError, DataError, RepresentationCollapsed
 from raysl.train.permanent import (
     NOTE_FILE,
     clear_note,

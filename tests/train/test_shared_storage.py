@@ -2,7 +2,7 @@
 
 import pytest
 
-from raysl.config import ConfigError
+from raysl.errors import ConfigError
 from raysl.train.shared_storage import check_shared, check_tracking_shared, filesystem_type
 
 MOUNTS = """\

@@ -11,23 +11,16 @@ from raysl.checkpoint import (
     ENCODER_FILE,
     METHOD_FILE,
     STATE_FILE,
-    CheckpointError,
     load_strict,
     read_state,
     restore,
     save_checkpoint,
 )
-from raysl.config import ConfigError
+from raysl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from raysl.methods.base import Progress, build_method
 from raysl.schedules import set_lr
 from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
-from raysl.train.step import (
-    NonFiniteLossError,
-    autocast_dtype,
-    forward_seed,
-    memory_format,
-    train_step,
-)
+from raysl.train.step import autocast_dtype, forward_seed, memory_format, train_step
 from raysl.train.trainer import (
     DATA_MARKER,
     MARKER_REQUEST,
@@ -359,7 +352,8 @@ def test_a_collapse_after_warm_up_warns_once_and_tags_the_run(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from raysl.eval.monitors import Collapse, RepresentationCollapsed
+    from raysl.errors import RepresentationCollapsed
+    from raysl.eval.monitors import Collapse
     from raysl.tracking.mlflow import Tracker
     from raysl.train.watch import Watchers
 

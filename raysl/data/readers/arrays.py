@@ -14,9 +14,10 @@ import shlex
 from abc import abstractmethod
 
 from raysl.config import SourceConfig
-from raysl.data.formats import Arrays, ArraySlices, DataError
+from raysl.data.formats import Arrays, ArraySlices
 from raysl.data.readers.base import Reader, Target
 from raysl.data.storage import Store
+from raysl.errors import DataError
 
 
 class ArrayReader(Reader):

@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES, Arrays, DataError
+from raysl.data.formats import MAX_ENCODED_BYTES, Arrays
 from raysl.data.outputs import MANIFEST
 from raysl.data.storage import FileTooLarge, Store, expand_braces, has_braces, paths_array
+from raysl.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FILES_PER_UNIT = 256  # image-file sources: one read task per this many files

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import CIFAR_LAYOUTS, Arrays, DataError, cifar_folder, load_cifar
+from raysl.data.formats import CIFAR_LAYOUTS, Arrays, cifar_folder, load_cifar
 from raysl.data.readers.base import Reader, Target
 from raysl.data.storage import Store
-from raysl.registry import register
+from raysl.errors import DataError
 
 
 @register("reader", "cifar")

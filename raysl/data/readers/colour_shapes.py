@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from raysl.catalog import register
 from raysl.data import generated
 from raysl.data.readers.generated import Generated, Maker
-from raysl.registry import register
 
 
 @register("reader", "colour_shapes")

@@ -11,8 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES, DataError
+from raysl.data.formats import MAX_ENCODED_BYTES
 from raysl.data.readers.base import (
     Encoded,
     Item,
@@ -25,7 +26,7 @@ from raysl.data.readers.base import (
 )
 from raysl.data.readers.parquet import has_image_column, parquet_schema
 from raysl.data.storage import Store
-from raysl.registry import register
+from raysl.errors import DataError
 
 LIST_EXTENSIONS = (".txt", ".lst", ".csv", ".tsv")
 PATH_COLUMNS = ("path", "file", "filename", "filepath", "uri", "url", "image_path")

@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES, DataError
+from raysl.data.formats import MAX_ENCODED_BYTES
 from raysl.data.readers.base import (
     IMAGE_EXTENSIONS,
     Encoded,
@@ -21,7 +22,7 @@ from raysl.data.readers.base import (
     read_paths,
 )
 from raysl.data.storage import Store
-from raysl.registry import register
+from raysl.errors import DataError
 
 
 @register("reader", "folder")

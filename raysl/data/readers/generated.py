@@ -7,12 +7,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
 from raysl.data import generated
 from raysl.data.formats import Arrays
 from raysl.data.readers.base import Reader, Target
 from raysl.data.storage import Store
-from raysl.registry import register
 
 Maker = Callable[..., tuple[np.ndarray, np.ndarray]]
 

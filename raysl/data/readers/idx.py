@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import posixpath
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
 from raysl.data.formats import Arrays, ArraySlices, idx_slices, load_idx
 from raysl.data.readers.arrays import ArrayReader
 from raysl.data.readers.base import Target
 from raysl.data.storage import Store
-from raysl.registry import register
 
 
 @register("reader", "idx")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
 from raysl.data.formats import Arrays, ArraySlices, load_npy, npy_slices
 from raysl.data.readers.arrays import ArrayReader
 from raysl.data.readers.base import Target
 from raysl.data.storage import Store
-from raysl.registry import register
 
 
 @register("reader", "npy")

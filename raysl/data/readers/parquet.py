@@ -23,17 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import (
-    BAD_LABEL,
-    MAX_ENCODED_BYTES,
-    MAX_LABEL_BYTES,
-    DataError,
-    sample_label,
-)
+from raysl.data.formats import BAD_LABEL, MAX_ENCODED_BYTES, MAX_LABEL_BYTES, sample_label
 from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, labels_of, shard_units
 from raysl.data.storage import LISTING_THREADS, Store
-from raysl.registry import register
+from raysl.errors import DataError
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 IMAGE_COLUMNS = ("image", "img", "image_bytes", "bytes", "jpeg", "png", "content", "data")

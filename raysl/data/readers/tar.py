@@ -24,14 +24,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
+from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import (
-    BAD_LABEL,
-    MAX_ENCODED_BYTES,
-    MAX_LABEL_BYTES,
-    DataError,
-    sample_label,
-)
+from raysl.data.formats import BAD_LABEL, MAX_ENCODED_BYTES, MAX_LABEL_BYTES, sample_label
 from raysl.data.readers.base import (
     IMAGE_EXTENSIONS,
     Encoded,
@@ -43,7 +38,7 @@ from raysl.data.readers.base import (
     shard_units,
 )
 from raysl.data.storage import LISTING_THREADS, Store
-from raysl.registry import register
+from raysl.errors import DataError
 
 INDEX_FILE = "shards.json"  # {"shards": {name: samples}, "class_names": [...]}
 INDEX_FORMAT = "raysl-shards/1"

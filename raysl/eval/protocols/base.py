@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from raysl import registry
+from raysl import catalog
 from raysl.config import EvalConfig
 from raysl.eval.splits import LabeledSplit
 from raysl.nn.backbones import Encoder
@@ -160,7 +160,7 @@ def topk_accuracy(logits: Tensor, y: Tensor, k: int) -> float:
 def cheapest_first(names: list[str]) -> list[str]:
     """Protocol names in the order they cost: feature protocols (by rank), then image ones."""
     def cost(name: str) -> tuple[bool, int]:
-        protocol = registry.get("protocol", name)
+        protocol = catalog.get("protocol", name)
         return issubclass(protocol, ImageProtocol), protocol.prediction_rank
 
     return sorted(names, key=cost)

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raysl.catalog import register
 from raysl.config import EvalConfig
 from raysl.eval.features import resized
 from raysl.eval.protocols.base import ImageJob, ImageProtocol, Scores, topk_accuracy
 from raysl.eval.splits import LabeledSplit, label_subset
 from raysl.nn.backbones import Encoder
-from raysl.registry import register
 from raysl.schedules import cosine, set_lr
 
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raysl.catalog import register
 from raysl.config import EvalConfig
 from raysl.eval.protocols.base import Bank, FeatureProtocol, Features, Scores, topk_accuracy
-from raysl.registry import register
 
 
 def block_topk(bank: Tensor, bank_labels: Tensor, queries: Tensor, k: int,

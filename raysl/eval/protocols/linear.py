@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from raysl.catalog import register
 from raysl.config import EvalConfig
 from raysl.eval.protocols.base import Bank, FeatureProtocol, Features, Scores, topk_accuracy
 from raysl.eval.splits import stratified_holdout
-from raysl.registry import register
 from raysl.schedules import cosine, set_lr
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from raysl import catalog
 from raysl import config as C
-from raysl import registry
 from raysl.config import ModelConfig
 from raysl.eval.protocols.base import (
     FeatureProtocol,
@@ -50,9 +50,9 @@ def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@pytest.mark.parametrize("name", registry.names("protocol"))
+@pytest.mark.parametrize("name", catalog.names("protocol"))
 def test_every_protocol_scores_an_easy_split(name):
-    protocol = registry.get("protocol", name)()
+    protocol = catalog.get("protocol", name)()
     assert protocol.name == name and protocol.title and protocol.summary
     if isinstance(protocol, FeatureProtocol):
         scores = protocol.score(_separable_features(0), EVAL, seed=0)

@@ -1,7 +1,13 @@
-"""Registering encoders in the MLflow model registry, with their evaluation in the description."""
+"""MLflow's model registry: how raysl registers an encoder, and the run artifacts a version names.
+
+:func:`register_encoder` is the one way in (pretraining, a sweep's best trial, ``raysl
+register``). Loading a version back is the consumers' side: :mod:`raysl.serving.models`. Not to
+be confused with :mod:`raysl.catalog`, the catalog of methods, readers and protocols by name.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import subprocess
@@ -15,10 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
-from raysl.checkpoint import ENCODER_FILE
-from raysl.config import Config
+from raysl.checkpoint import ENCODER_FILE, read_state
+from raysl.config import CHAMPION_ALIAS, Config
 from raysl.nn.backbones import Encoder, encoder_info
 from raysl.tracking.mlflow import tracking_client
 
@@ -29,6 +36,12 @@ RUN_FINGERPRINT_TAG = "raysl.data_fingerprint"
 # The model's code: a path, not an import (the serving layer sits above this one).
 MODEL_CODE = RAYSL_PACKAGE / "serving" / "model_code.py"
 
+# Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
+# directory per finished training (a resumed run adds one), and tags the registered version with
+# its directory (for people; versions in the pickle format are loaded from it).
+CHECKPOINT_ARTIFACTS = "checkpoint"
+WEIGHTS_TAG = "raysl.weights"
+
 
 @dataclass(frozen=True)
 class RegisteredEncoder:
@@ -37,6 +50,7 @@ class RegisteredEncoder:
     name: str
     version: str
     model_uri: str  # models:/<name>/<version>, what consumers load
+    alias: str = ""  # the alias registering it set ("" if none)
 
 
 def version_description(cfg: Config, encoder: Encoder, run_id: str, results: str,
@@ -127,6 +141,46 @@ def input_signature(encoder: Encoder) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def register_encoder(encoder: Encoder, cfg: Config, run_id: str, uri: str, name: str | None,
+                     description: str, tags: dict[str, str], weights: str,
+                     champion_if_first: bool = True) -> RegisteredEncoder | None:
+    """Register ``encoder`` as a new version of ``name``: the one way raysl registers an encoder.
+
+    Pretraining's end, a sweep's best trial and ``raysl register`` all come here, so every
+    version carries the same things: the pyfunc model (:func:`log_and_register`), the
+    ``description``, its lineage (code, data, settings, from the run's tags), the run's weights
+    directory (``raysl.weights``) and the caller's ``tags``.
+
+    Args:
+        encoder: the encoder to register (on any device; it is saved from the CPU).
+        cfg: its pretraining config (rebuilds the architecture on load).
+        run_id: the MLflow run that trained it; the model is logged there.
+        uri: the tracking URI.
+        name: the registered model; None logs the model to the run only.
+        description: the version's description (:func:`version_description`).
+        tags: the caller's version tags (evaluation, sweep, provenance), over the lineage's.
+        weights: the run's ``checkpoint/epoch_NNNN`` directory (:func:`log_weights`).
+        champion_if_first: give the model's first version the ``champion`` alias, so
+            ``models:/NAME@champion`` loads from the first run on. A sweep passes False: it
+            moves its alias only on merit (:mod:`raysl.sweep.champion`).
+
+    Returns:
+        The registered version, or ``None`` if ``name`` is None (``tracking.register=false``:
+        the model is logged to the run only).
+    """
+    client = tracking_client(uri)
+    version_tags = {**lineage_tags(cfg, encoder, client.get_run(run_id).data.tags),
+                    WEIGHTS_TAG: weights, **tags}
+    registered = log_and_register(encoder, cfg, run_id, uri, name, description, version_tags)
+    if registered is None:
+        return None
+    aliases = client.get_registered_model(registered.name).aliases
+    if champion_if_first and CHAMPION_ALIAS not in aliases:
+        client.set_registered_model_alias(registered.name, CHAMPION_ALIAS, registered.version)
+        registered = dataclasses.replace(registered, alias=CHAMPION_ALIAS)
+    return registered
+
+
 def log_and_register(encoder: Encoder, cfg: Config, run_id: str, uri: str,
                      model_name: str | None, description: str, tags: dict[str, str]
                      ) -> RegisteredEncoder | None:
@@ -163,3 +217,28 @@ def log_and_register(encoder: Encoder, cfg: Config, run_id: str, uri: str,
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     return RegisteredEncoder(model_name, version, f"models:/{model_name}/{version}")
+
+
+def weights_artifact_dir(epoch: int) -> str:
+    """Artifact directory of the weights after ``epoch`` epochs: ``checkpoint/epoch_0004``."""
+    return f"{CHECKPOINT_ARTIFACTS}/epoch_{epoch:04d}"
+
+
+def log_weights(client: MlflowClient, run_id: str, checkpoint_dir: str | Path) -> str:
+    """Log a checkpoint's ``encoder.pt`` and config to ``checkpoint/epoch_NNNN/`` of the run.
+
+    What ``raysl evaluate`` and the registry load back. Returns the artifact directory.
+    """
+    state = read_state(checkpoint_dir)
+    artifact_dir = weights_artifact_dir(state["epoch"] + 1)
+    client.log_artifact(run_id, str(Path(checkpoint_dir) / ENCODER_FILE), artifact_dir)
+    client.log_text(run_id, Config.from_dict(state["config"]).to_yaml(),
+                    f"{artifact_dir}/config.yaml")
+    return artifact_dir
+
+
+def logged_weights(client: MlflowClient, run_id: str) -> str:
+    """The run's latest ``checkpoint/epoch_NNNN`` directory, or "" if it has none."""
+    dirs = sorted(a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)
+                  if a.is_dir)
+    return dirs[-1] if dirs else ""

@@ -1,7 +1,10 @@
-"""Name -> object registries (methods, readers, eval protocols). Misses list the known names.
+"""The catalog of named parts: methods, readers and eval protocols, each looked up by name.
+
+Not to be confused with MLflow's model registry (:mod:`raysl.tracking.model_registry`). A
+miss lists the known names.
 
 Each kind has a provider package whose import registers every entry of that kind; a lookup
-imports it first, so ``registry.get("method", "byol")`` works wherever it is called, without a
+imports it first, so ``catalog.get("method", "byol")`` works wherever it is called, without a
 side-effect import that a linter could remove. Adding a method, reader or protocol is one new
 module plus one import line in its package's ``__init__``.
 """

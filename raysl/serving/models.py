@@ -25,33 +25,24 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from raysl.checkpoint import (
-    ENCODER_FILE,
-    STATE_FILE,
-    CheckpointError,
-    load_strict,
-    read_state,
-)
+from raysl.checkpoint import ENCODER_FILE, STATE_FILE, load_strict, read_state
 from raysl.config import Config, TrackingConfig
+from raysl.errors import CheckpointError, ModelNotFoundError
 from raysl.nn.backbones import Encoder, build_encoder
 from raysl.tracking.mlflow import resolve_tracking_uri, tracking_client
+from raysl.tracking.model_registry import (
+    CHECKPOINT_ARTIFACTS,
+    WEIGHTS_TAG,
+    logged_weights,
+)
 
-# Pretraining logs the encoder's weights and config to checkpoint/epoch_NNNN/ of its run, one
-# directory per finished training (a resumed run adds one), and tags the registered version with
-# its directory (for people; versions in the pickle format are loaded from it).
-CHECKPOINT_ARTIFACTS = "checkpoint"
-WEIGHTS_TAG = "raysl.weights"
 _CHECKPOINT_DIR = re.compile(rf"{CHECKPOINT_ARTIFACTS}/epoch_[0-9]{{4}}")  # to fullmatch
-# What a registered version's own model holds (tracking.registry.log_and_register): MLflow copies
-# each pyfunc artifact to artifacts/<its file name>.
+# What a registered version's own model holds (tracking.model_registry): MLflow copies each
+# pyfunc artifact to artifacts/<its file name>.
 VERSION_ARTIFACTS = "artifacts"
 VERSION_WEIGHTS = f"{VERSION_ARTIFACTS}/{ENCODER_FILE}"
 VERSION_CONFIG = f"{VERSION_ARTIFACTS}/config.yaml"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-class ModelNotFoundError(LookupError):
-    """MODEL does not name a checkpoint, run or registered version that raysl can load."""
 
 
 @dataclass
@@ -134,31 +125,6 @@ def _from_checkpoint(path: Path) -> LoadedModel:
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
     load_strict(encoder, path / ENCODER_FILE)
     return LoadedModel(encoder, cfg, f"checkpoint {path}", run_id=state.get("mlflow_run_id", ""))
-
-
-def weights_artifact_dir(epoch: int) -> str:
-    """Artifact directory of the weights after ``epoch`` epochs: ``checkpoint/epoch_0004``."""
-    return f"{CHECKPOINT_ARTIFACTS}/epoch_{epoch:04d}"
-
-
-def log_weights(client: MlflowClient, run_id: str, checkpoint_dir: str | Path) -> str:
-    """Log a checkpoint's ``encoder.pt`` and config to ``checkpoint/epoch_NNNN/`` of the run.
-
-    What ``raysl evaluate`` and the registry load back. Returns the artifact directory.
-    """
-    state = read_state(checkpoint_dir)
-    artifact_dir = weights_artifact_dir(state["epoch"] + 1)
-    client.log_artifact(run_id, str(Path(checkpoint_dir) / ENCODER_FILE), artifact_dir)
-    client.log_text(run_id, Config.from_dict(state["config"]).to_yaml(),
-                    f"{artifact_dir}/config.yaml")
-    return artifact_dir
-
-
-def logged_weights(client: MlflowClient, run_id: str) -> str:
-    """The run's latest ``checkpoint/epoch_NNNN`` directory, or "" if it has none."""
-    dirs = sorted(a.path for a in client.list_artifacts(run_id, CHECKPOINT_ARTIFACTS)
-                  if a.is_dir)
-    return dirs[-1] if dirs else ""
 
 
 def _from_run(run_id: str, client: MlflowClient, description: str, weights_dir: str = ""

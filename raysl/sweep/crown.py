@@ -16,15 +16,8 @@ from mlflow.tracking import MlflowClient
 from raysl.config import Config, EvalConfig
 from raysl.data.ledger import DecodePolicy
 from raysl.data.source import first_images, read_source
+from raysl.errors import ModelNotFoundError
 from raysl.eval.data import EvalData, load_eval_data
-from raysl.eval.models import (
-    WEIGHTS_TAG,
-    LoadedModel,
-    ModelNotFoundError,
-    load_model,
-    log_weights,
-    logged_weights,
-)
 from raysl.eval.online import LabelFreeMonitor
 from raysl.eval.suite import (
     TRAINED,
@@ -33,6 +26,7 @@ from raysl.eval.suite import (
     with_baseline,
 )
 from raysl.nn.backbones import Encoder
+from raysl.serving.models import LoadedModel, load_model
 from raysl.sweep import results as res
 from raysl.sweep.champion import NotComparable, crown
 from raysl.sweep.outcome import SweepResult
@@ -44,10 +38,11 @@ from raysl.sweep.spec import (
     is_label_free,
     metric_text,
 )
-from raysl.tracking.registry import (
+from raysl.tracking.model_registry import (
     RegisteredEncoder,
-    lineage_tags,
-    log_and_register,
+    log_weights,
+    logged_weights,
+    register_encoder,
     version_description,
 )
 
@@ -97,14 +92,11 @@ def _register_best(sweep: Sweep, result: SweepResult, client: MlflowClient, load
     earlier = client.search_model_versions(f"name='{name}' and run_id='{best.run_id}'")
     version = str(earlier[0].version) if earlier else ""  # an interrupted end of this sweep
     if not version:
-        tags = {**evaluation, WEIGHTS_TAG: logged_weights(client, best.run_id),
-                **lineage_tags(loaded.config, loaded.encoder,
-                               client.get_run(best.run_id).data.tags),
-                SWEEP_TAG: sweep.name,
-                "raysl.sweep_run": result.parent_run_id, TRIAL_TAG: best.trial_id,
-                "method": base.method.name}
-        registered = log_and_register(loaded.encoder, loaded.config, best.run_id, uri, name,
-                                      description, tags)
+        tags = {**evaluation, SWEEP_TAG: sweep.name, "raysl.sweep_run": result.parent_run_id,
+                TRIAL_TAG: best.trial_id, "method": base.method.name}
+        registered = register_encoder(loaded.encoder, loaded.config, best.run_id, uri, name,
+                                      description, tags, logged_weights(client, best.run_id),
+                                      champion_if_first=False)  # crowned on merit below
         assert registered is not None
         version = registered.version
     result.model = RegisteredEncoder(name, version, f"models:/{name}/{version}")
