@@ -5,13 +5,16 @@ PY     := $(VENV)/bin/python
 # Reinstall only when pyproject.toml changes: a second `make test` installs nothing.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | cksum | cut -d' ' -f1)
 FMNIST := /usr/share/datasets/fashion-mnist
+# The docs site `make docs` and `make test` build (ignored by git).
+SITE   := .site
 
-.PHONY: demo test bench bench-accuracy lint data install clean
+.PHONY: demo test bench bench-accuracy lint docs data install clean
 
 demo: install data  ## SimCLR on Fashion-MNIST: train, evaluate, register, print a summary
 	$(VENV)/bin/raysl demo
 
-test: install data  ## the whole suite (lint, unit, Ray integration, end to end)
+test: install data  ## the docs build (strict) and the whole suite (lint, unit, Ray integration, end to end)
+	$(VENV)/bin/mkdocs build --strict -q --site-dir $(SITE)
 	$(VENV)/bin/ruff check raysl tests pipelines
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
@@ -24,9 +27,13 @@ bench-accuracy: install data  ## raysl vs lightly: SimCLR accuracy at an equal 1
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(PY) benchmarks/accuracy.py
 
-lint: install
+lint: install  ## ruff and mypy (strict) only
 	$(VENV)/bin/ruff check raysl tests pipelines
 	$(VENV)/bin/mypy
+
+docs: install  ## the documentation site (docs/, mkdocs.yml) into .site/, strict: a broken link fails
+	$(VENV)/bin/mkdocs build --strict -q --site-dir $(SITE)
+	@echo "Built $(SITE)/index.html. To serve it while editing: $(VENV)/bin/mkdocs serve -a 127.0.0.1:8000"
 
 install: $(STAMP)
 
