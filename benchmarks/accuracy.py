@@ -189,11 +189,11 @@ def _shared_flags(args: argparse.Namespace) -> list[str]:
 def evaluate(args: argparse.Namespace, raysl_checkpoint: str, lightly_encoder: str
              ) -> dict[str, dict[str, float]]:
     """Scores by model and metric for raysl, lightly, random init and raw pixels, one pass."""
+    from raysl.cluster.connect import connect
     from raysl.eval.data import load_eval_data
     from raysl.eval.suite import evaluate_encoders, with_baseline
     from raysl.evaluate import evaluation_config
     from raysl.serving.models import load_model
-    from raysl.train.trainer import connect
 
     loaded = load_model(raysl_checkpoint, "")
     cfg = evaluation_config(loaded.config, args.data, "knn,linear", [

@@ -32,6 +32,7 @@ import numpy as np
 import ray
 import torch
 
+from raysl.cluster.connect import quiet_driver_logs
 from raysl.config import FASHION_MNIST_DIR, ModelConfig
 from raysl.data import generated
 from raysl.data.formats import parse_idx
@@ -39,7 +40,6 @@ from raysl.data.source import arrays_to_dataset, to_channels
 from raysl.eval.extract import dataset_features, gather
 from raysl.eval.features import encoder_features
 from raysl.nn.backbones import build_encoder
-from raysl.train.trainer import quiet_driver_logs
 
 
 def images(n: int) -> tuple[np.ndarray, str]:

@@ -51,11 +51,11 @@ from data_throughput import smooth_images
 from extraction_speed import cpu_model
 
 from raysl import config as C
+from raysl.cluster.connect import quiet_driver_logs
 from raysl.config import FASHION_MNIST_DIR
 from raysl.data import generated
 from raysl.data.formats import parse_idx
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
-from raysl.train.trainer import quiet_driver_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 1000  # images per generated shard

@@ -278,7 +278,8 @@ def _ceiling_worker(rank: int, world: int, config: dict[str, Any], args: argpars
     import torch.distributed as dist
 
     from raysl import distributed
-    from raysl.train.trainer import Node, plan_resources
+    from raysl.cluster.nodes import Node
+    from raysl.train.trainer import plan_resources
 
     cfg = C.Config.from_dict(config)
     machine = Node(float(os.cpu_count() or 1), float(torch.cuda.device_count()))

@@ -363,8 +363,8 @@ def process_start() -> float:
 
 
 def _shards(args: argparse.Namespace) -> int:
+    from raysl.cluster.connect import connect
     from raysl.data.shards import write_shards  # Ray
-    from raysl.train.trainer import connect
 
     source = config_mod.SourceConfig(format=args.source_format, path=args.source,
                                      split=args.split, limit=args.limit)

@@ -18,6 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysl import catalog
+from raysl.cluster.connect import connect
 from raysl.config import Config, SourceConfig, merge_override, parse_override
 from raysl.console import banner, redacting
 from raysl.data.source import check_source, detect_format
@@ -32,7 +33,6 @@ from raysl.tracking.mlflow import (
     tracking_client,
     ui_command,
 )
-from raysl.train.trainer import connect
 
 EVAL_RUN_TAG = "raysl.evaluated_model"
 

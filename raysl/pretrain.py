@@ -20,6 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from raysl import catalog
 from raysl.checkpoint import ENCODER_FILE, load_strict
+from raysl.cluster.connect import connect
+from raysl.cluster.nodes import node_resources
+from raysl.cluster.storage import check_shared, check_tracking_shared, storage_path
 from raysl.config import Config
 from raysl.console import banner, redacting
 from raysl.data.pipeline import view_stream, whole_image_stream
@@ -62,15 +65,7 @@ from raysl.tracking.model_registry import (
 )
 from raysl.train.loop import LoopSettings
 from raysl.train.permanent import PERMANENT_ERRORS, clear_note, note_path, raise_noted
-from raysl.train.shared_storage import check_shared, check_tracking_shared
-from raysl.train.trainer import (
-    ResourcePlan,
-    build_trainer,
-    connect,
-    node_resources,
-    plan_resources,
-    storage_path,
-)
+from raysl.train.trainer import ResourcePlan, build_trainer, plan_resources
 
 ONLINE_KNN = "eval/online_knn_top1"
 

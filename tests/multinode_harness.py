@@ -36,7 +36,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
 from raysl import cli
-from raysl.train.trainer import DATA_MARKER, TRAIN_MARKER
+from raysl.cluster.nodes import DATA_MARKER, TRAIN_MARKER
 
 MIB = 2**20
 RUN = "multinode"

@@ -8,9 +8,9 @@ what was expected.
 One module per section (``source``, ``views``, ``data``, ``model``, ``optim``, ``train``,
 ``eval``, ``tracking``; the augmentation presets in ``presets``), the generic builder in
 ``build`` and the whole run in ``run``. Method hyperparameters live in ``method``; their class
-depends on ``method.name`` and is found in the catalog (``raysl/catalog.py``), so a new method brings its own
-config dataclass (``raysl/methods/<name>.py``). The package imports nothing of raysl but the
-catalog, the errors, redaction and the schedules.
+depends on ``method.name`` and is found in the catalog (``raysl/catalog.py``), so a new method
+brings its own config dataclass (``raysl/methods/<name>.py``). The package imports nothing of
+raysl but the catalog, the errors, redaction and the schedules.
 """
 
 from raysl.config.build import (

@@ -25,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace, model: LoadedModel) -> int:
+    from raysl.cluster.connect import connect
     from raysl.serving.embed import embed, write_summary
-    from raysl.train.trainer import connect
 
     connect()
     source = SourceConfig(format=args.data_format, path=args.data, split=args.split)
@@ -48,9 +48,9 @@ def _neighbours(args: argparse.Namespace, model: LoadedModel) -> int:
 
 
 def _export(args: argparse.Namespace, model: LoadedModel, uri: str) -> int:
+    from raysl.cluster.connect import connect
     from raysl.errors import ExportError
     from raysl.serving.export import export, log_to_version
-    from raysl.train.trainer import connect
 
     connect()
     try:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import ray.tune
 
+from raysl.cluster.connect import connect
+from raysl.cluster.nodes import cluster_resources
+from raysl.cluster.storage import storage_path
 from raysl.console import redacting
 from raysl.errors import ConfigError
 from raysl.sweep import results as res
@@ -27,7 +30,6 @@ from raysl.sweep.runs import close_child_runs, finished_summary, open_parent
 from raysl.sweep.spec import Sweep
 from raysl.sweep.tuner import build_tuner
 from raysl.tracking.mlflow import ensure_experiment, resolve_tracking_uri, tracking_client
-from raysl.train.trainer import cluster_resources, connect, storage_path
 
 
 def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:

@@ -1,18 +1,14 @@
-"""Driver side of training: connect to Ray, plan resources, build the ``TorchTrainer``.
+"""Driver side of training: plan resources on the cluster's nodes, build the ``TorchTrainer``.
 
-Shared by ``raysl pretrain``, ``pipelines/pretrain.py`` and (later) sweeps, so that every entry
-point trains the same way.
+Shared by ``raysl pretrain``, ``pipelines/pretrain.py`` and sweeps, so that every entry point
+trains the same way. Joining Ray and the nodes themselves are :mod:`raysl.cluster`'s.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,31 +16,11 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from raysl.cluster.nodes import DATA_MARKER, MARKER_REQUEST, TRAIN_MARKER, Node
 from raysl.config import Config
-from raysl.console import WorkerLineFilter, verbose
+from raysl.console import verbose
 from raysl.errors import ConfigError
 from raysl.train.loop import WHOLE_IMAGES, LoopSettings, train_loop_per_worker
-
-# Node-type markers (custom resources) of cluster.yaml's node types. A node has 1 of its marker;
-# a worker or task asks for a sliver of it, which pins it to that node type without limiting how
-# many share the node (CPUs and GPUs still do that).
-TRAIN_MARKER = "train_node"
-DATA_MARKER = "data_node"
-MARKER_REQUEST = 0.001
-
-
-@dataclass(frozen=True)
-class Node:
-    """One alive Ray node: its CPUs, GPUs, host address and the node-type markers it carries."""
-
-    cpus: float
-    gpus: float = 0.0
-    host: str = ""
-    markers: frozenset[str] = frozenset()
-
-    def describe(self) -> str:
-        """``48 CPU + 4 GPU``."""
-        return f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
 
 
 @dataclass(frozen=True)
@@ -179,106 +155,6 @@ def _fit_on_nodes(cfg: Config, cpus: float, nodes: Sequence[Node]) -> float:
                           f"({described}); a worker runs on one node"
                           + (f". At most {fits[0]:g} CPU each would fit" if fits else ""))
     return fits[0]
-
-
-def storage_path(cfg: Config) -> str:
-    """Checkpoints' (and a sweep's Tune state's) root: ``train.storage_path`` or ./ray_results.
-
-    The default is made absolute: Ray workers run in other directories.
-    """
-    return cfg.train.storage_path or str(Path("ray_results").resolve())
-
-
-def connect(address: str = "") -> None:
-    """Use the running Ray (tests), the cluster at ``address``/``$RAY_ADDRESS``, or start one.
-
-    Under ``ray job submit`` the job supervisor sets ``RAY_ADDRESS``, so the job joins the cluster
-    it was submitted to; run directly, raysl starts a local in-process cluster. Unless
-    ``--verbose`` (:func:`raysl.console.verbose`), the terminal shows raysl's own lines and the
-    warnings that matter; Ray's logs stay in the session's log files.
-    """
-    # Per process (a sweep trial is its own process): our epoch lines instead of Ray Data's bars.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    if ray.is_initialized():
-        return
-    quiet = not verbose()
-    if quiet:
-        quiet_driver_logs()
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    level = logging.WARNING if quiet else logging.INFO
-    if address:
-        ray.init(address=address, log_to_driver=True, logging_level=level)
-    else:
-        # The dashboard also serves the state API that Train's placement-group cleaner polls;
-        # without it the cleaner logs a warning every few seconds for the whole run.
-        ray.init(address="local", include_dashboard=True, log_to_driver=True,
-                 logging_level=level)
-    if quiet:
-        _filter_worker_lines()
-
-
-# Warnings Ray logs on the driver that say nothing about the run.
-_BENIGN = ("Token authentication is enabled", "Progress bars disabled")
-
-
-def quiet_driver_logs() -> None:
-    """Ray's and MLflow's INFO lines, and two benign notices, off the driver's terminal.
-
-    Filters go on the handlers: a logger's own filters do not see its children's records.
-    """
-    for name in ("ray", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # MLflow's "Downloading artifacts" bars, each time a model or config is read back.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Ray Data's note that a small dataset has fewer blocks than tasks allowed: nothing to do.
-    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
-    for name in ("ray", "ray.data"):
-        for handler in logging.getLogger(name).handlers:
-            if not isinstance(handler, logging.StreamHandler) or isinstance(
-                    handler, logging.FileHandler):
-                continue  # the session's log files keep everything
-            handler.addFilter(lambda record: not record.getMessage().startswith(_BENIGN))
-            handler.setLevel(logging.WARNING)
-
-
-def _filter_worker_lines() -> None:
-    """Pass what Ray forwards from worker processes through :class:`WorkerLineFilter`.
-
-    Ray has no public hook for this: ``log_to_driver=False`` would also drop raysl's own epoch
-    lines, which rank 0 prints on its worker. So the driver's forwarding handler (the pinned
-    Ray 2.60's ``ray_print_logs``) is replaced by one that filters first; if Ray's internals
-    move, the default handler stays and the terminal is merely verbose.
-    """
-    try:
-        from ray._private import worker as ray_worker
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:
-        return
-    keep = WorkerLineFilter()
-
-    def forward(data: dict[str, Any]) -> None:
-        lines = [line for line in data.get("lines", []) if keep.keep(line)]
-        if lines:
-            ray_worker.print_to_stdstream({**data, "lines": lines}, ignore_prefix=True)
-
-    dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", forward)
-
-
-def node_resources() -> list[Node]:
-    """Every node that is up, with the node-type markers it carries."""
-    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
-    markers = (TRAIN_MARKER, DATA_MARKER)
-    return [Node(float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
-                 str(n.get("NodeManagerAddress", "")),
-                 frozenset(m for m in markers if n["Resources"].get(m)))
-            for n in nodes if n.get("Alive")]
-
-
-def cluster_resources() -> tuple[float, float]:
-    """(CPUs, GPUs) of the connected cluster."""
-    res = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
 def torch_backend(cfg: Config) -> str:

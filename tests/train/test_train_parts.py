@@ -16,20 +16,13 @@ from raysl.checkpoint import (
     restore,
     save_checkpoint,
 )
+from raysl.cluster.nodes import DATA_MARKER, MARKER_REQUEST, TRAIN_MARKER, Node
 from raysl.errors import CheckpointError, ConfigError, NonFiniteLossError
 from raysl.methods.base import Progress, build_method
 from raysl.schedules import set_lr
 from raysl.train.optim import LARS, build_optimizer, param_groups, set_weight_decay
 from raysl.train.step import autocast_dtype, forward_seed, memory_format, train_step
-from raysl.train.trainer import (
-    DATA_MARKER,
-    MARKER_REQUEST,
-    TRAIN_MARKER,
-    Node,
-    plan_resources,
-    torch_backend,
-    worker_count,
-)
+from raysl.train.trainer import plan_resources, torch_backend, worker_count
 
 TINY = ["model.width=8", "model.small_stem=true", "data.channels=1", "data.image_size=16"]
 

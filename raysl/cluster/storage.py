@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from raysl.config import Config
 from raysl.errors import ConfigError
 
 # Filesystem types (as in /proc/mounts) that other machines can also mount.
@@ -90,3 +91,11 @@ def check_tracking_shared(uri: str, machines: int, mounts: str | None = None) ->
                           "machines, and the first train worker logs metrics from wherever it "
                           "runs: start an MLflow server (mlflow server --host 0.0.0.0) and use "
                           "http://<head>:5000") from None
+
+
+def storage_path(cfg: Config) -> str:
+    """Checkpoints' (and a sweep's Tune state's) root: ``train.storage_path`` or ./ray_results.
+
+    The default is made absolute: Ray workers run in other directories.
+    """
+    return cfg.train.storage_path or str(Path("ray_results").resolve())

@@ -2,8 +2,8 @@
 
 import pytest
 
+from raysl.cluster.storage import check_shared, check_tracking_shared, filesystem_type
 from raysl.errors import ConfigError
-from raysl.train.shared_storage import check_shared, check_tracking_shared, filesystem_type
 
 MOUNTS = """\
 /dev/vda1 / ext4 rw,relatime 0 0
