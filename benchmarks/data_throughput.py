@@ -73,7 +73,7 @@ def smooth_images(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def blur_kernel(size: int) -> int:
-    """Odd Gaussian kernel covering 10% of the side, as ``raysl.data.views.gaussian_blur``."""
+    """Odd Gaussian kernel covering 10% of the side, as ``raysl.data.augment.gaussian_blur``."""
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 

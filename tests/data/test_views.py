@@ -4,23 +4,21 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+import raysl.data.augment as augment_mod
+import raysl.data.pretext as pretext_mod
 import raysl.data.views as views_mod
 from raysl import config as C
 from raysl.config import VIEW_PRESETS, DataConfig, ViewConfig
-from raysl.data.views import (
-    MultiViewTransform,
+from raysl.data.augment import (
     _adjust_hue,
     augment,
     crop_resize_flip,
     crop_resize_flip_uint8,
-    cut_tiles,
-    jigsaw_permutations,
-    make_columns,
-    make_views,
-    rotate90,
     sample_crop_boxes,
     solarize,
 )
+from raysl.data.pretext import cut_tiles, jigsaw_permutations, rotate90
+from raysl.data.views import MultiViewTransform, make_columns, make_views
 from raysl.errors import ConfigError
 from raysl.methods.simclr import SimCLR
 
@@ -197,13 +195,13 @@ def test_multicrop_views_shapes_and_order():
 
 def test_local_crops_use_local_scale_and_no_solarize(monkeypatch):
     scales = []
-    real = views_mod.sample_crop_boxes
+    real = augment_mod.sample_crop_boxes
 
     def spy(b, h, w, scale, ratio, gen):
         scales.append(scale)
         return real(b, h, w, scale, ratio, gen)
 
-    monkeypatch.setattr(views_mod, "sample_crop_boxes", spy)
+    monkeypatch.setattr(augment_mod, "sample_crop_boxes", spy)
     views = _with(NO_AUG, crop_scale=(0.5, 1.0), local_crops=2, local_crop_scale=(0.1, 0.2),
                   solarize_p=(1.0, 1.0))
     out = make_views(_images(), _data(views), torch.Generator())
@@ -367,7 +365,7 @@ def test_jigsaw_permutations_are_a_fixed_set_far_apart():
     assert hamming.min() >= 6  # the paper's mean-greedy set has pairs only 2 apart
     # Rebuilt from scratch (not the cache): the same set; another seed: another set.
     small = jigsaw_permutations(20)
-    views_mod._permutations.cache_clear()
+    pretext_mod._permutations.cache_clear()
     assert torch.equal(jigsaw_permutations(20), small)
     assert not torch.equal(jigsaw_permutations(20, seed=1), small)
     assert len({tuple(p) for p in jigsaw_permutations(24, grid=2).tolist()}) == 24  # all of 4!

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from raysl.data.views import rotate90
+from raysl.data.pretext import rotate90
 from raysl.errors import ConfigError
 from raysl.methods.base import Progress, build_method
 from raysl.methods.rotation import with_all_rotations
