@@ -17,7 +17,7 @@ from raysl import catalog
 from raysl import config as config_mod
 from raysl.config import FASHION_MNIST_DIR, Config
 from raysl.console import VERBOSE_ENV
-from raysl.errors import ConfigError, DataError, RepresentationCollapsed
+from raysl.errors import ClusterUnreachable, ConfigError, DataError, RepresentationCollapsed
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.redact import redact
 from raysl.sweep.spec import Sweep, load_sweep
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[VERBOSE_ENV] = "1"
     try:
         return _run(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, ClusterUnreachable) as e:
         _error(f"raysl: error: {e}")
         return 2
     except RepresentationCollapsed as e:

@@ -3,9 +3,10 @@
 Each names what was wrong and what was expected, so a message is enough to fix the cause:
 ``ConfigError`` a config value, ``DataError`` the data a config points at, ``CheckpointError``
 a checkpoint, ``ModelNotFoundError`` the MODEL of a command, ``ExportError`` an export,
-``TrackingUnavailableError`` the MLflow server. Two end a run on purpose:
-``NonFiniteLossError`` (the loss became NaN or infinite) and ``RepresentationCollapsed`` (the
-monitors saw the representation collapse, with ``train.stop_on_collapse`` on).
+``TrackingUnavailableError`` the MLflow server, ``ClusterUnreachable`` the Ray head. Two end a
+run on purpose: ``NonFiniteLossError`` (the loss became NaN or infinite) and
+``RepresentationCollapsed`` (the monitors saw the representation collapse, with
+``train.stop_on_collapse`` on).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class ModelNotFoundError(LookupError):
 
 class ExportError(RuntimeError):
     """The export could not be made, or does not compute what the encoder computes."""
+
+
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster at ``RAY_ADDRESS`` does not answer, or refuses raysl's credentials."""
 
 
 class TrackingUnavailableError(RuntimeError):

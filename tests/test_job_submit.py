@@ -171,6 +171,41 @@ def test_the_head_refuses_clients_without_its_token(head: Head):
     assert "token" in (listing.stdout + listing.stderr).lower()
 
 
+def _driver(env: dict[str, str], address: str) -> subprocess.CompletedProcess[str]:
+    """``raysl pretrain`` as a user starts a driver against ``address`` from their shell."""
+    return subprocess.run([str(BIN / "raysl"), "pretrain", "--smoke-test"], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300, preexec_fn=die_with_parent,
+                          env={**env, "RAY_ADDRESS": address})
+
+
+def _one_line_error(run: subprocess.CompletedProcess[str]) -> str:
+    """The run's error: exit 2, one ``raysl: error:`` line, none of Ray's retry warnings."""
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("raysl: error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    # ray.init's ten seconds of retries print this once a second, then a bare ConnectionError.
+    assert "Failed to get cluster ID" not in run.stderr and "Traceback" not in run.stderr
+    return errors[0]
+
+
+def test_a_driver_without_the_token_is_told_how_to_authenticate(head: Head):
+    anonymous = {k: v for k, v in head.env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    line = _one_line_error(_driver(anonymous, head.gcs))
+    assert f"RAY_ADDRESS={head.gcs!r}" in line and "requires token authentication" in line
+    assert "RAY_AUTH_MODE=token" in line and "ray get-auth-token" in line
+    wrong = {**anonymous, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    line = _one_line_error(_driver(wrong, head.gcs))
+    assert "refused raysl's token" in line and "ray get-auth-token" in line
+    assert "0" * 64 not in line  # the token itself is never shown
+
+
+def test_a_driver_pointed_at_no_cluster_is_told_so(head: Head):
+    nobody = f"127.0.0.1:{free_port()}"
+    line = _one_line_error(_driver(head.env, nobody))
+    assert f"RAY_ADDRESS={nobody!r}: no Ray cluster answers there" in line
+    assert "ray start --head" in line and "unset RAY_ADDRESS" in line
+
+
 def test_pretrain_job_succeeds_and_registers_the_encoder(pretrain_job, mlflow_server):
     out = pretrain_job.stdout + pretrain_job.stderr
     assert pretrain_job.returncode == 0, out[-6000:]
