@@ -35,7 +35,7 @@ import torch
 from raysl.cluster.connect import quiet_driver_logs
 from raysl.config import FASHION_MNIST_DIR, ModelConfig
 from raysl.data import generated
-from raysl.data.formats import parse_idx
+from raysl.data.readers.idx import parse_idx
 from raysl.data.source import arrays_to_dataset, to_channels
 from raysl.eval.extract import dataset_features, gather
 from raysl.eval.features import encoder_features

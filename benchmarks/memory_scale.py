@@ -54,7 +54,7 @@ from raysl import config as C
 from raysl.cluster.connect import quiet_driver_logs
 from raysl.config import FASHION_MNIST_DIR
 from raysl.data import generated
-from raysl.data.formats import parse_idx
+from raysl.data.readers.idx import parse_idx
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,8 +41,8 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
               # decoding, storage access, the readers (one module per format), augmentation, the
               # pretext tasks and the views (Ray Data calls them from data/source.py and
               # data/pipeline.py)
-              *[RAYSL / "data" / f"{m}.py" for m in ("decode", "formats", "storage", "augment",
-                                                     "pretext", "views")],
+              *[RAYSL / "data" / f"{m}.py" for m in ("decode", "storage", "augment", "pretext",
+                                                     "views")],
               *sorted((RAYSL / "data" / "readers").glob("*.py")),
               RAYSL / "serving" / "pyfunc.py", RAYSL / "serving" / "model_code.py",
               RAYSL / "tracking" / "auth.py"]  # what a consumer's server and login load
@@ -150,8 +150,8 @@ def test_loading_the_model_side_does_not_load_ray():
     code = ("import sys, raysl.methods, raysl.nn.backbones, raysl.losses, raysl.eval.protocols, "
             "raysl.eval.online, raysl.eval.plots, "
             "raysl.sweep.spec, raysl.sweep.results, raysl.sweep.champion, raysl.data.decode, "
-            "raysl.data.formats, raysl.data.storage, raysl.data.augment, raysl.data.pretext, "
-            "raysl.data.views, raysl.data.readers, "
+            "raysl.data.storage, raysl.data.augment, raysl.data.pretext, raysl.data.views, "
+            "raysl.data.readers, "
             "raysl.checkpoint; "
             "from raysl.config import Config; Config.from_dict({'method': {'name': 'byol'}}); "
             "print([m for m in sys.modules if m == 'ray' or m.startswith('ray.')])")

@@ -188,7 +188,7 @@ def _image_folder(root: Path, per_class: int = 24) -> dict[str, int]:
     from PIL import Image
 
     from raysl.data import generated
-    from raysl.data.formats import parse_idx
+    from raysl.data.readers.idx import parse_idx
 
     idx = Path(FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz"
     if idx.exists():

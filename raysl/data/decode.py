@@ -33,7 +33,7 @@ REASONS = {
     "corrupt": "the image format is recognised but its data cannot be decoded",
     "too_small": "a side shorter than the minimum (data.min_image_side)",
     "too_large": "more pixels than data.max_image_pixels (or, in a shard, more encoded bytes "
-                 "than that allows: raysl.data.formats.encoded_bound)",
+                 "than that allows: raysl.data.readers.encoded.encoded_bound)",
     # What the shard readers skip besides images (raysl/data/readers/tar.py, parquet.py):
     "compressed_shard": "a tar shard that is a gzip/bzip2/xz/zstd stream, never inflated",
     "bad_label": "a label that names no class of the source",

@@ -31,10 +31,9 @@ import ray
 from PIL import Image
 
 from raysl.config import SourceConfig
-from raysl.data.formats import Arrays, ArraySlices
 from raysl.data.outputs import Output, check_apart, open_output
-from raysl.data.readers.arrays import ArrayReader
-from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, list_target
+from raysl.data.readers.arrays import ArrayReader, ArraySlices
+from raysl.data.readers.base import Arrays, Encoded, Item, Reader, Target, Unit, list_target
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 from raysl.data.source import pick_reader
 from raysl.data.storage import Store

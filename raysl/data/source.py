@@ -38,14 +38,22 @@ from ray.data.extensions import ArrowTensorArray
 from raysl import catalog
 from raysl.config import SourceConfig
 from raysl.data.decode import BadImage, decode_image
-from raysl.data.formats import Arrays, encoded_bound
 from raysl.data.ledger import (
     DEFAULT_POLICY,
     DecodeLedger,
     DecodePolicy,
     check_bad_files,
 )
-from raysl.data.readers.base import Encoded, Reader, Target, Unit, list_target, unit_sizes
+from raysl.data.readers.base import (
+    Arrays,
+    Encoded,
+    Reader,
+    Target,
+    Unit,
+    list_target,
+    unit_sizes,
+)
+from raysl.data.readers.encoded import encoded_bound
 from raysl.data.storage import Store, has_braces
 from raysl.errors import DataError
 from raysl.redact import redact

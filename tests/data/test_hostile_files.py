@@ -19,9 +19,12 @@ import pytest
 
 from raysl import catalog
 from raysl.config import SourceConfig
-from raysl.data import formats
-from raysl.data.formats import idx_slices, load_cifar, load_npy, load_npz, npz_slices, parse_idx
+from raysl.data.readers import cifar_pickle
 from raysl.data.readers.base import list_target
+from raysl.data.readers.cifar import load_cifar
+from raysl.data.readers.idx import idx_slices, parse_idx
+from raysl.data.readers.npy import load_npy
+from raysl.data.readers.npz import load_npz, npz_slices
 from raysl.data.storage import Store
 from raysl.errors import DataError
 
@@ -64,7 +67,7 @@ def test_an_idx_header_claiming_terabytes_is_refused_before_reading():
 
 def test_read_a_slice_at_a_time_a_file_allocates_a_slice_whatever_its_header_says(
         tmp_path: Path):
-    """What ``raysl shards`` does with an array too large to read whole (formats.ArraySlices)."""
+    """What ``raysl shards`` does with an array too large to read whole (ArraySlices)."""
     path = tmp_path / "train-images-idx3-ubyte.gz"
 
     def read_all() -> None:
@@ -367,7 +370,7 @@ def test_a_cifar_pickle_of_more_opcodes_than_any_batch_is_refused(tmp_path: Path
                                                                    monkeypatch):
     # At 2^20 opcodes (the real cap) a 1 MiB pickle of empty lists takes ~80 MB: allowed, and
     # no more. The cap is lowered here so the walk is quick under tracemalloc.
-    monkeypatch.setattr(formats, "_MAX_PICKLE_OPS", 1000)
+    monkeypatch.setattr(cifar_pickle, "_MAX_PICKLE_OPS", 1000)
     hostile = b"\x80\x04](" + b"]" * 1000 + b"e."
     assert _load_cifar_bomb(tmp_path, hostile) < 1
     assert "more than 1000 opcodes, no CIFAR batch has that many" in \
@@ -375,7 +378,7 @@ def test_a_cifar_pickle_of_more_opcodes_than_any_batch_is_refused(tmp_path: Path
 
 
 def test_a_cifar_file_larger_than_any_batch_is_refused_unread(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(formats, "_MAX_CIFAR_BYTES", 2**16)  # 256 MiB in earnest
+    monkeypatch.setattr(cifar_pickle, "_MAX_CIFAR_BYTES", 2**16)  # 256 MiB in earnest
     folder = _cifar_folder(tmp_path, pickle.dumps({b"data": bytes(2**20)}, protocol=2))
     assert peak_mb(lambda: load_cifar(Store(), str(folder), "cifar-10-batches-py", "train",
                                       "data.source")) < 0.5

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES, MAX_LABEL_BYTES, encoded_bound
 from raysl.data.ledger import DecodePolicy
 from raysl.data.readers.base import Item, Unit, list_target
+from raysl.data.readers.encoded import MAX_ENCODED_BYTES, MAX_LABEL_BYTES, encoded_bound
 from raysl.data.readers.parquet import Parquet
 from raysl.data.readers.tar import Tar
 from raysl.data.source import read_source, to_numpy

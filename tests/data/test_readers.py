@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from raysl.config import SourceConfig
-from raysl.data.formats import parse_idx
+from raysl.data.readers.idx import parse_idx
 from raysl.data.source import DataError, DecodePolicy, read_source, to_channels, to_numpy
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -25,14 +25,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES, Arrays
 from raysl.data.outputs import MANIFEST
+from raysl.data.readers.encoded import MAX_ENCODED_BYTES
 from raysl.data.storage import FileTooLarge, Store, expand_braces, has_braces, paths_array
 from raysl.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 FILES_PER_UNIT = 256  # image-file sources: one read task per this many files
 BAD_LABEL = -1  # a listed label that can be no class: the sample is skipped as bad_label
+
+
+@dataclass
+class Arrays:
+    """Images (N, H, W[, C]) uint8, labels (N,) or None, class names, one-line description."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: list[str]
+    description: str
 
 
 @dataclass(frozen=True)
@@ -244,8 +254,8 @@ def read_paths(unit: Unit, store: Store, limit: int = MAX_ENCODED_BYTES) -> Iter
     """Image files one by one; what makes one skipped is its reason.
 
     An I/O error, a bad label, or a file larger than ``limit`` bytes
-    (:func:`~raysl.data.formats.encoded_bound` of the pixel cap: no image the cap lets through
-    is larger), which is then not read.
+    (:func:`~raysl.data.readers.encoded.encoded_bound` of the pixel cap: no image the cap lets
+    through is larger), which is then not read.
     """
     labels: Sequence[int | None] = unit.labels or [None] * len(unit.paths)
     for path, label in zip(unit.paths, labels, strict=True):

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 
 from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES
 from raysl.data.readers.base import (
     Encoded,
     Item,
@@ -24,6 +23,7 @@ from raysl.data.readers.base import (
     labels_of,
     read_paths,
 )
+from raysl.data.readers.encoded import MAX_ENCODED_BYTES
 from raysl.data.readers.parquet import has_image_column, parquet_schema
 from raysl.data.storage import Store
 from raysl.errors import DataError

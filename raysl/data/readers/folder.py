@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 
 from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import MAX_ENCODED_BYTES
 from raysl.data.readers.base import (
     IMAGE_EXTENSIONS,
     Encoded,
@@ -21,6 +20,7 @@ from raysl.data.readers.base import (
     file_units,
     read_paths,
 )
+from raysl.data.readers.encoded import MAX_ENCODED_BYTES
 from raysl.data.storage import Store
 from raysl.errors import DataError
 

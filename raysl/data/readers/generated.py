@@ -10,8 +10,7 @@ import numpy as np
 from raysl.catalog import register
 from raysl.config import SourceConfig
 from raysl.data import generated
-from raysl.data.formats import Arrays
-from raysl.data.readers.base import Reader, Target
+from raysl.data.readers.base import Arrays, Reader, Target
 from raysl.data.storage import Store
 
 Maker = Callable[..., tuple[np.ndarray, np.ndarray]]

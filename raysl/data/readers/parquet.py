@@ -4,7 +4,7 @@ The image column holds bytes, or Hugging Face's ``{bytes, path}`` struct.
 
 A shard is read a row group at a time, bounded before it is inflated: the footer gives each
 column chunk's uncompressed size, and a row group whose image column takes more than its rows
-times :data:`~raysl.data.formats.MAX_ENCODED_BYTES` (or its label column more than
+times :data:`~raysl.data.readers.encoded.MAX_ENCODED_BYTES` (or its label column more than
 :data:`LABEL_BYTES_PER_ROW` a row) is skipped, each row counted as ``too_large``, without
 reading it; opening the source, which gathers the labels into classes, reads no such group.
 The rest is read a few rows at a time, as many as fit that bound at the column's size, and a
@@ -25,8 +25,13 @@ import pyarrow.parquet as pq
 
 from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import BAD_LABEL, MAX_ENCODED_BYTES, MAX_LABEL_BYTES, sample_label
 from raysl.data.readers.base import Encoded, Item, Reader, Target, Unit, labels_of, shard_units
+from raysl.data.readers.encoded import (
+    BAD_LABEL_TEXT,
+    MAX_ENCODED_BYTES,
+    MAX_LABEL_BYTES,
+    sample_label,
+)
 from raysl.data.storage import LISTING_THREADS, Store
 from raysl.errors import DataError
 
@@ -183,13 +188,13 @@ def _inflated(meta: pq.RowGroupMetaData, column: str) -> int:
 def _label_texts(column: pa.Array) -> list[str | None]:
     """A batch's labels as text, as ``labels_of`` reads them (Arrow's cast); None if null.
 
-    A label that cannot be text, or is longer than any label, is :data:`BAD_LABEL`.
+    A label that cannot be text, or is longer than any label, is :data:`BAD_LABEL_TEXT`.
     """
     try:
         texts: list[str | None] = column.cast(pa.large_string()).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return [BAD_LABEL] * len(column)
-    return [t if t is None or len(t) <= MAX_LABEL_BYTES else BAD_LABEL for t in texts]
+        return [BAD_LABEL_TEXT] * len(column)
+    return [t if t is None or len(t) <= MAX_LABEL_BYTES else BAD_LABEL_TEXT for t in texts]
 
 
 def _as_bytes(item: object) -> bytes:

@@ -8,7 +8,7 @@ when the source is opened.
 
 A shard is read as an uncompressed tar only: a compressed one (gzip, bzip2, xz, zstd) is
 skipped and counted (``compressed_shard``), as its members could inflate without a bound. An
-image member larger than :data:`~raysl.data.formats.MAX_ENCODED_BYTES` is skipped
+image member larger than :data:`~raysl.data.readers.encoded.MAX_ENCODED_BYTES` is skipped
 (``too_large``) without being read. In a labeled source, a sample whose label is missing
 (``no_label``: also what a shard whose members are not grouped by key gives) or names no class
 (``bad_label``) is skipped and counted, never read as class 0 and never failing the run.
@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 from raysl.catalog import register
 from raysl.config import SourceConfig
-from raysl.data.formats import BAD_LABEL, MAX_ENCODED_BYTES, MAX_LABEL_BYTES, sample_label
 from raysl.data.readers.base import (
     IMAGE_EXTENSIONS,
     Encoded,
@@ -36,6 +35,12 @@ from raysl.data.readers.base import (
     Unit,
     labels_of,
     shard_units,
+)
+from raysl.data.readers.encoded import (
+    BAD_LABEL_TEXT,
+    MAX_ENCODED_BYTES,
+    MAX_LABEL_BYTES,
+    sample_label,
 )
 from raysl.data.storage import LISTING_THREADS, Store
 from raysl.errors import DataError
@@ -53,7 +58,7 @@ class Sample(NamedTuple):
 
     key: str
     image: bytes | str | None  # the image's bytes, why it was not read, or None: no image
-    label: str | None  # the label's text, BAD_LABEL, or None: no label member
+    label: str | None  # the label's text, BAD_LABEL_TEXT, or None: no label member
 
 
 class CompressedShard(tarfile.ReadError):
@@ -145,8 +150,8 @@ def samples(stream: Any, max_image_bytes: int = MAX_ENCODED_BYTES) -> Iterator[S
     """Samples of an uncompressed tar stream: members grouped by key, read in one pass.
 
     An image member above ``max_image_bytes`` is not read (its image is "too_large"), nor a
-    label member above :data:`~raysl.data.formats.MAX_LABEL_BYTES` (its label is
-    :data:`BAD_LABEL`). Members with a label and no image are not samples; the census does
+    label member above :data:`~raysl.data.readers.encoded.MAX_LABEL_BYTES` (its label is
+    :data:`BAD_LABEL_TEXT`). Members with a label and no image are not samples; the census does
     not count them either.
 
     Raises:
@@ -174,7 +179,7 @@ def samples(stream: Any, max_image_bytes: int = MAX_ENCODED_BYTES) -> Iterator[S
             if image is None and f".{ext}" in IMAGE_EXTENSIONS:
                 image = "too_large" if member.size > max_image_bytes else _read(tar, member)
             elif ext in LABEL_EXTENSIONS and label is None:
-                label = BAD_LABEL if member.size > MAX_LABEL_BYTES else \
+                label = BAD_LABEL_TEXT if member.size > MAX_LABEL_BYTES else \
                     _label_text(ext, _read(tar, member))
     if key is not None and (image is not None or label is None):
         yield Sample(key, image, label)
@@ -204,20 +209,20 @@ class _Peeked:
 
 
 def _label_text(ext: str, payload: bytes) -> str | None:
-    """A label member's text: None when empty, :data:`BAD_LABEL` when it cannot be one."""
+    """A label member's text: None when empty, :data:`BAD_LABEL_TEXT` when it cannot be one."""
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
-        return BAD_LABEL
+        return BAD_LABEL_TEXT
     if ext == "cls":
         return text or None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
-        return BAD_LABEL
+        return BAD_LABEL_TEXT
     value = obj.get("label", obj.get("cls")) if isinstance(obj, dict) else None
     if isinstance(value, bool | dict | list):
-        return BAD_LABEL
+        return BAD_LABEL_TEXT
     return None if value is None else str(value)
 
 
@@ -229,7 +234,7 @@ def _census(store: Store, shard: str) -> tuple[int, list[str], bool]:
             for _, image, label in samples(stream):
                 if image is not None:
                     count += 1
-                    if label is not None and label != BAD_LABEL and not _NEGATIVE.fullmatch(
+                    if label is not None and label != BAD_LABEL_TEXT and not _NEGATIVE.fullmatch(
                             label.strip()):  # never a class: the sample is a bad_label
                         labels.append(label)
     except CompressedShard:
