@@ -27,8 +27,8 @@ from raysl.config import Config
 from raysl.console import banner, redacting
 from raysl.data.pipeline import view_stream, whole_image_stream
 from raysl.data.source import (
-    DecodePolicy,
     ImageSource,
+    Reading,
     check_source,
     first_images,
     read_source,
@@ -261,10 +261,9 @@ class _Run:
 
 def _read_training_data(run: _Run) -> ImageSource:
     cfg, result = run.cfg, run.result
-    source = read_source(cfg.data.source, cfg.data.channels, cfg.data.effective_decode_size,
-                         cfg.train.seed, "data.source", DecodePolicy.of(cfg.data),
-                         cache=cfg.data.cache, resources=run.plan.augment_resources(),
-                         decode_cpus=cfg.data.augment_cpus)
+    source = read_source(cfg.data.source,
+                         Reading.training(cfg.data, run.plan.augment_resources()),
+                         cfg.train.seed)
     result.data, result.data_fingerprint = source.description, source.fingerprint
     Tracker(result.tracking_uri, result.mlflow_run_id, active=True).set_tags(
         run_lineage_tags(source.fingerprint))

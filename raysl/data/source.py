@@ -36,7 +36,7 @@ from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
 from raysl import catalog
-from raysl.config import SourceConfig
+from raysl.config import DataConfig, SourceConfig
 from raysl.data.decode import BadImage, decode_image
 from raysl.data.ledger import (
     DEFAULT_POLICY,
@@ -58,8 +58,9 @@ from raysl.data.storage import Store, has_braces
 from raysl.errors import DataError
 from raysl.redact import redact
 
-__all__ = ["DEFAULT_POLICY", "DataError", "DecodePolicy", "ImageSource", "arrays_to_dataset",
-           "check_source", "detect_format", "read_source", "to_channels", "to_numpy"]
+__all__ = ["DEFAULT_POLICY", "DataError", "DecodePolicy", "ImageSource", "Reading",
+           "arrays_to_dataset", "check_source", "detect_format", "read_source", "to_channels",
+           "to_numpy"]
 
 # data.cache=auto keeps the decoded images in the object store when they need at most this
 # fraction of it: Ray Data keeps half of the store for the blocks in flight (its default).
@@ -128,30 +129,58 @@ class ImageSource:
         return str(ray.get(self.ledger.verdict.remote())) if self.ledger is not None else ""
 
 
-def read_source(cfg: SourceConfig, channels: int, decode_size: int, seed: int = 0,
-                field_name: str = "data.source", policy: DecodePolicy = DEFAULT_POLICY,
-                cache: str = "memory", resources: dict[str, float] | None = None,
-                decode_cpus: float = 1.0) -> ImageSource:
-    """Open the images ``cfg`` points at.
+@dataclass(frozen=True)
+class Reading:
+    """How a source's images are read: what :func:`read_source` takes beside the source.
 
-    Args:
-        cfg: format, path or URI, split, limit, endpoint, columns.
+    Attributes:
         channels: 1 or 3; images are converted to this.
         decode_size: image files are resized so the shorter side is this, then centre-cropped
             square (so batches stack); arrays keep their size.
-        seed: seeds the row order, the subset drawn when ``cfg.limit`` is set, and (streaming)
-            each epoch's unit order.
-        field_name: config path of ``cfg``, used in error messages.
         policy: what to do with bad image files.
         cache: ``memory``, ``none`` or ``auto`` (``data.cache``).
         resources: custom resources each decode task asks for (pins it to data nodes).
         decode_cpus: logical CPUs each decode task reserves.
+    """
+
+    channels: int
+    decode_size: int
+    policy: DecodePolicy = DEFAULT_POLICY
+    cache: str = "memory"
+    resources: dict[str, float] | None = None
+    decode_cpus: float = 1.0
+
+    @classmethod
+    def of(cls, data: DataConfig, cache: str = "memory") -> Reading:
+        """``data``'s channels, decode size and bad-file policy, kept as ``cache`` says."""
+        return cls(data.channels, data.effective_decode_size, DecodePolicy.of(data), cache)
+
+    @classmethod
+    def training(cls, data: DataConfig, resources: dict[str, float] | None) -> Reading:
+        """How pretraining reads ``data.source``: cached as ``data.cache`` says.
+
+        Decoded by tasks of ``data.augment_cpus`` CPUs each, on the nodes ``resources`` marks
+        (any node if None), as the augmentation tasks are.
+        """
+        return dataclasses.replace(cls.of(data, data.cache), resources=resources,
+                                   decode_cpus=data.augment_cpus)
+
+
+def read_source(cfg: SourceConfig, reading: Reading, seed: int = 0,
+                field_name: str = "data.source") -> ImageSource:
+    """Open the images ``cfg`` points at.
+
+    Args:
+        cfg: format, path or URI, split, limit, endpoint, columns.
+        reading: channels, decode size, bad-file policy, caching and decode tasks.
+        seed: seeds the row order, the subset drawn when ``cfg.limit`` is set, and (streaming)
+            each epoch's unit order.
+        field_name: config path of ``cfg``, used in error messages.
 
     Raises:
         DataError: missing path, unknown layout, no images, too many bad files.
     """
-    source = _read(cfg, channels, decode_size, seed, field_name, policy, cache, resources,
-                   decode_cpus)
+    source = _read(cfg, reading, seed, field_name)
     if not cfg.labels and source.labeled:
         source.dataset = source.dataset.drop_columns(["label"])
         source.class_names = []
@@ -161,10 +190,9 @@ def read_source(cfg: SourceConfig, channels: int, decode_size: int, seed: int = 
     return source
 
 
-def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_name: str,
-          policy: DecodePolicy, cache: str, resources: dict[str, float] | None,
-          decode_cpus: float) -> ImageSource:
+def _read(cfg: SourceConfig, reading: Reading, seed: int, field_name: str) -> ImageSource:
     """:func:`read_source`, labels included."""
+    channels, decode_size, policy = reading.channels, reading.decode_size, reading.policy
     store = Store.from_env(cfg.endpoint)
     clock = time.perf_counter()
     target = Target.of("", "none") if cfg.is_made else \
@@ -179,12 +207,13 @@ def _read(cfg: SourceConfig, channels: int, decode_size: int, seed: int, field_n
         arrays = _from_arrays(opened, cfg, channels, seed)
         arrays.seconds = seconds
         return arrays
-    mode, reason = _cache_mode(cache, opened.num_items * decode_size ** 2 * channels)
+    mode, reason = _cache_mode(reading.cache, opened.num_items * decode_size ** 2 * channels)
     ledger = DecodeLedger.remote(opened.num_items, policy, field_name, cfg.path,  # type: ignore[attr-defined]
                                  mode == "none")
     source = UnitSource(opened, store, channels, decode_size, policy, ledger, seed, cfg.path,
                         shuffle=mode == "none")
-    dataset = ray.data.read_datasource(source, num_cpus=decode_cpus, resources=resources or None)
+    dataset = ray.data.read_datasource(source, num_cpus=reading.decode_cpus,
+                                       resources=reading.resources or None)
     out = ImageSource(dataset, opened.num_items, opened.class_names, "", mode, reason,
                       notes=list(opened.notes), ledger=ledger,
                       fingerprint=_fingerprint(reader.name, cfg, opened), units=source,

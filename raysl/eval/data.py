@@ -16,8 +16,7 @@ import ray
 import ray.data
 
 from raysl.config import Config
-from raysl.data.ledger import DecodePolicy
-from raysl.data.source import DataError, ImageSource, arrays_to_dataset, read_source
+from raysl.data.source import DataError, ImageSource, Reading, arrays_to_dataset, read_source
 from raysl.eval.splits import LabeledSplit, stratified_holdout
 
 
@@ -89,14 +88,11 @@ def load_eval_data(run_cfg: Config, training: ImageSource | None = None) -> Eval
         DataError: a source without labels, or query classes the bank does not have.
     """
     cfg, data, seed = run_cfg.eval, run_cfg.data, run_cfg.train.seed
-    channels, decode_size, policy = data.channels, data.effective_decode_size, \
-        DecodePolicy.of(data)
+    reading = Reading.of(data, cache="auto")
     if not cfg.bank.is_set and training is None:
-        training = read_source(data.source, channels, decode_size, seed, "data.source", policy,
-                               cache="auto")
+        training = read_source(data.source, reading, seed, "data.source")
     if training is None:
-        bank = read_source(cfg.bank, channels, decode_size, seed, "eval.bank", policy,
-                           cache="auto")
+        bank = read_source(cfg.bank, reading, seed, "eval.bank")
         bank_index, bank_labels = _labels(bank, "eval.bank", cfg.bank.path)
         bank_ds, bank_desc = bank.dataset, bank.description
     else:
@@ -109,8 +105,7 @@ def load_eval_data(run_cfg: Config, training: ImageSource | None = None) -> Eval
         bank_ds = _only(bank.dataset, bank_index)
         bank_desc = f"the training data, {len(bank_index)} images of {bank.description}"
     if cfg.query.is_set:
-        query = read_source(cfg.query, channels, decode_size, seed, "eval.query", policy,
-                            cache="auto")
+        query = read_source(cfg.query, reading, seed, "eval.query")
         query_index, query_labels = _labels(query, "eval.query", cfg.query.path)
         query_labels = _bank_indices(query_labels, query.class_names, bank.class_names,
                                      cfg.query.path)

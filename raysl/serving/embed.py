@@ -25,7 +25,7 @@ from raysl.console import duration
 from raysl.data.decode import decode_image
 from raysl.data.ledger import DecodePolicy
 from raysl.data.outputs import Output, manifest_files, open_output
-from raysl.data.source import read_source
+from raysl.data.source import Reading, read_source
 from raysl.data.storage import Store
 from raysl.eval.extract import dataset_features
 from raysl.eval.features import resized
@@ -68,8 +68,8 @@ def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 
     output = open_output(out, store, overwrite, folder=not out.endswith(".parquet"))
     data = model.config.data
     policy = DecodePolicy("skip", 1.0, data.max_image_pixels, data.min_image_side)
-    src = read_source(source, data.channels, data.effective_decode_size, 0, "--data", policy,
-                      cache="none")
+    src = read_source(source, Reading(data.channels, data.effective_decode_size, policy, "none"),
+                      0, "--data")
     log(f"[raysl] embedding {src.description} with {model.description}")
     features = dataset_features(model.encoder, src.dataset, data.image_size, batch_size,
                                 keep=("path",), materialize=False)

@@ -20,7 +20,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysl.data import generated
-from raysl.data.source import read_source, to_channels, to_numpy
+from raysl.data.source import Reading, read_source, to_channels, to_numpy
 from raysl.errors import DataError, ExportError
 from raysl.eval.features import resized
 from raysl.serving.models import LoadedModel
@@ -93,7 +93,7 @@ def check_images(model: LoadedModel) -> tuple[np.ndarray, str]:
     data = model.config.data
     try:
         source = read_source(dataclasses.replace(data.source, limit=CHECK_IMAGES),
-                             data.channels, data.effective_decode_size)
+                             Reading(data.channels, data.effective_decode_size))
         images, _ = to_numpy(source)
         return images[:CHECK_IMAGES], f"{len(images[:CHECK_IMAGES])} images of {source.description}"
     except (DataError, OSError):

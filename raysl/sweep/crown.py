@@ -14,8 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysl.config import Config, EvalConfig
-from raysl.data.ledger import DecodePolicy
-from raysl.data.source import first_images, read_source
+from raysl.data.source import Reading, first_images, read_source
 from raysl.errors import ModelNotFoundError
 from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.online import LabelFreeMonitor
@@ -159,8 +158,7 @@ def _label_free_measure(base: Config, metric: str) -> tuple[Callable[[Encoder], 
     cfg = base.data
     # Streamed: the sample is the first units' images; caching would decode the whole set
     # (a million files) to keep a thousand of them.
-    source = read_source(cfg.source, cfg.channels, cfg.effective_decode_size, base.train.seed,
-                         "data.source", DecodePolicy.of(cfg), cache="none")
+    source = read_source(cfg.source, Reading.of(cfg, cache="none"), base.train.seed)
     images = first_images(source, min(base.eval.monitor_samples, source.num_images))
     monitor = LabelFreeMonitor(images, base, 0, 1)
     key = LABEL_FREE_CHAMPION_METRICS[metric]

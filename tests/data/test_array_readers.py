@@ -15,7 +15,7 @@ import pytest
 
 from raysl import config as C
 from raysl.config import SourceConfig
-from raysl.data.source import DataError, read_source, to_numpy
+from raysl.data.source import DataError, Reading, read_source, to_numpy
 from raysl.errors import ConfigError
 
 
@@ -29,7 +29,7 @@ def test_a_npy_above_the_limit_is_refused_with_the_command(tmp_path: Path, rng):
     path = tmp_path / "big images.npy"
     np.save(path, rng.integers(0, 255, (40, 10, 10, 3), dtype=np.uint8))  # 12,000 bytes
     with pytest.raises(DataError) as info:
-        read_source(SourceConfig(path=str(path), max_array_bytes=11_999), 3, 8)
+        read_source(SourceConfig(path=str(path), max_array_bytes=11_999), Reading(3, 8))
     out = str(tmp_path / "big images-shards")
     message = str(info.value)
     assert f"data.source.path={str(path)!r}: uint8 images (40, 10, 10, 3) take 12000 bytes, " \
@@ -48,12 +48,12 @@ def test_an_idx_directory_above_the_limit_is_refused_and_one_at_it_is_read(tmp_p
     with pytest.raises(DataError, match=re.escape(
             f"uint8 images (30, 8, 8) and their labels take {size} bytes, more than "
             f"eval.bank.max_array_bytes={size - 1}")) as info:
-        read_source(cfg, 1, 8, field_name="eval.bank")
+        read_source(cfg, Reading(1, 8), field_name="eval.bank")
     out = f"{tmp_path}-t10k-shards"
     assert f"`raysl shards {tmp_path} {out} --split t10k`, then " \
            f"`--set eval.bank.path={out}`" in str(info.value)
     x, y = to_numpy(read_source(SourceConfig(path=str(tmp_path), split="t10k",
-                                             max_array_bytes=size), 1, 8))
+                                             max_array_bytes=size), Reading(1, 8)))
     assert x.shape == (30, 8, 8, 1) and sorted(y.tolist()) == sorted((np.arange(30) % 3).tolist())
 
 

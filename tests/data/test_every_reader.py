@@ -15,7 +15,7 @@ from PIL import Image
 from raysl import catalog
 from raysl.config import SourceConfig
 from raysl.config.source import MADE_FORMATS
-from raysl.data.source import read_source, to_numpy
+from raysl.data.source import Reading, read_source, to_numpy
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -133,7 +133,7 @@ def test_every_reader_reads_its_format_named_and_detected(tmp_path: Path, name: 
     cfg = write(tmp_path)
     for fmt in ({"auto", name} if name not in MADE_FORMATS else {name}):  # named only
         named = SourceConfig(format=fmt, path=cfg.path, limit=cfg.limit)
-        src = read_source(named, channels=1, decode_size=16)
+        src = read_source(named, Reading(1, 16))
         x, y = to_numpy(src)
         assert src.num_images == count == len(x) and x.dtype == np.uint8 and x.shape[-1] == 1
         assert src.labeled == labeled and (y is None) == (not labeled)

@@ -25,7 +25,7 @@ from raysl.data.readers.base import Item, Unit, list_target
 from raysl.data.readers.encoded import MAX_ENCODED_BYTES, MAX_LABEL_BYTES, encoded_bound
 from raysl.data.readers.parquet import Parquet
 from raysl.data.readers.tar import Tar
-from raysl.data.source import read_source, to_numpy
+from raysl.data.source import Reading, read_source, to_numpy
 from raysl.data.storage import Store
 
 MB = 2**20
@@ -232,8 +232,8 @@ def test_a_run_skips_and_counts_bad_labels_and_keeps_the_rest(tmp_path: Path):
     write_parquet(tmp_path / "p.parquet", [
         {"image": [png] * 5, "label": ["cat", "dog", "-1", None, "dog"]}])
     for path in (tmp_path / "t", tmp_path / "p.parquet"):
-        src = read_source(SourceConfig(path=str(path)), 3, 12, policy=DecodePolicy(
-            max_bad_fraction=0.5))
+        src = read_source(SourceConfig(path=str(path)), Reading(3, 12, policy=DecodePolicy(
+            max_bad_fraction=0.5)))
         x, y = to_numpy(src)
         assert src.class_names == ["cat", "dog"], path
         assert src.skipped == {"bad_label": 1, "no_label": 1}, path
@@ -241,6 +241,6 @@ def test_a_run_skips_and_counts_bad_labels_and_keeps_the_rest(tmp_path: Path):
     # With an index naming the classes, a name it lacks is a bad sample too.
     (tmp_path / "t" / "shards.json").write_text(json.dumps(
         {"format": "raysl-shards/1", "shards": {"a.tar": 5}, "class_names": ["cat", "bird"]}))
-    src = read_source(SourceConfig(path=str(tmp_path / "t")), 3, 12,
-                      policy=DecodePolicy(max_bad_fraction=0.9))
+    src = read_source(SourceConfig(path=str(tmp_path / "t")),
+                      Reading(3, 12, policy=DecodePolicy(max_bad_fraction=0.9)))
     assert src.skipped == {"bad_label": 3, "no_label": 1} and to_numpy(src)[1].tolist() == [0]

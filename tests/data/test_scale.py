@@ -158,15 +158,15 @@ def test_labels_that_can_be_no_class_are_marked_bad_not_guessed():
 def test_a_file_lists_bad_labels_are_skipped_and_counted_not_fatal(tmp_path: Path):
     from PIL import Image
 
-    from raysl.data.source import read_source, to_numpy
+    from raysl.data.source import Reading, read_source, to_numpy
 
     rows = ["path,label"]
     for i, label in enumerate(["0", "1", "-3", "", "1", "0"]):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{label}")
     (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
-    source = read_source(SourceConfig(path=str(tmp_path / "list.csv")), 1, 8,
-                         policy=DecodePolicy(max_bad_fraction=0.5))
+    source = read_source(SourceConfig(path=str(tmp_path / "list.csv")),
+                         Reading(1, 8, policy=DecodePolicy(max_bad_fraction=0.5)))
     x, y = to_numpy(source)
     assert len(x) == 4 and sorted(y.tolist()) == [0, 0, 1, 1]
     assert source.skipped == {"bad_label": 2} and source.class_names == ["0", "1"]
@@ -175,12 +175,12 @@ def test_a_file_lists_bad_labels_are_skipped_and_counted_not_fatal(tmp_path: Pat
 def test_an_image_file_larger_than_the_pixel_cap_allows_is_skipped_unread(tmp_path: Path):
     from PIL import Image
 
-    from raysl.data.source import read_source
+    from raysl.data.source import Reading, read_source
 
     for i in range(9):
         Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
     # 64 pixels allowed: at most 8 x 64 bytes + 1 MiB of an encoded image; this file is 2 MiB.
     (tmp_path / "huge.png").write_bytes(b"\x89PNG" + bytes(2 * 2**20))
-    source = read_source(SourceConfig(path=str(tmp_path)), 1, 8,
-                         policy=DecodePolicy(max_pixels=64, max_bad_fraction=0.5))
+    source = read_source(SourceConfig(path=str(tmp_path)),
+                         Reading(1, 8, policy=DecodePolicy(max_pixels=64, max_bad_fraction=0.5)))
     assert source.num_images == 9 and source.skipped == {"too_large": 1}

@@ -15,7 +15,7 @@ import pytest
 from raysl.config import SourceConfig
 from raysl.data import shards
 from raysl.data.shards import write_shards
-from raysl.data.source import read_source, to_numpy
+from raysl.data.source import Reading, read_source, to_numpy
 from tests.data.test_array_readers import write_idx
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -65,8 +65,8 @@ def test_an_array_above_the_limit_is_sharded_a_slice_at_a_time(tmp_path: Path, k
     assert peak < images.nbytes / 4, f"peak {peak} bytes for a {images.nbytes}-byte array"
 
     channels, side = (3 if kind == "npy" else 1), images.shape[1]  # PNGs read back unresized
-    x, y = to_numpy(read_source(SourceConfig(path=str(tmp_path / "out")), channels, side,
-                                cache="none"))
+    x, y = to_numpy(read_source(SourceConfig(path=str(tmp_path / "out")),
+                                Reading(channels, side, cache="none")))
     index = {_key(img): i for i, img in enumerate(images)}
     assert Counter(_key(img.squeeze()) for img in x) == Counter(list(index))  # each row once
     if labels is not None:
@@ -74,8 +74,8 @@ def test_an_array_above_the_limit_is_sharded_a_slice_at_a_time(tmp_path: Path, k
         assert [labels[index[_key(img.squeeze())]] for img in x] == y.tolist()
 
     # Shard 0 holds rows from all over its window (the first 800 rows), in a shuffled order.
-    first = read_source(SourceConfig(path=str(tmp_path / "out" / "shard-000000.tar")), channels,
-                        side, cache="none")
+    first = read_source(SourceConfig(path=str(tmp_path / "out" / "shard-000000.tar")),
+                        Reading(channels, side, cache="none"))
     rows = [index[_key(img.squeeze())] for img in to_numpy(first)[0]]
     assert len(rows) == SHARD and max(rows) < SHARD * WINDOW_SHARDS
     assert max(rows) - min(rows) > 4 * SHARD and rows != sorted(rows)
@@ -90,7 +90,7 @@ def test_limit_keeps_a_seeded_subset_of_a_sliced_array(tmp_path: Path, monkeypat
         result = write_shards(SourceConfig(path=cfg.path, limit=250, max_array_bytes=1000),
                               str(out), shard_size=SHARD, seed=seed, log=lambda _: None)
         assert result.samples == 250 and list(result.shards.values()) == [100, 100, 50]
-        x, _ = to_numpy(read_source(SourceConfig(path=str(out)), 1, images.shape[1]))
+        x, _ = to_numpy(read_source(SourceConfig(path=str(out)), Reading(1, images.shape[1])))
         written.append({_key(img.squeeze()) for img in x})
     assert len(written[0]) == 250 and written[0] <= {_key(img) for img in images}
     assert written[0] == written[1] and written[0] != written[2]  # seeded

@@ -18,7 +18,7 @@ from raysl.data import source as source_mod
 from raysl.data.ledger import DecodePolicy
 from raysl.data.readers.base import Unit, list_target
 from raysl.data.shards import write_shards
-from raysl.data.source import DataError, read_source, to_numpy
+from raysl.data.source import DataError, Reading, read_source, to_numpy
 from raysl.data.storage import Store
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -50,8 +50,8 @@ def _hashes(x: np.ndarray) -> Counter[str]:
 def test_streaming_and_cached_give_the_same_images_and_counts(tmp_path: Path):
     _tree(tmp_path)
     cfg = SourceConfig(path=str(tmp_path))
-    cached = read_source(cfg, 3, 12, policy=LENIENT, cache="memory")
-    streamed = read_source(cfg, 3, 12, policy=LENIENT, cache="none")
+    cached = read_source(cfg, Reading(3, 12, policy=LENIENT, cache="memory"))
+    streamed = read_source(cfg, Reading(3, 12, policy=LENIENT, cache="none"))
     assert cached.cache == "memory" and streamed.cache == "none"
     assert cached.num_images == 40 and streamed.num_images == 43  # a stream knows only the list
     first, labels = to_numpy(streamed)
@@ -87,7 +87,7 @@ def test_each_epoch_reads_the_units_in_its_own_seeded_order(tmp_path: Path):
 
 def test_two_workers_split_the_stream_each_image_once(tmp_path: Path):
     _tree(tmp_path, n=60, bad=0)
-    src = read_source(SourceConfig(path=str(tmp_path)), 3, 12, cache="none")
+    src = read_source(SourceConfig(path=str(tmp_path)), Reading(3, 12, cache="none"))
     expected = _hashes(to_numpy(src)[0])
     shards = src.dataset.streaming_split(2, equal=False)
     seen: list[Counter[str]] = [Counter(), Counter()]
@@ -121,8 +121,8 @@ def test_corrupt_shard_members_and_cut_shards_are_skipped_and_counted(tmp_path: 
     # Cut inside the second member's data (512-byte header, data padded to 512, each PNG < 512).
     (tmp_path / "a-2.tar").write_bytes(whole[:1024 + 512 + 100])
     for cache in ("memory", "none"):
-        src = read_source(SourceConfig(path=str(tmp_path / "a-{0..2}.tar")), 3, 10,
-                          policy=LENIENT, cache=cache)
+        src = read_source(SourceConfig(path=str(tmp_path / "a-{0..2}.tar")),
+                          Reading(3, 10, policy=LENIENT, cache=cache))
         x, _ = to_numpy(src)
         src.tally()
         assert len(x) == 7  # 6 good + the cut shard's first member
@@ -132,13 +132,14 @@ def test_corrupt_shard_members_and_cut_shards_are_skipped_and_counted(tmp_path: 
 
 def test_a_stream_with_too_many_bad_images_stops_naming_them(tmp_path: Path):
     _tree(tmp_path, n=10, bad=4)
-    src = read_source(SourceConfig(path=str(tmp_path)), 3, 12, cache="none")  # 10% allowed
+    src = read_source(SourceConfig(path=str(tmp_path)), Reading(3, 12, cache="none"))  # 10% allowed
     with pytest.raises(DataError, match=r"data.max_bad_fraction=0.1: 4 of the 14 .*bad0.png"
                                         r".*after the first 14 images of the stream"):
         to_numpy(src)
     assert "4 of the 14" in src.stream_failure()
-    failing = read_source(SourceConfig(path=str(tmp_path)), 3, 12, cache="none",
-                          policy=DecodePolicy(on_error="fail", max_bad_fraction=1.0))
+    failing = read_source(SourceConfig(path=str(tmp_path)),
+                          Reading(3, 12, policy=DecodePolicy(on_error="fail", max_bad_fraction=1.0),
+                                  cache="none"))
     with pytest.raises(DataError, match=r"data.on_error='fail'"):
         to_numpy(failing)
 
@@ -149,20 +150,20 @@ def test_shards_written_locally_read_back_the_same_images(tmp_path: Path):
                           shard_size=8, log=lambda _: None)
     assert result.samples == 32 and len(result.shards) == 4  # bad bytes are copied as they are
     assert (tmp_path / "tar" / "shards.json").exists()
-    original = read_source(SourceConfig(path=str(tmp_path / "src")), 3, 12, policy=LENIENT)
+    original = read_source(SourceConfig(path=str(tmp_path / "src")), Reading(3, 12, policy=LENIENT))
     for fmt in ("tar", "parquet"):
         if fmt == "parquet":
             write_shards(SourceConfig(path=str(tmp_path / "src")), str(tmp_path / "pq"),
                          shard_size=8, fmt="parquet", log=lambda _: None)
         src = read_source(SourceConfig(path=str(tmp_path / ("tar" if fmt == "tar" else "pq"))),
-                          3, 12, policy=LENIENT, cache="none")
+                          Reading(3, 12, policy=LENIENT, cache="none"))
         x, y = to_numpy(src)
         src.tally()
         assert src.skipped == {"not_an_image": 2}, fmt
         assert _hashes(x) == _hashes(to_numpy(original)[0]) and src.class_names == ["c0", "c1"]
         assert sorted(y.tolist()) == [0] * 15 + [1] * 15
-    assert "counted" not in " ".join(read_source(SourceConfig(path=str(tmp_path / "tar")), 3,
-                                                 12, policy=LENIENT).notes)
+    assert "counted" not in " ".join(read_source(SourceConfig(path=str(tmp_path / "tar")),
+                                                 Reading(3, 12, policy=LENIENT)).notes)
 
 
 def test_array_sources_become_png_shards(tmp_path: Path, rng):
@@ -170,7 +171,7 @@ def test_array_sources_become_png_shards(tmp_path: Path, rng):
     np.savez(tmp_path / "d.npz", images=images, labels=np.arange(10) % 2)
     write_shards(SourceConfig(path=str(tmp_path / "d.npz")), str(tmp_path / "out"),
                  shard_size=4, log=lambda _: None)
-    x, y = to_numpy(read_source(SourceConfig(path=str(tmp_path / "out")), 1, 8))
+    x, y = to_numpy(read_source(SourceConfig(path=str(tmp_path / "out")), Reading(1, 8)))
     assert _hashes(x) == _hashes(images[..., None]) and sorted(y) == [0] * 5 + [1] * 5
 
 
@@ -182,21 +183,21 @@ def test_shards_to_and_from_a_loopback_s3_server_with_a_brace_pattern(s3_env: st
     _tree(tmp_path / "src", n=20, bad=0)
     write_shards(SourceConfig(path=str(tmp_path / "src")), "s3://raysl-shards/train",
                  shard_size=6, log=lambda _: None)
-    local = read_source(SourceConfig(path=str(tmp_path / "src")), 3, 12)
+    local = read_source(SourceConfig(path=str(tmp_path / "src")), Reading(3, 12))
     for path in ("s3://raysl-shards/train", "s3://raysl-shards/train/shard-{000000..000003}.tar"):
-        src = read_source(SourceConfig(path=path), 3, 12, cache="none")
+        src = read_source(SourceConfig(path=path), Reading(3, 12, cache="none"))
         assert src.num_images == 20 and src.class_names == ["c0", "c1"]
         assert _hashes(to_numpy(src)[0]) == _hashes(to_numpy(local)[0])
     with pytest.raises(DataError, match=r"1 of the 5 files of the pattern do not exist"):
-        read_source(SourceConfig(path="s3://raysl-shards/train/shard-{000000..000004}.tar"), 3,
-                    12)
+        read_source(SourceConfig(path="s3://raysl-shards/train/shard-{000000..000004}.tar"),
+                    Reading(3, 12))
 
 
 def test_limit_takes_whole_shards_then_part_of_one(tmp_path: Path):
     _tree(tmp_path / "src", n=20, bad=0)
     write_shards(SourceConfig(path=str(tmp_path / "src")), str(tmp_path / "s"), shard_size=6,
                  log=lambda _: None)
-    src = read_source(SourceConfig(path=str(tmp_path / "s"), limit=9), 3, 12)
+    src = read_source(SourceConfig(path=str(tmp_path / "s"), limit=9), Reading(3, 12))
     assert src.num_images == 9 and len(to_numpy(src)[0]) == 9
 
 
@@ -217,8 +218,8 @@ def test_first_images_are_the_same_fixed_sample_cached_or_streamed(tmp_path: Pat
     """
     _tree(tmp_path, n=60)
     cfg = SourceConfig(path=str(tmp_path))
-    cached = read_source(cfg, 3, 12, policy=LENIENT, cache="memory")
-    streamed = read_source(cfg, 3, 12, policy=LENIENT, cache="none")
+    cached = read_source(cfg, Reading(3, 12, policy=LENIENT, cache="memory"))
+    streamed = read_source(cfg, Reading(3, 12, policy=LENIENT, cache="none"))
     assert streamed.units is not None
     executions = streamed.units.executions
     sample = source_mod.first_images(streamed, 20)
@@ -239,7 +240,8 @@ def test_a_whole_image_pass_beside_the_stream_counts_no_bad_file_twice(tmp_path:
     from raysl.data.pipeline import whole_image_stream
 
     _tree(tmp_path)  # 40 images and 3 bad files
-    src = read_source(SourceConfig(path=str(tmp_path)), 3, 12, policy=LENIENT, cache="none")
+    src = read_source(SourceConfig(path=str(tmp_path)),
+                      Reading(3, 12, policy=LENIENT, cache="none"))
     to_numpy(src)  # the training stream's epoch: it counts the bad files
     data = C.load(None, ["data.image_size=16", "data.channels=3"]).data
     rows = whole_image_stream(src, data, max_tasks=1).take_all()
@@ -262,7 +264,7 @@ def test_shards_rewritten_only_with_overwrite_and_never_mixed(tmp_path: Path):
         names = sorted(p.name for p in out.iterdir())
         assert len(result.shards) == 2 and names == sorted(
             [*result.shards, "_manifest.json", *(["shards.json"] if fmt == "tar" else [])])
-        again = read_source(SourceConfig(path=str(out)), 3, 12, cache="none")
+        again = read_source(SourceConfig(path=str(out)), Reading(3, 12, cache="none"))
         assert again.num_images == 30 and len(to_numpy(again)[0]) == 30  # no old shard read
     with pytest.raises(DataError, match="overlaps the source"):
         write_shards(src, str(tmp_path / "src" / "shards"), log=lambda _: None)
