@@ -17,7 +17,13 @@ from raysl import catalog
 from raysl import config as config_mod
 from raysl.config import FASHION_MNIST_DIR, Config
 from raysl.console import VERBOSE_ENV
-from raysl.errors import ClusterUnreachable, ConfigError, DataError, RepresentationCollapsed
+from raysl.errors import (
+    ClusterUnreachable,
+    ConfigError,
+    DataError,
+    NodesNotBack,
+    RepresentationCollapsed,
+)
 from raysl.eval.protocols.base import ImageProtocol, cheapest_first
 from raysl.redact import redact
 from raysl.sweep.spec import Sweep, load_sweep
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, ClusterUnreachable) as e:
         _error(f"raysl: error: {e}")
         return 2
-    except RepresentationCollapsed as e:
+    except (RepresentationCollapsed, NodesNotBack) as e:
         _error(f"raysl: training stopped: {e}")
         return 1
     except Exception:  # the traceback, its URIs' credentials hidden

@@ -6,7 +6,8 @@ a checkpoint, ``ModelNotFoundError`` the MODEL of a command, ``ExportError`` an 
 ``TrackingUnavailableError`` the MLflow server, ``ClusterUnreachable`` the Ray head. Two end a
 run on purpose: ``NonFiniteLossError`` (the loss became NaN or infinite) and
 ``RepresentationCollapsed`` (the monitors saw the representation collapse, with
-``train.stop_on_collapse`` on).
+``train.stop_on_collapse`` on); one after waiting: ``NodesNotBack`` (a lost node did not return
+within ``train.node_wait_s``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class TrackingUnavailableError(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops instead of corrupting the weights."""
+
+
+class NodesNotBack(RuntimeError):
+    """A lost node's resources did not come back within ``train.node_wait_s``; checkpoints kept."""
 
 
 class RepresentationCollapsed(RuntimeError):

@@ -33,7 +33,7 @@ from raysl.data.source import (
     first_images,
     read_source,
 )
-from raysl.errors import ConfigError, DataError, RepresentationCollapsed
+from raysl.errors import ConfigError, DataError, NodesNotBack, RepresentationCollapsed
 from raysl.eval.data import EvalData, load_eval_data
 from raysl.eval.monitors import MONITOR_METRICS
 from raysl.eval.suite import (
@@ -352,6 +352,8 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
         collapsed = _worker_error(e, RepresentationCollapsed)
         if collapsed:
             raise RepresentationCollapsed(collapsed) from None
+        if _waited_out(e):
+            raise NodesNotBack(_nodes_not_back(run, plan)) from None
         try:  # a config, data or checkpoint error a worker noted: itself, not a traceback
             raise_noted(note)
         except PERMANENT_ERRORS as noted:
@@ -392,6 +394,40 @@ def _monitor_sample(run: _Run, source: ImageSource) -> ray.ObjectRef[np.ndarray]
     run.log(f"[raysl] monitors: RankMe and LiDAR of {len(images)} training images x "
             f"{cfg.eval.monitor_views} views every {cfg.eval.monitor_every} epoch(s){few}")
     return ray.put(images)
+
+
+def _waited_out(error: ray.train.TrainingFailedError) -> bool:
+    """Whether Ray Train gave up placing a worker group (``train.node_wait_s`` ran out).
+
+    By the class's name: Ray keeps it in a private module.
+    """
+    failure = getattr(error, "controller_failure", None)
+    return type(failure).__name__ == "WorkerGroupStartupTimeoutError"
+
+
+def _nodes_not_back(run: _Run, plan: ResourcePlan) -> str:
+    """What happened, where the checkpoints are, and the two ways on."""
+    cfg, name = run.cfg, run.result.run_name
+    kept = _committed_checkpoint(Path(run.storage) / name) if "://" not in run.storage else ""
+    where = f"the last checkpoint ({kept}) is kept" if kept else \
+        f"its checkpoints in {redact(run.storage)}/{name} are kept"
+    what = (f"train.node_wait_s={cfg.train.node_wait_s:g}: waited that long for the resources "
+            f"of {cfg.train.fewest_workers} train worker(s) ({plan.worker_resources()} each), "
+            "which the cluster no longer has: a lost node did not come back.")
+    resume = (f"Resume it from there once the nodes are back: the same command with --set "
+              f"train.run_name={name}")
+    if cfg.train.fewest_workers == 1:
+        return f"{what} The run is FAILED and {where}. {resume}"
+    fewer = (f"train.min_workers=K (1 <= K < {cfg.train.num_workers})" if not cfg.train.elastic
+             else f"train.min_workers below its {cfg.train.min_workers}")
+    return (f"{what} The run is FAILED and {where}. {resume}; or go on now with the workers "
+            f"that fit: --set train.run_name={name} --set {fewer}")
+
+
+def _committed_checkpoint(run_dir: Path) -> str:
+    """The newest ``checkpoint_*`` directory of a local run directory, or ""."""
+    found = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    return str(found[-1]) if found else ""
 
 
 def _worker_error(error: ray.train.TrainingFailedError, kind: type[Exception]) -> str:

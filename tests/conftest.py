@@ -21,7 +21,8 @@ def ray_session() -> Iterator[None]:
     import ray
 
     assert not ray.is_initialized(), "a test started Ray outside the ray_session fixture"
-    ray.init(num_cpus=4, include_dashboard=True, object_store_memory=512 * 2**20,
+    # "local": a cluster of its own, never one a `ray start` or another session left running.
+    ray.init(address="local", num_cpus=4, include_dashboard=True, object_store_memory=512 * 2**20,
              log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield

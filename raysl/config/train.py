@@ -10,6 +10,9 @@ from raysl.errors import check
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+MIN_NODE_WAIT_S = 5.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Distributed training with Ray Train."""
@@ -44,6 +47,12 @@ class TrainConfig:
     # preempted node and a second fault; errors a restart cannot fix (config, data, a collapse
     # with stop_on_collapse) are not retried (train/permanent.py). -1 = forever; 0 = never.
     max_failures: int = 2
+    # How long the run waits for the nodes its workers need (at its start, and after a lost node
+    # before restarting from the last checkpoint). Past it, the run ends FAILED with its
+    # checkpoints kept, saying how to resume (train.run_name) or to go on with fewer workers
+    # (train.min_workers), instead of waiting forever. Ray looks again every min(this, 60) s;
+    # an autoscaling cluster's new node takes minutes, so keep it above that.
+    node_wait_s: float = 600.0
     keep_checkpoints: int = 2
     # Also checkpoint every N optimizer steps inside an epoch (0 = at epoch ends only): a lost
     # worker or node then costs at most N steps, not the epoch. A resumed run continues the
@@ -81,6 +90,8 @@ class TrainConfig:
         check(self.data_cpus > 0, "data_cpus", self.data_cpus,
               "must be > 0: Ray Data needs CPU beside the train workers or the job hangs")
         check(self.max_failures >= -1, "max_failures", self.max_failures, ">= -1 (-1 = forever)")
+        check(self.node_wait_s >= MIN_NODE_WAIT_S, "node_wait_s", self.node_wait_s,
+              f">= {MIN_NODE_WAIT_S:g} seconds (placing a worker group takes seconds itself)")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, ">= 1")
         check(self.checkpoint_every_steps >= 0, "checkpoint_every_steps",
               self.checkpoint_every_steps, ">= 0 optimizer steps (0 = at epoch ends only)")

@@ -7,6 +7,7 @@ trains the same way. Joining Ray and the nodes themselves are :mod:`raysl.cluste
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -165,6 +166,29 @@ def torch_backend(cfg: Config) -> str:
     return "nccl" if cfg.train.use_gpu else "gloo"
 
 
+# Ray Train's wait for a worker group's resources, per attempt (propagated from the driver's
+# environment to its controller); each timed-out attempt is one "controller failure".
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+START_ATTEMPT_S = 60.0  # Ray's own default per attempt
+
+
+def _failure_config(cfg: Config) -> ray.train.FailureConfig:
+    """Restarts after a fault (``train.max_failures``); waits of at most ``train.node_wait_s``.
+
+    A wait is for the resources of a worker group that cannot be placed (a lost node). Ray
+    retries such a group without limit by default; here it gives up after about ``node_wait_s``:
+    attempts of ``min(node_wait_s, 60)`` s each (or of ``$RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``
+    if shorter), as many as fit.
+    """
+    wait = cfg.train.node_wait_s
+    # A shorter attempt set in the environment (a cluster's own setting, the tests') stays.
+    attempt = min(wait, float(os.environ.get(START_TIMEOUT_ENV, START_ATTEMPT_S)))
+    os.environ[START_TIMEOUT_ENV] = f"{attempt:g}"
+    # (Train V2's FailureConfig; mypy resolves the name to the V1 class)
+    return ray.train.FailureConfig(max_failures=cfg.train.max_failures,  # type: ignore[call-arg]
+                                   controller_failure_limit=math.ceil(wait / attempt) - 1)
+
+
 def worker_count(cfg: Config) -> int | tuple[int, int]:
     """``ScalingConfig.num_workers``: a number, or (min, max) for an elastic run."""
     t = cfg.train
@@ -201,7 +225,7 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                                                resources_per_worker=plan.worker_resources()),
         run_config=ray.train.RunConfig(
             name=settings.run_name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=_failure_config(cfg),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             # (Train V2's RunConfig; mypy resolves the name to the V1 class)
             logging_config=ray.train.LoggingConfig(  # type: ignore[call-arg]
