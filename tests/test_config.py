@@ -33,6 +33,7 @@ def test_yaml_and_set_overrides(tmp_path: Path):
     ("train.epochs=abc", "train.epochs", "of type int"),
     ("train.epochs=1.5", "train.epochs", "of type int"),
     ("train.use_gpu=3", "train.use_gpu", "of type bool"),
+    ("train.node_wait_s=1", "train.node_wait_s", ">= 5 seconds"),
     ("optim.name=adam", "optim.name", "one of ['lars', 'sgd', 'adamw']"),
     ("data.views.hue=0.9", "data.views.hue", "[0, 0.5]"),
     ("data.views.crop_scale=[0.5]", "data.views.crop_scale", "list of 2"),
