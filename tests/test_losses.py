@@ -5,6 +5,7 @@ The ``naive_*`` references are plain Python loops over samples and dimensions in
 transcribed from the papers' pseudocode/equations; they never call raysl.
 """
 
+import cmath
 import math
 from collections.abc import Callable, Sequence
 
@@ -15,17 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from raysl import distributed
 from raysl.losses import (
     barlow_twins,
     byol_regression,
     dino,
     ema_center,
     info_nce_queue,
+    lejepa,
     moco_v3_contrastive,
     nearest_neighbours,
     negative_cosine,
     nnclr_contrastive,
     nt_xent,
+    sigreg,
+    sigreg_directions,
     sinkhorn_knopp,
     swapped_prediction,
     vicreg,
@@ -700,6 +705,20 @@ def _case_dino(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(loss, same=ema_center(CENTER, torch.cat(teacher), momentum=0.9))
 
 
+def _case_sigreg(e: list[Tensor]) -> gh.Outputs:
+    # The directions come from the step alone: a global RNG that differs per rank changes nothing.
+    torch.manual_seed(100 + distributed.rank())
+    directions = sigreg_directions(7, gh.D_OUT, 16)
+    value = sigreg(torch.stack(e), directions)  # both views, each tested on its own
+    return gh.Outputs(value, same=torch.cat([value[None], directions.double().flatten()]))
+
+
+def _case_lejepa(e: list[Tensor]) -> gh.Outputs:
+    # 2 global views and 1 local; lambda 0.5 so that neither term's gradient hides the other's.
+    loss, terms = lejepa(e, 2, sigreg_directions(3, gh.D_OUT, 16), lambd=0.5)
+    return gh.Outputs(loss, same=terms["sigreg"])
+
+
 GLOO_CASES = {
     "nt_xent": gh.Case(_case_nt_xent),
     "info_nce_queue": gh.Case(_case_info_nce_queue),
@@ -711,6 +730,8 @@ GLOO_CASES = {
     "vicreg": gh.Case(_case_vicreg),
     "sinkhorn_knopp+swapped_prediction": gh.Case(_case_swav, n_views=3),
     "dino+ema_center": gh.Case(_case_dino, n_views=3),
+    "sigreg+sigreg_directions": gh.Case(_case_sigreg),
+    "lejepa": gh.Case(_case_lejepa, n_views=3),
 }
 
 
@@ -741,3 +762,175 @@ def test_every_rank_timed_its_communication(gloo_records: dict[str, list[gh.Reco
     for name, ranks in gloo_records.items():
         for rank, record in enumerate(ranks):
             assert 0 < record["comm_s"].item() < 60, (name, rank, record["comm_s"])
+
+
+def test_lejepa_gloo_cases_are_not_trivial(gloo_records: dict[str, list[gh.Record]]):
+    # The ranks' invariance shares differ, SIGReg moved the Linear, and the SIGReg of 2 views of
+    # 8 samples is not the null value of a large Gaussian batch.
+    r0, r1 = gloo_records["lejepa"]
+    assert not torch.allclose(r0["loss"], r1["loss"])
+    sig = gloo_records["sigreg+sigreg_directions"][0]
+    assert sig["grad_w"].abs().max() > 1e-3 and sig["same"][0] > 1.5
+
+
+# ----------------------------------------- LeJEPA ---------------------------------------------
+# Balestriero & LeCun 2025, arXiv:2511.08544: SIGReg (Sec. 4.2, eq. 4; Epps-Pulley, Sec. 4.2.3;
+# Algorithm 1) and the LeJEPA loss (Sec. 5.1, Algorithm 2), transcribed with complex numbers.
+
+
+def naive_epps_pulley(x: Sequence[float], t_max: float, knots: int) -> float:
+    """``N * int |phi_N(t) - phi(t)|^2 w(t) dt``, w = phi = exp(-t^2/2) (Algorithm 1's window),
+    phi_N(t) = 1/N sum_n exp(i t x_n), trapezoid rule on linspace(-t_max, t_max, knots)."""
+    n = len(x)
+    ts = [-t_max + 2 * t_max * i / (knots - 1) for i in range(knots)]
+    f = []
+    for t in ts:
+        ecf = sum(cmath.exp(1j * t * xi) for xi in x) / n
+        phi = math.exp(-t * t / 2)
+        f.append(abs(ecf - phi) ** 2 * phi)
+    return n * sum((ts[i + 1] - ts[i]) * (f[i] + f[i + 1]) / 2 for i in range(knots - 1))
+
+
+def naive_sigreg(z: Rows, a: Rows, t_max: float, knots: int) -> float:
+    """Eq. 4: the mean over the directions (columns of A) of the test of a^T z_n."""
+    columns = [[row[j] for row in a] for j in range(len(a[0]))]
+    return sum(naive_epps_pulley([_dot(zn, col) for zn in z], t_max, knots)
+               for col in columns) / len(columns)
+
+
+def naive_lejepa(views: list[Rows], n_global: int, a: Rows, lam: float, t_max: float,
+                 knots: int) -> float:
+    """Algorithm 2: (1 - lambda) * mean_{v,n,k} (mu_nk - z_vnk)^2 + lambda * mean_v SIGReg(z_v),
+    mu_n the mean of the global views of sample n."""
+    v_all, b, k = len(views), len(views[0]), len(views[0][0])
+    invariance = 0.0
+    for n in range(b):
+        mu = [sum(views[v][n][d] for v in range(n_global)) / n_global for d in range(k)]
+        for v in range(v_all):
+            invariance += sum((mu[d] - views[v][n][d]) ** 2 for d in range(k))
+    invariance /= v_all * b * k
+    sig = sum(naive_sigreg(z, a, t_max, knots) for z in views) / v_all
+    return (1 - lam) * invariance + lam * sig
+
+
+def _trapezoid(f: Callable[[float], float], t_max: float, knots: int) -> float:
+    """Trapezoid rule of ``f`` on linspace(-t_max, t_max, knots)."""
+    ts = [-t_max + 2 * t_max * i / (knots - 1) for i in range(knots)]
+    return sum((ts[i + 1] - ts[i]) * (f(ts[i]) + f(ts[i + 1])) / 2 for i in range(knots - 1))
+
+
+def _phi(t: float) -> float:
+    return math.exp(-t * t / 2)
+
+
+@pytest.mark.parametrize(("n", "k", "m"), [(1, 2, 1), (5, 3, 4), (16, 8, 7)])
+@pytest.mark.parametrize(("t_max", "knots"), [(5.0, 17), (3.0, 9), (2.0, 3)])
+def test_sigreg_matches_algorithm_1(n: int, k: int, m: int, t_max: float, knots: int):
+    rng = np.random.default_rng(n * 100 + knots)
+    z = 1.5 * _rand(rng, n, k)
+    a = sigreg_directions(n + m, k, m).double()
+    got = sigreg(_t(z), a, t_max, knots).item()
+    assert got == pytest.approx(naive_sigreg(z, a.numpy(), t_max, knots), **TIGHT)
+
+
+@pytest.mark.parametrize(("n_global", "n_local"), [(2, 0), (2, 3), (1, 1)])
+@pytest.mark.parametrize("lam", [0.05, 0.5])
+def test_lejepa_matches_algorithm_2(n_global: int, n_local: int, lam: float):
+    rng = np.random.default_rng(n_global * 10 + n_local)
+    views = [_rand(rng, 6, 4) for _ in range(n_global + n_local)]
+    a = sigreg_directions(5, 4, 3).double()
+    loss, terms = lejepa([_t(v) for v in views], n_global, a, lam)
+    want = naive_lejepa(views, n_global, a.numpy(), lam, 5.0, 17)
+    assert loss.item() == pytest.approx(want, **TIGHT)
+    assert loss.item() == pytest.approx(
+        (1 - lam) * terms["invariance"].item() + lam * terms["sigreg"].item(), **TIGHT)
+
+
+def test_sigreg_gradient_matches_finite_differences():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    a = sigreg_directions(0, 3, 4).double()
+    assert torch.autograd.gradcheck(lambda x: sigreg(x, a), (z,))
+
+
+def test_sigreg_directions_are_unit_new_each_step_and_ignore_the_global_rng():
+    torch.manual_seed(1)
+    a = sigreg_directions(42, 16, 32)
+    torch.manual_seed(2)
+    torch.testing.assert_close(sigreg_directions(42, 16, 32), a, rtol=0, atol=0)
+    assert a.shape == (16, 32) and a.dtype == torch.float32
+    torch.testing.assert_close(a.norm(dim=0), torch.ones(32))
+    assert not torch.allclose(sigreg_directions(43, 16, 32), a)
+
+
+def test_sigreg_of_gaussian_samples_is_the_null_expectation_at_any_n():
+    # E|phi_N(t) - phi(t)|^2 = (1 - phi(t)^2) / N for i.i.d. N(0, 1) samples, so the N-scaled
+    # statistic of a Gaussian batch averages int (1 - phi^2) phi dt (the quadrature's: 1.0594)
+    # whatever N. 20 views x 64 slices; measured spread over 20 seeds: std 0.04.
+    null = _trapezoid(lambda t: (1 - _phi(t) ** 2) * _phi(t), 5.0, 17)
+    assert null == pytest.approx(math.sqrt(2 * math.pi) - math.sqrt(2 * math.pi / 3), rel=1e-5)
+    g = torch.Generator().manual_seed(0)
+    a = sigreg_directions(0, 32, 64).double()
+    for n in (256, 2048):
+        z = torch.randn(20, n, 32, generator=g, dtype=torch.float64)
+        assert sigreg(z, a).item() == pytest.approx(null, abs=0.15), n
+    # Dimensional collapse (Gaussian along one of the 32 dimensions, 0 along the others): most
+    # directions see a variance near 1/32, a distance to N(0, 1) that does not shrink with N,
+    # so the statistic grows N-fold (measured: 94 and 748).
+    small, large = (sigreg(_one_dimensional(g, n, 32), a).item() for n in (256, 2048))
+    assert small > 50 * null and large == pytest.approx(8 * small, rel=0.1)
+
+
+def _one_dimensional(g: torch.Generator, n: int, k: int) -> Tensor:
+    """(1, n, k): N(0, 1) samples along the first dimension, 0 along the others."""
+    z = torch.zeros(1, n, k, dtype=torch.float64)
+    z[..., 0] = torch.randn(1, n, generator=g, dtype=torch.float64)
+    return z
+
+
+def test_sigreg_of_a_collapsed_batch_is_n_times_the_distance_of_a_point_mass():
+    # All embeddings equal to 0: phi_N = 1 at every t, so EP = N int (1 - phi)^2 phi dt on every
+    # direction (0.4089 per sample): growing with the batch, unlike a Gaussian batch's ~1.06.
+    per_sample = _trapezoid(lambda t: (1 - _phi(t)) ** 2 * _phi(t), 5.0, 17)
+    a = sigreg_directions(0, 8, 16).double()
+    for n in (4, 100):
+        got = sigreg(torch.zeros(n, 8, dtype=torch.float64), a).item()
+        assert got == pytest.approx(n * per_sample, **TIGHT)
+
+
+def test_sigreg_scales_with_n_for_a_fixed_empirical_distribution():
+    # The same samples twice: the same characteristic function, twice N.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    a = sigreg_directions(1, 5, 9).double()
+    assert sigreg(torch.cat([z, z]), a).item() == pytest.approx(2 * sigreg(z, a).item(), **TIGHT)
+
+
+def test_lejepa_known_values():
+    g = torch.Generator().manual_seed(0)
+    z, w = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    a = sigreg_directions(0, 4, 8).double()
+    # Identical views predict each other perfectly: only lambda * SIGReg is left.
+    loss, terms = lejepa([z, z, z], 2, a, lambd=0.05)
+    assert terms["invariance"].item() == 0.0
+    assert loss.item() == pytest.approx(0.05 * sigreg(z, a).item(), **TIGHT)
+    # Global views z and -z have the mean 0: every view pays its own mean square, local ones too.
+    loss, terms = lejepa([z, -z, w], 2, a, lambd=0.0)
+    want = (2 * z.square().mean() + w.square().mean()).item() / 3
+    assert terms["invariance"].item() == pytest.approx(want, **TIGHT)
+    assert loss.item() == pytest.approx(want, **TIGHT)
+    # lambda = 1: SIGReg alone, the mean of the views' own statistics.
+    loss, _ = lejepa([z, -z, w], 2, a, lambd=1.0)
+    per_view = [sigreg(v, a).item() for v in (z, -z, w)]
+    assert loss.item() == pytest.approx(sum(per_view) / 3, **TIGHT)
+
+
+def test_lejepa_rejects_bad_input():
+    z = torch.zeros(4, 3)
+    a = sigreg_directions(0, 3, 2)
+    with pytest.raises(ValueError, match="global_views=0"):
+        lejepa([z, z], 0, a, 0.05)
+    with pytest.raises(ValueError, match="global_views=3"):
+        lejepa([z, z], 3, a, 0.05)
+    with pytest.raises(ValueError, match="knots=4"):
+        sigreg(z, a, knots=4)

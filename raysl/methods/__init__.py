@@ -8,6 +8,7 @@ from raysl.methods import (  # noqa: F401
     deepcluster,
     dino,
     jigsaw,
+    lejepa,
     mae,
     moco_v2,
     moco_v3,

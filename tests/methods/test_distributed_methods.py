@@ -68,6 +68,10 @@ CONFIGS = {
     "colorization": ["method.name=colorization", "method.head_dim=16"],
     "deepcluster": ["method.name=deepcluster", "method.head_dim=16", "method.pca_dim=8",
                     "method.num_clusters=3"],
+    # LeJEPA's projector has BatchNorm: eval mode, as SwAV. SIGReg's characteristic function is
+    # summed over workers; lambda 0.5 so that its gradient is half of the total.
+    "lejepa": ["method.name=lejepa", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+               "method.num_slices=16", "method.sigreg_lambda=0.5", "data.views.local_crops=2"],
     "swav_queue": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
                    "method.proj_hidden_dim=32", "method.proj_output_dim=16",
                    "data.views.local_crops=2", f"method.queue_length={SWAV_QUEUE}",
@@ -317,6 +321,18 @@ def _case_grads_nnclr(e: list[Tensor]) -> gh.Outputs:
     return _case_grads("nnclr", True, e)
 
 
+def _case_grads_lejepa(e: list[Tensor]) -> gh.Outputs:
+    """As :func:`_case_grads`, with a global RNG that differs per rank (as in training): SIGReg's
+    directions come from the step alone, so the ranks still draw the same."""
+    method = build("lejepa").eval()
+    model = ddp(method)
+    torch.manual_seed(100 + distributed.rank())
+    loss = model(my_views("lejepa", 1), PROGRESS).loss
+    loss.backward()
+    del model
+    return gh.Outputs(anchored(loss, e), same=flat_grads(method))
+
+
 CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "moco_v2 queue, 1 forward": _case_moco_queue_1,
     "moco_v2 queue, 2 forwards": _case_moco_queue_2,
@@ -329,6 +345,7 @@ CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "swav grads": _case_grads_swav,
     "nnclr support": _case_nnclr_support,
     "nnclr grads": _case_grads_nnclr,
+    "lejepa grads": _case_grads_lejepa,
     "colorization counts": _case_colorization_counts,
     "kmeans": _case_kmeans,
     "swav worker state": _case_swav_worker_state,
@@ -455,7 +472,7 @@ def test_nnclr_support_set_is_global(gloo_records, single_records):
 # ------------------------------ DDP gradients == 1 process ------------------------------------
 
 
-@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav", "nnclr"])
+@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav", "nnclr", "lejepa"])
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(name, gloo_records, single_records):
     ranks, single = gloo_records[f"{name} grads"], single_records[f"{name} grads"]
     # Per parameter first, for a failure message that names it; then the harness's checks.
@@ -475,7 +492,7 @@ def test_cases_are_not_trivial(gloo_records):
                  "nnclr support"):
         r0, r1 = gloo_records[name]
         assert not torch.allclose(r0["loss"], r1["loss"]), name
-    for name in ("moco_v2 grads", "dino grads", "swav grads", "nnclr grads"):
+    for name in ("moco_v2 grads", "dino grads", "swav grads", "nnclr grads", "lejepa grads"):
         assert gloo_records[name][0]["same"].abs().max() > 1e-3, name
 
 
