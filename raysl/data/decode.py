@@ -129,6 +129,24 @@ def square_pixels(pixels: np.ndarray, channels: int, size: int, min_side: int = 
     return _resize_center(img, size).reshape(size, size, channels)
 
 
+def square_images(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, size, size, C) uint8, each as :func:`decode_image` resizes.
+
+    The shorter side resized to ``size`` (bilinear, antialiased), the centre kept; images
+    already ``size`` x ``size`` are returned as they are, pixel for pixel. This is how every
+    image reaches an encoder (:func:`raysl.eval.features.resized`): evaluation's decoded rows,
+    the pyfunc's requests, ``raysl embed``'s sources, so the same pixels embed alike.
+    """
+    if images.shape[1:3] == (size, size):
+        return images
+    channels = images.shape[-1]
+    out = np.empty((len(images), size, size, channels), np.uint8)
+    for i, image in enumerate(images):
+        img = Image.fromarray(image[..., 0] if channels == 1 else image)
+        out[i] = _resize_center(img, size).reshape(size, size, channels)
+    return out
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and float grayscale -> 8-bit ``L`` by range, not by clipping (PIL's convert clips).
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from raysl.config import DataConfig
 from raysl.data.augment import augment, global_view
+from raysl.data.decode import square_images
 from raysl.data.pretext import PRETEXTS
 
 
@@ -145,17 +145,13 @@ def whole_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     """Ray Data task function: un-augmented images at the view size, for reading the whole set.
 
     DeepCluster clusters these (as the paper's feature pass, no random crop or flip): the
-    decoded image resized to ``size`` (bilinear, antialiased), as evaluation sees it.
+    decoded image taken to ``size`` as evaluation takes it (:func:`square_images`).
 
     Returns:
         ``{"image": (B, C, S, S) uint8}`` with the batch's ``index`` (and ``label``).
     """
-    torch.set_num_threads(1)
-    x = torch.from_numpy(np.array(batch["image"], copy=True)).permute(0, 3, 1, 2)  # (B,C,H,W)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=True).round_().clamp_(0, 255).to(torch.uint8)
-    return {"image": x.contiguous().numpy(), **_passed_through(batch)}
+    x = square_images(np.asarray(batch["image"]), size)
+    return {"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2)), **_passed_through(batch)}
 
 
 def augment_batch(batch: dict[str, np.ndarray], cfg: DataConfig) -> dict[str, np.ndarray]:

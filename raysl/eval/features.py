@@ -1,21 +1,26 @@
-"""Frozen-encoder features in this process (online evaluation), and the resize both paths use."""
+"""Frozen-encoder features in this process (online evaluation), and how images reach encoders."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from raysl.data.decode import square_images
 
 
 def resized(chunk: np.ndarray, size: int) -> Tensor:
-    """(n, H, W, C) uint8 -> (n, C, size, size) float in [0, 1]."""
+    """(n, H, W, C) uint8 -> (n, C, size, size) float in [0, 1]: an encoder's input.
+
+    Each image is taken to ``size`` as image files are decoded (shorter side resized, centre
+    kept: :func:`~raysl.data.decode.square_images`); one already ``size`` x ``size`` is its
+    own input, pixel for pixel. Evaluation, the registered pyfunc, ``raysl embed`` and
+    ``neighbours`` and the export check all prepare images here, so the same pixels give the
+    same embedding wherever they are sent (``tests/serving/test_consumers.py``).
+    """
     # A copy: Ray hands out read-only views of its object store, which torch warns about.
-    x = torch.from_numpy(np.array(chunk)).permute(0, 3, 1, 2).float().div_(255)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-    return x
+    square = np.array(square_images(chunk, size))
+    return torch.from_numpy(square).permute(0, 3, 1, 2).float().div_(255)
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """``raysl embed`` and ``raysl neighbours``: embeddings of a whole dataset, and searches in them.
 
 ``embed`` streams any source raysl reads through a registered encoder with Ray Data (decoded,
-resized as the encoder was evaluated, embedded by tasks beside the data) and writes parquet: the
+taken to the encoder's size as evaluation and the pyfunc take images, embedded by tasks beside
+the data) and writes parquet: the
 row's ``index``, its ``path`` (or shard member) when it has one, its ``label`` when labeled, and
 the ``embedding`` (D floats). Bad files are skipped and counted, as in training. ``neighbours``
 embeds query images and finds their nearest rows in such a file, block by block.
@@ -68,7 +69,9 @@ def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 
     output = open_output(out, store, overwrite, folder=not out.endswith(".parquet"))
     data = model.config.data
     policy = DecodePolicy("skip", 1.0, data.max_image_pixels, data.min_image_side)
-    src = read_source(source, Reading(data.channels, data.effective_decode_size, policy, "none"),
+    # Files decoded straight to the encoder's size: what resized() makes of their pixels,
+    # never a detour through the training decode size (an image at the size stays as it is).
+    src = read_source(source, Reading(data.channels, data.image_size, policy, "none"),
                       0, "--data")
     log(f"[raysl] embedding {src.description} with {model.description}")
     features = dataset_features(model.encoder, src.dataset, data.image_size, batch_size,
@@ -178,7 +181,7 @@ def neighbours(model: LoadedModel, embeddings: str, images: list[str], k: int = 
     """
     data = model.config.data
     store = Store.from_env(endpoint)
-    queries = np.stack([decode_image(store.read(p), data.channels, data.effective_decode_size,
+    queries = np.stack([decode_image(store.read(p), data.channels, data.image_size,
                                      data.max_image_pixels, data.min_image_side)
                         for p in images])
     with torch.no_grad():

@@ -93,11 +93,11 @@ def check_images(model: LoadedModel) -> tuple[np.ndarray, str]:
     data = model.config.data
     try:
         source = read_source(dataclasses.replace(data.source, limit=CHECK_IMAGES),
-                             Reading(data.channels, data.effective_decode_size))
+                             Reading(data.channels, data.image_size))
         images, _ = to_numpy(source)
         return images[:CHECK_IMAGES], f"{len(images[:CHECK_IMAGES])} images of {source.description}"
     except (DataError, OSError):
-        x, _ = generated.shapes(CHECK_IMAGES, size=data.effective_decode_size, seed=0)
+        x, _ = generated.shapes(CHECK_IMAGES, size=data.image_size, seed=0)
         return to_channels(x, data.channels), f"{CHECK_IMAGES} generated shapes"
 
 

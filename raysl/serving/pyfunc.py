@@ -14,10 +14,12 @@ rows have):
   Python);
 - ``pixels``: a uint8 array (H, W, C) as nested lists (grayscale: C = 1).
 
-Either colour mode, and any size up to the request limits: each image is prepared as the
-encoder's evaluation saw its images (converted to its channels, the shorter side resized to
-the pretraining decode size, the centre kept, resized to the pretraining size). Output: one
-embedding (D floats) a row. A row that is not an image is refused with its index and the
+Either colour mode, and any size up to the request limits: each image is converted to the
+encoder's channels and taken to its pretraining size as evaluation takes images
+(:func:`raysl.eval.features.resized`: the shorter side resized, the centre kept; an image
+already at that size is the encoder's input pixel for pixel), so a row embeds as
+``raysl.load_encoder`` and ``raysl embed`` embed the same pixels. Output: one embedding
+(D floats) a row. A row that is not an image is refused with its index and the
 reason (HTTP 400 when served).
 
 Requests are untrusted. Image files are decoded as training decodes them (only the formats
@@ -117,7 +119,7 @@ class RequestLimits:
 
 def prepare_rows(model_input: Any, cfg: Config, limits: RequestLimits, first: int = 0
                  ) -> np.ndarray:
-    """The rows' images as (N, S, S, C) uint8 at the decode size.
+    """The rows' images as (N, S, S, C) uint8 at the encoder's size S (see :func:`resized`).
 
     Args:
         model_input: the rows (a DataFrame, or what makes one).
@@ -130,7 +132,7 @@ def prepare_rows(model_input: Any, cfg: Config, limits: RequestLimits, first: in
     """
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
     data = cfg.data
-    size = data.effective_decode_size
+    size = data.image_size
     out = np.empty((len(frame), size, size, data.channels), np.uint8)
     for i, row in enumerate(frame.to_dict("records")):
         try:

@@ -19,27 +19,16 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import raysl
-from raysl import config as C
-from raysl.checkpoint import save_checkpoint
 from raysl.config import SourceConfig
 from raysl.data.decode import decode_image, square_pixels
 from raysl.errors import DataError
 from raysl.eval.features import resized
-from raysl.nn.backbones import build_encoder
 from raysl.serving.models import load_model
-from raysl.tracking.mlflow import ensure_experiment
-from raysl.tracking.model_registry import (
-    WEIGHTS_TAG,
-    log_and_register,
-    log_weights,
-    run_lineage_tags,
-    source_commit,
-)
+from raysl.tracking.model_registry import WEIGHTS_TAG, run_lineage_tags, source_commit
 from tests.processes import free_port, start_server, stop, wait_for_url
+from tests.serving.registered import SIZE, register_tiny_encoder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
-
-SIZE = 32  # the encoder's pretraining size; decoded at 8/7 of it, as in training
 
 
 def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -51,24 +40,7 @@ def _png(array: np.ndarray, fmt: str = "PNG") -> bytes:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """An MLflow store with a version registered the current way (pyfunc) and an encoder."""
-    root = tmp_path_factory.mktemp("consumers")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    cfg = C.load(None, ["data.source.format=generated", f"data.image_size={SIZE}",
-                        "data.channels=1", "model.width=8", "model.small_stem=true"])
-    torch.manual_seed(0)
-    encoder = build_encoder(cfg.model, 1, SIZE).eval()
-    client = MlflowClient(uri)
-    experiment = ensure_experiment(client, "consumers", uri)
-    run_id = client.create_run(experiment).info.run_id
-    checkpoint = root / "checkpoint"
-    save_checkpoint(checkpoint, encoder, encoder, torch.optim.SGD(encoder.parameters(), lr=0.1),
-                    {"epoch": 0, "step": 1, "config": cfg.to_dict()})
-    weights = log_weights(client, run_id, checkpoint)
-    log_and_register(encoder, cfg, run_id, uri, "consumer-encoder", "for consumers",
-                     {WEIGHTS_TAG: weights})
-    client.set_registered_model_alias("consumer-encoder", "champion", "1")
-    return {"root": root, "uri": uri, "cfg": cfg, "encoder": encoder, "run_id": run_id,
-            "weights": weights}
+    return register_tiny_encoder(tmp_path_factory.mktemp("consumers"))
 
 
 def _expected(encoder, images: np.ndarray) -> np.ndarray:
@@ -99,7 +71,7 @@ def test_load_encoder_and_pyfunc_load_without_unpickling(store):
     assert out.returncode == 0, out.stderr[-3000:]
     got = np.array(json.loads(out.stdout.splitlines()[-2]))
     pixels = np.arange(40 * 30, dtype=np.uint8).reshape(40, 30, 1)
-    expected = _expected(store["encoder"], square_pixels(pixels, 1, 37)[None])
+    expected = _expected(store["encoder"], pixels[None])
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert out.stdout.splitlines()[-1] == "Encoder"
 
@@ -126,9 +98,9 @@ def test_the_embedding_service_answers_over_http(store):
             status, body = _post(url, {"dataframe_records": rows})
             assert status == 200, body
             got += json.loads(body)["predictions"]
-        prepared = np.stack([decode_image(_png(colour), 1, 37), decode_image(_png(gray, "JPEG"),
-                                                                             1, 37),
-                             square_pixels(pixels, 1, 37)])
+        prepared = np.stack([decode_image(_png(colour), 1, SIZE),
+                             decode_image(_png(gray, "JPEG"), 1, SIZE),
+                             square_pixels(pixels, 1, SIZE)])
         np.testing.assert_allclose(np.array(got), _expected(store["encoder"], prepared),
                                    rtol=1e-4, atol=1e-5)
         # Bad images are the client's error, with the reason: 400, never 500.
@@ -235,3 +207,65 @@ def test_versions_registered_in_the_old_pickle_format_load_and_register_again(st
     assert again.tags["raysl.commit"] == source_commit()
     mlmodel = Path(mlflow.artifacts.download_artifacts("models:/old-format/2")) / "MLmodel"
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel.read_text()
+
+
+def _skew_images() -> dict[str, np.ndarray]:
+    """Images of several sizes, by name: (H, W, C) uint8, gray ones also as RGB (the same gray)."""
+    rng = np.random.default_rng(3)
+    gray = {"exact": (SIZE, SIZE), "larger": (64, 64), "wide": (50, 70), "smaller": (20, 24)}
+    images = {name: rng.integers(0, 256, (*shape, 1), dtype=np.uint8)
+              for name, shape in gray.items()}
+    images["exact_rgb"] = np.repeat(images["exact"], 3, axis=-1)  # converts back to exactly it
+    images["wide_rgb"] = np.repeat(images["wide"], 3, axis=-1)
+    return images
+
+
+def test_the_pyfunc_embed_and_load_encoder_see_the_same_pixels_alike(store, tmp_path):
+    """No train/serve skew: one embedding per image, however it reaches the encoder."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from raysl.serving.embed import embed
+
+    images = _skew_images()
+    encoder = raysl.load_encoder("models:/consumer-encoder/1", store["uri"])
+    with torch.no_grad():  # the evaluation's preprocessing, then the encoder
+        expected = {name: encoder(resized(image[..., :1][None], SIZE))[0].numpy()
+                    for name, image in images.items()}
+        # An image already at the encoder's size and channels is its input, pixel for pixel.
+        raw = torch.from_numpy(images["exact"]).permute(2, 0, 1)[None].float() / 255
+        np.testing.assert_allclose(expected["exact"], encoder(raw)[0].numpy(), atol=1e-6)
+
+    mlflow.set_tracking_uri(store["uri"])
+    pyfunc = mlflow.pyfunc.load_model("models:/consumer-encoder/1")
+    names = list(images)
+    as_pixels = pyfunc.predict(pd.DataFrame({"pixels": [images[n].tolist() for n in names]}))
+    as_files = pyfunc.predict(pd.DataFrame(
+        {"image": [base64.b64encode(_png(images[n].squeeze(-1) if images[n].shape[-1] == 1
+                                         else images[n])).decode() for n in names]}))
+    (tmp_path / "images").mkdir()
+    for n in names:
+        image = images[n]
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+            tmp_path / "images" / f"{n}.png")
+    embed(load_model("models:/consumer-encoder/1", store["uri"]),
+          SourceConfig(path=str(tmp_path / "images")), str(tmp_path / "emb.parquet"),
+          log=lambda _: None)
+    table = pq.read_table(tmp_path / "emb.parquet").to_pylist()
+    embedded = {Path(row["path"]).stem: np.array(row["embedding"]) for row in table}
+    # An arrays source (the evaluation reads these as they are): the exact and the larger size.
+    for n in ("exact", "larger"):
+        np.savez(tmp_path / f"{n}.npz", images=images[n][None].repeat(2, axis=0))
+        embed(load_model("models:/consumer-encoder/1", store["uri"]),
+              SourceConfig(path=str(tmp_path / f"{n}.npz")), str(tmp_path / f"{n}.parquet"),
+              log=lambda _: None)
+        embedded[f"{n}.npz"] = np.array(
+            pq.read_table(tmp_path / f"{n}.parquet").column("embedding").to_pylist()[0])
+    for i, n in enumerate(names):
+        for how, got in (("pixels", as_pixels[i]), ("file", as_files[i]),
+                         ("raysl embed", embedded[n])):
+            np.testing.assert_allclose(got, expected[n], atol=1e-5, rtol=0,
+                                       err_msg=f"{n} {images[n].shape} as {how}")
+    for n in ("exact", "larger"):
+        np.testing.assert_allclose(embedded[f"{n}.npz"], expected[n], atol=1e-5, rtol=0,
+                                   err_msg=f"{n} in an arrays source")
