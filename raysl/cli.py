@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     add_config_args(sub.add_parser("pretrain", help="pretrain an encoder, evaluate, register"))
     add_config_args(sub.add_parser("demo", help="the README demo (SimCLR on Fashion-MNIST)"))
     add_config_args(sub.add_parser("config", help="print the effective config as YAML"))
+    up = sub.add_parser("up", help="start a local Ray that later commands join (saves each "
+                        "command the start of its own)")
+    up.add_argument("--num-cpus", type=int, default=None,
+                    help="logical CPUs it offers (default: the machine's)")
+    sub.add_parser("down", help="stop the local Ray that `raysl up` started (only that one)")
     sub.add_parser("methods", help="list the registered SSL methods")
     sub.add_parser("protocols", help="list the registered evaluation protocols")
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tuning of a trained encoder")
@@ -262,6 +267,8 @@ def _error(text: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("up", "down"):
+        return _up_down(args)
     if args.command == "methods":
         print(f"{'method':<13} {'views (preset)':<22} what it does  [paper]")
         for name in catalog.names("method"):
@@ -390,3 +397,21 @@ def _shards(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _up_down(args: argparse.Namespace) -> int:
+    """``raysl up`` / ``raysl down``: the long-lived local Ray (raysl/cluster/local.py)."""
+    from raysl.cluster import local
+
+    if args.command == "up":
+        up, started = local.start(args.num_cpus)
+        if not started:
+            print(f"[raysl] a local Ray is already up at {up.describe()}")
+            return 0
+        print(f"[raysl] local Ray up at {up.describe()}: raysl commands here join it (unless "
+              f"RAY_ADDRESS names another); `raysl down` stops it. Its log: {up.log}")
+        return 0
+    stopped = local.stop()
+    print(f"[raysl] stopped the local Ray at {stopped.address}" if stopped else
+          "[raysl] no local Ray of `raysl up` is running")
+    return 0

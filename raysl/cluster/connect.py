@@ -25,7 +25,8 @@ def connect(address: str = "") -> None:
     """Use the running Ray (tests), the cluster at ``address``/``$RAY_ADDRESS``, or start one.
 
     Under ``ray job submit`` the job supervisor sets ``RAY_ADDRESS``, so the job joins the cluster
-    it was submitted to; run directly, raysl starts a local in-process cluster. Unless
+    it was submitted to; run directly, raysl joins the local Ray that ``raysl up`` left running
+    (:mod:`raysl.cluster.local`), or else starts a local in-process cluster. Unless
     ``--verbose`` (:func:`raysl.console.verbose`), the terminal shows raysl's own lines and the
     warnings that matter; Ray's logs stay in the session's log files.
     """
@@ -36,7 +37,7 @@ def connect(address: str = "") -> None:
     quiet = not verbose()
     if quiet:
         quiet_driver_logs()
-    address = address or os.environ.get("RAY_ADDRESS", "")
+    address = address or os.environ.get("RAY_ADDRESS", "") or _local_ray()
     level = logging.WARNING if quiet else logging.INFO
     if address:
         check_reachable(address)
@@ -158,3 +159,31 @@ def _explain(address: str, code: Any, timeout_s: float) -> str:
     return (f"{where}: no Ray cluster answers there ({code.name.lower()}): start one with "
             "`ray start --head` (its GCS port, default 6379), or unset RAY_ADDRESS to run on a "
             "local Ray instead")
+
+
+def _local_ray() -> str:
+    """The address of the Ray that ``raysl up`` started, said on the terminal; "" if none."""
+    from raysl.cluster import local
+
+    up = local.running()
+    if up is None:
+        return ""
+    if "RAY_AUTH_MODE" not in os.environ:  # it was started with token auth
+        use_token_auth()
+    print(f"[raysl] joining the local Ray of `raysl up` at {up.describe()}; `raysl down` stops "
+          "it", flush=True)
+    return up.address
+
+
+def use_token_auth() -> None:
+    """Send the token (``~/.ray/auth_token``) from now on, as ``RAY_AUTH_MODE=token`` would.
+
+    Ray reads the mode once, when it is imported: setting the variable later needs the refresh
+    Ray's own ``_enable_token_auth`` does for a local ``ray.init``.
+    """
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._raylet import Config  # type: ignore[attr-defined]
+    except ImportError:  # Ray moved it: the mode read at import stays
+        return
+    Config.initialize("")
