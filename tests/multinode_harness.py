@@ -13,18 +13,25 @@ CPU node types:
 The run is elastic (2 workers, at least 1) and checkpoints every 2 steps. Once a checkpoint is
 committed, the train node and one data node are SIGKILLed, every process of them, and a smaller
 train node (1 CPU: room for one worker) joins, as a replacement spot node would. Ray Train
-restarts the group from the last checkpoint with the one worker that fits, and the run
-finishes.
+restarts the group from the last checkpoint with the one worker that fits. Once that group has
+committed a checkpoint of its own, a second 1-CPU train node joins (a node returns): Ray Train
+sees room for both workers and restarts the group from its last checkpoint with two again, and
+the run finishes. Ray Train looks for room every 60 s by default, here every
+:data:`RESIZE_CHECK_S`; the one worker is paused until the group has grown, so that a run of
+seconds is still training when Ray notices the node.
 
 Usage: python tests/multinode_harness.py WORKDIR -- prints one JSON line last: the run's summary
 fields, the node id of each node type, the node ids of the train workers and of the
-augmentation tasks (from Ray's state API), and when the nodes were lost.
+augmentation tasks (from Ray's state API), and when the nodes were lost and when one returned.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -32,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.train
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
@@ -41,6 +49,8 @@ from raysl.cluster.nodes import DATA_MARKER, TRAIN_MARKER
 MIB = 2**20
 RUN = "multinode"
 DEADLINE_S = 240.0
+RESIZE_CHECK_S = 2.0  # ScalingConfig(elastic_resize_monitor_interval_s): Ray's default is 60 s
+GROW_DEADLINE_S = 120.0  # from the node's return to a worker on it
 
 
 def start_cluster() -> tuple[Cluster, dict[str, list[Any]]]:
@@ -90,9 +100,52 @@ def lose_nodes_after_a_checkpoint(cluster: Cluster, nodes: dict[str, list[Any]],
             lost["spare"] = cluster.add_node(num_cpus=1, resources={TRAIN_MARKER: 1},
                                              object_store_memory=200 * MIB).node_id
             cluster.wait_for_nodes()
-            return lost
+            return {**lost, **return_a_node_once_shrunk(cluster, run_dir, run, lost["epoch"],
+                                                        start)}
         time.sleep(0.2)
     return {}
+
+
+def return_a_node_once_shrunk(cluster: Cluster, run_dir: Path, run: threading.Thread,
+                              lost_epoch: float, start: float) -> dict[str, Any]:
+    """Once the one-worker group has committed a checkpoint past ``lost_epoch``, a 1-CPU train
+    node joins: with it the cluster holds both workers again.
+
+    The one worker is paused (SIGSTOP) from then until Ray Train has started a worker on the
+    returned node: Ray sees a new node at its resource coordinator's next look (every 20 s),
+    and this run's steps, unpaused, could all be done by then (a real run trains for hours).
+    """
+    while time.monotonic() - start < DEADLINE_S and run.is_alive():
+        if (epoch := committed_epoch(run_dir)) > lost_epoch:
+            paused = [a.pid for a in train_workers(cluster.address)]
+            for pid in paused:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                node = cluster.add_node(num_cpus=1, resources={TRAIN_MARKER: 1},
+                                        object_store_memory=200 * MIB)
+                cluster.wait_for_nodes()
+                returned = {"returned": node.node_id, "returned_epoch": epoch,
+                            "returned_at": time.monotonic() - start, "paused": paused}
+                grow_by = time.monotonic() + GROW_DEADLINE_S
+                while not (grown := any(a.node_id == node.node_id
+                                        for a in train_workers(cluster.address))):
+                    if time.monotonic() > grow_by:
+                        break
+                    time.sleep(0.5)
+                return {**returned, "grown": grown, "grown_at": time.monotonic() - start}
+            finally:
+                for pid in paused:  # Ray Train has stopped it by now, unless it did not grow
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.2)
+    return {}
+
+
+def train_workers(address: str) -> list[Any]:
+    """The live Ray Train workers (Ray's state API)."""
+    return list(list_actors(address=address, detail=True, limit=100,
+                            filters=[("class_name", "=", "RayTrainWorker"),
+                                     ("state", "=", "ALIVE")]))
 
 
 def main(workdir: Path) -> int:
@@ -101,6 +154,14 @@ def main(workdir: Path) -> int:
     # until the worker group's start times out (60 s by default; 10 s here, in every process
     # of the cluster, which inherit this environment).
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
+    # Growing the group stops the old one, paused: its process group's shutdown waits 2 s for
+    # it, not 30 (the worker is then killed, as Ray kills it after the wait anyway).
+    os.environ["TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S"] = "2"
+    # Ray Train's look for room to grow the group, every RESIZE_CHECK_S s instead of 60: the
+    # same resize, soon enough for a short run. (ScalingConfig is read where trainer.py builds
+    # it; an instance of the same class, with this one field other than Ray's default.)
+    ray.train.ScalingConfig = functools.partial(  # type: ignore[misc]
+        ray.train.ScalingConfig, elastic_resize_monitor_interval_s=RESIZE_CHECK_S)
     cluster, nodes = start_cluster()
     ray.init(address=cluster.address)  # here: the run's thread then finds Ray connected
     exit_code: list[int] = []

@@ -5,7 +5,9 @@ cluster.yaml's node types carry the custom resources ``train_node`` (GPU nodes) 
 with a head, one train node and two data nodes must put both train workers on the train node and
 the augmentation on the data nodes, spread over both. Then the train node and one data node are
 killed mid-run and a 1-CPU train node joins: the run must go on from its last checkpoint with the
-one worker that fits and finish with a registered model, each epoch logged once.
+one worker that fits. When a second 1-CPU train node joins (a node returns), the group must grow
+back to two workers, from its last checkpoint again, and the run finish with a registered model,
+each epoch logged once.
 """
 
 import json
@@ -39,7 +41,7 @@ def placement(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return result
 
 
-def test_run_that_loses_two_of_its_nodes_finishes_and_registers_the_encoder(placement):
+def test_run_that_loses_nodes_shrinks_grows_back_when_one_returns_and_registers(placement):
     assert placement["exit_code"] == 0, placement["stdout"][-3000:]
     assert "1-2 (elastic) train worker(s)" in placement["stdout"]
     assert "on the train_node nodes" in placement["stdout"]
@@ -53,20 +55,28 @@ def test_run_that_loses_two_of_its_nodes_finishes_and_registers_the_encoder(plac
 
     def history(key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-    # The epoch logged once, by the restarted group of one worker, which began at the
-    # checkpoint committed when the nodes died, or at one whose commit was under way (every 2
-    # of the epoch's 16 steps).
+    # Two restarts inside the epoch, each from a checkpoint (every 2 of its 16 steps): the one
+    # committed when the nodes died (or one whose commit was under way), with one worker; then,
+    # the node back, the one the single worker had committed, with two. The epoch is logged
+    # once, by the group grown back.
+    assert lost["paused"] and lost["grown"], f"no worker on the returned node: {lost}"
     assert history("train/loss")[0][0] == 1 and len(history("train/loss")) == 1
-    assert history("train/workers") == [(1, 1)]
-    ((_, resumed),) = history("time/resumed_at_step")
-    assert resumed in (round(lost["epoch"] * 16), round(lost["epoch"] * 16) + 2), (resumed, lost)
-    assert "the checkpoint's run had 2 worker(s), this one has 1" in placement["stdout"]
+    assert history("train/workers") == [(1, 2)]
+    shrunk, grown = (m.value for m in sorted(client.get_metric_history(
+        run_id, "time/resumed_at_step"), key=lambda m: m.timestamp))
+    assert shrunk in (round(lost["epoch"] * 16), round(lost["epoch"] * 16) + 2), (shrunk, lost)
+    assert grown in (round(lost["returned_epoch"] * 16), round(lost["returned_epoch"] * 16) + 2)
+    out = placement["stdout"]
+    to_one = out.index("the checkpoint's run had 2 worker(s), this one has 1")
+    assert out.index("the checkpoint's run had 1 worker(s), this one has 2") > to_one
 
 
-def test_train_workers_land_on_the_train_node_then_on_the_node_that_replaced_it(placement):
+def test_train_workers_land_on_the_train_node_then_on_the_nodes_that_joined(placement):
     (train_node,) = placement["nodes"]["train"]
+    lost = placement["lost"]
     per_node = Counter(placement["worker_nodes"])  # every worker the run started, dead or alive
-    assert per_node == {train_node: 2, placement["lost"]["spare"]: 1}, per_node
+    # Two on the train node; one on the replacement; then one on each 1-CPU train node.
+    assert per_node == {train_node: 2, lost["spare"]: 2, lost["returned"]: 1}, per_node
 
 
 def test_augmentation_runs_on_the_data_nodes_only_and_uses_both(placement):
