@@ -124,7 +124,7 @@ def group_members(pgid: int) -> list[int]:
 
 def _wait_until_ready(up: LocalRay, proc: subprocess.Popen[bytes]) -> None:
     """Return once the head's GCS answers with the token; stop it and raise if it does not."""
-    from raysl.cluster.connect import check_reachable, use_token_auth
+    from raysl.cluster.probe import check_reachable, use_token_auth
 
     use_token_auth()  # it was started with token auth
     deadline = time.monotonic() + READY_TIMEOUT_S
