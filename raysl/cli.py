@@ -18,9 +18,11 @@ from raysl import config as config_mod
 from raysl.config import FASHION_MNIST_DIR, Config
 from raysl.console import VERBOSE_ENV
 from raysl.errors import (
+    CheckpointError,
     ClusterUnreachable,
     ConfigError,
     DataError,
+    ModelNotFoundError,
     NodesNotBack,
     RepresentationCollapsed,
 )
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[VERBOSE_ENV] = "1"
     try:
         return _run(args)
-    except (ConfigError, DataError, FileNotFoundError, ClusterUnreachable) as e:
+    except (ConfigError, DataError, FileNotFoundError, ClusterUnreachable, ModelNotFoundError,
+            CheckpointError) as e:
         _error(f"raysl: error: {e}")
         return 2
     except (RepresentationCollapsed, NodesNotBack) as e:
@@ -286,14 +289,9 @@ def _run(args: argparse.Namespace) -> int:
         print("\nRun some: raysl evaluate MODEL --protocol knn,linear")
         return 0
     if args.command == "evaluate":
-        from raysl.errors import CheckpointError, ModelNotFoundError
         from raysl.evaluate import evaluate
 
-        try:
-            print(evaluate(args.model, *evaluate_args(args)).summary())
-        except (ModelNotFoundError, CheckpointError) as e:
-            _error(f"raysl: error: {e}")
-            return 2
+        print(evaluate(args.model, *evaluate_args(args)).summary())
         return 0
     if args.command == "readers":
         print(f"{'format':<10} {'reads':<6} what it reads")

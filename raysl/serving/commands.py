@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from raysl.config import SourceConfig, TrackingConfig
+from raysl.console import verbose
 from raysl.serving.models import LoadedModel, load_model
 from raysl.tracking.mlflow import resolve_tracking_uri, tracking_client
 from raysl.tracking.model_registry import logged_weights, register_encoder
@@ -13,6 +15,8 @@ from raysl.tracking.model_registry import logged_weights, register_encoder
 
 def run(args: argparse.Namespace) -> int:
     """Run ``args.command``; 0 on success."""
+    if not verbose():  # MLflow's "Downloading artifacts" bars, each time the model is read
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
     model = load_model(args.model, uri)
     if args.command == "embed":
