@@ -190,25 +190,33 @@ def vicreg(z0: Tensor, z1: Tensor, sim_coeff: float = 25.0, std_coeff: float = 2
 
 
 @torch.no_grad()
-def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tensor:
+def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iterations: int = 3,
+                   rows_global: int | None = None) -> Tensor:
     """Soft equipartitioned cluster assignments of SwAV (Caron et al. 2020, arXiv:2006.09882).
 
     Sums over samples run over EVERY worker's batch (all-reduce), so the codes on each rank equal
-    the rows of one process running this on the concatenated batch.
+    the rows of one process running this on the concatenated batch. DINOv2 (arXiv:2304.07193,
+    Sec. 4) uses the same algorithm to centre its teacher, with the teacher temperature as
+    ``epsilon``, on the class tokens and on the masked patch tokens, whose number differs
+    between ranks (``rows_global``).
 
     Args:
-        scores: (B, K) prototype scores of this rank's samples (queue rows included, if any).
+        scores: (B, K) prototype scores of this rank's samples (queue rows included, if any);
+            B may be 0 on some ranks when ``rows_global`` is given.
         epsilon: entropic regularisation; 0.05 in the paper.
         iterations: Sinkhorn iterations; 3 in the paper.
+        rows_global: the number of rows over all ranks, when ranks hold different numbers
+            (>= 1); by default B times the world size.
 
     Returns:
         (B, K) codes: each row sums to 1 (a distribution over prototypes).
     """
-    b_global = scores.shape[0] * distributed.world_size()
+    b_global = scores.shape[0] * distributed.world_size() if rows_global is None else rows_global
     k = scores.shape[1]
     # Subtracting the global max leaves the result unchanged (it cancels in the first
-    # normalisation) and keeps exp() finite for small epsilon.
-    top = distributed.all_reduce_max(scores.max())
+    # normalisation) and keeps exp() finite for small epsilon. A rank without rows offers -inf.
+    mine = scores.max() if scores.numel() else scores.new_tensor(float("-inf"))
+    top = distributed.all_reduce_max(mine)
     q = torch.exp((scores.float() - top) / epsilon).T  # (K, B)
     q /= distributed.all_reduce_sum(q.sum())
     for _ in range(iterations):
@@ -260,8 +268,28 @@ def dino(student: list[Tensor], teacher: list[Tensor], center: Tensor, student_t
         Scalar loss.
     """
     targets = [F.softmax((t.detach() - center) / teacher_temp, dim=1) for t in teacher]
+    return self_distillation(student, targets, student_temp)
+
+
+def self_distillation(student: list[Tensor], targets: list[Tensor],
+                      student_temp: float) -> Tensor:
+    """DINO's cross-entropy once the teacher's targets are made (centred and sharpened).
+
+    The mean over every pair (target crop i, student crop v), v != i, of
+    ``-sum_k targets_i[k] log softmax(student_v / student_temp)[k]`` averaged over the batch.
+    :func:`dino` makes the targets by EMA centring; DINOv2 (arXiv:2304.07193) also by
+    Sinkhorn-Knopp (:func:`sinkhorn_knopp`).
+
+    Args:
+        student: one (B, K) output per crop (global crops first, then local ones).
+        targets: one (B, K) distribution per global crop (constants).
+        student_temp: 0.1 in the papers.
+
+    Returns:
+        Scalar loss.
+    """
     log_probs = [F.log_softmax(s / student_temp, dim=1) for s in student]
-    terms = [-(q * log_probs[v]).sum(dim=1).mean()
+    terms = [-(q.detach() * log_probs[v]).sum(dim=1).mean()
              for i, q in enumerate(targets) for v in range(len(student)) if v != i]
     if not terms:
         raise ValueError("DINO needs at least 2 crops")
@@ -269,20 +297,89 @@ def dino(student: list[Tensor], teacher: list[Tensor], center: Tensor, student_t
 
 
 @torch.no_grad()
-def ema_center(center: Tensor, teacher: Tensor, momentum: float) -> Tensor:
+def ema_center(center: Tensor, teacher: Tensor, momentum: float,
+               rows_global: int | None = None) -> Tensor:
     """DINO's center update with the mean teacher output over the GLOBAL batch.
 
     Args:
         center: (1, K) current center.
         teacher: (N, K) this rank's teacher outputs (all global crops stacked).
         momentum: 0.9 in the paper.
+        rows_global: the number of rows over all ranks when ranks hold different numbers
+            (DINOv2's masked patch tokens); by default N times the world size.
 
     Returns:
         (1, K) new center ``m * center + (1 - m) * mean(teacher over all workers)``.
     """
     total = distributed.all_reduce_sum(teacher.sum(dim=0, keepdim=True).float())
-    batch_center = total / (teacher.shape[0] * distributed.world_size())
-    return center * momentum + batch_center * (1 - momentum)
+    n = teacher.shape[0] * distributed.world_size() if rows_global is None else rows_global
+    return center * momentum + total / max(1, n) * (1 - momentum)
+
+
+def ibot_patch_loss(student: Tensor, targets: Tensor, mask: Tensor,
+                    student_temp: float) -> Tensor:
+    """The masked-patch loss of iBOT (arXiv:2111.07832), as DINOv2 weighs it (2304.07193).
+
+    The student saw a mask token in place of each masked patch; its output there must predict
+    the teacher's (centred, sharpened) output for the same patch of the whole image:
+    ``-sum_k targets[k] log softmax(student / student_temp)[k]``. Each image's term is the mean
+    over its masked patches, and the loss the mean over all B images, those without a masked
+    patch counting 0 (DINOv2's ``masks_weight`` and division by the number of images). Every
+    rank holds the same number of images, so the mean of the ranks' losses is the global
+    batch's and DDP's averaged gradient its gradient.
+
+    Args:
+        student: (M, K) the student's outputs at the masked patches, in the row-major order of
+            ``mask``'s True entries (image by image, patch by patch).
+        targets: (M, K) the teacher's distributions at the same patches (constants).
+        mask: (B, N) bool, True where the student's patch was masked; M = mask.sum().
+        student_temp: 0.1 in the papers.
+
+    Returns:
+        Scalar loss.
+    """
+    if student.shape[0] != int(mask.sum()) or student.shape != targets.shape:
+        raise ValueError(f"student {tuple(student.shape)} and targets {tuple(targets.shape)} "
+                         f"must both have one row per masked patch ({int(mask.sum())})")
+    per_patch = -(targets.detach() * F.log_softmax(student / student_temp, dim=-1)).sum(dim=-1)
+    counts = mask.sum(dim=1, keepdim=True).clamp(min=1).expand_as(mask)[mask]  # (M,)
+    return (per_patch / counts.to(per_patch.dtype)).sum() / mask.shape[0]
+
+
+def koleo(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """The KoLeo regulariser of DINOv2 (arXiv:2304.07193, Sec. 4) over the GLOBAL batch.
+
+    ``-1/n sum_i log(d_n,i)``, ``d_n,i = min_{j != i} ||x_i - x_j||``, the distance of each
+    L2-normalised feature to its nearest neighbour "within the batch" (Sablayrolles et al.
+    2018, arXiv:1806.03198): it spreads the features uniformly. Where the paper and the code
+    disagree we follow the paper: DINOv2's ``KoLeoLoss`` looks for neighbours among its own
+    GPU's samples only, so its value depends on the number of workers; here, as the paper's
+    "batch" and as DINOv3's ``KoLeoLossDistributed``, the neighbours come from every worker's
+    samples (a gather that keeps gradients: a neighbour on another rank gets its gradient
+    there). Each rank's loss is the mean over its own samples, so the mean of the ranks'
+    losses is the global batch's, and DDP's averaged gradient its gradient. The distance is
+    ``torch.pairwise_distance`` (``||x_i - x_j + eps||``) and the log of it plus ``eps``, as
+    the reference code.
+
+    Args:
+        x: (B, D) features of this rank's samples (any norm); at least 2 over all ranks.
+        eps: for the normalisation, the distance and the log.
+
+    Returns:
+        Scalar loss.
+    """
+    x = F.normalize(x, dim=1, eps=eps)
+    everyone = distributed.gather(x)  # (B*W, D), with gradients
+    if everyone.shape[0] < 2:
+        raise ValueError("KoLeo needs at least 2 samples over all ranks")
+    b = x.shape[0]
+    with torch.no_grad():
+        dots = x @ everyone.T  # (B, B*W): the largest dot is the nearest neighbour (unit norms)
+        rows = torch.arange(b, device=x.device)
+        dots[rows, distributed.rank() * b + rows] = float("-inf")  # never oneself
+        nearest = dots.argmax(dim=1)
+    distances = F.pairwise_distance(x, everyone[nearest], eps=eps)  # (B,)
+    return -torch.log(distances + eps).mean()
 
 
 def nearest_neighbours(z: Tensor, support: Tensor) -> Tensor:
