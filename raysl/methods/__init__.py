@@ -7,6 +7,7 @@ from raysl.methods import (  # noqa: F401
     colorization,
     deepcluster,
     dino,
+    dinov2,
     jigsaw,
     lejepa,
     mae,
