@@ -4,12 +4,15 @@
 taken to the encoder's size as evaluation and the pyfunc take images, embedded by tasks beside
 the data) and writes parquet: the
 row's ``index``, its ``path`` (or shard member) when it has one, its ``label`` when labeled, and
-the ``embedding`` (D floats). Bad files are skipped and counted, as in training. ``neighbours``
+the ``embedding`` (D floats), and with ``digests`` the ``digest`` of the pixels the encoder
+read (what ``raysl curate`` finds exact duplicates by). Bad files are skipped and counted, as
+in training. ``neighbours``
 embeds query images and finds their nearest rows in such a file, block by block.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,8 +56,11 @@ class EmbedResult:
 
 
 def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 512,
-          log: Callable[[str], None] = print, overwrite: bool = False) -> EmbedResult:
+          log: Callable[[str], None] = print, overwrite: bool = False,
+          digests: bool = False) -> EmbedResult:
     """Embed every image of ``source`` with ``model`` into parquet at ``out``.
+
+    ``digests`` adds each row's :func:`pixel_digest` as a ``digest`` column.
 
     ``out`` ending in ``.parquet`` is one file; anything else is a folder of ``part-*.parquet``
     files (local or an object store) and its ``_manifest.json``. Written whole or not at all
@@ -74,8 +80,10 @@ def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 
     src = read_source(source, Reading(data.channels, data.image_size, policy, "none"),
                       0, "--data")
     log(f"[raysl] embedding {src.description} with {model.description}")
-    features = dataset_features(model.encoder, src.dataset, data.image_size, batch_size,
-                                keep=("path",), materialize=False)
+    images = src.dataset.map_batches(_with_digests, batch_format="numpy") if digests else \
+        src.dataset
+    features = dataset_features(model.encoder, images, data.image_size, batch_size,
+                                keep=("path", "digest"), materialize=False)
     result = EmbedResult(out, 0, model.encoder.num_features, description=src.description)
     last = time.perf_counter()
     with _Writer(output) as writer:
@@ -95,6 +103,23 @@ def embed(model: LoadedModel, source: SourceConfig, out: str, batch_size: int = 
     return result
 
 
+def pixel_digest(image: np.ndarray) -> str:
+    """SHA-256 (first 16 bytes, hex) of an image's pixels (H, W, C) uint8 and its shape.
+
+    The pixels as the encoder reads them: byte-identical files share it, and so do files
+    whose encodings differ but decode to the same pixels.
+    """
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _with_digests(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch with a ``digest`` column: each ``image``'s :func:`pixel_digest`."""
+    batch["digest"] = np.array([pixel_digest(image) for image in batch["image"]])
+    return batch
+
+
 def _table(batch: dict[str, np.ndarray]) -> pa.Table:
     features = batch["features"].astype(np.float32)
     columns: dict[str, pa.Array] = {"index": pa.array(batch["index"], pa.int64())}
@@ -103,6 +128,8 @@ def _table(batch: dict[str, np.ndarray]) -> pa.Table:
         columns["path"] = pa.array([redact(p) for p in batch["path"].astype(str)], pa.string())
     if "label" in batch:
         columns["label"] = pa.array(batch["label"], pa.int64())
+    if "digest" in batch:
+        columns["digest"] = pa.array(batch["digest"].astype(str), pa.string())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(
         pa.array(features.reshape(-1)), features.shape[1])
     return pa.table(columns)
