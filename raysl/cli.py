@@ -169,6 +169,34 @@ def _parser() -> argparse.ArgumentParser:
                     "the embeddings")
     nb.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     add_tracking_uri(nb)
+    cu = sub.add_parser("curate", help="remove duplicates and draw a cluster-balanced "
+                        "selection of a dataset (Vo et al. 2024), as a file list to pretrain on")
+    cu.add_argument("source", metavar="SOURCE", help="any source of image files raysl reads "
+                    "(folder, file list, parquet, shards), local or s3://, gs://")
+    cu.add_argument("--model", required=True, metavar="MODEL", help="the encoder that embeds "
+                    "the images: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID or a "
+                    "checkpoint directory")
+    cu.add_argument("--out", required=True, metavar="OUT", help="a folder: selection.txt (the "
+                    "file list), report.json, report.png and embeddings/")
+    cu.add_argument("--target", required=True, type=int, metavar="N", help="images to select")
+    cu.add_argument("--near", type=float, default=0.95, help="cosine at or above which two "
+                    "images are near duplicates (default 0.95)")
+    cu.add_argument("--clusters", default="", metavar="K1,K2,...", help="clusters per level, "
+                    "level 1 first (default: two levels, about sqrt(N) and N^(1/4))")
+    cu.add_argument("--iters", type=int, default=20, help="Lloyd iterations per k-means "
+                    "(default 20)")
+    cu.add_argument("--steps", type=int, default=3, help="resampling steps per level "
+                    "(default 3; the paper's code: 10)")
+    cu.add_argument("--size", type=int, default=10, help="points per cluster a resampling "
+                    "step takes, closest to its centroid (default 10)")
+    cu.add_argument("--block-rows", type=int, default=8192, help="rows per block; a task "
+                    "holds two (default 8192)")
+    cu.add_argument("--seed", type=int, default=0, help="seeds every draw")
+    cu.add_argument("--data-format", default="auto", metavar="NAME", help="the source's reader")
+    cu.add_argument("--split", default="train", help="shards with splits: which split")
+    cu.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
+    add_tracking_uri(cu)
+    add_verbose(cu)
     ex = sub.add_parser("export", help="export an encoder as TorchScript or ONNX, checked "
                         "against the original")
     add_model(ex)
@@ -308,6 +336,10 @@ def _run(args: argparse.Namespace) -> int:
         from raysl.serving import commands  # MLflow, torch; Ray for embed and export
 
         return commands.run(args)
+    if args.command == "curate":
+        from raysl.curate import command as curate  # MLflow, torch, Ray
+
+        return curate.run(args)
     if args.command == "tune":
         from raysl.sweep.run import run_sweep  # heavy imports (Ray Tune, MLflow)
 

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("tracking", "cluster"),  # MLflow; joining Ray, its nodes, shared storage
     ("eval",),
     ("serving", "train"),  # consumers' side (the pyfunc model, embedding, exports); training
-    ("pretrain", "evaluate"),  # jobs: one run, one evaluation
+    ("pretrain", "evaluate", "curate"),  # jobs: one run, one evaluation, one curation
     ("sweep",),  # a sweep's trials are pretraining jobs
     ("cli",),
 ]
@@ -45,6 +45,8 @@ MODEL_SIDE = [*sorted((RAYSL / "methods").glob("*.py")), *sorted((RAYSL / "nn").
                                                      "views")],
               *sorted((RAYSL / "data" / "readers").glob("*.py")),
               RAYSL / "serving" / "pyfunc.py", RAYSL / "serving" / "model_code.py",
+              # curation's maths and report (Ray runs them from curate/command.py)
+              *[RAYSL / "curate" / f"{m}.py" for m in ("dedup", "hierarchy", "report")],
               RAYSL / "tracking" / "auth.py"]  # what a consumer's server and login load
 
 
