@@ -22,13 +22,16 @@ from raysl.losses import (
     byol_regression,
     dino,
     ema_center,
+    ibot_patch_loss,
     info_nce_queue,
+    koleo,
     lejepa,
     moco_v3_contrastive,
     nearest_neighbours,
     negative_cosine,
     nnclr_contrastive,
     nt_xent,
+    self_distillation,
     sigreg,
     sigreg_directions,
     sinkhorn_knopp,
@@ -719,6 +722,47 @@ def _case_lejepa(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(loss, same=terms["sigreg"])
 
 
+# DINOv2's masked patches: 3 "patches" per image (the 3 views), masked unevenly over the ranks:
+# rank 0 (samples 0-3) masks 4 patches, rank 1 (samples 4-7) 2; samples 2, 3, 5 and 6 none.
+PATCH_MASK = torch.tensor([[1, 1, 0], [0, 1, 1], [0, 0, 0], [0, 0, 0],
+                           [0, 0, 1], [0, 0, 0], [0, 0, 0], [1, 0, 0]], dtype=torch.bool)
+NO_ROWS_ON_RANK_1 = torch.tensor([1, 0, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+
+
+def _mine(x: Tensor) -> Tensor:
+    """This rank's rows of a global (WORLD * B, ...) tensor; all of it without a process group."""
+    return x.chunk(distributed.world_size())[distributed.rank()]
+
+
+def _case_koleo(e: list[Tensor]) -> gh.Outputs:
+    return gh.Outputs(koleo(e[0]))
+
+
+def _case_ibot(e: list[Tensor]) -> gh.Outputs:
+    # The teacher's outputs at the masked patches, centred by Sinkhorn-Knopp over the masked
+    # patches of every rank (their count summed over ranks); rows: each sample's codes at its
+    # masked patches (0 elsewhere); same: the patch centre of the EMA centring.
+    mask = _mine(PATCH_MASK)
+    tokens = torch.stack(e, dim=1)  # (B, 3, D)
+    teacher = (2.0 * tokens + 0.1).detach()[mask]  # (M, D)
+    total = int(distributed.all_reduce_sum(torch.tensor(int(mask.sum()))))
+    codes = sinkhorn_knopp(teacher, epsilon=0.1, iterations=3, rows_global=total)
+    loss = ibot_patch_loss(tokens[mask], codes.double(), mask, student_temp=0.1)
+    rows = torch.zeros(*mask.shape, gh.D_OUT, dtype=codes.dtype)
+    rows[mask] = codes
+    return gh.Outputs(loss, rows=rows.flatten(1),
+                      same=ema_center(CENTER, teacher, momentum=0.9, rows_global=total))
+
+
+def _case_sinkhorn_no_rows(e: list[Tensor]) -> gh.Outputs:
+    # Rank 1 holds none of the 3 rows: its codes are empty, rank 0's those of 1 process.
+    keep = _mine(NO_ROWS_ON_RANK_1)
+    codes = sinkhorn_knopp(e[0].detach()[keep], epsilon=0.1, iterations=3, rows_global=3)
+    rows = torch.zeros(keep.shape[0], gh.D_OUT, dtype=codes.dtype)
+    rows[keep] = codes
+    return gh.Outputs(0.0 * e[0].sum(), rows=rows)
+
+
 GLOO_CASES = {
     "nt_xent": gh.Case(_case_nt_xent),
     "info_nce_queue": gh.Case(_case_info_nce_queue),
@@ -732,6 +776,9 @@ GLOO_CASES = {
     "dino+ema_center": gh.Case(_case_dino, n_views=3),
     "sigreg+sigreg_directions": gh.Case(_case_sigreg),
     "lejepa": gh.Case(_case_lejepa, n_views=3),
+    "koleo": gh.Case(_case_koleo, n_views=1),
+    "ibot_patch_loss+sinkhorn_knopp+ema_center, uneven rows": gh.Case(_case_ibot, n_views=3),
+    "sinkhorn_knopp, a rank without rows": gh.Case(_case_sinkhorn_no_rows, n_views=1),
 }
 
 
@@ -934,3 +981,157 @@ def test_lejepa_rejects_bad_input():
         lejepa([z, z], 3, a, 0.05)
     with pytest.raises(ValueError, match="knots=4"):
         sigreg(z, a, knots=4)
+
+
+# ----------------------------------------- DINOv2 ---------------------------------------------
+# Oquab et al. 2023, arXiv:2304.07193, Sec. 4: KoLeo, iBOT's masked-patch loss (Zhou et al.
+# 2021, arXiv:2111.07832) as DINOv2 weighs it, and the Sinkhorn-Knopp centring of the teacher.
+
+
+def naive_koleo(x: Rows) -> float:
+    """``-1/n sum_i log(min_{j != i} ||x_i - x_j||)`` over the L2-normalised rows (Sec. 4)."""
+    u = [_unit(row) for row in x]
+    total = 0.0
+    for i, ui in enumerate(u):
+        nearest = min(math.sqrt(sum((a - b) ** 2 for a, b in zip(ui, uj, strict=True)))
+                      for j, uj in enumerate(u) if j != i)
+        total -= math.log(nearest)
+    return total / len(u)
+
+
+def naive_ibot(student: np.ndarray, teacher: np.ndarray, mask: np.ndarray, tps: float) -> float:
+    """iBOT's eq. 2 with DINOv2's weights: per image, the mean over its masked patches of
+    ``-sum_k t[k] log softmax(s / tps)[k]`` (0 without any), then the mean over the images."""
+    b, n, _ = student.shape
+    total = 0.0
+    for i in range(b):
+        terms = []
+        for j in range(n):
+            if mask[i, j]:
+                log_p = _log_softmax([x / tps for x in student[i, j]])
+                terms.append(-sum(t * lp for t, lp in zip(teacher[i, j], log_p, strict=True)))
+        if terms:
+            total += sum(terms) / len(terms)
+    return total / b
+
+
+def naive_self_distillation(student: list[np.ndarray], targets: list[np.ndarray],
+                            tps: float) -> float:
+    """DINO's cross-entropy from given targets: the mean over pairs (i, v != i) of the batch mean
+    of ``-sum_k targets_i[k] log softmax(student_v / tps)[k]``."""
+    total, pairs = 0.0, 0
+    for i, q in enumerate(targets):
+        for v, s in enumerate(student):
+            if v == i:
+                continue
+            for b in range(len(q)):
+                log_p = _log_softmax([x / tps for x in s[b]])
+                total -= sum(q[b][k] * log_p[k] for k in range(len(log_p))) / len(q)
+            pairs += 1
+    return total / pairs
+
+
+@pytest.mark.parametrize(("n", "d"), [(2, 3), (5, 4), (17, 8)])
+def test_koleo_matches_the_paper(n: int, d: int):
+    rng = np.random.default_rng(n * 10 + d)
+    x = 3.0 * _rand(rng, n, d)
+    # The reference's distance is ||x_i - x_j + 1e-8|| and its log of it + 1e-8: ~1e-8 apart.
+    assert koleo(_t(x)).item() == pytest.approx(naive_koleo(x), rel=1e-7, abs=1e-7)
+
+
+@pytest.mark.parametrize("n", [3, 4, 12])
+def test_koleo_of_points_evenly_on_a_circle(n: int):
+    # n unit vectors 2 pi / n apart: every nearest neighbour is a chord of 2 sin(pi / n) away.
+    angles = torch.arange(n, dtype=torch.float64) * 2 * math.pi / n
+    x = torch.stack([angles.cos(), angles.sin(), torch.zeros(n, dtype=torch.float64)], dim=1)
+    scales = torch.linspace(0.5, 4.0, n, dtype=torch.float64)[:, None]  # normalised away
+    assert koleo(x * scales).item() == pytest.approx(-math.log(2 * math.sin(math.pi / n)),
+                                                     rel=1e-7)
+    # Orthonormal rows: sqrt(2) apart; spreading more is impossible for n <= d, so any other
+    # arrangement of those n points costs at least as much.
+    assert koleo(torch.eye(4, dtype=torch.float64)).item() == pytest.approx(
+        -0.5 * math.log(2), rel=1e-7)
+    with pytest.raises(ValueError, match="2 samples"):
+        koleo(torch.ones(1, 3))
+
+
+def test_koleo_gradient_matches_finite_differences():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(koleo, (x,))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tps", [0.1, 0.5])
+def test_ibot_patch_loss_matches_ibot_with_dinov2_weights(seed: int, tps: float):
+    rng = np.random.default_rng(seed)
+    b, n, k = 4, 6, 5
+    student = _rand(rng, b, n, k)
+    teacher = rng.dirichlet(np.ones(k), size=(b, n))
+    mask = rng.random((b, n)) < 0.4
+    mask[0] = False  # an image without a masked patch counts 0
+    mask[1, 0] = True
+    m = torch.from_numpy(mask)
+    ours = ibot_patch_loss(_t(student)[m], _t(teacher)[m], m, tps).item()
+    assert ours == pytest.approx(naive_ibot(student, teacher, mask, tps), **TIGHT)
+
+
+def test_ibot_patch_loss_known_values():
+    # A uniform student costs log K at every masked patch: log K x the fraction of images with
+    # a masked patch, however many each has.
+    k = 7
+    mask = torch.tensor([[1, 1, 1], [0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    targets = torch.softmax(torch.randn(4, k, dtype=torch.float64), dim=1)
+    flat = torch.zeros(4, k, dtype=torch.float64)
+    assert ibot_patch_loss(flat, targets, mask, 0.1).item() == pytest.approx(
+        0.5 * math.log(k), **TIGHT)
+    with pytest.raises(ValueError, match="masked patch"):
+        ibot_patch_loss(flat[:3], targets[:3], mask, 0.1)
+
+
+@pytest.mark.parametrize("n_student", [2, 4])
+def test_self_distillation_matches_dino_from_given_targets(n_student: int):
+    rng = np.random.default_rng(n_student)
+    student = [_rand(rng, 3, 5) for _ in range(n_student)]
+    targets = [rng.dirichlet(np.ones(5), size=3) for _ in range(2)]
+    ours = self_distillation([_t(s) for s in student], [_t(t) for t in targets], 0.1).item()
+    assert ours == pytest.approx(naive_self_distillation(student, targets, 0.1), **TIGHT)
+
+
+def test_sinkhorn_and_ema_center_with_rows_global():
+    # One process: rows_global equal to the rows changes nothing; the centre's mean divides by
+    # the count given; a rank without rows gets empty codes.
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 4, generator=g)
+    torch.testing.assert_close(sinkhorn_knopp(scores, 0.1, 3, rows_global=6),
+                               sinkhorn_knopp(scores, 0.1, 3))
+    center = torch.zeros(1, 4)
+    torch.testing.assert_close(ema_center(center, scores, 0.5, rows_global=12),
+                               0.5 * scores.sum(dim=0, keepdim=True) / 12)
+    assert sinkhorn_knopp(torch.zeros(0, 4), rows_global=3).shape == (0, 4)
+
+
+def test_dinov2_targets_get_no_gradient():
+    g = torch.Generator().manual_seed(0)
+    online = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    stopped = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(5, 1, dtype=torch.bool)
+    (ibot_patch_loss(online, stopped.softmax(1), mask, 0.1)
+     + self_distillation([online, 2 * online], [stopped.softmax(1)], 0.1)).backward()
+    assert online.grad is not None and online.grad.abs().sum() > 0 and stopped.grad is None
+
+
+def test_dinov2_gloo_cases_are_not_trivial(gloo_records: dict[str, list[gh.Record]]):
+    # KoLeo: some nearest neighbours lie on the other rank (the gather is needed), and the ranks'
+    # shares differ. iBOT: the ranks masked 4 and 2 patches; their codes are distributions.
+    x, model = gh.inputs(1)
+    z = F.normalize(model(x[0]), dim=1).detach()  # the case's embeddings of the whole batch
+    dots = z @ z.T - 3 * torch.eye(len(z), dtype=z.dtype)
+    nearest = dots.argmax(dim=1)
+    assert ((nearest // gh.B_PER_RANK) != torch.arange(len(z)) // gh.B_PER_RANK).any()
+    r0, r1 = gloo_records["koleo"]
+    assert not torch.allclose(r0["loss"], r1["loss"]) and r0["grad_w"].abs().max() > 1e-3
+    codes = torch.cat([r["rows"] for r in gloo_records[
+        "ibot_patch_loss+sinkhorn_knopp+ema_center, uneven rows"]]).reshape(-1, 3, gh.D_OUT)
+    torch.testing.assert_close(codes[PATCH_MASK].sum(dim=1), torch.ones(6))
+    assert codes[~PATCH_MASK].abs().max() == 0
