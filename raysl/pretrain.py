@@ -44,8 +44,11 @@ from raysl.eval.suite import (
     evaluate_encoders,
     with_baseline,
 )
+from raysl.methods.base import InitWeights
 from raysl.nn.backbones import Encoder, build_encoder
 from raysl.redact import redact
+from raysl.serving.init_from import describe as describe_init
+from raysl.serving.init_from import resolve_init
 from raysl.tracking.mlflow import (
     Tracker,
     ensure_experiment,
@@ -57,6 +60,7 @@ from raysl.tracking.mlflow import (
     wait_until_reachable,
 )
 from raysl.tracking.model_registry import (
+    RUN_PARENT_TAG,
     RegisteredEncoder,
     log_weights,
     register_encoder,
@@ -180,12 +184,13 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     launched_at = launched_at or time.time()
     log = redacting(log)  # a data path or URI in a line may carry a password
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
+    uri = resolve_tracking_uri(cfg.tracking)
+    init = resolve_init(cfg, uri)  # so does a model.init_from that does not fit
     connect(cfg.train.address)
     nodes = node_resources()
     plan = plan_resources(cfg, nodes)
     run_name = cfg.train.run_name or new_run_name(cfg)
     storage = storage_path(cfg)
-    uri = resolve_tracking_uri(cfg.tracking)
     # On several machines, checkpoints and the MLflow store must be reachable from all of them
     # (nodes on one machine, as in ray.cluster_utils.Cluster, share its disk).
     machines = len({n.host for n in nodes})
@@ -193,8 +198,10 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     check_tracking_shared(uri, machines)
     client = tracking_client(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
+    parent = {RUN_PARENT_TAG: redact(init.source)} if init is not None else {}
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,
-                                         {"raysl.method": cfg.method.name, **(run_tags or {})})
+                                         {"raysl.method": cfg.method.name, **parent,
+                                          **(run_tags or {})})
     result = PretrainResult(run_name, resumed, run_id, uri, cfg.tracking.experiment, "", 0.0, 0.0,
                             "")
     changed = log_params_once(client, run_id, cfg.flat())
@@ -204,7 +211,9 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     client.log_text(run_id, cfg.to_yaml(), "config.yaml")
     log(f"[raysl] run {run_name}: MLflow run {run_id} at {redact(uri)}")
     log(f"[raysl] resources: {plan.describe(cfg)}")
-    run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at)
+    if init is not None:
+        log(f"[raysl] model: {redact(describe_init(init))}")
+    run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at, init)
     try:
         source = _read_training_data(run)
         split = _eval_data(run, source) if cfg.eval.enabled or cfg.eval.online else None
@@ -257,6 +266,7 @@ class _Run:
     log: Callable[[str], None]
     callbacks: Sequence[ray.train.UserCallback] = ()
     launched_at: float = 0.0
+    init: InitWeights | None = None  # model.init_from's weights, resolved and checked
 
 
 def _read_training_data(run: _Run) -> ImageSource:
@@ -342,7 +352,8 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
     split_ref = (ray.put(split.split(cfg.eval.online_limit, cfg.train.seed))
                  if split is not None and cfg.eval.online else None)
     trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks,
-                            _monitor_sample(run, source), whole)
+                            _monitor_sample(run, source), whole,
+                            ray.put(run.init) if run.init is not None else None)
     try:
         fit = trainer.fit()
     except ray.train.TrainingFailedError as e:

@@ -28,8 +28,20 @@ class ModelConfig:
     drop_path_rate: float = 0.0  # ViT only: stochastic depth of the last block (DINO ViT-S: 0.1)
     # ViT only: "learned" position embeddings (DINO, MoCo v3) or fixed 2-D "sincos" (MAE).
     pos_embed: Literal["learned", "sincos"] = "learned"
+    # Continued pretraining: start the encoder from these weights instead of random ones. A
+    # registry URI (models:/NAME@ALIAS, models:/NAME/VERSION), a run (runs:/RUN_ID), a raysl
+    # checkpoint directory, or a local torchvision- or timm-layout state-dict file (.pt, .pth);
+    # never a download. Loaded strictly; the method's heads start fresh unless the source is a
+    # checkpoint of the same method. "" = random initialisation.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
+        check(self.init_from == self.init_from.strip(), "init_from", self.init_from,
+              "a URI or path without surrounding spaces")
+        check("://" not in self.init_from or self.init_from.startswith(("models:/", "runs:/")),
+              "init_from", self.init_from,
+              "a registry URI (models:/NAME@ALIAS), runs:/RUN_ID or a local path; weights are "
+              "never downloaded: copy the file here first")
         if self.is_vit:
             check(not self.small_stem, "small_stem", self.small_stem,
                   f"is a ResNet option; {self.backbone} takes model.patch_size for small images")

@@ -17,6 +17,7 @@ from raysl.config import VIEW_PRESETS, MethodConfig, Pretext
 from raysl.config import Config as RunConfig
 from raysl.errors import ConfigError, check
 from raysl.nn.backbones import Encoder, build_encoder
+from raysl.nn.layouts import load_exactly
 
 Targets = Mapping[str, Tensor]  # per-sample targets by column name, rows aligned with the views
 NO_TARGETS: Targets = MappingProxyType({})
@@ -362,8 +363,37 @@ def take_worker_state(method: SSLMethod, gathered: Mapping[str, Tensor], rank: i
     return True
 
 
-def build_method(cfg: RunConfig) -> SSLMethod:
-    """The registered method of ``cfg.method.name`` with a fresh encoder from ``cfg.model``."""
+@dataclass(frozen=True)
+class InitWeights:
+    """What a run starts from instead of random weights (``model.init_from``), raysl's layout.
+
+    Attributes:
+        encoder: the :class:`Encoder`'s state dict.
+        method: the whole method's state dict (its heads, any EMA target) when the source is a
+            checkpoint of the same method whose heads fit this run's; None: the heads start
+            fresh.
+        source: where the weights came from, for people and the lineage tag.
+    """
+
+    encoder: Mapping[str, Tensor]
+    method: Mapping[str, Tensor] | None
+    source: str
+
+
+def build_method(cfg: RunConfig, init: InitWeights | None = None) -> SSLMethod:
+    """The registered method of ``cfg.method.name`` around an encoder from ``cfg.model``.
+
+    The encoder is random unless ``init`` is given. Its weights are loaded before the method is
+    built, so that whatever the method copies from the encoder (BYOL's, DINO's and MoCo's EMA
+    target) starts from them too.
+
+    Raises:
+        CheckpointError: ``init`` does not fit the encoder (or the method), naming the keys.
+    """
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
+    if init is not None:
+        load_exactly(encoder, init.encoder, f"model.init_from={init.source!r}")
     method: SSLMethod = catalog.get("method", cfg.method.name).from_config(encoder, cfg)
+    if init is not None and init.method is not None:
+        load_exactly(method, init.method, f"model.init_from={init.source!r} (its heads)")
     return method

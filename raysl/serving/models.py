@@ -76,7 +76,7 @@ def load_model(spec: str, tracking_uri: str) -> LoadedModel:
         return _from_run(run_id, tracking_client(tracking_uri), f"run {run_id}")
     path = Path(spec)
     if path.is_dir():
-        return _from_checkpoint(_latest_checkpoint(path))
+        return _from_checkpoint(latest_checkpoint(path))
     raise ModelNotFoundError(
         f"MODEL={spec!r}: not a checkpoint directory, an MLflow run id (runs:/ID) or a registry "
         "URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
@@ -100,7 +100,7 @@ def load_encoder(uri: str, tracking_uri: str = "") -> Encoder:
     return load_model(uri, store).encoder.eval()
 
 
-def _latest_checkpoint(path: Path) -> Path:
+def latest_checkpoint(path: Path) -> Path:
     """``path`` itself if it holds an encoder, else its last complete ``checkpoint_*``.
 
     A checkpoint is complete once its ``state.json`` is written (the last file, atomically):

@@ -33,6 +33,7 @@ RAYSL_PACKAGE = Path(__file__).resolve().parents[1]
 # On a training run: the source commit and version of raysl, and which images trained it.
 RUN_COMMIT_TAG, RUN_VERSION_TAG = "raysl.commit", "raysl.version"
 RUN_FINGERPRINT_TAG = "raysl.data_fingerprint"
+RUN_PARENT_TAG = "raysl.init_from"  # a continued pretraining's source (model.init_from)
 # The model's code: a path, not an import (the serving layer sits above this one).
 MODEL_CODE = RAYSL_PACKAGE / "serving" / "model_code.py"
 
@@ -87,7 +88,8 @@ def lineage_tags(cfg: Config, encoder: Encoder, run_tags: dict[str, str]) -> dic
     local changes), ``raysl.version``, ``data.source`` and ``data.fingerprint`` (which images, see
     ``ImageSource.fingerprint``), ``config.sha256`` (of the effective config, logged as
     ``config.yaml``), ``method``, ``input.*`` (channels, size, value range, normalisation) and
-    ``output.dim``.
+    ``output.dim``; and ``parent``, the encoder a continued pretraining started from
+    (``model.init_from``, resolved: e.g. ``models:/raysl-simclr/3 (run ...)``).
 
     Args:
         cfg: the pretraining config.
@@ -107,7 +109,8 @@ def lineage_tags(cfg: Config, encoder: Encoder, run_tags: dict[str, str]) -> dic
             "input.channels": str(info["in_channels"]), "input.size": str(info["image_size"]),
             "input.range": "float in [0, 1] or uint8 in [0, 255], (B, C, H, W)",
             "input.normalisation": f"inside the model: (x - {mean}) / {std}",
-            "output.dim": str(info["num_features"])}
+            "output.dim": str(info["num_features"]),
+            **({"parent": run_tags[RUN_PARENT_TAG]} if RUN_PARENT_TAG in run_tags else {})}
 
 
 def source_commit() -> str:
