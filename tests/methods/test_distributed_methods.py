@@ -1,7 +1,8 @@
 """Cross-worker state of the methods: 2 gloo processes vs 1 process on the concatenated batch.
 
 MoCo v2's queue, DINO's center and SwAV's Sinkhorn codes are statistics over every worker's
-batch; SwAV's queue is per worker. Each case below builds a tiny ViT method (no BatchNorm in the
+batch (so are DINOv2's centres, Sinkhorn codes over masked patches whose count differs between
+workers, and KoLeo's nearest neighbours); SwAV's queue is per worker. Each case below builds a tiny ViT method (no BatchNorm in the
 backbone) from the same seed on every rank, runs it on its rank's half of a fixed global batch
 (the whole batch in the single process) and returns what must agree, in the ``Outputs`` of
 ``tests/gloo_harness.py``: ``rows`` per sample of this rank, ``same`` identical on every rank.
@@ -48,6 +49,9 @@ VIT = ["model.backbone=vit_tiny", "model.width=32", "model.depth=2", "model.patc
 MOCO_QUEUE = 12  # 8 keys per forward: the second forward wraps around the end of the ring
 SWAV_QUEUE = 16  # 8 rows per worker
 PROTOTYPES = 6
+DINOV2 = ["method.name=dinov2", "method.out_dim=32", "method.hidden_dim=32",
+          "method.bottleneck_dim=16", "method.ibot_out_dim=32", "method.ibot_hidden_dim=32",
+          "method.ibot_bottleneck_dim=16", "data.views.local_crops=2"]
 CONFIGS = {
     # MoCo v2's projector has no BatchNorm, and bn_splits=1 since a ViT has none to shuffle.
     "moco_v2": ["method.name=moco_v2", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
@@ -72,6 +76,10 @@ CONFIGS = {
     # summed over workers; lambda 0.5 so that its gradient is half of the total.
     "lejepa": ["method.name=lejepa", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
                "method.num_slices=16", "method.sigreg_lambda=0.5", "data.views.local_crops=2"],
+    # DINOv2's heads have no BatchNorm; 2 global + 2 local crops; Sinkhorn-Knopp centring with
+    # separate heads (the paper), and EMA centring with the head shared (the reference config).
+    "dinov2": DINOV2,
+    "dinov2_ema": [*DINOV2, "method.centering=ema", "method.ibot_separate_head=false"],
     "swav_queue": ["method.name=swav", f"method.num_prototypes={PROTOTYPES}",
                    "method.proj_hidden_dim=32", "method.proj_output_dim=16",
                    "data.views.local_crops=2", f"method.queue_length={SWAV_QUEUE}",
@@ -333,6 +341,64 @@ def _case_grads_lejepa(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(anchored(loss, e), same=flat_grads(method))
 
 
+def dinov2_masks(name: str) -> Tensor:
+    """This rank's share of fixed masks of the global batch's 2 x N global crops.
+
+    The method draws its masks per rank; 1 process on the whole batch would draw others. So
+    both draw nothing: the masks of all 2N crops come from one seed (each crop its own count,
+    so the ranks mask different numbers of patches), and each rank takes the rows of its
+    samples, crop 0's then crop 1's, as its forward concatenates them.
+    """
+    from raysl.methods.dinov2 import ibot_masks
+
+    cfg = config(name)
+    n = (cfg.data.image_size // cfg.model.effective_patch_size) ** 2
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        masks = ibot_masks(2 * N, n, 0.5, (0.1, 0.5), torch.device("cpu"))
+    return torch.cat([mine(masks[:N]), mine(masks[N:])])
+
+
+def dinov2(name: str) -> SSLMethod:
+    """DINOv2 from seed 0 whose forward takes this rank's share of :func:`dinov2_masks`."""
+    method = build(name)
+    masks = dinov2_masks(name)
+
+    def fixed(b: int, n: int, device: torch.device) -> Tensor:
+        assert (b, n) == masks.shape
+        return masks.to(device)
+
+    method.masks = fixed  # type: ignore[method-assign]
+    return method
+
+
+def _case_grads_dinov2(name: str, e: list[Tensor]) -> gh.Outputs:
+    """As :func:`_case_grads`, on the fixed masks; KoLeo gathers, Sinkhorn all-reduces."""
+    method = dinov2(name)
+    model = ddp(method)
+    loss = model(my_views(name, 1), PROGRESS).loss
+    loss.backward()
+    del model
+    return gh.Outputs(anchored(loss, e), same=flat_grads(method))
+
+
+def _case_grads_dinov2_sk(e: list[Tensor]) -> gh.Outputs:
+    return _case_grads_dinov2("dinov2", e)
+
+
+def _case_grads_dinov2_ema(e: list[Tensor]) -> gh.Outputs:
+    return _case_grads_dinov2("dinov2_ema", e)
+
+
+def _case_dinov2_centres(e: list[Tensor]) -> gh.Outputs:
+    """same: the class-token and patch centres after 2 forwards of EMA centring."""
+    method = dinov2("dinov2_ema")
+    for seed in (1, 2):
+        loss = method(my_views("dinov2_ema", seed), PROGRESS).loss
+    return gh.Outputs(anchored(loss, e), same=torch.cat([method.center.flatten(),
+                                                         method.patch_center.flatten()]))
+
+
 CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "moco_v2 queue, 1 forward": _case_moco_queue_1,
     "moco_v2 queue, 2 forwards": _case_moco_queue_2,
@@ -346,6 +412,9 @@ CASES: dict[str, Callable[[list[Tensor]], gh.Outputs]] = {
     "nnclr support": _case_nnclr_support,
     "nnclr grads": _case_grads_nnclr,
     "lejepa grads": _case_grads_lejepa,
+    "dinov2 grads": _case_grads_dinov2_sk,
+    "dinov2_ema grads": _case_grads_dinov2_ema,
+    "dinov2 centres": _case_dinov2_centres,
     "colorization counts": _case_colorization_counts,
     "kmeans": _case_kmeans,
     "swav worker state": _case_swav_worker_state,
@@ -472,7 +541,8 @@ def test_nnclr_support_set_is_global(gloo_records, single_records):
 # ------------------------------ DDP gradients == 1 process ------------------------------------
 
 
-@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav", "nnclr", "lejepa"])
+@pytest.mark.parametrize("name", ["moco_v2", "dino", "swav", "nnclr", "lejepa", "dinov2",
+                                  "dinov2_ema"])
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(name, gloo_records, single_records):
     ranks, single = gloo_records[f"{name} grads"], single_records[f"{name} grads"]
     # Per parameter first, for a failure message that names it; then the harness's checks.
@@ -492,8 +562,24 @@ def test_cases_are_not_trivial(gloo_records):
                  "nnclr support"):
         r0, r1 = gloo_records[name]
         assert not torch.allclose(r0["loss"], r1["loss"]), name
-    for name in ("moco_v2 grads", "dino grads", "swav grads", "nnclr grads", "lejepa grads"):
+    for name in ("moco_v2 grads", "dino grads", "swav grads", "nnclr grads", "lejepa grads",
+                 "dinov2 grads", "dinov2_ema grads"):
         assert gloo_records[name][0]["same"].abs().max() > 1e-3, name
+
+
+# ------------------------------------------- DINOv2 -------------------------------------------
+
+
+def test_dinov2_centres_are_global(gloo_records, single_records):
+    # EMA centring: both centres identical on every rank and equal to 1 process's; the patch
+    # centre averages every masked patch of every rank, though the ranks masked different counts.
+    _equivalent("dinov2 centres", gloo_records, single_records)
+    masks = dinov2_masks("dinov2_ema")  # the whole batch's (2N, n), in this process
+    per_rank = [int(masks[:N].chunk(gh.WORLD)[r].sum() + masks[N:].chunk(gh.WORLD)[r].sum())
+                for r in range(gh.WORLD)]
+    assert per_rank[0] != per_rank[1], per_rank
+    centres = gloo_records["dinov2 centres"][0]["same"]
+    assert centres[:32].abs().max() > 1e-3 and centres[32:].abs().max() > 1e-3
 
 
 # ---------------------------------------- Colorization ----------------------------------------
