@@ -2,10 +2,11 @@
 
 MoCo v2's queue, DINO's center and SwAV's Sinkhorn codes are statistics over every worker's
 batch (so are DINOv2's centres, Sinkhorn codes over masked patches whose count differs between
-workers, and KoLeo's nearest neighbours); SwAV's queue is per worker. Each case below builds a tiny ViT method (no BatchNorm in the
-backbone) from the same seed on every rank, runs it on its rank's half of a fixed global batch
-(the whole batch in the single process) and returns what must agree, in the ``Outputs`` of
-``tests/gloo_harness.py``: ``rows`` per sample of this rank, ``same`` identical on every rank.
+workers, and KoLeo's nearest neighbours); SwAV's queue is per worker. Each case below builds a
+tiny ViT method (no BatchNorm in the backbone) from the same seed on every rank, runs it on its
+rank's half of a fixed global batch (the whole batch in the single process) and returns what
+must agree, in the ``Outputs`` of ``tests/gloo_harness.py``: ``rows`` per sample of this rank,
+``same`` identical on every rank.
 All cases run in ONE spawn of 2 processes (the ``gloo_records`` fixture).
 
 The harness hands every case the embeddings of its own tiny ``Linear`` (built for the loss
