@@ -11,8 +11,6 @@ and one ``(CHUNK, rows)`` slice of their similarities.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,34 +46,21 @@ def duplicates_between(a: Rows, b: Rows, threshold: float) -> dict[int, str]:
 
     ``a`` may be ``b`` (a block against itself). Returns row index -> ``exact`` or ``near``.
     """
-    removed: dict[int, str] = {}
-    for i, j in _similar_pairs(a.x, b.x, threshold):
-        _mark(removed, a.index[i], b.index[j], NEAR)
-    where: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(a.digest.tolist()):
-        where[d].append(i)
-    for j, d in enumerate(b.digest.tolist()):
-        for i in where.get(d, ()):
-            _mark(removed, a.index[i], b.index[j], EXACT)
+    _, codes = np.unique(np.concatenate([a.digest, b.digest]), return_inverse=True)
+    code = torch.from_numpy(codes.reshape(-1))  # the same digest, the same code
+    code_a, code_b = code[:len(a.digest)], code[len(a.digest):]
+    later = {EXACT: torch.zeros(0, dtype=torch.long), NEAR: torch.zeros(0, dtype=torch.long)}
+    for start in range(0, len(a.index), CHUNK):
+        rows = slice(start, start + CHUNK)
+        smaller = a.index[rows, None] < b.index[None, :]  # (chunk, m): a's row comes first
+        larger = a.index[rows, None] > b.index[None, :]
+        for reason, same in ((EXACT, code_a[rows, None] == code_b[None, :]),
+                             (NEAR, a.x[rows] @ b.x.T >= threshold)):  # (chunk, m)
+            later[reason] = torch.cat([later[reason], b.index[(same & smaller).any(0)],
+                                       a.index[rows][(same & larger).any(1)]])
+    removed = dict.fromkeys(later[NEAR].tolist(), NEAR)
+    removed.update(dict.fromkeys(later[EXACT].tolist(), EXACT))  # exact wins
     return removed
-
-
-def _similar_pairs(a: Tensor, b: Tensor, threshold: float) -> Iterable[tuple[int, int]]:
-    """Positions ``(i, j)`` with ``cos(a[i], b[j]) >= threshold``; ``a`` (n, D), ``b`` (m, D)."""
-    for start in range(0, len(a), CHUNK):
-        sim = a[start:start + CHUNK] @ b.T  # (chunk, m)
-        hits = (sim >= threshold).nonzero()
-        yield from ((start + int(i), int(j)) for i, j in hits.tolist())
-
-
-def _mark(removed: dict[int, str], p: Tensor, q: Tensor, reason: str) -> None:
-    """Row ``max(p, q)`` is a duplicate of ``min(p, q)`` (nothing when they are one row)."""
-    p_, q_ = int(p), int(q)
-    if p_ == q_:
-        return
-    later = max(p_, q_)
-    if removed.get(later) != EXACT:
-        removed[later] = reason
 
 
 def merge(into: dict[int, str], found: dict[int, str]) -> dict[int, str]:
@@ -102,6 +87,6 @@ def counts(removed: dict[int, str]) -> dict[str, int]:
 
 def unit_rows(x: np.ndarray) -> Tensor:
     """(n, D) embeddings -> float32 rows of unit norm (a zero row stays zero)."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: Arrow hands out read-only
     unit: Tensor = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return unit

@@ -75,6 +75,9 @@ class CurateReport:
             before = _spread(list(self.classes_before.values()))
             after = _spread(list(self.classes_after.values()))
             out.append(f"[raysl] labels (report only): {before} -> {after} images per class")
+        if self.seconds:
+            out.append("[raysl] took " + ", ".join(f"{k} {v:.1f} s"
+                                                    for k, v in self.seconds.items()))
         return out
 
 
