@@ -168,7 +168,8 @@ def curate(model: LoadedModel, source: SourceConfig, out: str, settings: CurateS
     clock = time.perf_counter()
     log(f"[raysl] looking for duplicates among {embedded.rows} images in {len(refs)} blocks")
     removed = _duplicates(refs, settings.near)
-    kept = [_without.remote(r, np.fromiter(removed, np.int64, len(removed))) for r in refs]
+    removed_ref = ray.put(np.fromiter(removed, np.int64, len(removed)))  # once, not per task
+    kept = [_without.remote(r, removed_ref) for r in refs]
     seconds["dedup"] = time.perf_counter() - clock
     clock = time.perf_counter()
     left = embedded.rows - len(removed)
