@@ -1,10 +1,10 @@
 """Does curation help? Pretraining on a curated sample against a random one of the same size.
 
 The pool: Fashion-MNIST's training split made long-tailed (class c keeps ``head x ratio^c``
-of its images, ``--ratio`` 0.5: 6000, 3000, ..., 12) with injected duplicates (``--dups`` of
-the pool's size, drawn uniformly from it, so the head is copied most; half exact copies, half
-near copies with a few pixels changed), written as PNG files in class folders (the labels are
-only used for the report and the evaluation, never to curate or train).
+of its images, ``--head`` 6000 and ``--ratio`` 0.5: 6000, 3000, ..., 12) with injected
+duplicates (``--dups`` of the pool's size, drawn uniformly from it, so the head is copied most;
+half exact copies, half near copies with a few pixels changed), written as PNG files in class
+folders (the labels are only used for the report and the evaluation, never to curate or train).
 
 1. The curator: the same recipe pretrained on the whole pool (``--curator-epochs``), its
    checkpoint the ``--model`` of ``raysl curate`` (the paper curates with an encoder trained
@@ -47,13 +47,14 @@ from raysl.serving.models import load_model
 DEMO = Path(__file__).resolve().parents[1] / "pipelines/configs/demo.yaml"
 
 
-def long_tailed_pool(root: Path, ratio: float, dups: float, seed: int) -> dict[str, int]:
+def long_tailed_pool(root: Path, head: int, ratio: float, dups: float,
+                     seed: int) -> dict[str, int]:
     """Write the pool's PNGs into class folders under ``root``; returns images per class."""
     folder = Path(FASHION_MNIST_DIR)
     images = parse_idx((folder / "train-images-idx3-ubyte.gz").read_bytes(), "train-images")
     labels = parse_idx((folder / "train-labels-idx1-ubyte.gz").read_bytes(), "train-labels")
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([np.flatnonzero(labels == c)[:max(1, round(6000 * ratio ** c))]
+    keep = np.concatenate([np.flatnonzero(labels == c)[:max(1, round(head * ratio ** c))]
                            for c in range(10)])
     paths = []
     for i in keep:
@@ -89,6 +90,7 @@ def recipe(work: Path, source: str, epochs: int, seed: int, name: str,
 def main() -> None:
     """Parse the arguments, build the pool and samples, pretrain both arms per seed, report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--head", type=int, default=6000, help="images of the first class")
     p.add_argument("--ratio", type=float, default=0.5, help="class frequency ratio")
     p.add_argument("--dups", type=float, default=0.3, help="injected copies, x pool size")
     p.add_argument("--size", type=int, default=4000, help="images per sample")
@@ -100,10 +102,10 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/curate_benefit.json")
     args = p.parse_args()
     if args.smoke:
-        args.ratio, args.size, args.curator_epochs, args.epochs, args.seeds = \
-            0.3, 600, 1, 1, "0"
+        args.head, args.size, args.curator_epochs, args.epochs, args.seeds = \
+            1000, 400, 1, 1, "0"
     work = Path(tempfile.mkdtemp(prefix="raysl-curate-benefit-"))
-    pool = long_tailed_pool(work / "pool", args.ratio, args.dups, 0)
+    pool = long_tailed_pool(work / "pool", args.head, args.ratio, args.dups, 0)
     print(f"pool: {sum(pool.values())} files {dict(sorted(pool.items()))}", flush=True)
     connect()
     curator = pretrain(recipe(work, str(work / "pool"), args.curator_epochs, 0, "curator",
