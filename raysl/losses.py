@@ -592,3 +592,17 @@ def lejepa(z: list[Tensor], global_views: int, directions: Tensor, lambd: float,
     regulariser = sigreg(zs, directions, t_max, knots)  # mean over the V views and M slices
     loss = (1 - lambd) * invariance + lambd * regulariser
     return loss, {"invariance": invariance, "sigreg": regulariser}
+
+
+def feature_distillation(student: Tensor, teacher: Tensor) -> Tensor:
+    """The mean squared error between projected student features and the teacher's.
+
+    LightlyTrain's ``distillation`` (v2) loss: unnormalised features, every element weighted
+    alike, so that the student regresses the teacher's features themselves (FitNets' hint loss,
+    arXiv:1412.6550, Eq. 2, up to its constant 1/2).
+
+    Args:
+        student: (B, ...) the student's projected features.
+        teacher: (B, ...) the teacher's, the same shape; no gradient flows into them.
+    """
+    return F.mse_loss(student.float(), teacher.detach().float())

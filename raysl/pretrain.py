@@ -44,11 +44,11 @@ from raysl.eval.suite import (
     evaluate_encoders,
     with_baseline,
 )
-from raysl.methods.base import InitWeights
+from raysl.methods.base import InitWeights, TeacherWeights
 from raysl.nn.backbones import Encoder, build_encoder
 from raysl.redact import redact
 from raysl.serving.init_from import describe as describe_init
-from raysl.serving.init_from import resolve_init
+from raysl.serving.init_from import resolve_init, resolve_teacher
 from raysl.tracking.mlflow import (
     Tracker,
     ensure_experiment,
@@ -61,6 +61,7 @@ from raysl.tracking.mlflow import (
 )
 from raysl.tracking.model_registry import (
     RUN_PARENT_TAG,
+    RUN_TEACHER_TAG,
     RegisteredEncoder,
     log_weights,
     register_encoder,
@@ -186,6 +187,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     uri = resolve_tracking_uri(cfg.tracking)
     init = resolve_init(cfg, uri)  # so does a model.init_from that does not fit
+    teacher = resolve_teacher(cfg, uri)  # and a distillation's teacher that cannot be read
     connect(cfg.train.address)
     nodes = node_resources()
     plan = plan_resources(cfg, nodes)
@@ -199,6 +201,8 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     client = tracking_client(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     parent = {RUN_PARENT_TAG: redact(init.source)} if init is not None else {}
+    if teacher is not None:
+        parent[RUN_TEACHER_TAG] = redact(teacher.source)
     run_id, resumed = find_or_create_run(client, experiment_id, run_name,
                                          {"raysl.method": cfg.method.name, **parent,
                                           **(run_tags or {})})
@@ -213,7 +217,11 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     log(f"[raysl] resources: {plan.describe(cfg)}")
     if init is not None:
         log(f"[raysl] model: {redact(describe_init(init))}")
-    run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at, init)
+    if teacher is not None:
+        log(f"[raysl] teacher: {redact(teacher.source)} ({teacher.model.backbone}, "
+            f"{teacher.image_size} px), frozen")
+    run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at, init,
+               teacher)
     try:
         source = _read_training_data(run)
         split = _eval_data(run, source) if cfg.eval.enabled or cfg.eval.online else None
@@ -267,6 +275,7 @@ class _Run:
     callbacks: Sequence[ray.train.UserCallback] = ()
     launched_at: float = 0.0
     init: InitWeights | None = None  # model.init_from's weights, resolved and checked
+    teacher: TeacherWeights | None = None  # a distillation's frozen teacher
 
 
 def _read_training_data(run: _Run) -> ImageSource:
@@ -353,7 +362,8 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
                  if split is not None and cfg.eval.online else None)
     trainer = build_trainer(cfg, dataset, plan, settings, run.storage, split_ref, run.callbacks,
                             _monitor_sample(run, source), whole,
-                            ray.put(run.init) if run.init is not None else None)
+                            ray.put(run.init) if run.init is not None else None,
+                            ray.put(run.teacher) if run.teacher is not None else None)
     try:
         fit = trainer.fit()
     except ray.train.TrainingFailedError as e:

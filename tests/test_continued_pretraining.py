@@ -1,7 +1,9 @@
-"""Continued pretraining end to end: a registered encoder -> Ray Train workers -> a new version.
+"""Registered encoders as a run's start or teacher, end to end through Ray Train workers.
 
-The workers must start from the registered weights (and so must BYOL's EMA target, which copies
-the encoder when the method is built), and the new version's lineage must name its parent.
+Continued pretraining: the workers must start from the registered weights (and so must BYOL's
+EMA target, which copies the encoder when the method is built), and the new version's lineage
+must name its parent. Distillation: the workers learn from the registered teacher, which is
+never saved with the student, and the new version's lineage names the teacher.
 """
 
 from pathlib import Path
@@ -42,3 +44,28 @@ def test_byol_continues_from_a_registered_encoder(tmp_path: Path, monkeypatch, c
     assert result.model is not None
     tags = MlflowClient(result.tracking_uri).get_model_version("continued", "1").tags
     assert tags["parent"].startswith(f"models:/{NAME}/1 (run {parent['run_id']}")
+
+
+def test_distill_learns_from_a_registered_teacher(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    teacher = register_tiny_encoder(tmp_path)  # gray, 32 px, width 8
+    cfg = C.load(CONFIGS / "distill_fmnist.yaml", [
+        "data.source.format=generated", "data.source.path=''", "data.source.limit=128",
+        "data.image_size=24", "model.width=4",  # a smaller student, at another size
+        "data.batch_size_global=32", "train.epochs=2", "train.num_workers=1",
+        "train.run_name=distilled", f"train.storage_path={tmp_path / 'ray_results'}",
+        "eval.enabled=false", "eval.monitor_every=0", f"tracking.tracking_uri={teacher['uri']}",
+        "tracking.registered_model=distilled", f"method.teacher=models:/{NAME}@champion"])
+    result = pretrain(cfg)
+    assert f"teacher: models:/{NAME}/1 (run {teacher['run_id']}" in capsys.readouterr().out
+    client = MlflowClient(result.tracking_uri)
+    losses = [m.value for m in sorted(client.get_metric_history(result.mlflow_run_id,
+                                                                "train/distill/global"),
+                                      key=lambda m: m.step)]
+    assert len(losses) == 2 and losses[1] < losses[0]  # the student moves towards the teacher
+    method = torch.load(Path(result.checkpoint_path) / "method.pt", weights_only=True)
+    assert not any("teacher" in key for key in method)  # the student's checkpoint only
+    assert result.model is not None
+    tags = client.get_model_version("distilled", "1").tags
+    assert tags["teacher"].startswith(f"models:/{NAME}/1 (run {teacher['run_id']}")
+    assert tags["output.dim"] == "32"  # the width-4 student's, not the teacher's 64

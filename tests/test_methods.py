@@ -19,6 +19,7 @@ from raysl.methods.base import EpochData, EpochStart, Progress, SSLMethod, build
 from raysl.nn.backbones import build_encoder
 from raysl.train.optim import build_optimizer
 from raysl.train.step import train_step
+from tests.methods.teachers import tiny_teacher
 
 del methods  # registers them
 NAMES = catalog.names("method")
@@ -35,8 +36,10 @@ def tiny_config(name: str, backbone: str = "", extra: tuple[str, ...] = ()) -> C
     ``backbone``: a key of BACKBONES; "" = the ResNet, or the ViT for a ViT-only method.
     """
     backbone = backbone or ("vit" if catalog.get("method", name).vit_only else "resnet")
+    teacher = ([f"method.teacher={tiny_teacher()}"] if catalog.get("method", name).takes_teacher
+               else [])
     base = [*BACKBONES[backbone], "data.image_size=32", "data.batch_size_global=8",
-            "train.num_workers=1", f"method.name={name}", *extra]
+            "train.num_workers=1", f"method.name={name}", *teacher, *extra]
     cfg = C.load(None, base)
     dims = [f"method.{f.name}={HEAD_DIM}" for f in dataclasses.fields(cfg.method)
             if f.name.endswith("_dim") and getattr(cfg.method, f.name) > HEAD_DIM]
@@ -152,8 +155,8 @@ def test_every_method_has_a_shipped_config(name):
 
 # The training-only parts of the methods (raysl/methods/*.py): decoders, classifiers, pretext
 # and projection heads, predictors, prototypes, and the EMA copies of the heads.
-TRAINING_ONLY = ("decoder", "classifier", "tile_head", "head", "teacher_head", "projector",
-                 "projection", "predictor", "prototypes", "target_projector",
+TRAINING_ONLY = ("decoder", "classifier", "tile_head", "head", "patch_head", "teacher_head",
+                 "projector", "projection", "predictor", "prototypes", "target_projector",
                  "momentum_projector")
 ENCODERS = ("encoder", "teacher_encoder", "target_encoder", "momentum_encoder")
 

@@ -32,8 +32,7 @@ from raysl.eval.protocols.base import (
     Scores,
 )
 from raysl.eval.splits import LabeledSplit
-from raysl.methods.base import build_method
-from raysl.nn.backbones import Encoder
+from raysl.nn.backbones import Encoder, build_encoder
 from raysl.tracking.mlflow import Tracker, log_blobs
 
 TRAINED, RANDOM_INIT, PIXELS = "trained", "random_init", "raw_pixels"
@@ -124,8 +123,8 @@ def with_baseline(cfg: Config, trained: Encoder) -> dict[str, Encoder]:
     """
     encoders = {TRAINED: trained}
     if cfg.eval.baselines:
-        torch.manual_seed(cfg.train.seed)
-        encoders[RANDOM_INIT] = build_method(cfg).encoder
+        torch.manual_seed(cfg.train.seed)  # build_method builds the encoder first
+        encoders[RANDOM_INIT] = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
     return encoders
 
 

@@ -8,6 +8,7 @@ from raysl.methods import (  # noqa: F401
     deepcluster,
     dino,
     dinov2,
+    distill,
     jigsaw,
     lejepa,
     mae,

@@ -6,6 +6,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -13,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from raysl import catalog, distributed
-from raysl.config import VIEW_PRESETS, MethodConfig, Pretext
+from raysl.checkpoint import ENCODER_FILE, STATE_FILE, load_tensors, read_state
+from raysl.config import VIEW_PRESETS, MethodConfig, ModelConfig, Pretext
 from raysl.config import Config as RunConfig
 from raysl.errors import ConfigError, check
 from raysl.nn.backbones import Encoder, build_encoder
@@ -118,9 +120,18 @@ class SSLMethod(nn.Module, ABC):
     # warning of the label-free monitors (eval/monitors.py).
     collapse_hint: ClassVar[str] = "a learning rate too high or too strong a weight decay"
 
+    # Whether it learns from a frozen teacher encoder (``method.teacher``), built by
+    # :meth:`with_teacher` instead of :meth:`from_config` (distillation).
+    takes_teacher: ClassVar[bool] = False
+
     def __init__(self, encoder: Encoder) -> None:
         super().__init__()
         self.encoder = encoder
+
+    @classmethod
+    def with_teacher(cls, encoder: Encoder, cfg: RunConfig, teacher: Encoder) -> SSLMethod:
+        """The method around ``encoder`` learning from ``teacher`` (``takes_teacher`` only)."""
+        raise NotImplementedError(f"{cls.__name__} takes no teacher")
 
     @classmethod
     def from_config(cls, encoder: Encoder, cfg: RunConfig) -> SSLMethod:
@@ -380,12 +391,53 @@ class InitWeights:
     source: str
 
 
-def build_method(cfg: RunConfig, init: InitWeights | None = None) -> SSLMethod:
+@dataclass(frozen=True)
+class TeacherWeights:
+    """A frozen teacher for distillation (``method.teacher``): its architecture and weights.
+
+    The architecture is the teacher's own (its pretraining config), not the student's run's.
+    """
+
+    model: ModelConfig
+    channels: int
+    image_size: int  # what it was pretrained at: views are resized to it
+    state: Mapping[str, Tensor]
+    source: str  # where it came from, for people and the lineage tag
+
+    def build(self) -> Encoder:
+        """The teacher encoder, in eval mode with no gradients."""
+        encoder = build_encoder(self.model, self.channels, self.image_size)
+        load_exactly(encoder, self.state, f"method.teacher={self.source!r}")
+        return encoder.eval().requires_grad_(False)
+
+
+def teacher_from_checkpoint(directory: str) -> TeacherWeights:
+    """The encoder of a raysl checkpoint directory (``encoder.pt`` + ``state.json``).
+
+    What a worker reads when no driver resolved ``method.teacher`` (a method built directly);
+    the driver resolves registry URIs and runs (``raysl.serving.init_from``).
+
+    Raises:
+        ConfigError: ``directory`` is not a complete raysl checkpoint.
+    """
+    path = Path(directory)
+    if not (path / ENCODER_FILE).is_file() or not (path / STATE_FILE).is_file():
+        raise ConfigError("method.teacher", directory,
+                          f"a registry URI (models:/NAME@ALIAS), runs:/RUN_ID or a raysl "
+                          f"checkpoint directory holding {ENCODER_FILE} and {STATE_FILE}")
+    source = RunConfig.from_dict(read_state(path)["config"], source=str(path / STATE_FILE))
+    return TeacherWeights(source.model, source.data.channels, source.data.image_size,
+                          load_tensors(path / ENCODER_FILE), str(path))
+
+
+def build_method(cfg: RunConfig, init: InitWeights | None = None,
+                 teacher: TeacherWeights | None = None) -> SSLMethod:
     """The registered method of ``cfg.method.name`` around an encoder from ``cfg.model``.
 
     The encoder is random unless ``init`` is given. Its weights are loaded before the method is
     built, so that whatever the method copies from the encoder (BYOL's, DINO's and MoCo's EMA
-    target) starts from them too.
+    target) starts from them too. A method that learns from a frozen teacher
+    (``takes_teacher``) gets ``teacher``, or the checkpoint directory ``method.teacher`` names.
 
     Raises:
         CheckpointError: ``init`` does not fit the encoder (or the method), naming the keys.
@@ -393,7 +445,13 @@ def build_method(cfg: RunConfig, init: InitWeights | None = None) -> SSLMethod:
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
     if init is not None:
         load_exactly(encoder, init.encoder, f"model.init_from={init.source!r}")
-    method: SSLMethod = catalog.get("method", cfg.method.name).from_config(encoder, cfg)
+    spec = catalog.get("method", cfg.method.name)
+    method: SSLMethod
+    if spec.takes_teacher:
+        frozen = teacher or teacher_from_checkpoint(getattr(cfg.method, "teacher", ""))
+        method = spec.with_teacher(encoder, cfg, frozen.build())
+    else:
+        method = spec.from_config(encoder, cfg)
     if init is not None and init.method is not None:
         load_exactly(method, init.method, f"model.init_from={init.source!r} (its heads)")
     return method

@@ -1,4 +1,6 @@
-"""Continued pretraining: the weights ``model.init_from`` names, resolved on the driver.
+"""Weights a run starts from or learns from, resolved on the driver before the cluster starts.
+
+``model.init_from`` (continued pretraining) and a distillation's ``method.teacher``.
 
 A run starts from a registered version, an MLflow run, a raysl checkpoint directory, or a local
 state-dict file in torchvision's or timm's layout. Everything is read with ``weights_only=True``
@@ -12,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from raysl import catalog
 from raysl.checkpoint import METHOD_FILE, load_tensors
 from raysl.config import Config
 from raysl.errors import CheckpointError, ConfigError
-from raysl.methods.base import InitWeights, build_method
+from raysl.methods.base import InitWeights, TeacherWeights, build_method
 from raysl.nn.backbones import build_encoder
 from raysl.nn.layouts import detect_layout, load_exactly, mismatch, to_raysl_layout, unwrap
 from raysl.serving.models import LoadedModel, latest_checkpoint, load_model
@@ -46,6 +49,26 @@ def resolve_init(cfg: Config, tracking_uri: str) -> InitWeights | None:
     load_exactly(encoder, state, f"{FIELD}={spec!r}")
     heads = _method_state(cfg, loaded, path) if path.is_dir() else None
     return InitWeights(state, heads, loaded.description)
+
+
+def resolve_teacher(cfg: Config, tracking_uri: str) -> TeacherWeights | None:
+    """The frozen teacher of a distillation (``method.teacher``); None for other methods.
+
+    Raises:
+        ModelNotFoundError: a URI or path that names nothing.
+        ConfigError: a teacher pretrained on images of another number of channels.
+    """
+    if not catalog.get("method", cfg.method.name).takes_teacher:
+        return None
+    spec = getattr(cfg.method, "teacher", "")
+    loaded = load_model(spec, tracking_uri)
+    channels = loaded.config.data.channels
+    if channels != cfg.data.channels:
+        raise ConfigError("method.teacher", spec,
+                          f"a teacher of {cfg.data.channels}-channel images (data.channels); "
+                          f"{loaded.description} was pretrained on {channels}-channel images")
+    return TeacherWeights(loaded.config.model, channels, loaded.config.data.image_size,
+                          loaded.encoder.state_dict(), loaded.description)
 
 
 def describe(init: InitWeights) -> str:

@@ -34,6 +34,7 @@ RAYSL_PACKAGE = Path(__file__).resolve().parents[1]
 RUN_COMMIT_TAG, RUN_VERSION_TAG = "raysl.commit", "raysl.version"
 RUN_FINGERPRINT_TAG = "raysl.data_fingerprint"
 RUN_PARENT_TAG = "raysl.init_from"  # a continued pretraining's source (model.init_from)
+RUN_TEACHER_TAG = "raysl.teacher"  # a distillation's teacher (method.teacher)
 # The model's code: a path, not an import (the serving layer sits above this one).
 MODEL_CODE = RAYSL_PACKAGE / "serving" / "model_code.py"
 
@@ -89,7 +90,8 @@ def lineage_tags(cfg: Config, encoder: Encoder, run_tags: dict[str, str]) -> dic
     ``ImageSource.fingerprint``), ``config.sha256`` (of the effective config, logged as
     ``config.yaml``), ``method``, ``input.*`` (channels, size, value range, normalisation) and
     ``output.dim``; and ``parent``, the encoder a continued pretraining started from
-    (``model.init_from``, resolved: e.g. ``models:/raysl-simclr/3 (run ...)``).
+    (``model.init_from``, resolved: e.g. ``models:/raysl-simclr/3 (run ...)``), and ``teacher``,
+    the frozen encoder a distillation learned from (``method.teacher``, resolved).
 
     Args:
         cfg: the pretraining config.
@@ -110,7 +112,8 @@ def lineage_tags(cfg: Config, encoder: Encoder, run_tags: dict[str, str]) -> dic
             "input.range": "float in [0, 1] or uint8 in [0, 255], (B, C, H, W)",
             "input.normalisation": f"inside the model: (x - {mean}) / {std}",
             "output.dim": str(info["num_features"]),
-            **({"parent": run_tags[RUN_PARENT_TAG]} if RUN_PARENT_TAG in run_tags else {})}
+            **({"parent": run_tags[RUN_PARENT_TAG]} if RUN_PARENT_TAG in run_tags else {}),
+            **({"teacher": run_tags[RUN_TEACHER_TAG]} if RUN_TEACHER_TAG in run_tags else {})}
 
 
 def source_commit() -> str:

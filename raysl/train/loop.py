@@ -30,7 +30,14 @@ from raysl import distributed
 from raysl.config import Config
 from raysl.console import say
 from raysl.eval.splits import LabeledSplit
-from raysl.methods.base import EpochData, InitWeights, Progress, SSLMethod, build_method
+from raysl.methods.base import (
+    EpochData,
+    InitWeights,
+    Progress,
+    SSLMethod,
+    TeacherWeights,
+    build_method,
+)
 from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.mlflow import BufferedTracker
 from raysl.train.log import EpochStats, RunLog
@@ -52,7 +59,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loop_config: ``{"config": Config.to_dict(), "settings": LoopSettings.__dict__,
             "eval_split": ObjectRef of a LabeledSplit or None, "monitor_sample": ObjectRef of
             (N, H, W, C) uint8 images or None, "init_weights": ObjectRef of InitWeights or
-            None}`` (online kNN's split, the monitors' sample, model.init_from's weights).
+            None, "teacher_weights": ObjectRef of TeacherWeights or None}`` (online kNN's
+            split, the monitors' sample, model.init_from's weights, a distillation's teacher).
     """
     settings = LoopSettings(**loop_config["settings"])
     if settings.permanent_note:
@@ -74,7 +82,7 @@ def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
     # [1] The model (DDP-wrapped), optimizer, online evaluation, and the last checkpoint's state.
     w = set_up(Config.from_dict(loop_config["config"]), settings,
                loop_config.get("eval_split"), loop_config.get("monitor_sample"),
-               loop_config.get("init_weights"))
+               loop_config.get("init_weights"), loop_config.get("teacher_weights"))
     # [2] This worker's equal share of the views (and of the whole images, for the methods
     # that read the training set between epochs).
     shard = ray.train.get_dataset_shard("train")
@@ -98,7 +106,8 @@ def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
 
 def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] | None,
            monitor_ref: ray.ObjectRef[Any] | None = None,
-           init_ref: ray.ObjectRef[InitWeights] | None = None) -> Worker:
+           init_ref: ray.ObjectRef[InitWeights] | None = None,
+           teacher_ref: ray.ObjectRef[TeacherWeights] | None = None) -> Worker:
     """The model (DDP-wrapped on its device), optimizer, online evaluation, last checkpoint.
 
     The model starts from ``init_ref``'s weights (``model.init_from``) when given; a
@@ -111,7 +120,8 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     # An elastic run's group may be smaller than train.num_workers: the same global batch,
     # shared by the workers there are. Checkpoints keep the run's config, not this group's.
     run_config, cfg = cfg.public_dict(), cfg.with_workers(world)
-    method = build_method(cfg, ray.get(init_ref) if init_ref is not None else None)
+    method = build_method(cfg, ray.get(init_ref) if init_ref is not None else None,
+                          ray.get(teacher_ref) if teacher_ref is not None else None)
     if cfg.train.sync_bn and world > 1:
         synced = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[no-untyped-call]
         method = cast(SSLMethod, synced)

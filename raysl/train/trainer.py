@@ -201,7 +201,8 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   callbacks: Sequence[ray.train.UserCallback] = (),
                   monitor_sample: ray.ObjectRef[Any] | None = None,
                   whole_images: ray.data.Dataset | None = None,
-                  init_weights: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
+                  init_weights: ray.ObjectRef[Any] | None = None,
+                  teacher_weights: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` for one pretraining run.
 
     Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
@@ -212,7 +213,9 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
     ``whole_images`` is the un-augmented pass over the training set that a method with
     ``reads_training_set`` reads before its epochs (split over the workers like the views).
     ``init_weights`` holds the :class:`~raysl.methods.base.InitWeights` a continued
-    pretraining starts from (``model.init_from``), read and checked once by the driver.
+    pretraining starts from (``model.init_from``), read and checked once by the driver;
+    ``teacher_weights`` the :class:`~raysl.methods.base.TeacherWeights` a distillation learns
+    from (``method.teacher``).
     """
     datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {"train": dataset}
     if whole_images is not None:
@@ -222,7 +225,7 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
         train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings),
                            "eval_split": eval_split, "monitor_sample": monitor_sample,
-                           "init_weights": init_weights},
+                           "init_weights": init_weights, "teacher_weights": teacher_weights},
         # (Train V2's ScalingConfig takes (min, max); mypy resolves the name to the V1 class)
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(cfg),  # type: ignore[arg-type]
                                                use_gpu=cfg.train.use_gpu,
