@@ -21,7 +21,8 @@ The stages (Vo et al. 2024 after DINOv2's deduplication), each a pass over block
    and log the report to MLflow (experiment ``curate``).
 
 Memory per process, whatever the number N of images: a task holds two blocks and a ``(4096,
-block_rows)`` slice of their similarities (defaults: 2 x 8192 x D x 4 bytes + 128 MiB); the
+block_rows)`` slice of their similarities with its masks (defaults: 2 x 8192 x D x 4 bytes +
+~0.3 GiB); the
 driver holds one block, the level-1 centroids and resampled points (k_1 x (1 + size) x D x 4
 bytes), the indices of the rows removed as duplicates (a Python int and a reason each), and
 the selection (``target`` paths). N only appears as the number of blocks, i.e. as time: the
@@ -72,8 +73,9 @@ class CurateSettings:
 
     Attributes:
         target: images to select (all that are left when fewer).
-        near: cosine at or above which two images are near duplicates; depends on the encoder
-            (0.95 removes re-encodings, crops and small edits with raysl's encoders).
+        near: cosine at or above which two images are near duplicates. It depends on the
+            encoder, which must be trained: with random weights half of all pairs of
+            Fashion-MNIST images are above 0.98. Check a few pairs with ``raysl neighbours``.
         clusters: clusters per level, level 1 first; empty = two levels of about sqrt(N) and
             N^(1/4) clusters for N images left (the paper: 4 levels of 10M, 500k, 50k, 10k
             for 743M images, about 70, 20, 5 per cluster).
