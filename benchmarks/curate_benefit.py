@@ -94,7 +94,8 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="class frequency ratio")
     p.add_argument("--dups", type=float, default=0.3, help="injected copies, x pool size")
     p.add_argument("--size", type=int, default=4000, help="images per sample")
-    p.add_argument("--near", type=float, default=0.98, help="curate's --near")
+    p.add_argument("--near", type=float, default=0.98, help="curate's --near (a curator "
+                   "trained 1 epoch put nearly every pair above 0.98: check the report)")
     p.add_argument("--curator-epochs", type=int, default=4)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seeds", default="0,1,2")
@@ -102,8 +103,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/curate_benefit.json")
     args = p.parse_args()
     if args.smoke:
-        args.head, args.size, args.curator_epochs, args.epochs, args.seeds = \
-            1000, 400, 1, 1, "0"
+        args.head, args.size, args.curator_epochs, args.epochs, args.seeds, args.near = \
+            1000, 400, 1, 1, "0", 0.99999  # 1 epoch: nearly every pair is above 0.98
     work = Path(tempfile.mkdtemp(prefix="raysl-curate-benefit-"))
     pool = long_tailed_pool(work / "pool", args.head, args.ratio, args.dups, 0)
     print(f"pool: {sum(pool.values())} files {dict(sorted(pool.items()))}", flush=True)
@@ -118,6 +119,10 @@ def main() -> None:
                      CurateSettings(target=args.size, near=args.near),
                      tracking_uri=curator.tracking_uri)
     print("\n".join(curated.report.lines()), flush=True)
+    if curated.report.selected < args.size:
+        raise SystemExit(f"curation left {curated.report.selected} of the {args.size} images "
+                         f"asked for (--near {args.near} removed {curated.report.removed}): "
+                         "train the curator longer or raise --near")
     arms = {"random": str(work / "random.txt"), "curated": curated.selection}
     samples = {arm: dict(Counter(Path(line).parent.name for line in
                                  Path(path).read_text().split())) for arm, path in arms.items()}
