@@ -16,8 +16,8 @@
 
    Each side's cosine schedule needs its length up front, so each side gets its own pilot run
    (2 epochs of ``--pilot-images``, counted for neither) that plans its epochs to fill the budget
-   (``accuracy.plan``). The sides alternate within each seed (``--seeds``), so a machine that
-   slows down slows both.
+   (``accuracy.plan``), and its warm-up keeps its recipe's fraction of the run. The sides
+   alternate within each seed (``--seeds``), so a machine that slows down slows both.
 3. **One evaluation** scores every student, the teacher and the student's random init with
    raysl's protocols: weighted kNN (k=200, T=0.1) and the linear probe, on ``--eval-limit``
    images of the training split as the bank and as many of the test split as queries. Results:
@@ -98,11 +98,22 @@ def student(args: argparse.Namespace, side: str, teacher: str) -> list[str]:
     return [*settings, f"method.teacher={teacher}"] if side == "distill" else settings
 
 
+def warmup(side: str, epochs: int) -> float:
+    """The side's warm-up, as the same fraction of its planned epochs as of its recipe's.
+
+    A schedule fitted to the budget: the recipes' warm-ups are counted in their own (longer)
+    epochs, and distill's 2 of 50 would otherwise fill a 2-epoch run.
+    """
+    recipe = C.load(RECIPES[side], ["method.teacher=unused"] if side == "distill" else [])
+    return recipe.optim.warmup_epochs * epochs / recipe.train.epochs
+
+
 def run_side(args: argparse.Namespace, side: str, teacher: str, epochs: int, images: int,
              seed: int, out: Path) -> dict[str, Any]:
     """One student run: ``epochs`` epochs of ``images`` images at ``seed``."""
     settings = [*student(args, side, teacher), f"data.source.limit={images}",
-                f"train.epochs={epochs}", f"train.seed={seed}"]
+                f"train.epochs={epochs}", f"train.seed={seed}",
+                f"optim.warmup_epochs={warmup(side, epochs):g}"]
     result = pretrain(args, RECIPES[side], settings, out)
     return {**result, "side": side, "seed": seed, "epochs": epochs, "images": images}
 
