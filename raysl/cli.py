@@ -171,8 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     add_tracking_uri(nb)
     cu = sub.add_parser("curate", help="remove duplicates and draw a cluster-balanced "
                         "selection of a dataset (Vo et al. 2024), as a file list to pretrain on")
-    cu.add_argument("source", metavar="SOURCE", help="any source of image files raysl reads "
-                    "(folder, file list, parquet, shards), local or s3://, gs://")
+    cu.add_argument("source", metavar="SOURCE", help="image files: a folder or a file list, "
+                    "local or s3://, gs://")
     cu.add_argument("--model", required=True, metavar="MODEL", help="the encoder that embeds "
                     "the images: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID or a "
                     "checkpoint directory")

@@ -61,10 +61,13 @@ from raysl.curate.hierarchy import (
     row_keys,
 )
 from raysl.curate.report import CurateReport, report_png
+from raysl.data.source import detect_format
 from raysl.data.storage import Store
 from raysl.errors import ConfigError, DataError, check
 from raysl.serving.embed import embed
 from raysl.serving.models import LoadedModel, load_model
+
+FILE_FORMATS = ("folder", "files")  # readers whose rows are files a file list can name
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,15 @@ def curate(model: LoadedModel, source: SourceConfig, out: str, settings: CurateS
     """Curate ``source`` into ``out`` (a folder, local or an object store): see the module.
 
     Raises:
-        DataError: the source cannot be read, has no files to list, or ``out`` exists
-            (without ``overwrite``).
+        DataError: the source cannot be read, is not made of files (a folder or a file
+            list), or ``out`` holds a selection already (without ``overwrite``).
         ConfigError: ``--clusters`` asks for more clusters than images left.
     """
+    kind = detect_format(source, "SOURCE")
+    if kind not in FILE_FORMATS:
+        raise DataError(f"SOURCE={source.path!r}: its images are not files (a {kind} source), "
+                        "so no file list can name them; curate a folder or a file list of "
+                        "image files")
     store = Store.from_env(source.endpoint)
     out = out.rstrip("/")
     selection = f"{out}/selection.txt"
@@ -200,10 +208,6 @@ def _blocks(files: list[str], store: Store, rows: int) -> list[ray.ObjectRef[Blo
     if not files:
         return refs
     dataset = pads.dataset([store.resolve(f)[1] for f in files], filesystem=fs, format="parquet")
-    if "path" not in dataset.schema.names:
-        raise DataError("SOURCE: its images are not files (an array source: IDX, npz, npy, "
-                        "CIFAR or generated), so no file list can name them; write them as "
-                        "files first, or curate a folder, a file list or shards of files")
     pending: list[pa.RecordBatch] = []
     for batch in dataset.to_batches(batch_size=rows):
         pending.append(batch)

@@ -113,3 +113,11 @@ def test_bad_input_exits_2_naming_the_flag(curated):
                                "--tracking-uri", curated["uri"], cwd=curated["root"])
     assert status == 2 and stderr.strip().splitlines() == [
         "raysl: error: --target=0: must be >= 1 (images to select)"]
+    # images that are not files: nothing a file list could name
+    np.savez(curated["root"] / "arrays.npz", x=np.zeros((4, 8, 8), np.uint8))
+    status, _, stderr = _raysl("curate", "arrays.npz", "--model", f"models:/{NAME}@champion",
+                               "--out", "other", "--target", "2", "--tracking-uri",
+                               curated["uri"], cwd=curated["root"])
+    assert status == 2 and stderr.strip().splitlines() == [
+        "raysl: error: SOURCE='arrays.npz': its images are not files (a npz source), so no file "
+        "list can name them; curate a folder or a file list of image files"]
