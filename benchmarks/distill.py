@@ -85,7 +85,10 @@ def pretrain(args: argparse.Namespace, recipe: Path, settings: list[str], out: P
     if found is None or steps is None:
         raise RuntimeError(f"no checkpoint or training line in {log}")
     client = mlflow.MlflowClient(args.store)
-    (run,) = client.search_runs([client.get_experiment_by_name(out.name).experiment_id])
+    experiment = client.get_experiment_by_name(out.name).experiment_id
+    # The newest: a store shared with an earlier invocation (--store) holds its runs too.
+    (run,) = client.search_runs([experiment], order_by=["attributes.start_time DESC"],
+                                max_results=1)
     return {"wall_s": wall, "images_seen": math.prod(int(n) for n in steps.groups()),
             "images_per_s": run.data.metrics["train/images_per_s"],
             "first_step_s": run.data.metrics["time/first_step_s"],
