@@ -72,33 +72,47 @@ def encoder_config(args: argparse.Namespace) -> C.Config:
 
 def run_raysl(args: argparse.Namespace, epochs: int, images: int, out: Path) -> dict[str, Any]:
     """``raysl pretrain`` as a user runs it; wall clock, rate and checkpoint of the run."""
+    result = timed_pretrain(RECIPE, recipe(args, epochs, images), out,
+                            f"sqlite:///{out}/mlflow.db", "accuracy", args.timeout)
+    return {**result, "epochs": epochs}
+
+
+def timed_pretrain(config: Path, settings: list[str], out: Path, store: str, experiment: str,
+                   timeout: float) -> dict[str, Any]:
+    """``raysl pretrain --config config --set ...`` in ``out``, logging to ``experiment``.
+
+    Returns its wall clock (launch to exit), the images it trained on, its rate and
+    first-step time (from its MLflow run: the newest of ``experiment``, as a store may hold
+    earlier ones) and its last checkpoint.
+    """
     import mlflow
 
     out.mkdir(parents=True, exist_ok=True)
-    store = f"sqlite:///{out}/mlflow.db"
-    command = [str(Path(sys.executable).parent / "raysl"), "pretrain", "--config", str(RECIPE)]
-    for setting in (*recipe(args, epochs, images), f"tracking.tracking_uri={store}",
-                    "tracking.experiment=accuracy", f"train.storage_path={out}/runs"):
+    command = [str(Path(sys.executable).parent / "raysl"), "pretrain", "--config", str(config)]
+    for setting in (*settings, f"tracking.tracking_uri={store}",
+                    f"tracking.experiment={experiment}", f"train.storage_path={out}/runs"):
         command += ["--set", setting]
     log = out / "pretrain.log"
     launched = time.time()
     with open(log, "w") as sink:
         done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, cwd=out,
-                              check=False, timeout=args.timeout)
+                              check=False, timeout=timeout)
     wall = time.time() - launched
     text = log.read_text()
     if done.returncode:
         sys.stderr.write(text[-4000:])
         raise RuntimeError(f"raysl pretrain exited with {done.returncode}; log: {log}")
     found = re.search(r"^checkpoint\s+(\S+)", text, re.MULTILINE)
-    plan = re.search(r"(\d+) epoch\(s\) x (\d+) step\(s\) of (\d+) images", text)
-    if found is None or plan is None:
+    steps = re.search(r"(\d+) epoch\(s\) x (\d+) step\(s\) of (\d+) images", text)
+    if found is None or steps is None:
         raise RuntimeError(f"no checkpoint or training line in {log}")
     client = mlflow.MlflowClient(store)
-    (run,) = client.search_runs([client.get_experiment_by_name("accuracy").experiment_id])
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (run,) = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"],
+                                max_results=1)
     metrics = run.data.metrics
-    seen = math.prod(int(n) for n in plan.groups())  # whole batches: drop_last
-    return {"wall_s": wall, "epochs": epochs, "images_seen": seen,
+    seen = math.prod(int(n) for n in steps.groups())  # whole batches: drop_last
+    return {"wall_s": wall, "images_seen": seen,
             "images_per_s": metrics["train/images_per_s"],
             "first_step_s": metrics["time/first_step_s"], "checkpoint": found.group(1)}
 

@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accuracy import plan  # benchmarks/ is on the path of its scripts
+from accuracy import plan, timed_pretrain  # benchmarks/ is on the path of its scripts
 from extraction_speed import cpu_model
 
 from raysl import config as C
@@ -60,39 +57,10 @@ def note(line: str) -> None:
 
 def pretrain(args: argparse.Namespace, recipe: Path, settings: list[str], out: Path
              ) -> dict[str, Any]:
-    """``raysl pretrain`` as a user runs it: its wall clock, rate and checkpoint."""
-    import mlflow
-
-    out.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "raysl"), "pretrain", "--config", str(recipe)]
-    for setting in (f"data.source.path={args.data}", "eval.enabled=false",
-                    "eval.monitor_every=0", f"tracking.tracking_uri={args.store}",
-                    f"tracking.experiment={out.name}", f"train.storage_path={out}/runs",
-                    *settings):
-        command += ["--set", setting]
-    log = out / "pretrain.log"
-    launched = time.time()
-    with open(log, "w") as sink:
-        done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, cwd=out,
-                              check=False, timeout=args.timeout)
-    wall = time.time() - launched
-    text = log.read_text()
-    if done.returncode:
-        sys.stderr.write(text[-4000:])
-        raise RuntimeError(f"raysl pretrain exited with {done.returncode}; log: {log}")
-    found = re.search(r"^checkpoint\s+(\S+)", text, re.MULTILINE)
-    steps = re.search(r"(\d+) epoch\(s\) x (\d+) step\(s\) of (\d+) images", text)
-    if found is None or steps is None:
-        raise RuntimeError(f"no checkpoint or training line in {log}")
-    client = mlflow.MlflowClient(args.store)
-    experiment = client.get_experiment_by_name(out.name).experiment_id
-    # The newest: a store shared with an earlier invocation (--store) holds its runs too.
-    (run,) = client.search_runs([experiment], order_by=["attributes.start_time DESC"],
-                                max_results=1)
-    return {"wall_s": wall, "images_seen": math.prod(int(n) for n in steps.groups()),
-            "images_per_s": run.data.metrics["train/images_per_s"],
-            "first_step_s": run.data.metrics["time/first_step_s"],
-            "checkpoint": found.group(1)}
+    """``raysl pretrain`` as a user runs it, training only: its wall clock, rate, checkpoint."""
+    return timed_pretrain(recipe, [f"data.source.path={args.data}", "eval.enabled=false",
+                                   "eval.monitor_every=0", *settings], out, args.store,
+                          out.name, args.timeout)
 
 
 def student(args: argparse.Namespace, side: str, teacher: str) -> list[str]:
