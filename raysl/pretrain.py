@@ -186,8 +186,8 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     log = redacting(log)  # a data path or URI in a line may carry a password
     check_data_paths(cfg)  # a wrong path fails now, not after the cluster has started
     uri = resolve_tracking_uri(cfg.tracking)
-    init = resolve_init(cfg, uri)  # so does a model.init_from that does not fit
-    teacher = resolve_teacher(cfg, uri)  # and a distillation's teacher that cannot be read
+    teacher = resolve_teacher(cfg, uri)  # so does a distillation's teacher that cannot be read
+    init = resolve_init(cfg, uri, teacher)  # and a model.init_from that does not fit
     connect(cfg.train.address)
     nodes = node_resources()
     plan = plan_resources(cfg, nodes)

@@ -28,8 +28,12 @@ FIELD = "model.init_from"
 _ARCHITECTURE = ("backbone", "width", "small_stem", "depth", "patch_size", "pos_embed")
 
 
-def resolve_init(cfg: Config, tracking_uri: str) -> InitWeights | None:
+def resolve_init(cfg: Config, tracking_uri: str, teacher: TeacherWeights | None = None
+                 ) -> InitWeights | None:
     """The weights this run starts from, checked against its encoder; None without init_from.
+
+    ``teacher``: a distillation's (:func:`resolve_teacher`), to build the method whose heads a
+    checkpoint of the same method may carry.
 
     Raises:
         ConfigError: a raysl source of another architecture (naming the settings to change).
@@ -47,7 +51,7 @@ def resolve_init(cfg: Config, tracking_uri: str) -> InitWeights | None:
     encoder = build_encoder(cfg.model, cfg.data.channels, cfg.data.image_size)
     state = loaded.encoder.state_dict()
     load_exactly(encoder, state, f"{FIELD}={spec!r}")
-    heads = _method_state(cfg, loaded, path) if path.is_dir() else None
+    heads = _method_state(cfg, loaded, path, teacher) if path.is_dir() else None
     return InitWeights(state, heads, loaded.description)
 
 
@@ -113,8 +117,8 @@ def _check_architecture(cfg: Config, loaded: LoadedModel, spec: str) -> None:
                           f"with other settings: add --set {' '.join(differ)}")
 
 
-def _method_state(cfg: Config, loaded: LoadedModel, directory: Path
-                  ) -> dict[str, Any] | None:
+def _method_state(cfg: Config, loaded: LoadedModel, directory: Path,
+                  teacher: TeacherWeights | None) -> dict[str, Any] | None:
     """The checkpoint's whole method (heads, EMA target) when it is this run's method and fits.
 
     A checkpoint of another method, or of this one with other head sizes, gives None: the heads
@@ -126,4 +130,4 @@ def _method_state(cfg: Config, loaded: LoadedModel, directory: Path
     if not found.is_file():
         return None
     state = load_tensors(found)
-    return state if not mismatch(state, build_method(cfg)) else None
+    return state if not mismatch(state, build_method(cfg, teacher=teacher)) else None
