@@ -39,6 +39,7 @@ from PIL import Image
 from raysl import config as C
 from raysl.cluster.connect import connect
 from raysl.config import FASHION_MNIST_DIR, SourceConfig
+from raysl.curate import NEAR_DEFAULT
 from raysl.curate.command import CurateSettings, curate
 from raysl.data.readers.idx import parse_idx
 from raysl.pretrain import pretrain
@@ -94,8 +95,8 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.5, help="class frequency ratio")
     p.add_argument("--dups", type=float, default=0.3, help="injected copies, x pool size")
     p.add_argument("--size", type=int, default=4000, help="images per sample")
-    p.add_argument("--near", type=float, default=0.98, help="curate's --near (a curator "
-                   "trained 1 epoch put nearly every pair above 0.98: check the report)")
+    p.add_argument("--near", type=float, default=NEAR_DEFAULT, help="curate's --near "
+                   f"(default {NEAR_DEFAULT}, curate's own: check the report)")
     p.add_argument("--curator-epochs", type=int, default=4)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seeds", default="0,1,2")

@@ -17,6 +17,7 @@ from raysl import catalog
 from raysl import config as config_mod
 from raysl.config import FASHION_MNIST_DIR, Config
 from raysl.console import VERBOSE_ENV
+from raysl.curate import NEAR_DEFAULT
 from raysl.errors import (
     CheckpointError,
     ClusterUnreachable,
@@ -179,8 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     cu.add_argument("--out", required=True, metavar="OUT", help="a folder: selection.txt (the "
                     "file list), report.json, report.png and embeddings/")
     cu.add_argument("--target", required=True, type=int, metavar="N", help="images to select")
-    cu.add_argument("--near", type=float, default=0.95, help="cosine at or above which two "
-                    "images are near duplicates (default 0.95)")
+    cu.add_argument("--near", type=float, default=NEAR_DEFAULT, help="cosine at or "
+                    f"above which two images are near duplicates (default {NEAR_DEFAULT})")
     cu.add_argument("--clusters", default="", metavar="K1,K2,...", help="clusters per level, "
                     "level 1 first (default: two levels, about sqrt(N) and N^(1/4))")
     cu.add_argument("--iters", type=int, default=20, help="Lloyd iterations per k-means "

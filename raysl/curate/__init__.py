@@ -6,3 +6,7 @@
 - :mod:`raysl.curate.report`: the counts and the picture.
 - :mod:`raysl.curate.command`: the stages put together with Ray.
 """
+
+# The cosine at or above which ``raysl curate`` calls two images near duplicates (see
+# CurateSettings.near for the measurement behind it); here so the CLI reads it without Ray.
+NEAR_DEFAULT = 0.9995
