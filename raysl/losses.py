@@ -606,3 +606,32 @@ def feature_distillation(student: Tensor, teacher: Tensor) -> Tensor:
         teacher: (B, ...) the teacher's, the same shape; no gradient flows into them.
     """
     return F.mse_loss(student.float(), teacher.detach().float())
+
+
+def standardised_targets(teacher: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each teacher feature standardised over the GLOBAL batch: zero mean, unit variance.
+
+    A ResNet teacher's pooled features leave a ReLU: all positive, a few of them wide. Regressed
+    as they are, those few dominate the squared error; standardised, every feature counts alike
+    (a DINOv2 teacher's tokens leave a LayerNorm, which is why LightlyTrain can regress them
+    raw). The statistics are those of every worker's batch, so the targets, and the loss, do
+    not depend on how the batch is split.
+
+    Args:
+        teacher: (B, D) features or (B, D, h, w) patch features (statistics over the batch and
+            the positions); no gradient flows into them.
+        eps: added to the variance (a feature constant over the batch becomes 0).
+
+    Returns:
+        (B, D, ...) float32, the standardised features.
+    """
+    t = teacher.detach().float()
+    over = [0, *range(2, t.dim())]
+    rows = torch.tensor([t.numel() // max(1, t.shape[1])], dtype=torch.float64)
+    moments = distributed.all_reduce_sum(torch.cat([
+        rows, t.double().sum(dim=over), t.double().square().sum(dim=over)]))
+    d = t.shape[1]
+    mean = moments[1:1 + d] / moments[0]
+    var = (moments[1 + d:] / moments[0] - mean.square()).clamp_min(0)
+    shape = (1, d) + (1,) * (t.dim() - 2)
+    return ((t.double() - mean.view(shape)) / (var.view(shape) + eps).sqrt()).float()

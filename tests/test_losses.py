@@ -22,6 +22,7 @@ from raysl.losses import (
     byol_regression,
     dino,
     ema_center,
+    feature_distillation,
     ibot_patch_loss,
     info_nce_queue,
     koleo,
@@ -35,6 +36,7 @@ from raysl.losses import (
     sigreg,
     sigreg_directions,
     sinkhorn_knopp,
+    standardised_targets,
     swapped_prediction,
     vicreg,
 )
@@ -763,6 +765,12 @@ def _case_sinkhorn_no_rows(e: list[Tensor]) -> gh.Outputs:
     return gh.Outputs(0.0 * e[0].sum(), rows=rows)
 
 
+def _case_standardised_distillation(e: list[Tensor]) -> gh.Outputs:
+    # The teacher's features (view 1, detached) standardised with the global batch's moments.
+    targets = standardised_targets(e[1].detach() * 3 + 1)
+    return gh.Outputs(feature_distillation(e[0], targets), rows=targets.double())
+
+
 GLOO_CASES = {
     "nt_xent": gh.Case(_case_nt_xent),
     "info_nce_queue": gh.Case(_case_info_nce_queue),
@@ -777,6 +785,7 @@ GLOO_CASES = {
     "sigreg+sigreg_directions": gh.Case(_case_sigreg),
     "lejepa": gh.Case(_case_lejepa, n_views=3),
     "koleo": gh.Case(_case_koleo, n_views=1),
+    "standardised_targets+feature_distillation": gh.Case(_case_standardised_distillation),
     "ibot_patch_loss+sinkhorn_knopp+ema_center, uneven rows": gh.Case(_case_ibot, n_views=3),
     "sinkhorn_knopp, a rank without rows": gh.Case(_case_sinkhorn_no_rows, n_views=1),
 }

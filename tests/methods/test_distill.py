@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from raysl import config as C
 from raysl.errors import ConfigError
-from raysl.losses import feature_distillation
+from raysl.losses import feature_distillation, standardised_targets
 from raysl.methods.base import Progress, build_method, teacher_from_checkpoint
 from raysl.methods.distill import Distill
 from raysl.serving.init_from import resolve_teacher
@@ -37,9 +37,28 @@ def test_feature_distillation_is_the_mean_squared_error_of_every_element():
     assert teacher.grad is None or not teacher.grad.any()  # no gradient into the teacher
 
 
+def test_standardised_targets_match_a_loop_transcription():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(6, 4), (3, 4, 2, 2)]:  # features; patch features, over batch and positions
+        t = torch.rand(*shape, generator=g, dtype=torch.float64) * 5
+        t[:, 1] = 2.0  # a feature constant over the batch (a dead ReLU) becomes 0
+        values: list[list[float]] = [[] for _ in range(shape[1])]
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in shape]):
+            values[int(index[1])].append(float(t[tuple(index)]))
+        expected = torch.empty(shape, dtype=torch.float64)
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in shape]):
+            column = values[int(index[1])]
+            mean = sum(column) / len(column)
+            var = sum((v - mean) ** 2 for v in column) / len(column)  # biased, as BatchNorm
+            expected[tuple(index)] = (float(t[tuple(index)]) - mean) / (var + 1e-5) ** 0.5
+        got = standardised_targets(t.requires_grad_(True))
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+        assert not got.requires_grad and not got[:, 1].any()
+
+
 def test_a_student_identical_to_its_teacher_has_zero_loss_on_class_tokens_and_patches():
     teacher_dir = tiny_teacher(vit=True, patch=8)
-    method = build_method(_config(teacher_dir, vit=True))
+    method = build_method(_config(teacher_dir, "method.standardise=false", vit=True))
     assert isinstance(method, Distill) and method.patch_head is not None
     # The student made a copy of the teacher and both projections the identity.
     method.encoder.load_state_dict(method.teacher.state_dict())
@@ -58,6 +77,26 @@ def test_a_student_identical_to_its_teacher_has_zero_loss_on_class_tokens_and_pa
     out = other(views, Progress(0, 10, 10))
     expected = out.logs["distill/global"] + 0.5 * out.logs["distill/patch"]
     assert float(out.loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_standardised_a_student_is_perfect_when_it_maps_the_teacher_to_its_z_scores():
+    teacher_dir = tiny_teacher()
+    method = build_method(_config(teacher_dir))
+    assert isinstance(method, Distill) and method.cfg.standardise
+    method.encoder.load_state_dict(method.teacher.state_dict())
+    method.eval()  # the copy's BatchNorm uses the teacher's running statistics
+    view = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    features, _ = method.teacher_features(view)
+    mean, var = features.mean(0), features.var(0, unbiased=False)
+    with torch.no_grad():  # the head standardises what the (copied) encoder gives
+        method.head.weight.copy_(torch.diag((var + 1e-5).rsqrt()))
+        method.head.bias.copy_(-mean * (var + 1e-5).rsqrt())
+    out = method([view, view], Progress(0, 10, 10))
+    assert float(out.loss.detach()) == pytest.approx(0.0, abs=1e-8)
+    raw = build_method(_config(teacher_dir, "method.standardise=false"))
+    raw.load_state_dict(method.state_dict())  # the same weights regress the raw features
+    raw.eval()
+    assert float(raw([view, view], Progress(0, 10, 10)).loss.detach()) > 1e-3
 
 
 def test_the_teacher_is_frozen_unsaved_and_sees_views_at_its_own_size():
