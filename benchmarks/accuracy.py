@@ -37,13 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from extraction_speed import cpu_model  # benchmarks/ is on the path of its scripts
 from throughput import TwoViews, fashion_mnist, loader
-from torch import nn
+from torch import Tensor, nn
 
 from raysl import config as C
 from raysl.methods.base import build_method
@@ -107,7 +108,10 @@ def timed_pretrain(config: Path, settings: list[str], out: Path, store: str, exp
     if found is None or steps is None:
         raise RuntimeError(f"no checkpoint or training line in {log}")
     client = mlflow.MlflowClient(store)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    found_experiment = client.get_experiment_by_name(experiment)
+    if found_experiment is None:
+        raise RuntimeError(f"raysl pretrain logged no MLflow experiment {experiment!r} in {store}")
+    experiment_id = found_experiment.experiment_id
     (run,) = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"],
                                 max_results=1)
     metrics = run.data.metrics
@@ -145,7 +149,7 @@ def train_lightly(args: argparse.Namespace, launched: float, budget_s: float,
     """
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
-    from lightly.transforms import SimCLRTransform
+    from lightly.transforms.simclr_transform import SimCLRTransform
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -153,7 +157,9 @@ def train_lightly(args: argparse.Namespace, launched: float, budget_s: float,
     encoder = build_method(cfg).encoder  # the same network, freshly initialised
     features = encoder.num_features
     model = nn.Sequential(encoder, SimCLRProjectionHead(features, features, 128))
-    transform = SimCLRTransform(input_size=cfg.data.image_size, normalize=None)
+    # PIL images in, tensors out (its pipeline ends in ToTensor); typed for either
+    transform = cast(Callable[[Any], list[Tensor]],
+                     SimCLRTransform(input_size=cfg.data.image_size, normalize=None))
     settings = argparse.Namespace(batch=LIGHTLY_BATCH, loader_workers=args.loader_workers)
     data = loader(TwoViews(fashion_mnist(args.data, Path(args.cache), args.images), transform),
                   settings)

@@ -141,9 +141,9 @@ def main() -> None:
                          statistics.pstdev(r[m] for r in rows))
                      for m in ("knn_top1", "linear_top1", "seconds") if all(m in r for r in rows)}
                for arm, rows in results.items()}
-    for arm, row in summary.items():
+    for arm, stats in summary.items():
         print(f"{arm:<8} " + "  ".join(f"{m} {mean:.4f} +- {sd:.4f}"
-                                       for m, (mean, sd) in row.items()))
+                                       for m, (mean, sd) in stats.items()))
     Path(args.out).write_text(json.dumps(
         {"args": vars(args), "pool": pool, "samples": samples, "curate": curated.report.to_dict(),
          "results": results, "summary": summary, "date": time.strftime("%Y-%m-%d")}, indent=1))

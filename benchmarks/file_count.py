@@ -45,7 +45,7 @@ from extraction_speed import cpu_model
 
 from raysl.config import SourceConfig
 from raysl.data.ledger import DecodePolicy
-from raysl.data.readers.base import list_target
+from raysl.data.readers.base import Encoded, list_target
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 from raysl.data.source import UnitSource, pick_reader
 from raysl.data.storage import Store
@@ -111,6 +111,8 @@ def plan(path: Path) -> dict[str, float]:
     encoded = pick_reader(cfg, target, store, "data.source").open(cfg, target, store, 0,
                                                                   "data.source")
     t2 = time.perf_counter()
+    if not isinstance(encoded, Encoded):  # a tree of image files: its units, never arrays
+        raise TypeError(f"{path} opened as arrays read whole, not as encoded units")
     source = UnitSource(encoded, store, 1, 8, DecodePolicy(), None, 0, cfg.path, shuffle=True)
     t3 = time.perf_counter()
     build, put = [], []

@@ -163,7 +163,10 @@ def first_step_seconds(tmp: Path, tree: Path) -> float:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    cwd=tmp, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("memory-scale").experiment_id],
+    experiment = client.get_experiment_by_name("memory-scale")
+    if experiment is None:
+        raise RuntimeError(f"raysl pretrain logged no MLflow experiment 'memory-scale' in {tmp}")
+    run = client.search_runs([experiment.experiment_id],
                              "tags.`raysl.run_name` = 'listing'")[0]
     return float(run.data.metrics["time/first_step_s"])
 
@@ -180,10 +183,11 @@ class Sampler:
         import psutil  # Ray's vendored copy, on the path once ray is imported
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        state = get_state_from_address(  # type: ignore[no-untyped-call]  # Ray's private API
+            ray.get_runtime_context().gcs_address)
         me = psutil.Process()
         while not self._stop.wait(1.0):
-            stats = get_memory_info_reply(state).store_stats
+            stats = get_memory_info_reply(state).store_stats  # type: ignore[no-untyped-call]
             self._peak("object_store_bytes", stats.object_store_bytes_used)
             self._peak("spilled_bytes", stats.spilled_bytes_total)
             self._peak("restored_bytes", stats.restored_bytes_total)

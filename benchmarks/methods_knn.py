@@ -25,7 +25,8 @@ from pathlib import Path
 
 from raysl import config as C
 from raysl.catalog import names
-from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
+from raysl.eval.suite import RANDOM_INIT, TRAINED
+from raysl.pretrain import pretrain
 
 CONFIGS = Path(__file__).resolve().parent.parent / "pipelines" / "configs"
 

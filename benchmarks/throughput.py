@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from extraction_speed import cpu_model  # benchmarks/ is on the path of its scripts
@@ -52,6 +52,8 @@ from torch import Tensor, nn
 from raysl import config as C
 from raysl.cli import process_start
 from raysl.methods.base import Progress, SSLMethod, build_method
+from raysl.methods.byol import BYOLConfig
+from raysl.methods.simclr import SimCLRConfig
 from raysl.train.optim import build_optimizer
 from raysl.train.step import autocast_dtype, memory_format, train_step, unwrap
 
@@ -101,7 +103,7 @@ def device() -> torch.device:
 # ---------------------------------------------------------------- data for the in-process sides
 
 
-def fashion_mnist(data_dir: str, cache: Path, limit: int) -> torch.utils.data.Dataset[Any]:
+def fashion_mnist(data_dir: str, cache: Path, limit: int) -> torch.utils.data.Subset[Any]:
     """Torchvision's FashionMNIST dataset: the first ``limit`` training images of ``data_dir``.
 
     torchvision reads the uncompressed IDX files from ``<root>/FashionMNIST/raw``; the Debian
@@ -122,7 +124,7 @@ def fashion_mnist(data_dir: str, cache: Path, limit: int) -> torch.utils.data.Da
     return torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
 
 
-def images(args: argparse.Namespace) -> torch.utils.data.Dataset[Any]:
+def images(args: argparse.Namespace) -> torch.utils.data.Subset[Any]:
     """The benchmark's images as PIL images: ``--folder`` (torchvision ImageFolder) or FMNIST."""
     if args.folder:
         from torchvision.datasets import ImageFolder
@@ -135,7 +137,7 @@ def images(args: argparse.Namespace) -> torch.utils.data.Dataset[Any]:
 class TwoViews(torch.utils.data.Dataset[Any]):
     """``dataset``'s images through ``transform`` (PIL -> list of views); labels dropped."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset[Any],
+    def __init__(self, dataset: torch.utils.data.Subset[Any],
                  transform: Callable[[Any], list[Tensor]]) -> None:
         self.dataset, self.transform = dataset, transform
 
@@ -165,7 +167,7 @@ def torchvision_views(cfg: C.Config) -> Callable[[Any], list[Tensor]]:
         if v.solarize_p[i] > 0:
             ops.append(T.RandomSolarize(128, p=v.solarize_p[i]))
         ops += [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
-        return T.Compose(ops)
+        return cast(Callable[[Any], Tensor], T.Compose(ops))  # torchvision: untyped
 
     return EachView([view(i) for i in range(2)])
 
@@ -266,8 +268,9 @@ def measure_ceiling(cfg: C.Config, args: argparse.Namespace, clock: EpochClock) 
     workers = cfg.train.num_workers
     images(args)  # unpacks the images once, before the ranks read them
     with tempfile.TemporaryDirectory(prefix="raysl-ceiling-") as tmp:
-        mp.spawn(_ceiling_worker, args=(workers, cfg.to_dict(), args, clock, tmp),
-                 nprocs=workers, join=True)
+        mp.spawn(  # type: ignore[attr-defined,no-untyped-call]  # torch: untyped, not re-exported
+            _ceiling_worker, args=(workers, cfg.to_dict(), args, clock, tmp), nprocs=workers,
+            join=True)
         result = json.loads((Path(tmp) / "rank0.json").read_text())
     clock.images_per_s, clock.first_step_s = result["images_per_s"], result["first_step_s"]
 
@@ -317,29 +320,30 @@ def measure_lightly(cfg: C.Config, args: argparse.Namespace, clock: EpochClock) 
         SimCLRProjectionHead,
     )
     from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import (
+    from lightly.transforms.byol_transform import (
         BYOLTransform,
         BYOLView1Transform,
         BYOLView2Transform,
-        SimCLRTransform,
     )
+    from lightly.transforms.simclr_transform import SimCLRTransform
     from lightly.utils.scheduler import cosine_schedule
 
     v, size, m = cfg.data.views, cfg.data.image_size, cfg.method
-    common = {"input_size": size, "cj_prob": v.jitter_p, "cj_strength": 1.0,
-              "cj_bright": v.brightness, "cj_contrast": v.contrast, "cj_sat": v.saturation,
-              "cj_hue": v.hue, "min_scale": v.crop_scale[0], "random_gray_scale": v.grayscale_p,
-              "hf_prob": v.hflip_p, "sigmas": v.blur_sigma, "normalize": None}
+    common: dict[str, Any] = {
+        "input_size": size, "cj_prob": v.jitter_p, "cj_strength": 1.0,
+        "cj_bright": v.brightness, "cj_contrast": v.contrast, "cj_sat": v.saturation,
+        "cj_hue": v.hue, "min_scale": v.crop_scale[0], "random_gray_scale": v.grayscale_p,
+        "hf_prob": v.hflip_p, "sigmas": v.blur_sigma, "normalize": None}
     encoder = build_method(cfg).encoder  # the same network, freshly initialised
     features = encoder.num_features
     model: nn.Module
-    if m.name == "simclr":
+    if isinstance(m, SimCLRConfig):
         transform: Any = SimCLRTransform(gaussian_blur=v.blur_p[0], **common)
         model = nn.Sequential(encoder, SimCLRProjectionHead(
             features, m.proj_hidden_dim or features, m.proj_output_dim))
         criterion: nn.Module = NTXentLoss(temperature=m.temperature)
         momentum_pairs: list[tuple[nn.Module, nn.Module]] = []
-    else:
+    elif isinstance(m, BYOLConfig):
         transform = BYOLTransform(
             BYOLView1Transform(gaussian_blur=v.blur_p[0], solarization_prob=v.solarize_p[0],
                                **common),
@@ -355,6 +359,8 @@ def measure_lightly(cfg: C.Config, args: argparse.Namespace, clock: EpochClock) 
         deactivate_requires_grad(target)
         momentum_pairs = [(model[0], target[0]), (model[1], target[1])]
         criterion = NegativeCosineSimilarity()
+    else:
+        raise ValueError(f"method {m.name!r}: the lightly side runs simclr or byol")
     data = loader(TwoViews(images(args), transform), args)
     dev, layout = device(), memory_format(cfg.train.channels_last, device(), cfg.model.is_vit)
     for module in (model, *([target] if momentum_pairs else [])):
@@ -403,7 +409,10 @@ def measure_raysl(cfg: C.Config, args: argparse.Namespace) -> dict[str, float]:
             sys.stderr.write(log.read_text()[-4000:])
             raise RuntimeError(f"raysl pretrain exited with {done.returncode}")
         client = mlflow.MlflowClient(store)
-        (run,) = client.search_runs([client.get_experiment_by_name("throughput").experiment_id])
+        experiment = client.get_experiment_by_name("throughput")
+        if experiment is None:
+            raise RuntimeError(f"raysl pretrain logged no MLflow experiment 'throughput' in {tmp}")
+        (run,) = client.search_runs([experiment.experiment_id])
         metrics = run.data.metrics
         return {"images_per_s": metrics["train/images_per_s"],
                 "first_step_s": metrics["time/first_step_s"],
