@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,29 @@ from raysl.config import FASHION_MNIST_DIR
 from tests.processes import free_port, start_server, stop, wait_for_url
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# `make test` (and so CI) sets it: what would make tests skip stops the run at its start instead,
+# so that a suite whose real-data and peer tests were skipped can never pass for a whole one.
+STRICT_ENV = "RAYSL_TEST_STRICT"
+
+
+def missing_for_the_whole_suite() -> list[str]:
+    """What the suite needs that is not here, each with how to get it."""
+    missing = []
+    if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists():
+        missing.append(f"Fashion-MNIST in {FASHION_MNIST_DIR} (make data: sudo apt-get install "
+                       "dataset-fashion-mnist)")
+    if importlib.util.find_spec("lightly") is None:
+        missing.append("lightly, the peer the benchmarks compare with (make peers)")
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``RAYSL_TEST_STRICT=1``, stop before any test when the suite could not run whole."""
+    missing = missing_for_the_whole_suite()
+    if os.environ.get(STRICT_ENV) == "1" and missing:
+        pytest.exit(f"{STRICT_ENV}=1: the whole suite needs " + "; ".join(missing) + ". To run "
+                    "the rest with those tests skipped: .venv/bin/python -m pytest", returncode=3)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +65,7 @@ def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fmnist_dir() -> Path:
-    """The Debian Fashion-MNIST files; tests that need them skip with a clear reason otherwise."""
+    """The Debian Fashion-MNIST files; outside ``make test`` (strict) tests skip without them."""
     path = Path(FASHION_MNIST_DIR)
     if not (path / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
