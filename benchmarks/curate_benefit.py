@@ -19,7 +19,7 @@ folders (the labels are only used for the report and the evaluation, never to cu
 Reported: per arm, kNN and linear top-1 per seed, their mean and spread, the wall clock, and
 the samples' class counts.
 
-    .venv/bin/python benchmarks/curate_benefit.py                          # hours on 2 CPUs
+    .venv/bin/python benchmarks/curate_benefit.py                          # ~45 min on 2 CPUs
     .venv/bin/python benchmarks/curate_benefit.py --smoke                  # minutes: the path
 """
 
