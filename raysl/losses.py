@@ -599,7 +599,8 @@ def feature_distillation(student: Tensor, teacher: Tensor) -> Tensor:
 
     LightlyTrain's ``distillation`` (v2) loss: unnormalised features, every element weighted
     alike, so that the student regresses the teacher's features themselves (FitNets' hint loss,
-    arXiv:1412.6550, Eq. 2, up to its constant 1/2).
+    arXiv:1412.6550, Eq. 2, up to its constant 1/2). raysl's ``distill`` hands it
+    :func:`standardised_targets` unless ``method.standardise`` is off.
 
     Args:
         student: (B, ...) the student's projected features.
