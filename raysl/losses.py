@@ -626,13 +626,11 @@ def standardised_targets(teacher: Tensor, eps: float = 1e-5) -> Tensor:
     Returns:
         (B, D, ...) float32, the standardised features.
     """
-    t = teacher.detach().float()
-    over = [0, *range(2, t.dim())]
-    rows = torch.tensor([t.numel() // max(1, t.shape[1])], dtype=torch.float64)
-    moments = distributed.all_reduce_sum(torch.cat([
-        rows, t.double().sum(dim=over), t.double().square().sum(dim=over)]))
-    d = t.shape[1]
+    t = teacher.detach().double()  # float64 sums: no cancellation in E[x^2] - E[x]^2
+    over, d = [0, *range(2, t.dim())], t.shape[1]
+    rows = torch.tensor([t.numel() // max(1, d)], dtype=torch.float64, device=t.device)
+    moments = distributed.all_reduce_sum(torch.cat([rows, t.sum(over), t.square().sum(over)]))
     mean = moments[1:1 + d] / moments[0]
     var = (moments[1 + d:] / moments[0] - mean.square()).clamp_min(0)
     shape = (1, d) + (1,) * (t.dim() - 2)
-    return ((t.double() - mean.view(shape)) / (var.view(shape) + eps).sqrt()).float()
+    return ((t - mean.view(shape)) / (var.view(shape) + eps).sqrt()).float()
