@@ -33,10 +33,20 @@ from PIL import Image
 from raysl.config import SourceConfig
 from raysl.data.outputs import Output, check_apart, open_output
 from raysl.data.readers.arrays import ArrayReader, ArraySlices
-from raysl.data.readers.base import Arrays, Encoded, Item, Reader, Target, Unit, list_target
+from raysl.data.readers.base import (
+    IMAGE_EXTENSIONS,
+    Arrays,
+    Encoded,
+    Item,
+    Reader,
+    Target,
+    Unit,
+    list_target,
+    unit_sizes,
+)
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
 from raysl.data.source import pick_reader
-from raysl.data.storage import Store
+from raysl.data.storage import Store, is_uri
 from raysl.errors import DataError
 from raysl.redact import redact
 
@@ -61,8 +71,14 @@ class ShardsResult:
 
 def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str = "tar",
                  seed: int = 0, log: Callable[[str], None] = print,
-                 overwrite: bool = False) -> ShardsResult:
+                 overwrite: bool = False, rows: np.ndarray | None = None) -> ShardsResult:
     """Write the images of ``cfg`` as shards of ``shard_size`` into the folder ``out``.
+
+    ``rows`` (sorted int64), when given, are the only images written: by the ``index``
+    :func:`~raysl.data.source.read_source` gives them with the same ``seed`` (what ``raysl
+    embed`` writes, with seed 0), i.e. an array row's place in the seeded order, an encoded
+    image's place among the items of the units in their listed order (bad ones keep theirs).
+    ``raysl curate`` writes its selection of a source that is not made of files this way.
 
     An array source larger than ``cfg.max_array_bytes`` is read a slice at a time
     (:func:`_sliced_jobs`), not whole. The folder is written whole or not at all
@@ -80,10 +96,12 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
         raise ValueError(f"--shard-size={shard_size}: must be >= 1")
     t0 = time.perf_counter()
     store = Store.from_env(cfg.endpoint)
+    if not is_uri(out):  # the writing tasks run elsewhere, in their own working directory
+        out = store.resolve(out)[1]
     check_apart("" if cfg.is_made else cfg.path, out, store)
     output = open_output(out, store, overwrite, folder=True)
     try:
-        result = _write_all(cfg, output, shard_size, fmt, seed, log)
+        result = _write_all(cfg, output, shard_size, fmt, seed, log, rows)
     except BaseException:
         output.abandon()
         raise
@@ -94,7 +112,7 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
 
 
 def _write_all(cfg: SourceConfig, output: Output, shard_size: int, fmt: str, seed: int,
-               log: Callable[[str], None]) -> ShardsResult:
+               log: Callable[[str], None], rows: np.ndarray | None) -> ShardsResult:
     """Every shard (and a tar set's index) into ``output``'s staging folder."""
     store, out = output.store, output.final
     target = (Target.of("", "none") if cfg.is_made
@@ -104,17 +122,19 @@ def _write_all(cfg: SourceConfig, output: Output, shard_size: int, fmt: str, see
     jobs: Iterable[ShardJob]
     if sliced is None:
         opened = reader.open(cfg, target, store, seed, "source")
-        jobs = (_array_jobs(opened, cfg.limit, seed, shard_size) if isinstance(opened, Arrays)
-                else _unit_jobs(opened, shard_size))
+        jobs = (_array_jobs(opened, cfg.limit, seed, shard_size, rows)
+                if isinstance(opened, Arrays) else _unit_jobs(opened, shard_size, rows))
         count, names = len(jobs), opened.class_names
     else:  # parquet labels are then integers: the class names are known once all are read
-        rows = min(cfg.limit or sliced.images.shape[0], sliced.images.shape[0])
-        count, names = -(-rows // shard_size), []
+        n = sliced.images.shape[0]
+        keep = None if rows is None else np.sort(_seeded_order(n, cfg.limit, seed)[rows])
+        total = min(cfg.limit or n, n) if keep is None else len(keep)
+        count, names = -(-total // shard_size), []
         log(f"[raysl] source.path={cfg.path!r}: {sliced.describe()} are more than "
             f"source.max_array_bytes={cfg.max_array_bytes}: read {SLICE_BYTES // 2**20} MiB at "
             f"a time, rows mixed within windows of up to {MIX_SHARDS} shards "
             f"({MIX_BYTES // 2**20} MiB)")
-        jobs = _sliced_jobs(sliced, cfg.limit, seed, shard_size)
+        jobs = _sliced_jobs(sliced, cfg.limit, seed, shard_size, keep)
     log(f"[raysl] writing {count} {fmt} shard(s) of up to {shard_size} images to {out}")
     refs = _submit(jobs, store, output.staging, fmt, names)
     result = ShardsResult(out, {}, sliced.class_names if sliced is not None else list(names))
@@ -173,28 +193,71 @@ class ShardJob:
     reader: Reader | None = None
     units: list[Unit] = field(default_factory=list)
     rows: list[Any] = field(default_factory=list)  # ObjectRefs of Rows (array sources)
+    # Per unit, the places of its items to write (sorted), or None for all of them.
+    keep: list[np.ndarray | None] = field(default_factory=list)
 
 
-def _unit_jobs(encoded: Encoded, shard_size: int) -> list[ShardJob]:
-    """Image files regrouped into shards of ``shard_size`` (a shard source's: one per shard)."""
-    jobs, batch = [], []
-    for unit in encoded.units:
-        if unit.shard:
-            jobs.append(ShardJob(encoded.reader, [unit]))
+def _unit_jobs(encoded: Encoded, shard_size: int, rows: np.ndarray | None = None
+               ) -> list[ShardJob]:
+    """Image files regrouped into shards of ``shard_size`` (a shard source's: one per shard).
+
+    With ``rows`` (see :func:`write_shards`), only those items: the files among them
+    regrouped alike, and the shard units holding some of them grouped until a job has
+    ``shard_size`` of them or more (a shard's few selected images make no shard of their own,
+    and a unit is never split: its shard is read once).
+    """
+    jobs: list[ShardJob] = []
+    batch: list[Unit] = []
+    keeps: list[np.ndarray | None] = []
+    held = 0
+    offsets = np.concatenate([[0], np.cumsum(unit_sizes(encoded.units))])
+    for u, unit in enumerate(encoded.units):
+        places = None if rows is None else _places(rows, int(offsets[u]), unit.items)
+        if places is not None and not len(places):
             continue
-        for i in range(len(unit.paths)):
-            batch.append(Unit(1, unit.paths[i:i + 1], unit.labels[i:i + 1]))
-            if len(batch) == shard_size:
-                jobs.append(ShardJob(encoded.reader, batch))
-                batch = []
+        if unit.shard and places is None:
+            jobs.append(ShardJob(encoded.reader, [unit], keep=[None]))
+            continue
+        if unit.shard:
+            batch.append(unit)
+            keeps.append(places)
+            held += len(places) if places is not None else unit.items
+        else:
+            for i in (range(len(unit.paths)) if places is None else places.tolist()):
+                batch.append(Unit(1, unit.paths[i:i + 1], unit.labels[i:i + 1]))
+                keeps.append(None)
+                held += 1
+                if held == shard_size:
+                    jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
+                    batch, keeps, held = [], [], 0
+        if held >= shard_size:
+            jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
+            batch, keeps, held = [], [], 0
     if batch:
-        jobs.append(ShardJob(encoded.reader, batch))
+        jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
     return jobs
 
 
-def _array_jobs(arrays: Arrays, limit: int, seed: int, shard_size: int) -> list[ShardJob]:
-    """Array rows in a seeded random order (``limit`` of them if set), ``shard_size`` a shard."""
-    order = np.random.default_rng(seed).permutation(len(arrays.images))[: limit or None]
+def _places(rows: np.ndarray, first: int, items: int) -> np.ndarray:
+    """The places within a unit (its items ``first`` ... ``first + items - 1``) of ``rows``."""
+    lo, hi = np.searchsorted(rows, [first, first + items])
+    return rows[lo:hi] - first
+
+
+def _seeded_order(n: int, limit: int, seed: int) -> np.ndarray:
+    """An array source's rows in read_source's seeded order: what its ``index`` numbers."""
+    return np.random.default_rng(seed).permutation(n)[: limit or None]
+
+
+def _array_jobs(arrays: Arrays, limit: int, seed: int, shard_size: int,
+                rows: np.ndarray | None = None) -> list[ShardJob]:
+    """Array rows in a seeded random order (``limit`` of them if set), ``shard_size`` a shard.
+
+    With ``rows`` (see :func:`write_shards`), only those places of that order.
+    """
+    order = _seeded_order(len(arrays.images), limit, seed)
+    if rows is not None:
+        order = order[rows]
     jobs = []
     for i in range(0, len(order), shard_size):
         idx = order[i:i + shard_size]
@@ -224,8 +287,8 @@ def _too_large(reader: Reader, cfg: SourceConfig, target: Target,
     return None
 
 
-def _sliced_jobs(sliced: ArraySlices, limit: int, seed: int, shard_size: int
-                 ) -> Iterator[ShardJob]:
+def _sliced_jobs(sliced: ArraySlices, limit: int, seed: int, shard_size: int,
+                 only: np.ndarray | None = None) -> Iterator[ShardJob]:
     """Shard jobs of an array read in order, :data:`SLICE_BYTES` at a time; closes it.
 
     The rows kept (all, or a seeded random subset of ``limit``) are cut, in order, into
@@ -238,7 +301,9 @@ def _sliced_jobs(sliced: ArraySlices, limit: int, seed: int, shard_size: int
     n = sliced.images.shape[0]
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(n, limit, replace=False)) if 0 < limit < n else None
-    total = n if keep is None else limit
+    if only is not None:  # these rows (sorted), not a draw
+        keep = only
+    total = n if keep is None else len(keep)
     row_bytes = max(1, sliced.images.nbytes // max(1, n))
     step = max(1, SLICE_BYTES // row_bytes)
     window = shard_size * max(1, min(MIX_SHARDS, MIX_BYTES // (shard_size * row_bytes)))
@@ -283,8 +348,17 @@ def _items(job: ShardJob, store: Store, class_names: list[str]) -> Iterator[Item
             Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, "PNG")
             yield f"{i}.png", buf.getvalue(), int(labels[row]) if labels is not None else None
         return
-    for unit in job.units:
-        yield from job.reader.read_unit(unit, store, class_names)
+    for unit, keep in zip(job.units, job.keep or [None] * len(job.units), strict=True):
+        items = job.reader.read_unit(unit, store, class_names)
+        if keep is None:
+            yield from items
+            continue
+        wanted = set(keep.tolist())
+        for place, item in enumerate(items):
+            if place in wanted:
+                yield item
+            if place >= keep[-1]:
+                break
 
 
 def _write_shard(job: ShardJob, store: Store, path: str, fmt: str, class_names: list[str]
@@ -309,7 +383,7 @@ def _write_tar(out: Any, rows: list[tuple[str, bytes, int | None]]) -> None:
     with tarfile.open(fileobj=out, mode="w|") as tar:
         for i, (name, data, label) in enumerate(rows):
             key = f"{i:06d}"
-            ext = posixpath.splitext(name.split("#")[0])[1].lower().lstrip(".") or "jpg"
+            ext = _image_extension(name, data)
             members = [(f"{key}.{ext}", data),
                        (f"{key}.json", json.dumps({"source": redact(name)}).encode())]
             if label is not None:
@@ -318,6 +392,26 @@ def _write_tar(out: Any, rows: list[tuple[str, bytes, int | None]]) -> None:
                 info = tarfile.TarInfo(member)
                 info.size, info.mtime = len(payload), 0  # reproducible bytes
                 tar.addfile(info, io.BytesIO(payload))
+
+
+# What an encoded image starts with, for the names of shard members whose source gave none.
+_MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"),
+          (b"II*\x00", "tif"), (b"MM\x00*", "tif"))
+
+
+def _image_extension(name: str, data: bytes) -> str:
+    """The member extension of an image: its source name's, else what its bytes start with.
+
+    A parquet row's name (``shard.parquet#7``) or a tar member's key has no image extension,
+    and the tar reader takes members by their extension: such an image named ``.parquet``
+    would be written but never read.
+    """
+    ext = posixpath.splitext(name.split("#")[0])[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return ext.lstrip(".")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((e for magic, e in _MAGIC if data.startswith(magic)), "jpg")
 
 
 def _write_parquet(out: Any, rows: list[tuple[str, bytes, int | None]],
