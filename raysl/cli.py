@@ -171,14 +171,20 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
     add_tracking_uri(nb)
     cu = sub.add_parser("curate", help="remove duplicates and draw a cluster-balanced "
-                        "selection of a dataset (Vo et al. 2024), as a file list to pretrain on")
-    cu.add_argument("source", metavar="SOURCE", help="image files: a folder or a file list, "
-                    "local or s3://, gs://")
+                        "selection of a dataset (Vo et al. 2024), as a file list or shards to "
+                        "pretrain on")
+    cu.add_argument("source", metavar="SOURCE", help="any source raysl reads: a folder, a file "
+                    "list, tar or parquet shards, IDX, npz, npy, CIFAR; local or s3://, gs://")
     cu.add_argument("--model", required=True, metavar="MODEL", help="the encoder that embeds "
                     "the images: models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID or a "
                     "checkpoint directory")
     cu.add_argument("--out", required=True, metavar="OUT", help="a folder: selection.txt (the "
-                    "file list), report.json, report.png and embeddings/")
+                    "file list) or selection/ (shards), report.json, report.png and "
+                    "embeddings/")
+    cu.add_argument("--write", default="auto", choices=("auto", "list", "tar", "parquet"),
+                    help="the selection as a file list (image files only) or as tar or "
+                    "parquet shards of the selected images (default auto: a list for image "
+                    "files, tar shards for any other source)")
     cu.add_argument("--target", required=True, type=int, metavar="N", help="images to select")
     cu.add_argument("--near", type=float, default=NEAR_DEFAULT, help="cosine at or "
                     f"above which two images are near duplicates (default {NEAR_DEFAULT})")

@@ -16,17 +16,22 @@ The stages (Vo et al. 2024 after DINOv2's deduplication), each a pass over block
 5. **Select**: the paper's hierarchical balanced sampling gives each level-1 cluster its
    quota; each block's task offers its rows of smallest seeded key per cluster, the driver
    keeps the quota's best: a uniform draw within each cluster.
-6. **Write** ``OUT/selection.txt`` (a file list ``raysl pretrain`` reads:
-   ``--set data.source.path=OUT/selection.txt``), ``OUT/report.json`` and ``OUT/report.png``,
-   and log the report to MLflow (experiment ``curate``).
+6. **Write** the selection, ``OUT/report.json`` and ``OUT/report.png``, and log the report to
+   MLflow (experiment ``curate``). The selection is what ``raysl pretrain`` reads as
+   ``data.source.path``: of image files, ``OUT/selection.txt``, a file list naming them where
+   they are (nothing copied); of any other source (tar or parquet shards, IDX, npz, npy,
+   CIFAR), or with ``--write tar|parquet``, shards in ``OUT/selection/`` written by
+   :func:`raysl.data.shards.write_shards` from the source again, only the rows drawn (encoded
+   images copied byte for byte, arrays as PNG).
 
 Memory per process, whatever the number N of images: a task holds two blocks and a ``(4096,
 block_rows)`` slice of their similarities with its masks (defaults: 2 x 8192 x D x 4 bytes +
-~0.3 GiB); the
-driver holds one block, the level-1 centroids and resampled points (k_1 x (1 + size) x D x 4
-bytes), the indices of the rows removed as duplicates (a Python int and a reason each), and
-the selection (``target`` paths). N only appears as the number of blocks, i.e. as time: the
-deduplication compares every pair of blocks, (N / block_rows)^2 / 2 tasks.
+~0.3 GiB); the driver holds one block, the level-1 centroids and resampled points (k_1 x (1 +
+size) x D x 4 bytes), the indices of the rows removed as duplicates (a Python int and a reason
+each), and the selection (``target`` paths and indices). Writing shards holds what ``raysl
+shards`` holds: an array source read whole (as embedding it did), or an encoded source's list
+of files or shards. N only appears as the number of blocks, i.e. as time: the deduplication
+compares every pair of blocks, (N / block_rows)^2 / 2 tasks.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from raysl.curate.hierarchy import (
     row_keys,
 )
 from raysl.curate.report import CurateReport, report_png
+from raysl.data.shards import write_shards
 from raysl.data.source import detect_format
 from raysl.data.storage import Store
 from raysl.errors import ConfigError, DataError, check
@@ -69,6 +75,8 @@ from raysl.serving.embed import embed
 from raysl.serving.models import LoadedModel, load_model
 
 FILE_FORMATS = ("folder", "files")  # readers whose rows are files a file list can name
+WRITE_CHOICES = ("auto", "list", "tar", "parquet")
+SHARD_SIZE = 1000  # images per shard of a selection written as shards
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,9 @@ class CurateSettings:
         size: points per cluster each resampling step takes, closest to its centroid.
         block_rows: rows per block (a task holds two).
         seed: seeds every draw.
+        write: how the selection is written: ``list`` (a file list; image files only),
+            ``tar`` or ``parquet`` shards, or ``auto``: a list for image files, tar shards
+            for any other source.
     """
 
     target: int
@@ -102,6 +113,7 @@ class CurateSettings:
     size: int = 10
     block_rows: int = 8192
     seed: int = 0
+    write: str = "auto"
 
     def __post_init__(self) -> None:
         check(self.target >= 1, "--target", self.target, "must be >= 1 (images to select)")
@@ -116,6 +128,22 @@ class CurateSettings:
         check(self.steps >= 0, "--steps", self.steps, "must be >= 0 (0 = no resampling)")
         check(self.size >= 1, "--size", self.size, "must be >= 1 (points per cluster)")
         check(self.block_rows >= 1, "--block-rows", self.block_rows, "must be >= 1")
+        check(self.write in WRITE_CHOICES, "--write", self.write,
+              f"one of {', '.join(WRITE_CHOICES)}")
+
+    def written_as(self, kind: str) -> str:
+        """``list``, ``tar`` or ``parquet`` for a source read by the reader ``kind``.
+
+        Raises:
+            DataError: a file list asked of images that are not files.
+        """
+        if self.write == "auto":
+            return "list" if kind in FILE_FORMATS else "tar"
+        if self.write == "list" and kind not in FILE_FORMATS:
+            raise DataError(f"--write=list: the source's images are not files (a {kind} "
+                            "source), so no file list can name them; use --write tar or "
+                            "parquet (shards of the selected images)")
+        return self.write
 
     def ks(self, rows: int) -> list[int]:
         """Clusters per level for ``rows`` images left.
@@ -143,7 +171,10 @@ class CurateResult:
 
 @dataclass(frozen=True)
 class Block:
-    """A block of embedded rows as the tasks get it: rows, and the paths and labels beside."""
+    """A block of embedded rows as the tasks get it: rows, and the paths and labels beside.
+
+    An array source's rows have no path (""): its selection is written as shards, by index.
+    """
 
     rows: Rows
     path: np.ndarray  # (n,) str
@@ -156,21 +187,18 @@ def curate(model: LoadedModel, source: SourceConfig, out: str, settings: CurateS
     """Curate ``source`` into ``out`` (a folder, local or an object store): see the module.
 
     Raises:
-        DataError: the source cannot be read, is not made of files (a folder or a file
-            list), or ``out`` holds a selection already (without ``overwrite``).
+        DataError: the source cannot be read, a file list is asked of images that are not
+            files, or ``out`` holds a selection already (without ``overwrite``).
         ConfigError: ``--clusters`` asks for more clusters than images left.
     """
-    kind = detect_format(source, "SOURCE")
-    if kind not in FILE_FORMATS:
-        raise DataError(f"SOURCE={source.path!r}: its images are not files (a {kind} source), "
-                        "so no file list can name them; curate a folder or a file list of "
-                        "image files")
+    write = settings.written_as(detect_format(source, "SOURCE"))
     store = Store.from_env(source.endpoint)
     out = out.rstrip("/")
-    selection = f"{out}/selection.txt"
-    if store.kind(selection) != "missing" and not overwrite:
-        raise DataError(f"OUT={out!r}: already holds a selection ({selection}); choose "
-                        "another folder or pass --overwrite")
+    selection = f"{out}/selection.txt" if write == "list" else f"{out}/selection"
+    for held in (f"{out}/selection.txt", f"{out}/selection"):
+        if store.kind(held) != "missing" and not overwrite:
+            raise DataError(f"OUT={out!r}: already holds a selection ({held}); choose "
+                            "another folder or pass --overwrite")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     embedded = embed(model, source, f"{out}/embeddings", log=log, overwrite=overwrite,
@@ -201,7 +229,15 @@ def curate(model: LoadedModel, source: SourceConfig, out: str, settings: CurateS
     report = _report(embedded.rows, embedded.skipped, counts(removed), left, ks, settings,
                      hierarchy, leaf_sizes, classes_before, drawn, seconds)
     result = CurateResult(selection, report)
-    result.files = _write(store, out, drawn, report)
+    if write == "list":
+        result.files["selection"] = _write_list(store, selection, drawn)
+    else:  # the source read again: only the rows drawn, by embed's index (seed 0)
+        clock = time.perf_counter()
+        result.files["selection"] = write_shards(
+            source, selection, SHARD_SIZE, write, seed=0, log=log, overwrite=overwrite,
+            rows=drawn.index.numpy()).out
+        report.seconds["write"] = round(time.perf_counter() - clock, 2)
+    result.files.update(_write(store, out, report))
     result.run_id = _track(tracking_uri, model, source, settings, report, result.files, store)
     return result
 
@@ -228,10 +264,11 @@ def _block(table: pa.Table) -> Block:
     vectors = table.column("embedding").combine_chunks()
     x = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1)
     labels = table.column("label").to_numpy() if "label" in table.column_names else None
+    paths = (table.column("path").to_numpy(zero_copy_only=False).astype(str)
+             if "path" in table.column_names else np.full(len(table), "", dtype=str))  # arrays
     return Block(Rows(torch.from_numpy(table.column("index").to_numpy().copy()),
                       table.column("digest").to_numpy(zero_copy_only=False).astype(str),
-                      unit_rows(x)),
-                 table.column("path").to_numpy(zero_copy_only=False).astype(str), labels)
+                      unit_rows(x)), paths, labels)
 
 
 @ray.remote(num_cpus=1)
@@ -363,18 +400,22 @@ def _report(embedded: int, skipped: dict[str, int], removed: dict[str, int], lef
                         {k: round(v, 2) for k, v in seconds.items()})
 
 
-def _write(store: Store, out: str, drawn: Drawn, report: CurateReport) -> dict[str, str]:
-    """The selection (one path a line), the report and its picture; returns their paths."""
-    files = {"selection": f"{out}/selection.txt", "report": f"{out}/report.json",
-             "picture": f"{out}/report.png"}
-    contents: dict[str, bytes] = {
-        "selection": "".join(f"{p}\n" for p in drawn.path.tolist()).encode(),
-        "report": json.dumps(report.to_dict(), indent=1).encode(),
-        "picture": report_png(report)}
+def _write(store: Store, out: str, report: CurateReport) -> dict[str, str]:
+    """The report and its picture; returns their paths."""
+    files = {"report": f"{out}/report.json", "picture": f"{out}/report.png"}
+    contents: dict[str, bytes] = {"report": json.dumps(report.to_dict(), indent=1).encode(),
+                                  "picture": report_png(report)}
     for name, path in files.items():
         with store.open_output(path) as f:
             f.write(contents[name])
     return files
+
+
+def _write_list(store: Store, path: str, drawn: Drawn) -> str:
+    """The selection as a file list (one path a line); returns its path."""
+    with store.open_output(path) as f:
+        f.write("".join(f"{p}\n" for p in drawn.path.tolist()).encode())
+    return path
 
 
 def _track(uri: str, model: LoadedModel, source: SourceConfig, settings: CurateSettings,
@@ -411,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--clusters", args.clusters, "clusters per level as integers, "
                           "level 1 first, e.g. 100,10") from None
     settings = CurateSettings(args.target, args.near, clusters, args.iters, args.steps,
-                              args.size, args.block_rows, args.seed)
+                              args.size, args.block_rows, args.seed, args.write)
     if not verbose():  # MLflow's "Downloading artifacts" bars, each time the model is read
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=args.tracking_uri))
@@ -420,7 +461,8 @@ def run(args: argparse.Namespace) -> int:
     source = SourceConfig(format=args.data_format, path=args.source, split=args.split)
     result = curate(model, source, args.out, settings, uri, args.overwrite)
     print("\n".join(result.report.lines()))
-    print(f"[raysl] wrote {result.files['selection']} ({result.report.selected} files), "
+    what = "files" if result.selection.endswith(".txt") else "images in shards"
+    print(f"[raysl] wrote {result.files['selection']} ({result.report.selected} {what}), "
           f"{result.files['report']} and {result.files['picture']}; MLflow run "
           f"{result.run_id} ({ui_command(uri)})")
     print(f"[raysl] pretrain on it: raysl pretrain --set "

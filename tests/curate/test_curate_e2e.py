@@ -116,8 +116,35 @@ def test_bad_input_exits_2_naming_the_flag(curated):
     # images that are not files: nothing a file list could name
     np.savez(curated["root"] / "arrays.npz", x=np.zeros((4, 8, 8), np.uint8))
     status, _, stderr = _raysl("curate", "arrays.npz", "--model", f"models:/{NAME}@champion",
-                               "--out", "other", "--target", "2", "--tracking-uri",
-                               curated["uri"], cwd=curated["root"])
+                               "--out", "other", "--target", "2", "--write", "list",
+                               "--tracking-uri", curated["uri"], cwd=curated["root"])
     assert status == 2 and stderr.strip().splitlines() == [
-        "raysl: error: SOURCE='arrays.npz': its images are not files (a npz source), so no file "
-        "list can name them; curate a folder or a file list of image files"]
+        "raysl: error: --write=list: the source's images are not files (a npz source), so no "
+        "file list can name them; use --write tar or parquet (shards of the selected images)"]
+
+
+def test_an_array_source_is_curated_into_shards_pretrain_reads(curated):
+    """An npz of the pool's images with planted exact copies: its selection, as tar shards."""
+    from raysl.data.ledger import DecodePolicy
+    from raysl.data.source import Reading, read_source, to_numpy
+
+    files = sorted((curated["root"] / "pool").glob("class_*/[0-9]*.png"))[::2]
+    images = np.stack([np.array(Image.open(f)) for f in files])
+    labels = np.array([int(f.parent.name.split("_")[1]) for f in files])
+    pool = np.concatenate([images, images[:EXACT]])  # EXACT copies of the first images
+    np.savez(curated["root"] / "pool.npz", x=pool, y=np.concatenate([labels, labels[:EXACT]]))
+    status, stdout, stderr = _raysl(
+        "curate", "pool.npz", "--model", f"models:/{NAME}@champion", "--out", "arrays",
+        "--target", "24", "--clusters", "6,2", "--iters", "5", "--tracking-uri",
+        curated["uri"], cwd=curated["root"])
+    assert status == 0, stderr[-3000:]
+    out = curated["root"] / "arrays" / "selection"
+    assert f"data.source.path={out}" in stdout and "24 images in shards" in stdout
+    assert json.loads((out.parent / "report.json").read_text())["removed"]["exact"] == EXACT
+    read = read_source(C.SourceConfig(path=str(out)),
+                       Reading(1, SIZE, DecodePolicy("skip", 1.0, 10**8, 1)), 0)
+    chosen, chosen_labels = to_numpy(read)
+    assert len(chosen) == 24 == len({x.tobytes() for x in chosen})  # no copy twice
+    by_pixels = {x.tobytes(): int(y) for x, y in zip(images, labels, strict=True)}
+    assert all(by_pixels[x[..., 0].tobytes()] == y  # each a pool image, with its label
+               for x, y in zip(chosen, chosen_labels, strict=True))
