@@ -4,7 +4,7 @@
 waiting for data and in collectives) and turns them into the ``train/*`` metrics.
 :class:`RunLog` is the loop's one voice: on rank 0 it prints the ``[raysl]`` lines (first step,
 progress inside long epochs, the epoch line) and queues MLflow calls on a
-:class:`~raysl.tracking.mlflow.BufferedTracker`, whose thread sends them, so training never
+:class:`~raysl.tracking.buffered.BufferedTracker`, whose thread sends them, so training never
 waits for the server; on the other ranks both do nothing.
 """
 
@@ -21,7 +21,7 @@ from raysl import distributed
 from raysl.config import OptimConfig
 from raysl.console import duration, say
 from raysl.eval.plots import sizes_png
-from raysl.tracking.mlflow import BufferedTracker
+from raysl.tracking.buffered import BufferedTracker
 from raysl.train.step import StepResult
 
 PROGRESS_EVERY_S = 30.0  # a progress line inside long epochs

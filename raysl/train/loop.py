@@ -39,7 +39,7 @@ from raysl.methods.base import (
     build_method,
 )
 from raysl.schedules import set_lr, warmup_cosine
-from raysl.tracking.mlflow import BufferedTracker
+from raysl.tracking.buffered import BufferedTracker
 from raysl.train.log import EpochStats, RunLog
 from raysl.train.optim import build_optimizer, set_weight_decay
 from raysl.train.permanent import PERMANENT_ERRORS, leave_note, raise_noted

@@ -24,7 +24,7 @@ from raysl.checkpoint import restore as load_checkpoint
 from raysl.config import Config
 from raysl.eval.online import OnlineProbe
 from raysl.methods.base import WORLD_KEY, SSLMethod, gather_worker_state, take_worker_state
-from raysl.tracking.mlflow import TrackingCall
+from raysl.tracking.buffered import TrackingCall
 from raysl.train.log import RunLog
 
 WORKERS_FILE = "workers"  # checkpoint extra: every worker's own state (SwAV's queues)

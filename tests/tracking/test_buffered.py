@@ -14,7 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysl.errors import TrackingUnavailableError
-from raysl.tracking.mlflow import BufferedTracker, TrackingCall, wait_until_reachable
+from raysl.tracking.buffered import BufferedTracker, TrackingCall
+from raysl.tracking.mlflow import wait_until_reachable
 from tests.processes import free_port, kill_group, start_mlflow_server, stop_group
 
 

@@ -8,7 +8,7 @@ import torch
 
 from raysl import config as C
 from raysl.methods.base import Progress, build_method
-from raysl.tracking.mlflow import BufferedTracker
+from raysl.tracking.buffered import BufferedTracker
 from raysl.train.optim import build_optimizer
 from raysl.train.state import TrainState
 from raysl.train.step import train_step

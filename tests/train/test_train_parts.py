@@ -441,7 +441,7 @@ def test_tracking_calls_the_server_did_not_take_are_kept_by_the_checkpoint(tmp_p
     from types import SimpleNamespace
 
     from raysl.checkpoint import load_extra
-    from raysl.tracking.mlflow import BufferedTracker
+    from raysl.tracking.buffered import BufferedTracker
     from raysl.train.state import TRACKING_FILE, TrainState
     from tests.processes import free_port
 
