@@ -7,7 +7,7 @@ from ray.data import RandomSeedConfig
 
 from raysl.config import DataConfig
 from raysl.data.source import ImageSource, uncounted_read
-from raysl.data.views import augment_batch, whole_images
+from raysl.data.tasks import augment_batch, whole_images  # no torch: see the module
 
 
 def view_stream(source: ImageSource, cfg: DataConfig, max_tasks: int,
