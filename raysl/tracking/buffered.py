@@ -140,9 +140,13 @@ class BufferedTracker:
 
     def _send_forever(self) -> None:
         # Here, not above: MLflow's import is ~1.2 s, which the train loop need not wait for.
-        from raysl.tracking.mlflow import tracking_client, worth_retrying
-
-        client = tracking_client(self.uri)
+        try:
+            from raysl.tracking.mlflow import tracking_client, worth_retrying
+        except Exception as e:  # nothing could ever be sent: say so, and stop queuing
+            self._give_up(f"MLflow could not be imported ({type(e).__name__}: "
+                          f"{redact(str(e))[:300]})")
+            return
+        client: MlflowClient | None = None
         while True:
             with self._queue.mutex:  # taken and marked in one go, for unsent()
                 while not self._queue.queue:
@@ -151,6 +155,8 @@ class BufferedTracker:
             pause, down_since = self.retry_s, 0.0
             while True:
                 try:
+                    if client is None:  # made with the first call, retried as a call is
+                        client = tracking_client(self.uri)
                     call.send(client, self.run_id)
                     break
                 except Exception as e:  # whatever the client raises when the server is away
@@ -174,4 +180,13 @@ class BufferedTracker:
                 self._sending = None
             self._queue.task_done()
 
-
+    def _give_up(self, why: str) -> None:
+        """Stop queuing, and count what was queued as dropped: it will never be sent."""
+        self.active = False
+        self.warn(f"[raysl] WARNING: the run's metrics are not being logged: {why}")
+        with self._queue.mutex:
+            dropped = len(self._queue.queue)
+            self._queue.queue.clear()
+        for _ in range(dropped):
+            self._queue.task_done()
+        self.dropped += dropped

@@ -115,3 +115,15 @@ def test_only_failures_a_later_try_can_fix_are_retried():
     assert not worth_retrying(MlflowException("gone", error_code=codes.RESOURCE_DOES_NOT_EXIST))
     assert not worth_retrying(MlflowException("no", error_code=codes.INVALID_PARAMETER_VALUE))
     assert not worth_retrying(TypeError("a bug before anything was sent"))
+
+
+def test_a_store_the_client_cannot_be_made_for_drops_each_call_and_says_so():
+    """The client is made in the sending thread: its failure is a refused call, not a hang."""
+    lines: list[str] = []
+    tracker = BufferedTracker("bogus://nowhere", "run", active=True, retry_s=0.1,
+                              warn=lines.append)
+    tracker.log_metrics({"train/loss": 1.0}, step=0)
+    tracker.log_metrics({"train/loss": 0.5}, step=1)
+    assert tracker.flush(30) == 0 and tracker.dropped == 2
+    assert len(lines) == 2 and all("refused a call" in line and "bogus" in line
+                                   for line in lines)
