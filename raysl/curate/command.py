@@ -67,6 +67,7 @@ from raysl.curate.hierarchy import (
     row_keys,
 )
 from raysl.curate.report import CurateReport, report_png
+from raysl.data.outputs import check_apart
 from raysl.data.shards import write_shards
 from raysl.data.source import detect_format
 from raysl.data.storage import Store
@@ -199,6 +200,8 @@ def curate(model: LoadedModel, source: SourceConfig, out: str, settings: CurateS
         if store.kind(held) != "missing" and not overwrite:
             raise DataError(f"OUT={out!r}: already holds a selection ({held}); choose "
                             "another folder or pass --overwrite")
+    if write != "list":  # now, not after the embedding: shards must not land in their source
+        check_apart(source.path, selection, store)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     embedded = embed(model, source, f"{out}/embeddings", log=log, overwrite=overwrite,
@@ -233,10 +236,15 @@ def curate(model: LoadedModel, source: SourceConfig, out: str, settings: CurateS
         result.files["selection"] = _write_list(store, selection, drawn)
     else:  # the source read again: only the rows drawn, by embed's index (seed 0)
         clock = time.perf_counter()
-        result.files["selection"] = write_shards(
-            source, selection, SHARD_SIZE, write, seed=0, log=log, overwrite=overwrite,
-            rows=drawn.index.numpy()).out
+        shards = write_shards(source, selection, SHARD_SIZE, write, seed=0, log=log,
+                              overwrite=overwrite, rows=drawn.index.numpy())
+        result.files["selection"] = shards.out
         report.seconds["write"] = round(time.perf_counter() - clock, 2)
+        if shards.samples < report.selected:  # read once to embed, not again to copy
+            log(f"[raysl] WARNING: {report.selected - shards.samples} of the {report.selected} "
+                f"images drawn could not be read again ({shards.skipped}) and are not in "
+                "the shards")
+            report.selected = shards.samples
     result.files.update(_write(store, out, report))
     result.run_id = _track(tracking_uri, model, source, settings, report, result.files, store)
     return result

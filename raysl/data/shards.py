@@ -74,7 +74,7 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
                  overwrite: bool = False, rows: np.ndarray | None = None) -> ShardsResult:
     """Write the images of ``cfg`` as shards of ``shard_size`` into the folder ``out``.
 
-    ``rows`` (sorted int64), when given, are the only images written: by the ``index``
+    ``rows`` (int64, each written once), when given, are the only images written: by the ``index``
     :func:`~raysl.data.source.read_source` gives them with the same ``seed`` (what ``raysl
     embed`` writes, with seed 0), i.e. an array row's place in the seeded order, an encoded
     image's place among the items of the units in their listed order (bad ones keep theirs).
@@ -94,6 +94,8 @@ def write_shards(cfg: SourceConfig, out: str, shard_size: int = 1000, fmt: str =
         raise ValueError(f"--format={fmt!r}: must be 'tar' or 'parquet'")
     if shard_size < 1:
         raise ValueError(f"--shard-size={shard_size}: must be >= 1")
+    if rows is not None:  # sorted and each once, whatever the caller gave
+        rows = np.unique(np.asarray(rows, np.int64))
     t0 = time.perf_counter()
     store = Store.from_env(cfg.endpoint)
     if not is_uri(out):  # the writing tasks run elsewhere, in their own working directory
@@ -197,14 +199,20 @@ class ShardJob:
     keep: list[np.ndarray | None] = field(default_factory=list)
 
 
+# A job writing a selection from a shard source reads at most this many source shards: picking
+# 1% of ImageNet's 1,281 shards would otherwise make 13 tasks reading ~100 shards each.
+MAX_SHARDS_READ = 16
+
+
 def _unit_jobs(encoded: Encoded, shard_size: int, rows: np.ndarray | None = None
                ) -> list[ShardJob]:
     """Image files regrouped into shards of ``shard_size`` (a shard source's: one per shard).
 
     With ``rows`` (see :func:`write_shards`), only those items: the files among them
     regrouped alike, and the shard units holding some of them grouped until a job has
-    ``shard_size`` of them or more (a shard's few selected images make no shard of their own,
-    and a unit is never split: its shard is read once).
+    ``shard_size`` of them or more, or reads :data:`MAX_SHARDS_READ` shards (a shard's few
+    selected images make no shard of their own, a unit is never split: its shard is read
+    once, and no task reads a long run of shards for a few images each).
     """
     jobs: list[ShardJob] = []
     batch: list[Unit] = []
@@ -230,7 +238,7 @@ def _unit_jobs(encoded: Encoded, shard_size: int, rows: np.ndarray | None = None
                 if held == shard_size:
                     jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
                     batch, keeps, held = [], [], 0
-        if held >= shard_size:
+        if held >= shard_size or len(batch) >= MAX_SHARDS_READ:
             jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
             batch, keeps, held = [], [], 0
     if batch:

@@ -121,6 +121,11 @@ def test_bad_input_exits_2_naming_the_flag(curated):
     assert status == 2 and stderr.strip().splitlines() == [
         "raysl: error: --write=list: the source's images are not files (a npz source), so no "
         "file list can name them; use --write tar or parquet (shards of the selected images)"]
+    # shards written into their own source: refused before anything is embedded
+    status, stdout, stderr = _raysl("curate", "pool", "--model", f"models:/{NAME}@champion",
+                                    "--out", "pool/curated", "--target", "2", "--write", "tar",
+                                    "--tracking-uri", curated["uri"], cwd=curated["root"])
+    assert status == 2 and "overlaps the source 'pool'" in stderr and "embedding" not in stdout
 
 
 def test_an_array_source_is_curated_into_shards_pretrain_reads(curated):

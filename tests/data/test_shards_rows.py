@@ -127,3 +127,20 @@ def test_no_rows_of_a_unit_skip_it_and_rows_past_the_source_write_nothing(tmp_pa
     with pytest.raises(Exception, match="no image could be read"):
         write_shards(cfg, str(tmp_path / "none"), rows=np.array([N + 5], np.int64),
                      log=lambda _: None)
+
+
+def test_rows_in_any_order_and_repeated_are_each_written_once(tmp_path: Path):
+    cfg, _ = _source(tmp_path, "npz")
+    result = write_shards(cfg, str(tmp_path / "out"), rows=np.array([7, 3, 7, 0], np.int64),
+                          log=lambda _: None)
+    assert result.samples == 3
+
+
+def test_a_job_reads_a_bounded_number_of_source_shards(tmp_path: Path, monkeypatch):
+    from raysl.data import shards
+
+    cfg, _ = _source(tmp_path, "tar")  # 12 shards: 11 of 8 images, one of 2
+    monkeypatch.setattr(shards, "MAX_SHARDS_READ", 3)
+    result = write_shards(cfg, str(tmp_path / "out"), shard_size=1000,
+                          rows=np.arange(N, dtype=np.int64), log=lambda _: None)
+    assert sorted(result.shards.values()) == [18, 24, 24, 24]  # 3 source shards a job
