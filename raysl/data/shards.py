@@ -45,7 +45,7 @@ from raysl.data.readers.base import (
     unit_sizes,
 )
 from raysl.data.readers.tar import INDEX_FILE, INDEX_FORMAT
-from raysl.data.source import pick_reader
+from raysl.data.source import pick_reader, seeded_order
 from raysl.data.storage import Store, is_uri
 from raysl.errors import DataError
 from raysl.redact import redact
@@ -129,7 +129,7 @@ def _write_all(cfg: SourceConfig, output: Output, shard_size: int, fmt: str, see
         count, names = len(jobs), opened.class_names
     else:  # parquet labels are then integers: the class names are known once all are read
         n = sliced.images.shape[0]
-        keep = None if rows is None else np.sort(_seeded_order(n, cfg.limit, seed)[rows])
+        keep = None if rows is None else np.sort(seeded_order(n, cfg.limit, seed)[rows])
         total = min(cfg.limit or n, n) if keep is None else len(keep)
         count, names = -(-total // shard_size), []
         log(f"[raysl] source.path={cfg.path!r}: {sliced.describe()} are more than "
@@ -238,7 +238,7 @@ def _unit_jobs(encoded: Encoded, shard_size: int, rows: np.ndarray | None = None
                 if held == shard_size:
                     jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
                     batch, keeps, held = [], [], 0
-        if held >= shard_size or len(batch) >= MAX_SHARDS_READ:
+        if held >= shard_size or (unit.shard and len(batch) >= MAX_SHARDS_READ):
             jobs.append(ShardJob(encoded.reader, batch, keep=keeps))
             batch, keeps, held = [], [], 0
     if batch:
@@ -252,18 +252,13 @@ def _places(rows: np.ndarray, first: int, items: int) -> np.ndarray:
     return rows[lo:hi] - first
 
 
-def _seeded_order(n: int, limit: int, seed: int) -> np.ndarray:
-    """An array source's rows in read_source's seeded order: what its ``index`` numbers."""
-    return np.random.default_rng(seed).permutation(n)[: limit or None]
-
-
 def _array_jobs(arrays: Arrays, limit: int, seed: int, shard_size: int,
                 rows: np.ndarray | None = None) -> list[ShardJob]:
     """Array rows in a seeded random order (``limit`` of them if set), ``shard_size`` a shard.
 
     With ``rows`` (see :func:`write_shards`), only those places of that order.
     """
-    order = _seeded_order(len(arrays.images), limit, seed)
+    order = seeded_order(len(arrays.images), limit, seed)
     if rows is not None:
         order = order[rows]
     jobs = []

@@ -59,8 +59,8 @@ from raysl.errors import DataError
 from raysl.redact import redact
 
 __all__ = ["DEFAULT_POLICY", "DataError", "DecodePolicy", "ImageSource", "Reading",
-           "arrays_to_dataset", "check_source", "detect_format", "read_source", "to_channels",
-           "to_numpy"]
+           "arrays_to_dataset", "check_source", "detect_format", "read_source", "seeded_order",
+           "to_channels", "to_numpy"]
 
 # data.cache=auto keeps the decoded images in the object store when they need at most this
 # fraction of it: Ray Data keeps half of the store for the blocks in flight (its default).
@@ -501,7 +501,7 @@ def _short(path: str, root: str) -> str:
 
 def _from_arrays(arrays: Arrays, cfg: SourceConfig, channels: int, seed: int) -> ImageSource:
     images, labels = to_channels(arrays.images, channels), arrays.labels
-    order = np.random.default_rng(seed).permutation(len(images))[: cfg.limit or None]
+    order = seeded_order(len(images), cfg.limit, seed)
     description = arrays.description
     if cfg.limit and cfg.limit < len(images) and not cfg.is_made:
         description += f", {cfg.limit} drawn with seed {seed}"
@@ -513,6 +513,15 @@ def _from_arrays(arrays: Arrays, cfg: SourceConfig, channels: int, seed: int) ->
                        arrays.class_names if labels is not None else [], description,
                        cache_reason="arrays, read whole",
                        fingerprint=f"sha256:{digest.hexdigest()[:16]}")
+
+
+def seeded_order(n: int, limit: int, seed: int) -> np.ndarray:
+    """An array source's rows in their seeded order (``limit`` of them if set).
+
+    Row ``index`` of a read is row ``seeded_order(...)[index]`` of the arrays (``raysl
+    shards`` relies on it to write chosen rows).
+    """
+    return np.random.default_rng(seed).permutation(n)[: limit or None]
 
 
 def arrays_to_dataset(images: np.ndarray, labels: np.ndarray | None,
