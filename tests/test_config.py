@@ -153,3 +153,12 @@ def test_a_config_error_survives_pickling_as_ray_sends_it_from_a_worker():
     assert type(again) is ConfigError and str(again) == str(error)
     assert (again.field, again.value, again.expected, again.source) == (
         "optim.base_lr", -1.0, "must be > 0", "recipe.yaml")
+
+
+@pytest.mark.parametrize("word", ["on", "off"])
+def test_a_bare_on_or_off_is_the_word_where_a_field_takes_it(tmp_path: Path, word: str):
+    # YAML 1.1 reads a bare on/off as a boolean, in a file and in --set alike.
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  channels_last: {word}\n")
+    assert C.load(path, []).train.channels_last == word
+    assert C.load(None, [f"train.channels_last={word}"]).train.channels_last == word

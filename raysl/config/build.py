@@ -71,6 +71,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return _build(tp, value, where)  # type: ignore[arg-type]
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as true/false
         if value not in choices or type(value) is not type(choices[0]):
             raise ConfigError(where, value, f"must be one of {list(choices)}")
         return value
