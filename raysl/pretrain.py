@@ -70,7 +70,7 @@ from raysl.tracking.model_registry import (
 )
 from raysl.train.loop import LoopSettings
 from raysl.train.permanent import PERMANENT_ERRORS, clear_note, note_path, raise_noted
-from raysl.train.trainer import ResourcePlan, build_trainer, plan_resources
+from raysl.train.trainer import ResourcePlan, build_trainer, plan_resources, trains_in_process
 
 ONLINE_KNN = "eval/online_knn_top1"
 
@@ -198,6 +198,7 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     machines = len({n.host for n in nodes})
     check_shared("train.storage_path", storage, machines)
     check_tracking_shared(uri, machines)
+    in_process = trains_in_process(cfg, nodes, storage)
     client = tracking_client(uri)
     experiment_id = ensure_experiment(client, cfg.tracking.experiment, uri)
     parent = {RUN_PARENT_TAG: redact(init.source)} if init is not None else {}
@@ -215,13 +216,15 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     client.log_text(run_id, cfg.to_yaml(), "config.yaml")
     log(f"[raysl] run {run_name}: MLflow run {run_id} at {redact(uri)}")
     log(f"[raysl] resources: {plan.describe(cfg)}")
+    if in_process:
+        log(f"[raysl] {in_process}")
     if init is not None:
         log(f"[raysl] model: {redact(describe_init(init))}")
     if teacher is not None:
         log(f"[raysl] teacher: {redact(teacher.source)} ({teacher.model.backbone}, "
             f"{teacher.image_size} px), frozen")
     run = _Run(cfg, plan, storage, client, result, log, train_callbacks, launched_at, init,
-               teacher)
+               teacher, bool(in_process))
     try:
         source = _read_training_data(run)
         split = _eval_data(run, source) if cfg.eval.enabled or cfg.eval.online else None
@@ -276,6 +279,7 @@ class _Run:
     launched_at: float = 0.0
     init: InitWeights | None = None  # model.init_from's weights, resolved and checked
     teacher: TeacherWeights | None = None  # a distillation's frozen teacher
+    in_process: bool = False  # trained in this process (train.local_mode), not a worker group
 
 
 def _read_training_data(run: _Run) -> ImageSource:
@@ -352,9 +356,11 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
              if method.reads_training_set else None)
     note = note_path(run.storage, result.run_name)
     clear_note(note)  # this command may have fixed what stopped an earlier one
+    run_dir = "" if "://" in run.storage else str(Path(run.storage) / result.run_name)
     settings = LoopSettings(steps_per_epoch, plan.threads_per_worker, result.tracking_uri,
                             result.mlflow_run_id, result.run_name, len(source.class_names),
-                            run.launched_at, note)
+                            run.launched_at, "" if run.in_process else note, run_dir,
+                            run.in_process)
     run.log(f"[raysl] training {cfg.method.name} on {source.num_images} images: {cfg.train.epochs} "
         f"epoch(s) x {steps_per_epoch} step(s) of {cfg.data.batch_size_global} images")
     # Online evaluation runs on rank 0, in memory: a seeded subset of the split, as arrays.
@@ -364,6 +370,7 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
                             _monitor_sample(run, source), whole,
                             ray.put(run.init) if run.init is not None else None,
                             ray.put(run.teacher) if run.teacher is not None else None)
+    threads = torch.get_num_threads()  # training in this process sets its worker's
     try:
         fit = trainer.fit()
     except ray.train.TrainingFailedError as e:
@@ -380,6 +387,14 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
         except PERMANENT_ERRORS as noted:
             raise noted from None
         raise
+    except PERMANENT_ERRORS:
+        raise  # in this process: the worker's own error, as it is
+    except Exception:
+        if run.in_process and (reason := source.stream_failure()):
+            raise DataError(reason) from None
+        raise
+    finally:
+        torch.set_num_threads(threads)  # the evaluation after it runs here too
     # Training's calls were buffered; the driver's own from here on wait for the server.
     wait_until_reachable(run.client, result.mlflow_run_id, cfg.tracking.flush_timeout_s, run.log)
     if source.cache == "none":

@@ -16,6 +16,7 @@ from raysl import config as C
 from raysl.config import FASHION_MNIST_DIR
 from raysl.errors import DataError, RepresentationCollapsed
 from raysl.pretrain import RANDOM_INIT, TRAINED, pretrain
+from raysl.train.in_process import IN_PROCESS_MARK
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines/configs"
@@ -142,13 +143,18 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     assert out.stdout.strip().endswith("(2, 64)")
 
     # Same run name again with more epochs: resumes from the checkpoint, same MLflow run (its
-    # training and registration are checked here, not its evaluation: that is off).
+    # training and registration are checked here, not its evaluation: that is off). With one
+    # worker it trains in this process (train.local_mode=auto), from the worker group's
+    # checkpoint, and commits its own beside Ray Train's.
     again = pretrain(_config(tmp_path, epochs=4, run_name="e2e-run",
-                             extra=("eval.enabled=false", "eval.monitor_every=0")))
+                             extra=("eval.enabled=false", "eval.monitor_every=0",
+                                    "train.num_workers=1")))
     assert again.resumed and again.mlflow_run_id == result.mlflow_run_id
     history = client.get_metric_history(result.mlflow_run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # epoch 4 only was trained
-    assert json.loads((Path(again.checkpoint_path) / "state.json").read_text())["epoch"] == 3
+    resumed_ckpt = Path(again.checkpoint_path)
+    assert json.loads((resumed_ckpt / "state.json").read_text())["epoch"] == 3
+    assert (resumed_ckpt / IN_PROCESS_MARK).exists() and resumed_ckpt.parent == ckpt.parent
     assert again.model is not None and again.model.version == "2"
     assert not again.alias  # only merit moves it (a sweep's champion decision)
     assert str(client.get_model_version_by_alias("e2e-encoder", "champion").version) == "1"
@@ -273,13 +279,14 @@ def test_unlabeled_data_skips_evaluation_and_a_mostly_bad_stream_stops_training(
         *_shared(tmp_path, 1, "e2e-bad-stream"), f"data.source.path={images}",
         "data.source.limit=0", "data.cache=none", "data.batch_size_global=8",
         "eval.bank.path=''", "eval.bank.format=auto", "eval.query.path=''",
-        "data.image_size=16", "train.max_failures=0"])  # no restarts: the stream fails as one
+        "data.image_size=16", "train.num_workers=1"])  # in process: its error is Ray Data's own
     with pytest.raises(DataError, match=r"data.max_bad_fraction=0.1: 40 of the 80 .*of the "
                                         r"stream"):
         pretrain(cfg)
-    skipped = [line for line in capsys.readouterr().out.splitlines()
-               if line.startswith("[raysl] evaluation skipped")]
+    out = capsys.readouterr().out.splitlines()
+    skipped = [line for line in out if line.startswith("[raysl] evaluation skipped")]
     assert len(skipped) == 1 and "--set eval.bank.path=PATH" in skipped[0], skipped
+    assert any("training in this process" in line for line in out)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])[0]
     assert run.info.status == "FAILED"

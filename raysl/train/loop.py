@@ -1,20 +1,24 @@
-"""The Ray Train worker function: the only training code that calls ``ray.train``.
+"""The train loop: the Ray Train worker function, or the one worker of a run in this process.
 
-It reads as Ray Train's examples do. :func:`train_loop_per_worker` sets up (:func:`set_up`: the
-model, optimizer and online evaluation, and the last checkpoint's state; then this worker's data
-shard), then per epoch runs :func:`begin_epoch` (the method's own start-of-epoch work:
-DeepCluster clusters the training set), :func:`train_epoch` (the optimizer steps over the shard)
-and :func:`report` (metrics and a checkpoint to Ray Train). Beside it:
+It reads as Ray Train's examples do; what it asks of Ray Train goes through ``session.py``.
+:func:`train_loop_per_worker` sets up (:func:`set_up`: the model, optimizer and online
+evaluation, and the last checkpoint's state; then this worker's data shard), then per epoch runs
+:func:`begin_epoch` (the method's own start-of-epoch work: DeepCluster clusters the training
+set), :func:`train_epoch` (the optimizer steps over the shard) and :func:`report` (metrics and a
+checkpoint). Beside it:
 
 - ``state.py``: the checkpointed state (weights, optimizer, where training stands) and restore;
 - ``watch.py``: online evaluation, the label-free monitors and what a collapse does;
 - ``log.py``: the epoch's measurements and rank 0's progress lines and MLflow calls;
-- ``step.py``: one optimizer step, plain torch; ``optim.py``: the optimizers.
+- ``step.py``: one optimizer step, plain torch; ``optim.py``: the optimizers;
+- ``session.py``: who runs the loop, a Ray Train worker group or the command's own process
+  (``train.local_mode``); ``in_process.py``: the latter's checkpoints, committed to disk.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,9 +44,11 @@ from raysl.methods.base import (
 )
 from raysl.schedules import set_lr, warmup_cosine
 from raysl.tracking.buffered import BufferedTracker
+from raysl.train import in_process
 from raysl.train.log import EpochStats, RunLog
 from raysl.train.optim import build_optimizer, set_weight_decay
 from raysl.train.permanent import PERMANENT_ERRORS, leave_note, raise_noted
+from raysl.train.session import InProcessSession, Session, WorkerGroupSession
 from raysl.train.state import TrainState
 from raysl.train.step import autocast_dtype, forward_seed, in_layout, memory_format, train_step
 from raysl.train.watch import Watchers
@@ -66,7 +72,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if settings.permanent_note:
         raise_noted(settings.permanent_note)  # an earlier attempt hit it: no point retrying
     try:
-        _train(loop_config, settings)
+        _train(loop_config, settings, WorkerGroupSession())
     except PERMANENT_ERRORS as error:
         if settings.permanent_note:
             try:
@@ -77,17 +83,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         raise
 
 
-def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
+def train_in_process(loop_config: dict[str, Any], session: InProcessSession) -> None:
+    """The same loop, as the one worker of a run trained in this process (``train.local_mode``).
+
+    Errors are raised as they are (no worker group restarts); ``session`` keeps the last
+    report's metrics and checkpoint.
+    """
+    _train(loop_config, LoopSettings(**loop_config["settings"]), session)
+
+
+def _train(loop_config: dict[str, Any], settings: LoopSettings, session: Session) -> None:
     """:func:`train_loop_per_worker` itself."""
     # [1] The model (DDP-wrapped), optimizer, online evaluation, and the last checkpoint's state.
     w = set_up(Config.from_dict(loop_config["config"]), settings,
                loop_config.get("eval_split"), loop_config.get("monitor_sample"),
-               loop_config.get("init_weights"), loop_config.get("teacher_weights"))
+               loop_config.get("init_weights"), loop_config.get("teacher_weights"), session)
     # [2] This worker's equal share of the views (and of the whole images, for the methods
     # that read the training set between epochs).
-    shard = ray.train.get_dataset_shard("train")
-    whole = (ray.train.get_dataset_shard(WHOLE_IMAGES) if w.state.method.reads_training_set
-             else None)
+    shard = session.dataset("train")
+    whole = session.dataset(WHOLE_IMAGES) if w.state.method.reads_training_set else None
     finished = False
     try:
         for epoch in range(w.state.start_epoch, w.cfg.train.epochs):
@@ -107,16 +121,17 @@ def _train(loop_config: dict[str, Any], settings: LoopSettings) -> None:
 def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] | None,
            monitor_ref: ray.ObjectRef[Any] | None = None,
            init_ref: ray.ObjectRef[InitWeights] | None = None,
-           teacher_ref: ray.ObjectRef[TeacherWeights] | None = None) -> Worker:
+           teacher_ref: ray.ObjectRef[TeacherWeights] | None = None,
+           session: Session | None = None) -> Worker:
     """The model (DDP-wrapped on its device), optimizer, online evaluation, last checkpoint.
 
     The model starts from ``init_ref``'s weights (``model.init_from``) when given; a
     checkpoint of the run itself, when there is one, replaces them.
     """
+    session = session or WorkerGroupSession()
     torch.set_num_threads(s.threads_per_worker)
     torch.manual_seed(cfg.train.seed)  # same initial weights everywhere (DDP also broadcasts)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank_and_world()
     # An elastic run's group may be smaller than train.num_workers: the same global batch,
     # shared by the workers there are. Checkpoints keep the run's config, not this group's.
     run_config, cfg = cfg.public_dict(), cfg.with_workers(world)
@@ -125,7 +140,7 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     if cfg.train.sync_bn and world > 1:
         synced = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # type: ignore[no-untyped-call]
         method = cast(SSLMethod, synced)
-    device = ray.train.torch.get_device()
+    device = session.device()
     layout = memory_format(cfg.train.channels_last, device, cfg.model.is_vit)
     method = method.to(memory_format=layout)
     # Buffers are synced once at start, never in forward. Needed for correctness: SwAV's queue
@@ -133,8 +148,7 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     # with rank 0's. The others (MoCo's queue, DINO's center) stay identical through collectives,
     # and broadcasting a 65536-key queue each step would cost more than the step. BatchNorm
     # running statistics are exported from rank 0.
-    model = ray.train.torch.prepare_model(
-        method, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    model = session.prepare(method)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         # The same averaging as DDP's own all-reduce, timed for the epoch's breakdown.
         model.register_comm_hook(None, distributed.timed_allreduce_hook)
@@ -148,10 +162,25 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     state = TrainState(method, optimizer,
                        torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
                        watch.probe, log, rank, run_config, s.run_name, s.mlflow_run_id)
-    if (checkpoint := ray.train.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as d:
-            state.restore(d, cfg, world, s.steps_per_epoch)
-    return Worker(cfg, s, rank, world, device, layout, model, amp, state, watch, log)
+    _resume(state, s, cfg, world, session.recorded_checkpoint())
+    return Worker(cfg, s, rank, world, device, layout, model, amp, state, watch, log, session)
+
+
+def _resume(state: TrainState, s: LoopSettings, cfg: Config, world: int,
+            recorded: ray.train.Checkpoint | None) -> None:
+    """Continue from the run's newest checkpoint, if it has one (see :func:`in_process.pick`).
+
+    ``recorded``: the one Ray Train hands a worker group (None in process).
+    """
+    if recorded is None:
+        chosen = in_process.pick(None, s.run_dir, s.in_process)
+        if chosen is not None:
+            state.restore(chosen, cfg, world, s.steps_per_epoch)
+        return
+    with recorded.as_directory() as d:
+        chosen = in_process.pick(d, s.run_dir, s.in_process)
+        if chosen is not None:
+            state.restore(chosen, cfg, world, s.steps_per_epoch)
 
 
 def begin_epoch(w: Worker, epoch: int, whole: Any) -> None:
@@ -252,8 +281,17 @@ def report(w: Worker, metrics: dict[str, float], last_epoch: int, epoch_steps: i
         last_epoch: the last whole epoch done, from 0 (-1: none yet).
         epoch_steps: steps of the next epoch done too (0 at an epoch's end).
     """
+    if isinstance(w.session, InProcessSession):  # no Ray Train to persist it: commit it here
+        pending = in_process.pending_directory(w.settings.run_dir)
+        try:
+            w.state.checkpoint(str(pending), last_epoch, epoch_steps)
+            committed = in_process.commit(pending, w.cfg.train.keep_checkpoints)
+        finally:
+            shutil.rmtree(pending, ignore_errors=True)  # gone already once committed
+        w.session.report(metrics, ray.train.Checkpoint.from_directory(str(committed)))
+        return
     with tempfile.TemporaryDirectory() as d:
-        ray.train.report(metrics, checkpoint=w.state.checkpoint(d, last_epoch, epoch_steps))
+        w.session.report(metrics, w.state.checkpoint(d, last_epoch, epoch_steps))
 
 
 @dataclass(frozen=True)
@@ -269,6 +307,10 @@ class LoopSettings:
     launched_at: float = 0.0  # wall-clock time the command started (time.time()); 0 = unknown
     # Where a worker notes an error no restart can fix (train/permanent.py); "" = nowhere.
     permanent_note: str = ""
+    # The run's checkpoint directory when it is a local path ("" = remote storage): where a
+    # run trained in process commits its checkpoints, and where any run looks for them.
+    run_dir: str = ""
+    in_process: bool = False  # trained in the command's process (train.local_mode)
 
 
 @dataclass
@@ -286,6 +328,7 @@ class Worker:
     state: TrainState  # the method, optimizer, scaler and step: what a checkpoint keeps
     watch: Watchers  # online probe, kNN and monitors
     log: RunLog  # rank 0's lines and MLflow calls
+    session: Session  # who runs the loop: a worker group, or this process
 
     @property
     def batch_global(self) -> int:

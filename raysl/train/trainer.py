@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
 import ray.data
 import ray.train
+import ray.util.client
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from raysl.cluster.nodes import DATA_MARKER, MARKER_REQUEST, TRAIN_MARKER, Node
+from raysl.cluster.nodes import (
+    DATA_MARKER,
+    MARKER_REQUEST,
+    TRAIN_MARKER,
+    Node,
+    cluster_resources,
+)
 from raysl.config import Config
 from raysl.console import verbose
 from raysl.errors import ConfigError
-from raysl.train.loop import WHOLE_IMAGES, LoopSettings, train_loop_per_worker
+from raysl.train.loop import WHOLE_IMAGES, LoopSettings, train_in_process, train_loop_per_worker
+from raysl.train.session import InProcessSession
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,37 @@ def worker_count(cfg: Config) -> int | tuple[int, int]:
     return (t.min_workers, t.num_workers) if t.elastic else t.num_workers
 
 
+def trains_in_process(cfg: Config, nodes: Sequence[Node], storage: str) -> str:
+    """Why this run trains in the command's own process (``train/session.py``), or "".
+
+    ``train.local_mode=auto`` does when nothing is lost but automatic restarts: one worker, one
+    node that is this machine (the driver's process is where training then runs), and
+    checkpoints on a local path (committed to disk by :mod:`raysl.train.in_process`). A sweep
+    decides for its trials and sets ``train.local_mode`` on each.
+
+    Raises:
+        ConfigError: ``train.local_mode=on`` where it cannot.
+    """
+    t = cfg.train
+    if t.local_mode == "off":
+        return ""
+    client = ray.util.client.ray.is_connected()  # type: ignore[no-untyped-call]
+    cannot = (f"the cluster has {len(nodes)} nodes (the worker may not be this machine)"
+              if len(nodes) != 1
+              else "this process is a Ray Client, not on the cluster's node" if client
+              else f"train.storage_path={storage!r} is not a local path" if "://" in storage
+              else f"train.num_workers={t.num_workers} (one worker trains in process)"
+              if t.num_workers != 1 or t.elastic else "")
+    if cannot and t.local_mode == "on":
+        raise ConfigError("train.local_mode", "on", f"cannot train in this process: {cannot}; "
+                          "use auto or off")
+    if cannot:
+        return ""
+    return ("one worker on this machine's one node: training in this process (no worker group "
+            "to start; a fault is not retried: run the same command again to resume from the "
+            "last checkpoint; train.local_mode=off for a worker group)")
+
+
 def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   settings: LoopSettings, storage_path: str,
                   eval_split: ray.ObjectRef[Any] | None = None,
@@ -202,8 +241,12 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
                   monitor_sample: ray.ObjectRef[Any] | None = None,
                   whole_images: ray.data.Dataset | None = None,
                   init_weights: ray.ObjectRef[Any] | None = None,
-                  teacher_weights: ray.ObjectRef[Any] | None = None) -> TorchTrainer:
-    """The ``TorchTrainer`` for one pretraining run.
+                  teacher_weights: ray.ObjectRef[Any] | None = None
+                  ) -> TorchTrainer | InProcessTrainer:
+    """The ``TorchTrainer`` for one pretraining run, or its stand-in in this process.
+
+    With ``settings.in_process``, the loop runs here as the one worker
+    (:class:`InProcessTrainer`); ``fit()`` either way.
 
     Re-running with the same ``settings.run_name`` and ``storage_path`` resumes from the last
     checkpoint (Ray Train V2 restores the run's state from ``storage_path/run_name``).
@@ -217,15 +260,24 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
     ``teacher_weights`` the :class:`~raysl.methods.base.TeacherWeights` a distillation learns
     from (``method.teacher``).
     """
-    datasets: dict[str, ray.data.Dataset | Callable[[], ray.data.Dataset]] = {"train": dataset}
+    datasets: dict[str, ray.data.Dataset] = {"train": dataset}
     if whole_images is not None:
         datasets[WHOLE_IMAGES] = whole_images
+    loop_config = {"config": cfg.to_dict(), "settings": asdict(settings), "eval_split": eval_split,
+                   "monitor_sample": monitor_sample, "init_weights": init_weights,
+                   "teacher_weights": teacher_weights}
+    if settings.in_process:
+        # A worker group's CPUs are kept from Ray Data by Ray Train; this process's must be too.
+        cpus, gpus = cluster_resources()
+        for stream in datasets.values():
+            stream.context.execution_options.resource_limits = ray.data.ExecutionResources(
+                cpu=cpus - plan.cpus_per_worker, gpu=gpus - plan.gpus_per_worker)
+        return InProcessTrainer(loop_config,
+                                InProcessSession(datasets, cfg.train.use_gpu, tuple(callbacks)))
     return TorchTrainer(
         train_loop_per_worker,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
-        train_loop_config={"config": cfg.to_dict(), "settings": asdict(settings),
-                           "eval_split": eval_split, "monitor_sample": monitor_sample,
-                           "init_weights": init_weights, "teacher_weights": teacher_weights},
+        train_loop_config=loop_config,
         # (Train V2's ScalingConfig takes (min, max); mypy resolves the name to the V1 class)
         scaling_config=ray.train.ScalingConfig(num_workers=worker_count(cfg),  # type: ignore[arg-type]
                                                use_gpu=cfg.train.use_gpu,
@@ -238,5 +290,18 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
             logging_config=ray.train.LoggingConfig(  # type: ignore[call-arg]
                 log_level="INFO" if verbose() else "WARNING"),
             callbacks=list(callbacks)),  # type: ignore[arg-type]  # UserCallback is one
-        datasets=datasets,
+        datasets=dict(datasets),
     )
+
+
+@dataclass(frozen=True)
+class InProcessTrainer:
+    """``TorchTrainer``'s stand-in for a run trained in this process (``train.local_mode``)."""
+
+    loop_config: dict[str, Any]
+    session: InProcessSession
+
+    def fit(self) -> InProcessSession:
+        """Run the loop here, as the one worker; the session holds the last report (a result)."""
+        train_in_process(self.loop_config, self.session)
+        return self.session

@@ -22,6 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysl.config import FASHION_MNIST_DIR
+from raysl.train import in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,13 +85,16 @@ def _epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
 
 
 def _committed_epoch(tmp_path: Path, child) -> int:
-    """The epoch of the trial's last checkpoint committed by Ray Train (0 if none yet)."""
+    """Epochs that the trial's newest complete checkpoint holds (0 if none yet).
+
+    The trials train in their own processes (one worker, one node: train.local_mode=auto),
+    which commit each checkpoint whole into the trial's run directory.
+    """
     run_dir = tmp_path / "ray_results" / f"e2e-sweep-{child.data.tags['raysl.trial_id']}"
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    newest = in_process.newest(str(run_dir), marked_only=True)
+    if newest is None:
         return 0
+    return int(json.loads((newest.path / "state.json").read_text())["epoch"]) + 1
 
 
 def _kill_session(proc: subprocess.Popen) -> None:
