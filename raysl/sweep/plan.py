@@ -20,21 +20,32 @@ class TrialPlan:
     cpus: float  # driver + Ray Data + workers
     gpus: int
     concurrent: int
+    # Each trial trains in its own process (train.local_mode), which then holds the worker's
+    # CPUs too: no worker group to start per trial.
+    in_process: bool = False
+
+    def trial_process_cpus(self, sweep: Sweep) -> float:
+        """What a trial's own process asks Tune for: its driver's CPUs, and its worker's."""
+        worker = sweep.base.train.num_workers * self.cpus_per_worker if self.in_process else 0.0
+        return sweep.settings.trial_driver_cpus + worker
 
     def describe(self, sweep: Sweep) -> str:
         """One line for the log."""
         t = sweep.base.train
         gpu = f" + {self.gpus} GPU" if self.gpus else ""
-        return (f"each trial: {self.cpus:g} CPU{gpu} ({t.num_workers} worker(s) x "
+        where = " in the trial's own process" if self.in_process else ""
+        return (f"each trial: {self.cpus:g} CPU{gpu} ({t.num_workers} worker(s){where} x "
                 f"{self.cpus_per_worker:g} CPU, {t.data_cpus:g} for Ray Data, "
                 f"{sweep.settings.trial_driver_cpus:g} for its driver); {self.concurrent} at once")
 
 
-def plan_trials(sweep: Sweep, cluster_cpus: float, cluster_gpus: float) -> TrialPlan:
+def plan_trials(sweep: Sweep, cluster_cpus: float, cluster_gpus: float,
+                in_process: bool = False) -> TrialPlan:
     """Per-trial resources and concurrency, so that every trial's Ray Train can start.
 
     Train starts only when it gets all its workers at once, and a trial's Ray Data needs CPU
     beside them, so trials are budgeted whole: Tune never starts more than fit.
+    ``in_process``: each trial trains in its own process (see :class:`TrialPlan`).
 
     Raises:
         ConfigError: when not even one trial fits the cluster.
@@ -61,7 +72,7 @@ def plan_trials(sweep: Sweep, cluster_cpus: float, cluster_gpus: float) -> Trial
                           + (f" and {gpus} GPU(s)" if gpus else "")
                           + f"; the cluster has {cluster_cpus:g} CPU(s), {cluster_gpus:g} GPU(s)")
     concurrent = min(s.max_concurrent_trials or fit, fit, sweep.num_trials)
-    return TrialPlan(cpus_per_worker, cpus, gpus, concurrent)
+    return TrialPlan(cpus_per_worker, cpus, gpus, concurrent, in_process)
 
 
 def trial_overrides(sweep: Sweep, plan: TrialPlan, storage: str, uri: str) -> dict[str, Any]:
@@ -74,6 +85,7 @@ def trial_overrides(sweep: Sweep, plan: TrialPlan, storage: str, uri: str) -> di
     base, label_free = sweep.base, is_label_free(sweep.settings.metric)
     out: dict[str, Any] = {
         "train.cpus_per_worker": plan.cpus_per_worker, "train.storage_path": storage,
+        "train.local_mode": "on" if plan.in_process else "off",  # decided once, for all
         "tracking.tracking_uri": uri, "tracking.register": False, "eval.enabled": False,
         # The sweep's metric every epoch: the online kNN needs labels, the monitors do not (on
         # unlabeled data, the base keeps online kNN off and the sweep ranks on a monitor).

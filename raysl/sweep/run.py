@@ -18,7 +18,7 @@ from pathlib import Path
 import ray.tune
 
 from raysl.cluster.connect import connect
-from raysl.cluster.nodes import cluster_resources
+from raysl.cluster.nodes import cluster_resources, node_resources
 from raysl.cluster.storage import storage_path
 from raysl.console import redacting
 from raysl.errors import ConfigError
@@ -54,7 +54,7 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:
         return SweepResult(sweep.name, run_id, uri, "", resumed=True, text=text + note,
                            finished_earlier=True)
     connect(base.train.address)
-    plan = plan_trials(sweep, *cluster_resources())
+    plan = plan_trials(sweep, *cluster_resources(), in_process=_trials_in_process(sweep, storage))
     parent_id, resumed = open_parent(client, experiment_id, sweep)
     result = SweepResult(sweep.name, parent_id, uri, path, storage, resumed)
     try:
@@ -83,6 +83,20 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> SweepResult:
         raise
     client.set_terminated(parent_id, "FINISHED")
     return result
+
+
+def _trials_in_process(sweep: Sweep, storage: str) -> bool:
+    """Whether every trial trains in its own process (one worker, one node; ``train.local_mode``).
+
+    Decided once, on the base config: not when the worker count is itself swept.
+    """
+    from raysl.train.trainer import trains_in_process  # torch and Ray Train: the sweep's own
+
+    swept = {"train.num_workers", "train.min_workers"} & set(sweep.fields)
+    if swept and sweep.base.train.local_mode == "on":
+        raise ConfigError("train.local_mode", "on", f"cannot hold for every trial: the sweep "
+                          f"varies {sorted(swept)}; use auto or off")
+    return not swept and bool(trains_in_process(sweep.base, node_resources(), storage))
 
 
 _TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})_")

@@ -2,7 +2,8 @@
 
 Each trial is a Tune function that calls :func:`raysl.pretrain.pretrain` (the very code path of
 ``raysl pretrain``); every epoch's report reaches Tune through ``TuneReportCallback``, so the
-scheduler stops bad trials on the online accuracy.
+scheduler stops bad trials on the online accuracy. A one-worker trial on one machine trains in
+the trial's own process (``train.local_mode``), whose loop calls that callback itself.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def build_tuner(sweep: Sweep, plan: TrialPlan, path: str, storage: str, uri: str
         ray.tune.with_parameters(run_trial, sweep=sweep.to_dict(),
                                  overrides=trial_overrides(sweep, plan, storage, uri),
                                  parent_run_id=parent_id),
-        {"CPU": sweep.settings.trial_driver_cpus})
+        {"CPU": plan.trial_process_cpus(sweep)})
     if ray.tune.Tuner.can_restore(path):
         log(f"[raysl] restoring the sweep from {path}: finished trials are kept, unfinished ones "
             "resume from their checkpoints")

@@ -51,3 +51,19 @@ def test_trials_get_absolute_paths_and_online_evaluation(tmp_path, monkeypatch):
     assert out["eval.bank.path"] == str(tmp_path / "labeled")
     assert out["eval.online_knn_every"] == 1 and out["tracking.register"] is False
     assert out["train.cpus_per_worker"] == plan.cpus_per_worker
+
+
+def test_trials_in_their_own_process_hold_their_workers_cpus_and_say_so(tmp_path):
+    sweep = _sweep(tmp_path, "train.num_workers=1")
+    group, own = plan_trials(sweep, 8, 0), plan_trials(sweep, 8, 0, in_process=True)
+    assert own.cpus == group.cpus and own.concurrent == group.concurrent  # the same budget
+    # A worker group asks for its worker's CPUs itself; a trial training in its own process
+    # asks Tune for them with its driver's.
+    assert group.trial_process_cpus(sweep) == 0.25
+    assert own.trial_process_cpus(sweep) == 0.25 + own.cpus_per_worker
+    assert "in the trial's own process" in own.describe(sweep)
+    assert "own process" not in group.describe(sweep)
+    overrides = {p.in_process: trial_overrides(sweep, p, "/store", "sqlite:////x/mlflow.db")
+                 for p in (group, own)}
+    assert overrides[True]["train.local_mode"] == "on"
+    assert overrides[False]["train.local_mode"] == "off"

@@ -140,6 +140,7 @@ def test_sweep_killed_and_resumed_stops_early_and_crowns_the_best(tmp_path):
     (tmp_path / "second.log").write_text(log)
     assert out.returncode == 0, log[-4000:]
     assert "restoring the sweep" in log
+    assert "1 worker(s) in the trial's own process" in log  # no worker group per trial
     children = _children(client)
     assert sorted(children) == ["00000", "00001", "00002"]  # no duplicate run for any trial
     first_id = children["00000"].data.tags["raysl.trial_id"]
