@@ -97,7 +97,7 @@ def test_pretrain_trains_on_the_selection(curated, tmp_path, monkeypatch):
     assert curated["run"][0] == 0, curated["run"][2][-3000:]
     cfg = C.load(None, [f"data.source.path={selection}", f"data.image_size={SIZE}",
                         "data.channels=1", "data.batch_size_global=16", "model.width=8",
-                        "model.small_stem=true", "train.epochs=1", "train.num_workers=2",
+                        "model.small_stem=true", "train.epochs=1", "train.num_workers=1",
                         "optim.warmup_epochs=0", "eval.enabled=false", "eval.monitor_every=0",
                         "tracking.register=false", f"train.storage_path={tmp_path / 'rr'}",
                         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
