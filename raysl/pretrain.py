@@ -180,7 +180,8 @@ def pretrain(cfg: Config, log: Callable[[str], None] = print,
     Raises:
         ConfigError: a setting that cannot work (e.g. more workers than the cluster holds).
         DataError: missing or unusable data.
-        ray.train.TrainingFailedError: training failed (the MLflow run is marked FAILED).
+        ray.train.TrainingFailedError: training failed (the MLflow run is marked FAILED);
+            trained in this process (``train.local_mode``), the loop's own error.
     """
     launched_at = launched_at or time.time()
     log = redacting(log)  # a data path or URI in a line may carry a password
