@@ -7,8 +7,11 @@ arrives, and reads off when each mark first appears::
 
     .venv/bin/python benchmarks/startup_timeline.py --rounds 3        # ~4 min
     .venv/bin/python benchmarks/startup_timeline.py --rounds 2 --ab data.shuffle_buffer=0
+    .venv/bin/python benchmarks/startup_timeline.py --rounds 3 --set train.num_workers=1 \
+        --set train.local_mode=off --ab train.local_mode=auto     # one worker: group or in process
 
-``--ab KEY=VALUE`` runs every round twice, as it is and with that override, interleaved. It
+``--set KEY=VALUE`` (repeatable) changes the command of every run; ``--ab KEY=VALUE`` runs every
+round twice, as it is and with that override, interleaved. It
 prints each phase's seconds per round and their median, and writes the rounds to
 ``benchmarks/results/startup-timeline-DATE.json``. Lines from Ray's actors arrive through Ray's
 log monitor, which batches them: a mark of theirs can be late by up to ~0.5 s (the phases
@@ -112,10 +115,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", default="", metavar="KEY=VALUE",
                         help="also run each round with this override, interleaved")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override of both sides (repeatable)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
                                               f"startup-timeline-{date.today()}.json"))
     args = parser.parse_args()
-    sides = {"as is": [], args.ab: [args.ab]} if args.ab else {"as is": []}
+    both = list(args.set)
+    sides = {"as is": both, args.ab: [*both, args.ab]} if args.ab else {"as is": both}
     rounds: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for r in range(args.rounds):
         for side, overrides in sides.items():
@@ -130,7 +136,7 @@ def main() -> None:
         _table(side, runs)
     result = {"date": str(date.today()), "cpu": platform.processor() or _cpu_model(),
               "cores": os.cpu_count(), "python": sys.version.split()[0],
-              "command": _base(Path("WORK")), "marks": [vars(m) for m in MARKS],
+              "command": command(Path("WORK"), both), "marks": [vars(m) for m in MARKS],
               "rounds": rounds}
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.out}")
