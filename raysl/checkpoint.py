@@ -23,6 +23,7 @@ from raysl.errors import CheckpointError
 
 ENCODER_FILE, METHOD_FILE, OPTIMIZER_FILE, STATE_FILE = (
     "encoder.pt", "method.pt", "optimizer.pt", "state.json")
+FILES_KEY = "files"  # state.json's list of the checkpoint's other files and their sizes
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -54,8 +55,29 @@ def save_checkpoint(directory: str | os.PathLike[str], method: nn.Module, encode
     _atomic_write(d / OPTIMIZER_FILE, lambda f: torch.save(optimizer.state_dict(), f))
     for name, extra in (extras or {}).items():
         _atomic_write(d / f"{name}.pt", lambda f, extra=extra: torch.save(dict(extra), f))
-    # state.json last: its presence marks a complete checkpoint.
-    _atomic_write(d / STATE_FILE, lambda f: f.write(json.dumps(state, indent=2).encode()))
+    # state.json last: its presence marks a complete checkpoint, and it lists the files with
+    # their sizes, so that a copy of the directory can be checked whole (Ray Train copies a
+    # checkpoint file by file into place; a worker killed meanwhile leaves a part).
+    files = {p.name: p.stat().st_size for p in sorted(d.iterdir())
+             if p.is_file() and p.name != STATE_FILE and not p.name.startswith(".")}
+    _atomic_write(d / STATE_FILE, lambda f: f.write(json.dumps({**state, FILES_KEY: files},
+                                                               indent=2).encode()))
+
+
+def is_complete(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds a whole checkpoint.
+
+    Its ``state.json``, and every file that lists at the size it lists (for a checkpoint
+    written before the list, ``state.json`` alone).
+    """
+    d = Path(directory)
+    try:
+        state = json.loads((d / STATE_FILE).read_text())
+        files = state.get(FILES_KEY, {})
+        return all((d / name).is_file() and (d / name).stat().st_size == size
+                   for name, size in files.items())
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def read_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -64,6 +86,7 @@ def read_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{directory}: no {STATE_FILE}; not a complete raysl checkpoint")
     state: dict[str, Any] = json.loads(path.read_text())
+    state.pop(FILES_KEY, None)  # the list of files is the checkpoint's, not the training's
     return state
 
 

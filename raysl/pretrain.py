@@ -68,6 +68,7 @@ from raysl.tracking.model_registry import (
     run_lineage_tags,
     version_description,
 )
+from raysl.train import in_process
 from raysl.train.loop import LoopSettings
 from raysl.train.permanent import PERMANENT_ERRORS, clear_note, note_path, raise_noted
 from raysl.train.trainer import ResourcePlan, build_trainer, plan_resources, trains_in_process
@@ -402,7 +403,11 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
         source.tally()
         source.num_images -= sum(source.skipped.values())
         _record_bad_files(run, source)
-    if fit.checkpoint is None:
+    checkpoint = fit.checkpoint
+    if checkpoint is None and (kept := in_process.pick(None, run_dir, run.in_process)):
+        # Nothing left to train, and Ray Train recorded none (a run finished in process).
+        checkpoint = ray.train.Checkpoint.from_directory(kept)
+    if checkpoint is None:
         raise RuntimeError(f"run {result.run_name} finished without a checkpoint in {run.storage}")
     metrics = fit.metrics or {}
     result.final_loss = float(metrics.get("train/loss", float("nan")))
@@ -413,8 +418,7 @@ def _train(run: _Run, source: ImageSource, split: EvalData | None) -> ray.train.
                           ("computing", "compute"))
         if f"train/{key}_fraction" in metrics}
     result.monitors = {k: float(v) for k, v in metrics.items() if k in MONITOR_METRICS}
-    result.checkpoint_path = fit.checkpoint.path
-    checkpoint: ray.train.Checkpoint = fit.checkpoint
+    result.checkpoint_path = checkpoint.path
     return checkpoint
 
 

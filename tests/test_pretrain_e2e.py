@@ -155,6 +155,12 @@ def test_pretrain_end_to_end_and_resume(tmp_path: Path, monkeypatch):
     resumed_ckpt = Path(again.checkpoint_path)
     assert json.loads((resumed_ckpt / "state.json").read_text())["epoch"] == 3
     assert (resumed_ckpt / IN_PROCESS_MARK).exists() and resumed_ckpt.parent == ckpt.parent
+    # Once more, with nothing left to train (as after a crash in the evaluation): the newest
+    # checkpoint is the result, in process as Ray Train's recorded one is in a worker group.
+    done = pretrain(_config(tmp_path, epochs=4, run_name="e2e-run",
+                            extra=("eval.enabled=false", "eval.monitor_every=0",
+                                   "train.num_workers=1", "tracking.register=false")))
+    assert done.checkpoint_path == again.checkpoint_path
     assert again.model is not None and again.model.version == "2"
     assert not again.alias  # only merit moves it (a sweep's champion decision)
     assert str(client.get_model_version_by_alias("e2e-encoder", "champion").version) == "1"

@@ -24,10 +24,17 @@ class TrialPlan:
     # CPUs too: no worker group to start per trial.
     in_process: bool = False
 
-    def trial_process_cpus(self, sweep: Sweep) -> float:
-        """What a trial's own process asks Tune for: its driver's CPUs, and its worker's."""
-        worker = sweep.base.train.num_workers * self.cpus_per_worker if self.in_process else 0.0
-        return sweep.settings.trial_driver_cpus + worker
+    def trial_process_resources(self, sweep: Sweep) -> dict[str, float]:
+        """What a trial's own process asks Tune for.
+
+        Its driver's CPUs; and, when it trains in process, its worker's CPUs and GPU (Ray then
+        gives the process that GPU alone to see).
+        """
+        if not self.in_process:
+            return {"CPU": sweep.settings.trial_driver_cpus}
+        worker = sweep.base.train.num_workers * self.cpus_per_worker
+        return {"CPU": sweep.settings.trial_driver_cpus + worker,
+                **({"GPU": float(self.gpus)} if self.gpus else {})}
 
     def describe(self, sweep: Sweep) -> str:
         """One line for the log."""

@@ -47,7 +47,7 @@ def build_tuner(sweep: Sweep, plan: TrialPlan, path: str, storage: str, uri: str
         ray.tune.with_parameters(run_trial, sweep=sweep.to_dict(),
                                  overrides=trial_overrides(sweep, plan, storage, uri),
                                  parent_run_id=parent_id),
-        {"CPU": plan.trial_process_cpus(sweep)})
+        plan.trial_process_resources(sweep))
     if ray.tune.Tuner.can_restore(path):
         log(f"[raysl] restoring the sweep from {path}: finished trials are kept, unfinished ones "
             "resume from their checkpoints")

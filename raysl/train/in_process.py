@@ -7,8 +7,9 @@ and the newest checkpoint wins either way.
 
 A checkpoint is committed by renaming a complete directory (its ``state.json`` written last)
 into place, and carries :data:`IN_PROCESS_MARK`: a worker group trusts only marked ones beside
-Ray Train's own, since Ray copies its checkpoints file by file and a directory of its may be
-partial after a crash.
+the one Ray Train hands it. Ray copies its checkpoints file by file into place, so a directory
+of its may be a part after a crash: in process, one counts only when every file its
+``state.json`` lists is there at its size (:func:`raysl.checkpoint.is_complete`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from raysl.checkpoint import STATE_FILE, read_state
+from raysl.checkpoint import STATE_FILE, is_complete, read_state
 
 IN_PROCESS_MARK = "in_process"  # an empty file in every checkpoint committed here
 PENDING_PREFIX = ".pending-checkpoint-"
@@ -36,8 +37,13 @@ class OnDisk:
 
 
 def pending_directory(run_dir: str) -> Path:
-    """A new empty directory inside ``run_dir`` to write a checkpoint into, then commit."""
+    """A new empty directory inside ``run_dir`` to write a checkpoint into, then commit.
+
+    One run writes its directory at a time: a pending one already there is a killed run's.
+    """
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    for left in Path(run_dir).glob(f"{PENDING_PREFIX}*"):
+        shutil.rmtree(left, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=run_dir, prefix=PENDING_PREFIX))
 
 
@@ -98,13 +104,12 @@ def _complete(run_dir: Path, marked_only: bool) -> list[OnDisk]:
     """Complete checkpoints of ``run_dir``, oldest (fewest steps, then name) first."""
     found = []
     for path in run_dir.glob("checkpoint_*") if run_dir.is_dir() else ():
-        state = path / STATE_FILE
-        if not state.is_file() or (marked_only and not (path / IN_PROCESS_MARK).exists()):
-            continue
+        if (marked_only and not (path / IN_PROCESS_MARK).exists()) or not is_complete(path):
+            continue  # a part of one (Ray Train's copy cut short), or not ours to resume from
         try:
-            step = int(json.loads(state.read_text())["step"])
+            step = int(json.loads((path / STATE_FILE).read_text())["step"])
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a raysl checkpoint: not ours to resume from
+            continue  # not a raysl checkpoint
         found.append(OnDisk(path, step))
     return sorted(found, key=lambda c: (c.step, c.path.name))
 

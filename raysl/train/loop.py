@@ -162,25 +162,32 @@ def set_up(cfg: Config, s: LoopSettings, split_ref: ray.ObjectRef[LabeledSplit] 
     state = TrainState(method, optimizer,
                        torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
                        watch.probe, log, rank, run_config, s.run_name, s.mlflow_run_id)
-    _resume(state, s, cfg, world, session.recorded_checkpoint())
+    resumed_from = _resume(state, s, cfg, world, session.recorded_checkpoint())
+    if resumed_from is not None and isinstance(session, InProcessSession):
+        # A run with nothing left to train reports nothing: its result is where it stands.
+        session.checkpoint = ray.train.Checkpoint.from_directory(resumed_from)
     return Worker(cfg, s, rank, world, device, layout, model, amp, state, watch, log, session)
 
 
 def _resume(state: TrainState, s: LoopSettings, cfg: Config, world: int,
-            recorded: ray.train.Checkpoint | None) -> None:
+            recorded: ray.train.Checkpoint | None) -> str | None:
     """Continue from the run's newest checkpoint, if it has one (see :func:`in_process.pick`).
 
     ``recorded``: the one Ray Train hands a worker group (None in process).
+
+    Returns:
+        The directory resumed from, or None.
     """
     if recorded is None:
         chosen = in_process.pick(None, s.run_dir, s.in_process)
         if chosen is not None:
             state.restore(chosen, cfg, world, s.steps_per_epoch)
-        return
+        return chosen
     with recorded.as_directory() as d:
         chosen = in_process.pick(d, s.run_dir, s.in_process)
         if chosen is not None:
             state.restore(chosen, cfg, world, s.steps_per_epoch)
+        return recorded.path if chosen == d else chosen
 
 
 def begin_epoch(w: Worker, epoch: int, whole: Any) -> None:

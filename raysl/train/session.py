@@ -100,8 +100,17 @@ class InProcessSession:
         return self.datasets[name]
 
     def device(self) -> torch.device:
-        """The first GPU with ``train.use_gpu``, else the CPU."""
-        return torch.device("cuda:0" if self.use_gpu and torch.cuda.is_available() else "cpu")
+        """The first GPU this process sees with ``train.use_gpu``, else the CPU.
+
+        Raises:
+            RuntimeError: ``train.use_gpu`` and no GPU here (it would train on the CPU).
+        """
+        if not self.use_gpu:
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.use_gpu=true, but this process sees no GPU (torch.cuda "
+                               "is not available): check CUDA_VISIBLE_DEVICES and the driver")
+        return torch.device("cuda:0")
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """On the device; nothing to wrap."""

@@ -269,11 +269,11 @@ def build_trainer(cfg: Config, dataset: ray.data.Dataset, plan: ResourcePlan,
     if settings.in_process:
         # A worker group's CPUs are kept from Ray Data by Ray Train; this process's must be too.
         cpus, gpus = cluster_resources()
-        for stream in datasets.values():
-            stream.context.execution_options.resource_limits = ray.data.ExecutionResources(
-                cpu=cpus - plan.cpus_per_worker, gpu=gpus - plan.gpus_per_worker)
+        limits = ray.data.ExecutionResources(cpu=cpus - plan.cpus_per_worker,
+                                             gpu=gpus - plan.gpus_per_worker)
         return InProcessTrainer(loop_config,
-                                InProcessSession(datasets, cfg.train.use_gpu, tuple(callbacks)))
+                                InProcessSession(datasets, cfg.train.use_gpu, tuple(callbacks)),
+                                limits)
     return TorchTrainer(
         train_loop_per_worker,
         torch_config=TorchConfig(backend=torch_backend(cfg)),
@@ -300,8 +300,21 @@ class InProcessTrainer:
 
     loop_config: dict[str, Any]
     session: InProcessSession
+    data_limits: ray.data.ExecutionResources  # what Ray Data may use beside this process
 
     def fit(self) -> InProcessSession:
-        """Run the loop here, as the one worker; the session holds the last report (a result)."""
-        train_in_process(self.loop_config, self.session)
+        """Run the loop here, as the one worker; the session holds the last report (a result).
+
+        Ray Data's limits hold while it trains: the streams share their context with the
+        datasets they were made from, which the evaluation afterwards reads at full width.
+        """
+        contexts = {id(d.context): d.context for d in self.session.datasets.values()}.values()
+        before = [(c, c.execution_options.resource_limits) for c in contexts]
+        for context, _ in before:
+            context.execution_options.resource_limits = self.data_limits
+        try:
+            train_in_process(self.loop_config, self.session)
+        finally:
+            for context, limits in before:
+                context.execution_options.resource_limits = limits
         return self.session

@@ -59,8 +59,11 @@ def test_trials_in_their_own_process_hold_their_workers_cpus_and_say_so(tmp_path
     assert own.cpus == group.cpus and own.concurrent == group.concurrent  # the same budget
     # A worker group asks for its worker's CPUs itself; a trial training in its own process
     # asks Tune for them with its driver's.
-    assert group.trial_process_cpus(sweep) == 0.25
-    assert own.trial_process_cpus(sweep) == 0.25 + own.cpus_per_worker
+    assert group.trial_process_resources(sweep) == {"CPU": 0.25}
+    assert own.trial_process_resources(sweep) == {"CPU": 0.25 + own.cpus_per_worker}
+    gpu = _sweep(tmp_path, "train.num_workers=1", "train.use_gpu=true")
+    assert plan_trials(gpu, 8, 2, in_process=True).trial_process_resources(gpu)["GPU"] == 1
+    assert "GPU" not in plan_trials(gpu, 8, 2).trial_process_resources(gpu)  # the group's
     assert "in the trial's own process" in own.describe(sweep)
     assert "own process" not in group.describe(sweep)
     overrides = {p.in_process: trial_overrides(sweep, p, "/store", "sqlite:////x/mlflow.db")

@@ -62,6 +62,22 @@ def test_newest_is_the_complete_checkpoint_with_the_most_steps(tmp_path: Path):
     assert in_process.newest(str(tmp_path / "none"), marked_only=False) is None
 
 
+def test_a_checkpoint_cut_short_is_passed_over_and_a_killed_runs_pending_one_removed(
+        tmp_path: Path):
+    run = tmp_path / "run"
+    ours = _commit(run, step=20)
+    cut = _checkpoint(run / "checkpoint_2999-01-01_00-00-00.000000", step=40)
+    (cut / STATE_FILE).write_text(json.dumps({"epoch": 1, "step": 40,
+                                              "files": {"encoder.pt": 7, "method.pt": 900}}))
+    assert in_process.newest(str(run), marked_only=False) == in_process.OnDisk(ours, 20)
+    (cut / "method.pt").write_bytes(b"x" * 900)  # the copy finished
+    assert in_process.newest(str(run), marked_only=False) == in_process.OnDisk(cut, 40)
+    left = run / f"{in_process.PENDING_PREFIX}killed"
+    left.mkdir()
+    pending = in_process.pending_directory(str(run))
+    assert not left.exists() and pending.exists()
+
+
 def test_a_run_resumes_from_whichever_checkpoint_has_more_steps(tmp_path: Path):
     run = tmp_path / "run"
     recorded = str(_checkpoint(tmp_path / "recorded", step=20))

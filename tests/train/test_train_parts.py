@@ -11,6 +11,7 @@ from raysl.checkpoint import (
     ENCODER_FILE,
     METHOD_FILE,
     STATE_FILE,
+    is_complete,
     load_strict,
     read_state,
     restore,
@@ -160,6 +161,25 @@ def test_incomplete_checkpoint_is_refused(tmp_path: Path):
         read_state(tmp_path)
     (tmp_path / STATE_FILE).write_text(json.dumps({"epoch": 0}))
     assert read_state(tmp_path) == {"epoch": 0}
+
+
+def test_a_checkpoint_lists_its_files_and_a_copy_cut_short_is_not_complete(tmp_path: Path):
+    cfg, method = _method()
+    optimizer = build_optimizer(method, cfg.optim, 0.1)
+    save_checkpoint(tmp_path, method, method.encoder, optimizer, {"epoch": 0, "step": 3},
+                    {"probe": {"w": torch.zeros(2)}})
+    assert is_complete(tmp_path) and read_state(tmp_path) == {"epoch": 0, "step": 3}
+    listed = json.loads((tmp_path / STATE_FILE).read_text())["files"]
+    assert set(listed) == {ENCODER_FILE, METHOD_FILE, "optimizer.pt", "probe.pt"}
+    # Ray Train copies a checkpoint file by file into place: cut short, or a file missing.
+    data = (tmp_path / METHOD_FILE).read_bytes()
+    (tmp_path / METHOD_FILE).write_bytes(data[: len(data) // 2])
+    assert not is_complete(tmp_path)
+    (tmp_path / METHOD_FILE).unlink()
+    assert not is_complete(tmp_path)
+    # One written before the list: its state.json is what there is to check.
+    (tmp_path / STATE_FILE).write_text(json.dumps({"epoch": 0, "step": 3}))
+    assert is_complete(tmp_path)
 
 
 def _one_node(cpus: float, gpus: float = 0.0) -> list[Node]:
