@@ -3,7 +3,7 @@
 Each trial is a Tune function that calls :func:`raysl.pretrain.pretrain` (the very code path of
 ``raysl pretrain``); every epoch's report reaches Tune through ``TuneReportCallback``, so the
 scheduler stops bad trials on the online accuracy. A one-worker trial on one machine trains in
-the trial's own process (``train.local_mode``), whose loop calls that callback itself.
+the trial's own process (``train.local_mode``) and reports to Tune itself (:class:`ReportToTune`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import ray.train
 import ray.tune
 
 from raysl.sweep.plan import TrialPlan, trial_overrides
@@ -33,11 +34,33 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any], overrides: dict[str
     spec = Sweep.from_dict(sweep)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = spec.trial_config(params, trial_id, overrides)
+    # A worker group reports through its controller, which hands Tune the report on a queue;
+    # a trial training in this process reports from this very thread, as a Tune function does.
+    report = (ReportToTune() if cfg.train.local_mode == "on"
+              else TuneReportCallback())  # type: ignore[no-untyped-call]
     pretrain(cfg, log=lambda line: print(f"[trial {trial_id}] {line}", flush=True),
-             train_callbacks=[TuneReportCallback()],  # type: ignore[no-untyped-call]
+             train_callbacks=[report],
              run_tags={PARENT_TAG: parent_run_id, SWEEP_TAG: spec.name, TRIAL_TAG: trial_id,
                        "raysl.kind": "sweep trial"})
 
+
+
+class ReportToTune(ray.train.UserCallback):
+    """Each epoch's report of a trial trained in its own process, to Tune, from the trial's thread.
+
+    ``ray.tune.report`` returns once Tune has taken the result, so the last epoch's is in before
+    the trial ends (``TuneReportCallback`` hands it over on a queue that Tune may not read once
+    the trial function has returned). The checkpoint is named, not copied: it is in the run's
+    directory already.
+    """
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
+                     checkpoint: ray.train.Checkpoint | None) -> None:
+        """Report rank 0's metrics, with the checkpoint's path as ``checkpoint_path``."""
+        result = dict(metrics[0])
+        if checkpoint is not None:
+            result["checkpoint_path"] = checkpoint.path
+        ray.tune.report(result)
 
 
 def build_tuner(sweep: Sweep, plan: TrialPlan, path: str, storage: str, uri: str,
